@@ -1,0 +1,144 @@
+# edp - event-driven patterns on RabbitMQ.
+#
+#   make              libedp.a, libedp.so and the programs in bin/
+#   make check        unit tests, then integration tests on a private broker
+#   make check SAN=1  the same, built with ASan and UBSan (objects in build/san)
+#   make demo         the event forwarding demo on a private broker
+#   make bench        benchmarks, written to docs/BENCHMARKS.md
+#   make deps         installs missing Debian packages (as root)
+#   make install      PREFIX=/usr/local DESTDIR=
+
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCDIR ?= $(PREFIX)/include/edp
+BINDIR ?= $(PREFIX)/bin
+CC ?= cc
+CFLAGS ?= -O2 -g
+VERSION := 0.1.0
+SOMAJOR := 0
+
+PKGS := librabbitmq jansson
+DEB_PKGS := gcc make pkg-config rabbitmq-server librabbitmq-dev \
+            libjansson-dev check valgrind procps
+
+ifeq ($(SAN),1)
+OUT := build/san
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer \
+            -fno-sanitize-recover=undefined
+else
+OUT := build
+SANFLAGS :=
+endif
+BIN := $(if $(filter 1,$(SAN)),$(OUT)/bin,bin)
+
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CHECK_CFLAGS = $(shell pkg-config --cflags check 2>/dev/null)
+CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
+
+ALL_CFLAGS = -std=c11 -Wall -Wextra -Werror -D_POSIX_C_SOURCE=200809L \
+             -Ilib -Ipatterns -Icmd $(PKG_CFLAGS) $(SANFLAGS) $(CFLAGS) -MMD -MP
+LDLIBS_ALL = $(PKG_LIBS) -lpthread -lm
+
+LIB_SRC := $(wildcard lib/*.c) $(wildcard patterns/*.c)
+LIB_HDR := $(wildcard lib/*.h) $(wildcard patterns/*.h)
+CMD_COMMON := cmd/cli.c
+PROGS := $(patsubst cmd/edp-%.c,$(BIN)/edp-%,$(wildcard cmd/edp-*.c))
+UNIT_SRC := $(wildcard tests/unit_*.c)
+INTEG_SRC := $(wildcard tests/integ_*.c)
+TEST_COMMON := tests/testlib.c
+UNIT_BINS := $(patsubst tests/%.c,$(OUT)/tests/%,$(UNIT_SRC))
+INTEG_BINS := $(patsubst tests/%.c,$(OUT)/tests/%,$(INTEG_SRC))
+
+LIB_OBJ := $(patsubst %.c,$(OUT)/obj/%.o,$(LIB_SRC))
+STATIC := $(OUT)/libedp.a
+SHARED := $(OUT)/libedp.so.$(VERSION)
+
+all: $(STATIC) $(SHARED) $(PROGS) $(OUT)/edp.pc
+
+$(OUT)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -fPIC -c $< -o $@
+
+$(STATIC): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@
+	ar rcs $@ $^
+
+# The shared library exports only the public edp_ names.
+$(SHARED): $(LIB_OBJ)
+	$(CC) -shared -Wl,-soname,libedp.so.$(SOMAJOR) $(SANFLAGS) -o $@ $^ $(LDLIBS_ALL)
+	ln -sf libedp.so.$(VERSION) $(OUT)/libedp.so.$(SOMAJOR)
+	ln -sf libedp.so.$(VERSION) $(OUT)/libedp.so
+
+$(BIN)/edp-%: $(OUT)/obj/cmd/edp-%.o $(OUT)/obj/cmd/cli.o $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(SANFLAGS) -o $@ $^ $(LDLIBS_ALL)
+
+$(OUT)/tests/unit_%: $(OUT)/obj/tests/unit_%.o $(OUT)/obj/tests/testlib.o $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(SANFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS_ALL)
+
+$(OUT)/tests/integ_%: $(OUT)/obj/tests/integ_%.o $(OUT)/obj/tests/testlib.o $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(SANFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS_ALL)
+
+$(OUT)/obj/tests/%.o: tests/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -Itests -c $< -o $@
+
+$(OUT)/edp.pc: Makefile
+	@mkdir -p $(dir $@)
+	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(LIBDIR)' 'includedir=$(INCDIR)' '' \
+	  'Name: edp' 'Description: event-driven messaging patterns on RabbitMQ' \
+	  'Version: $(VERSION)' 'Requires.private: $(PKGS)' \
+	  'Libs: -L$${libdir} -ledp' 'Libs.private: -lpthread -lm' \
+	  'Cflags: -I$${includedir}' > $@
+
+tests: $(UNIT_BINS) $(INTEG_BINS) $(PROGS)
+
+# Unit tests need no broker; integration suites run against a private node
+# that tests/run-integration.sh starts and always stops.
+check: deps all tests
+	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
+	@if command -v valgrind >/dev/null && [ "$(SAN)" != 1 ]; then \
+	  for t in $(UNIT_BINS); do echo "== valgrind $$t"; \
+	    CK_FORK=no valgrind -q --error-exitcode=1 --leak-check=full \
+	      --errors-for-leak-kinds=definite,indirect $$t >/dev/null || exit 1; \
+	  done; fi
+	EDP_BIN=$(BIN) tests/run-integration.sh $(INTEG_BINS)
+
+bench: deps all
+	tests/with-broker.sh $(BIN)/edp-bench all --out docs/BENCHMARKS.md
+
+demo: deps all
+	EDP_BIN=$(BIN) tests/with-broker.sh cmd/demo.sh $(PATTERN)
+
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -q --no-install-recommends $$missing; fi
+
+install: all
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR) $(DESTDIR)$(BINDIR)
+	install -m 644 $(LIB_HDR) $(DESTDIR)$(INCDIR)
+	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)
+	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)
+	ln -sf libedp.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libedp.so.$(SOMAJOR)
+	ln -sf libedp.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libedp.so
+	install -m 644 $(OUT)/edp.pc $(DESTDIR)$(LIBDIR)/pkgconfig
+	install -m 755 $(PROGS) $(DESTDIR)$(BINDIR)
+
+format:
+	clang-format -i lib/*.[ch] patterns/*.[ch] cmd/*.[ch] tests/*.[ch]
+
+clean:
+	rm -rf build bin
+
+.PHONY: all check tests bench demo deps install format clean
+.SECONDARY:
+
+-include $(shell find build -name '*.d' 2>/dev/null)

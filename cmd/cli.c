@@ -1,0 +1,177 @@
+/*
+ * cli.c - shared option handling, exit codes, signals and output of the
+ * edp programs. Signals only write a byte to a self-pipe; every wait in
+ * libedp polls that pipe (edp_conn_opts.stop_fd), so SIGINT ends any wait
+ * at once and the program can close its connection cleanly.
+ */
+#include "cli.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int stop_pipe[2] = {-1, -1};
+static volatile sig_atomic_t stopped;
+
+static void on_signal(int sig) {
+  (void)sig;
+  int saved = errno;
+  stopped = 1;
+  if (stop_pipe[1] >= 0) {
+    ssize_t n = write(stop_pipe[1], "x", 1);
+    (void)n;
+  }
+  errno = saved;
+}
+
+void cli_init(cli *c, const char *prog) {
+  memset(c, 0, sizeof(*c));
+  c->prog = prog;
+  const char *env = getenv("EDP_URL");
+  c->url = env && env[0] ? env : EDP_URL_DEFAULT;
+  if (pipe(stop_pipe) == 0) {
+    for (int i = 0; i < 2; i++)
+      fcntl(stop_pipe[i], F_SETFL, fcntl(stop_pipe[i], F_GETFL) | O_NONBLOCK);
+  }
+  struct sigaction sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+int cli_stop_fd(void) { return stop_pipe[0]; }
+int cli_stopped(void) { return stopped; }
+
+int cli_common_opt(cli *c, int opt, const char *arg, void (*usage)(void)) {
+  switch (opt) {
+  case 'u':
+    c->url = arg;
+    return 1;
+  case 'j':
+    c->json = 1;
+    return 1;
+  case 'v':
+    c->verbose++;
+    return 1;
+  case 'h':
+    usage();
+    exit(CLI_OK);
+  case 'V':
+    printf("%s %s\n", c->prog, EDP_VERSION);
+    exit(CLI_OK);
+  default:
+    return 0;
+  }
+}
+
+void cli_die(const cli *c, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "%s: ", c->prog);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+  exit(code);
+}
+
+int cli_exit_code(int err) {
+  switch (err) {
+  case 0:
+    return CLI_OK;
+  case EDP_EURL:
+  case EDP_EINVAL:
+    return CLI_USAGE;
+  case EDP_EBADDATA:
+  case EDP_ETOOBIG:
+  case EDP_ENACKED:
+  case EDP_ERETURNED:
+  case EDP_EPRECONDITION:
+    return CLI_DATAERR;
+  case EDP_ECONNECT:
+  case EDP_ECLOSED:
+  case EDP_ETIMEOUT:
+  case EDP_ENOTFOUND:
+  case EDP_ECHANNEL:
+    return CLI_UNAVAILABLE;
+  case EDP_EAUTH:
+  case EDP_EACCESS:
+    return CLI_NOPERM;
+  case EDP_ESTOPPED:
+    return CLI_INTERRUPTED;
+  default:
+    return CLI_SOFTWARE;
+  }
+}
+
+void cli_die_err(const cli *c, edp_conn *conn, int err, const char *what) {
+  if (conn && edp_conn_reply_code(conn))
+    cli_die(c, cli_exit_code(err), "%s: %s (broker: %d %s)", what,
+            edp_strerror(err), edp_conn_reply_code(conn),
+            edp_conn_reply_text(conn));
+  cli_die(c, cli_exit_code(err), "%s: %s", what, edp_strerror(err));
+}
+
+long cli_int(const cli *c, const char *name, const char *arg, long lo,
+             long hi) {
+  char *end = NULL;
+  errno = 0;
+  long v = strtol(arg, &end, 10);
+  if (errno || !end || end == arg || *end || v < lo || v > hi)
+    cli_die(c, CLI_USAGE, "--%s: expected an integer in [%ld, %ld], got '%s'",
+            name, lo, hi, arg);
+  return v;
+}
+
+void cli_log(void *ud, int level, const char *msg) {
+  const cli *c = ud;
+  if (level > EDP_LOG_WARN + (c ? c->verbose : 0))
+    return;
+  static const char *names[] = {"error", "warning", "info", "debug"};
+  fprintf(stderr, "%s: %s: %s\n", c ? c->prog : "edp",
+          names[level < 0 ? 0 : level > 3 ? 3 : level], msg);
+}
+
+edp_conn *cli_connect(const cli *c, const char *client_name) {
+  edp_conn_opts o;
+  edp_conn_opts_init(&o);
+  o.url = c->url;
+  o.stop_fd = cli_stop_fd();
+  o.client_name = client_name ? client_name : c->prog;
+  o.log = cli_log;
+  o.log_ud = (void *)c;
+  edp_conn *conn = NULL;
+  char why[600];
+  int rc = edp_conn_open(&o, &conn, why, sizeof(why));
+  if (rc)
+    cli_die(c, cli_exit_code(rc), "%s: %s", edp_strerror(rc), why);
+  return conn;
+}
+
+void cli_emit(json_t *obj) {
+  char *s = json_dumps(obj, JSON_COMPACT);
+  if (s) {
+    fputs(s, stdout);
+    fputc('\n', stdout);
+    free(s);
+  }
+  fflush(stdout);
+  json_decref(obj);
+}
+
+void cli_say(const cli *c, const char *fmt, ...) {
+  if (c->json)
+    return;
+  va_list ap;
+  va_start(ap, fmt);
+  vprintf(fmt, ap);
+  va_end(ap);
+  fflush(stdout);
+}

@@ -1,0 +1,94 @@
+/*
+ * cli.h - what every edp program shares: the connection options (--url,
+ * EDP_URL), --json output, --help/--version, exit codes, signal handling
+ * and the die helpers. Lives in cmd/ only: the library never exits or
+ * prints.
+ */
+#ifndef EDP_CLI_H
+#define EDP_CLI_H
+
+#include <getopt.h>
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "edp.h"
+
+/* Exit codes (sysexits.h values), documented in README.md. */
+enum {
+  CLI_OK = 0,
+  CLI_USAGE = 64,       /* bad option or URL */
+  CLI_DATAERR = 65,     /* bad input data, message too large, refused */
+  CLI_UNAVAILABLE = 69, /* broker unreachable or lost for good */
+  CLI_SOFTWARE = 70,    /* internal error */
+  CLI_NOPERM = 77,      /* access refused: credentials, vhost, permissions */
+  CLI_INTERRUPTED = 130 /* SIGINT or SIGTERM */
+};
+
+/* Long options every program accepts; put CLI_COMMON_LONGOPTS in the
+ * program's table and "u:jvhV" in its short option string. */
+#define CLI_COMMON_LONGOPTS                                                    \
+  {"url", required_argument, NULL, 'u'}, {"json", no_argument, NULL, 'j'},     \
+      {"verbose", no_argument, NULL, 'v'}, {"help", no_argument, NULL, 'h'},   \
+      {"version", no_argument, NULL, 'V'}
+#define CLI_COMMON_SHORTOPTS "u:jvhV"
+
+/* The help text of the common options, for each program's usage(). */
+#define CLI_COMMON_HELP                                                        \
+  "  -u, --url URL        broker URL (default: $EDP_URL, else\n"              \
+  "                       " EDP_URL_DEFAULT ")\n"                             \
+  "  -j, --json           one JSON object per event on stdout\n"              \
+  "  -v, --verbose        log more on stderr\n"                               \
+  "  -h, --help           this help\n"                                         \
+  "  -V, --version        print the version\n"                                 \
+  "Exit codes: 0 ok, 64 usage, 65 bad data, 69 broker unavailable,\n"         \
+  "70 internal error, 77 access refused, 130 interrupted.\n"
+
+typedef struct cli {
+  const char *prog;
+  const char *url;
+  int json;
+  int verbose;
+} cli;
+
+/* Sets the program name, the URL default from EDP_URL, and installs the
+ * SIGINT/SIGTERM handlers that make cli_stop_fd() readable. */
+void cli_init(cli *c, const char *prog);
+
+/* Handles a common option; returns 1 if it was one. Exits for -h (after
+ * calling usage) and -V. */
+int cli_common_opt(cli *c, int opt, const char *arg, void (*usage)(void));
+
+/* Prints "prog: message" to stderr and exits with code. */
+void cli_die(const cli *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4), noreturn));
+
+/* Exit code for an EDP_E* error. */
+int cli_exit_code(int err);
+
+/* Dies with the exit code for err and the connection's broker reply. */
+void cli_die_err(const cli *c, edp_conn *conn, int err, const char *what)
+    __attribute__((noreturn));
+
+/* Parses an integer option in [lo, hi] or dies with a usage error. */
+long cli_int(const cli *c, const char *name, const char *arg, long lo, long hi);
+
+/* A readable fd while SIGINT/SIGTERM was received; 1 if stopped. */
+int cli_stop_fd(void);
+int cli_stopped(void);
+
+/* Opens a connection to c->url with stop fd and stderr logging; dies with
+ * the right exit code and a one-line error on failure. */
+edp_conn *cli_connect(const cli *c, const char *client_name);
+
+/* The log callback used by cli_connect (ud is the cli). */
+void cli_log(void *ud, int level, const char *msg);
+
+/* Prints obj as one compact JSON line on stdout, flushes, frees obj. */
+void cli_emit(json_t *obj);
+
+/* Prints a human line on stdout and flushes, unless --json. */
+void cli_say(const cli *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+#endif

@@ -1,0 +1,184 @@
+/*
+ * edp-forward-receiver - consumes with the event forwarding pattern: a
+ * message is acked only after it was processed ('Database commit.'); a
+ * failure ('Error processing message.') requeues it with a retry count,
+ * and after --max-retries it goes to the dead-letter queue <queue>.dlq.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+static cli app;
+
+static void usage(void) {
+  printf("usage: edp-forward-receiver [options]\n"
+         "Processes messages of a durable queue; acks after processing.\n"
+         "  -q, --queue NAME       queue (default edp.forward)\n"
+         "  -n, --count N          exit 0 after N processed messages\n"
+         "      --idle-timeout MS  exit 0 when no message came for MS ms\n"
+         "                         (default: wait forever)\n"
+         "      --work-ms N        simulated processing time (default 0)\n"
+         "      --fail-every N     every Nth attempt fails (default 0: "
+         "never)\n"
+         "      --max-retries N    requeues before the .dlq (default 3)\n"
+         "      --prefetch N       unacked messages in flight (default 32)\n"
+         "      --dedup N          drop message_ids seen among the last N\n"
+         "                         (default 0: off)\n" CLI_COMMON_HELP);
+}
+
+typedef struct receiver_run {
+  long work_ms, fail_every, attempts;
+} receiver_run;
+
+static int handler(void *ud, const edp_delivery *d, char *reason,
+                   size_t reason_len) {
+  receiver_run *r = ud;
+  r->attempts++;
+  if (app.json)
+    cli_emit(json_pack("{s:s,s:s?,s:b}", "event", "received", "message_id",
+                       d->message_id, "redelivered", d->redelivered));
+  else
+    printf("Processing message: %.*s%s\n",
+           d->body_len > 200 ? 200 : (int)d->body_len, (const char *)d->body,
+           d->redelivered ? " (redelivered)" : "");
+  /* The work is bounded by --work-ms and is finished even after SIGINT:
+   * rule 5 says finish or requeue in-flight work, and finishing is what
+   * a database commit would do. */
+  if (r->work_ms > 0)
+    edp_sleep_ms((int)r->work_ms, -1);
+  if (r->fail_every > 0 && r->attempts % r->fail_every == 0) {
+    snprintf(reason, reason_len, "simulated failure (--fail-every %ld)",
+             r->fail_every);
+    cli_say(&app, "Error processing message.\n");
+    return -1;
+  }
+  cli_say(&app, "Database commit.\n");
+  return 0;
+}
+
+static void on_event(void *ud, int ev, const edp_delivery *d,
+                     const char *reason) {
+  (void)ud;
+  static const char *names[] = {"processed", "retried", "dead_lettered",
+                                "duplicate"};
+  if (app.json) {
+    json_t *o = json_pack("{s:s,s:s?,s:b}", "event", names[ev], "message_id",
+                          d->message_id, "redelivered", d->redelivered);
+    if (reason && reason[0])
+      json_object_set_new(o, "reason", json_string(reason));
+    cli_emit(o);
+  } else if (ev == EDP_FWD_DEAD_LETTERED) {
+    printf("Moved to dead-letter queue: %s\n", d->message_id ? d->message_id : "?");
+  } else if (ev == EDP_FWD_DUPLICATE) {
+    printf("Duplicate dropped: %s\n", d->message_id ? d->message_id : "?");
+  }
+  fflush(stdout);
+}
+
+int main(int argc, char **argv) {
+  cli_init(&app, "edp-forward-receiver");
+  static const struct option opts[] = {
+      {"queue", required_argument, NULL, 'q'},
+      {"count", required_argument, NULL, 'n'},
+      {"idle-timeout", required_argument, NULL, 'i'},
+      {"work-ms", required_argument, NULL, 'W'},
+      {"fail-every", required_argument, NULL, 'F'},
+      {"max-retries", required_argument, NULL, 'R'},
+      {"prefetch", required_argument, NULL, 'p'},
+      {"dedup", required_argument, NULL, 'D'},
+      CLI_COMMON_LONGOPTS,
+      {NULL, 0, NULL, 0}};
+  const char *queue = "edp.forward";
+  long count = -1, idle = -1;
+  receiver_run run = {0};
+  edp_fwd_receiver_opts ro;
+  edp_fwd_receiver_opts_init(&ro);
+  int opt;
+  while ((opt = getopt_long(argc, argv, "q:n:" CLI_COMMON_SHORTOPTS, opts,
+                            NULL)) != -1) {
+    if (cli_common_opt(&app, opt, optarg, usage))
+      continue;
+    switch (opt) {
+    case 'q':
+      queue = optarg;
+      break;
+    case 'n':
+      count = cli_int(&app, "count", optarg, 0, 1000000000L);
+      break;
+    case 'i':
+      idle = cli_int(&app, "idle-timeout", optarg, 0, 86400000L);
+      break;
+    case 'W':
+      run.work_ms = cli_int(&app, "work-ms", optarg, 0, 3600000L);
+      break;
+    case 'F':
+      run.fail_every = cli_int(&app, "fail-every", optarg, 0, 1000000000L);
+      break;
+    case 'R':
+      ro.max_retries = (int)cli_int(&app, "max-retries", optarg, 0, 1000);
+      break;
+    case 'p':
+      ro.prefetch = (int)cli_int(&app, "prefetch", optarg, 0, 65535);
+      break;
+    case 'D':
+      ro.dedup_window = (size_t)cli_int(&app, "dedup", optarg, 0, 10000000L);
+      break;
+    default:
+      fprintf(stderr, "Try 'edp-forward-receiver --help'.\n");
+      return CLI_USAGE;
+    }
+  }
+  if (optind < argc)
+    cli_die(&app, CLI_USAGE, "unexpected argument '%s'", argv[optind]);
+  if (!queue[0] || strlen(queue) > 200)
+    cli_die(&app, CLI_USAGE, "--queue: 1 to 200 characters");
+
+  edp_conn *conn = cli_connect(&app, "edp-forward-receiver");
+  ro.queue = queue;
+  ro.handler = handler;
+  ro.on_event = on_event;
+  ro.ud = &run;
+  edp_fwd_receiver *r = NULL;
+  int rc = edp_fwd_receiver_new(conn, &ro, &r);
+  if (rc)
+    cli_die_err(&app, conn, rc, "cannot consume");
+  fprintf(stderr, "edp-forward-receiver: waiting for messages on %s\n", queue);
+  edp_fwd_receiver_stats st = {0};
+  int code = CLI_OK;
+  for (;;) {
+    edp_fwd_receiver_stats_get(r, &st);
+    if (count >= 0 && (long)st.processed >= count)
+      break;
+    if (cli_stopped()) {
+      code = CLI_INTERRUPTED;
+      break;
+    }
+    rc = edp_fwd_receive(r, (int)idle);
+    if (rc == EDP_ETIMEOUT)
+      break;
+    if (rc == EDP_ESTOPPED) {
+      code = CLI_INTERRUPTED;
+      break;
+    }
+    if (rc) {
+      fprintf(stderr, "edp-forward-receiver: %s\n", edp_strerror(rc));
+      code = cli_exit_code(rc);
+      break;
+    }
+  }
+  edp_fwd_receiver_stats_get(r, &st);
+  fprintf(stderr,
+          "edp-forward-receiver: processed %llu, retried %llu, "
+          "dead-lettered %llu, duplicates %llu, redelivered %llu\n",
+          (unsigned long long)st.processed, (unsigned long long)st.retried,
+          (unsigned long long)st.dead_lettered,
+          (unsigned long long)st.duplicates,
+          (unsigned long long)st.redelivered);
+  /* Closing the channel gives every prefetched, unacked message back to
+   * the queue. */
+  edp_fwd_receiver_destroy(&r);
+  edp_conn_destroy(&conn);
+  return code;
+}

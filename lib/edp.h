@@ -1,0 +1,17 @@
+/*
+ * edp.h - the whole public API of libedp: the core (errors, URLs,
+ * connections) and the pattern modules.
+ */
+#ifndef EDP_H
+#define EDP_H
+
+#define EDP_VERSION "0.1.0"
+
+#include "edp_conn.h"
+#include "edp_error.h"
+#include "edp_url.h"
+#include "edp_util.h"
+
+#include "edp_forwarding.h"
+
+#endif

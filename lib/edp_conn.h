@@ -1,0 +1,305 @@
+/*
+ * edp_conn.h - a connection to one RabbitMQ broker with one channel:
+ * topology, publishing with pipelined publisher confirms, consuming with
+ * manual acks, and reconnection that restores all of it.
+ *
+ * Threads: an edp_conn belongs to the thread that opened it (rabbitmq-c
+ * is not thread-safe). Other threads hand work back to that thread, for
+ * example through a pipe or eventfd given to edp_conn_wait().
+ *
+ * Channels: each edp_conn has exactly one channel. Patterns that need
+ * parallelism open one edp_conn per thread, which keeps the ownership rule
+ * simple and lets each connection be restored on its own.
+ *
+ * Errors: functions return 0 or a negative EDP_E* code (edp_error.h). The
+ * broker's last reply code and text stay readable through
+ * edp_conn_reply_code() and edp_conn_reply_text(). After EDP_ECLOSED the
+ * connection is gone: call edp_conn_reconnect(), which opens a new
+ * connection and channel and replays qos, confirm mode, topology and
+ * consumers in that order.
+ */
+#ifndef EDP_CONN_H
+#define EDP_CONN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "edp_error.h"
+#include "edp_url.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum edp_log_level {
+  EDP_LOG_ERROR = 0,
+  EDP_LOG_WARN = 1,
+  EDP_LOG_INFO = 2,
+  EDP_LOG_DEBUG = 3
+};
+
+/* Receives every log line of libedp; msg has no trailing newline and never
+ * contains a password. Called on the thread that made the libedp call. */
+typedef void (*edp_log_fn)(void *ud, int level, const char *msg);
+
+typedef struct edp_conn edp_conn;
+
+/* Called on the owner thread after edp_conn_reconnect() restored the
+ * connection, e.g. to register a new server-named queue somewhere. */
+typedef void (*edp_reconnect_fn)(void *ud, edp_conn *c);
+
+typedef struct edp_conn_opts {
+  const char *url;           /* NULL means EDP_URL_DEFAULT; copied */
+  int heartbeat_s;           /* default 10; the URL's ?heartbeat= wins */
+  int connect_timeout_ms;    /* TCP connect + login, default 5000 */
+  int rpc_timeout_ms;        /* each synchronous AMQP call, default 10000 */
+  int frame_max;             /* default 131072 */
+  int reconnect_max_ms;      /* edp_conn_reconnect gives up after, 30000 */
+  int backoff_initial_ms;    /* first retry delay, default 100 */
+  int backoff_max_ms;        /* retry delay cap, default 5000 */
+  size_t max_body;           /* publish refuses bigger bodies with
+                                EDP_ETOOBIG; default 128 MiB, RabbitMQ's
+                                default max_message_size; 0 = no check */
+  int stop_fd;               /* readable = stop waiting (EDP_ESTOPPED); -1 */
+  const char *client_name;   /* shown in the management UI; copied */
+  edp_log_fn log;            /* NULL: silent */
+  void *log_ud;
+  edp_reconnect_fn on_reconnect;
+  void *on_reconnect_ud;
+} edp_conn_opts;
+
+/* Fills *o with the defaults above. */
+void edp_conn_opts_init(edp_conn_opts *o);
+
+/* Opens a connection and its channel. On failure *out is NULL and the
+ * error is EDP_EURL, EDP_ECONNECT (nothing listens, DNS, timeout),
+ * EDP_EAUTH (bad credentials), EDP_EACCESS (vhost missing or refused),
+ * EDP_ENOMEM or EDP_EPROTOCOL. err_text, if not NULL, receives a one-line
+ * reason with the URL masked. */
+int edp_conn_open(const edp_conn_opts *o, edp_conn **out, char *err_text,
+                  size_t err_len);
+
+/* Closes the channel and connection gracefully (if still open), frees
+ * everything and sets *c to NULL. Accepts NULL and *c == NULL. */
+void edp_conn_destroy(edp_conn **c);
+
+/* The broker's last close/reply code (e.g. 404, 403, 320) and its text;
+ * 0 and "" when there was none. */
+int edp_conn_reply_code(const edp_conn *c);
+const char *edp_conn_reply_text(const edp_conn *c);
+
+/* The URL with the password masked. */
+const char *edp_conn_url(const edp_conn *c);
+
+/* Non-zero while the connection is usable. */
+int edp_conn_is_open(const edp_conn *c);
+
+/* Counts channel (re)openings; deliveries carry the epoch they came on,
+ * and acks for an older epoch are refused with EDP_ESTALE (the broker
+ * redelivers those messages). */
+uint32_t edp_conn_epoch(const edp_conn *c);
+
+/* The socket, for diagnostics; use edp_conn_wait() to wait on it. */
+int edp_conn_fd(const edp_conn *c);
+
+/* ---- topology (recorded and replayed after a reconnect) ---- */
+
+typedef struct edp_queue_opts {
+  int durable;                     /* default 1 */
+  int exclusive;                   /* default 0 */
+  int auto_delete;                 /* default 0 */
+  const char *dead_letter_exchange;    /* x-dead-letter-exchange */
+  const char *dead_letter_routing_key; /* x-dead-letter-routing-key */
+  int max_priority;                /* x-max-priority, 0 = none */
+  const char *queue_type;          /* x-queue-type: classic, quorum; NULL */
+  long message_ttl_ms;             /* x-message-ttl, -1 = none */
+} edp_queue_opts;
+
+void edp_queue_opts_init(edp_queue_opts *o);
+
+/* Declares a queue. name "" asks the broker to name it; the name is written
+ * to name_out (may be NULL). msgs/consumers (may be NULL) receive the
+ * counts. Errors: EDP_EPRECONDITION (exists with other arguments),
+ * EDP_EACCESS, EDP_ECLOSED, EDP_ECHANNEL, EDP_ETIMEOUT, EDP_EINVAL. */
+int edp_conn_queue_declare(edp_conn *c, const char *name,
+                           const edp_queue_opts *o, char *name_out,
+                           size_t name_out_len, uint32_t *msgs,
+                           uint32_t *consumers);
+
+/* Passive declare: the message and consumer counts of an existing queue.
+ * EDP_ENOTFOUND if it does not exist (the channel is restored). */
+int edp_conn_queue_inspect(edp_conn *c, const char *name, uint32_t *msgs,
+                           uint32_t *consumers);
+
+/* Deletes / purges a queue (not recorded). purged may be NULL. */
+int edp_conn_queue_delete(edp_conn *c, const char *name);
+int edp_conn_queue_purge(edp_conn *c, const char *name, uint32_t *purged);
+
+/* Declares an exchange of a type ("direct", "topic", "fanout", "headers",
+ * "x-consistent-hash"). */
+int edp_conn_exchange_declare(edp_conn *c, const char *name, const char *type,
+                              int durable);
+int edp_conn_exchange_delete(edp_conn *c, const char *name);
+
+/* Binds queue to exchange with routing_key. */
+int edp_conn_queue_bind(edp_conn *c, const char *queue, const char *exchange,
+                        const char *routing_key);
+
+/* basic.qos: at most prefetch unacked deliveries on this channel. */
+int edp_conn_qos(edp_conn *c, int prefetch);
+
+/* Puts the channel in confirm mode; from then on every publish gets a
+ * sequence number and is tracked until the broker acks or nacks it. */
+int edp_conn_confirm_select(edp_conn *c);
+
+/* ---- publishing ---- */
+
+typedef struct edp_header {
+  const char *key;
+  const char *str; /* string value, or NULL for a number */
+  int64_t num;
+} edp_header;
+
+typedef struct edp_msg {
+  const char *exchange;    /* "" = default exchange */
+  const char *routing_key; /* queue name on the default exchange */
+  const void *body;
+  size_t body_len;
+  int persistent;          /* delivery_mode 2 */
+  int mandatory;           /* unroutable -> basic.return */
+  const char *message_id, *content_type, *reply_to, *correlation_id, *type;
+  int priority;            /* 0..255, -1 = not set */
+  int64_t timestamp;       /* seconds since the epoch, 0 = not set */
+  const edp_header *headers;
+  size_t n_headers;
+} edp_msg;
+
+/* Zeroes *m with priority -1 and exchange "". */
+void edp_msg_init(edp_msg *m);
+
+/* Publishes one message. In confirm mode a copy is kept until confirmed
+ * and *seq (may be NULL) receives its sequence number, else 0. Does not
+ * wait. Errors: EDP_ETOOBIG (over max_body), EDP_ECLOSED, EDP_EINVAL. */
+int edp_conn_publish(edp_conn *c, const edp_msg *m, uint64_t *seq);
+
+enum edp_confirm_status {
+  EDP_CONFIRM_ACK = 0,      /* the broker took responsibility */
+  EDP_CONFIRM_NACK = 1,     /* the broker refused it */
+  EDP_CONFIRM_RETURNED = 2  /* unroutable mandatory message, then acked */
+};
+
+typedef struct edp_confirm {
+  uint64_t seq;
+  int status;               /* enum edp_confirm_status */
+  const char *message_id;   /* NULL if the message had none */
+  int reply_code;           /* for RETURNED: e.g. 312 NO_ROUTE */
+  const char *reply_text;
+  const edp_msg *msg;       /* the message as published */
+} edp_confirm;
+
+/* Called for each confirmed message, in the thread that pumps. The
+ * strings live until the callback returns. */
+typedef void (*edp_confirm_fn)(void *ud, const edp_confirm *cf);
+void edp_conn_on_confirm(edp_conn *c, edp_confirm_fn fn, void *ud);
+
+/* Messages published in confirm mode and not confirmed yet. */
+size_t edp_conn_unconfirmed(const edp_conn *c);
+
+/* Reads frames until at most max_outstanding messages are unconfirmed,
+ * reporting each through the confirm callback. Deliveries that arrive
+ * meanwhile are queued for edp_conn_receive(). Returns 0, EDP_ETIMEOUT,
+ * EDP_ESTOPPED, EDP_ECLOSED or EDP_ECHANNEL. */
+int edp_conn_wait_confirms(edp_conn *c, size_t max_outstanding,
+                           int timeout_ms);
+
+/* After a reconnect or a channel error, the messages the lost channel left
+ * unconfirmed are held; this publishes them again in their original order
+ * (new sequence numbers, same message_id). *n (may be NULL) receives how
+ * many. Returns 0 or an error of edp_conn_publish(). */
+int edp_conn_republish_unconfirmed(edp_conn *c, size_t *n);
+
+/* ---- consuming ---- */
+
+typedef struct edp_consume_opts {
+  int no_ack;     /* default 0: manual acks */
+  int exclusive;  /* default 0 */
+  int priority;   /* x-priority consumer argument, default 0 */
+} edp_consume_opts;
+
+void edp_consume_opts_init(edp_consume_opts *o);
+
+/* Starts a consumer on queue (o may be NULL for defaults). The broker's
+ * consumer tag goes to tag_out (may be NULL). */
+int edp_conn_consume(edp_conn *c, const char *queue, const edp_consume_opts *o,
+                     char *tag_out, size_t tag_len);
+
+/* Cancels a consumer; deliveries already sent stay queued. */
+int edp_conn_cancel(edp_conn *c, const char *tag);
+
+typedef struct edp_delivery {
+  uint64_t tag;         /* delivery tag on the channel of epoch */
+  uint32_t epoch;       /* see edp_conn_epoch() */
+  int redelivered;
+  char *exchange, *routing_key, *consumer_tag;
+  void *body;           /* NUL-terminated copy for convenience */
+  size_t body_len;
+  char *message_id, *content_type, *reply_to, *correlation_id, *type;
+  int priority;         /* -1 if not set */
+  int64_t timestamp;    /* 0 if not set */
+  int persistent;
+  edp_header *headers;  /* string and integer headers; others skipped */
+  size_t n_headers;
+} edp_delivery;
+
+/* Takes the next delivery, waiting up to timeout_ms (0 = don't wait,
+ * -1 = forever, until stop_fd). Heartbeats and confirms are serviced while
+ * waiting. Returns 0, EDP_ETIMEOUT, EDP_ESTOPPED, EDP_ECLOSED, EDP_ECHANNEL
+ * or EDP_ENOTFOUND (the broker cancelled a consumer: its queue is gone).
+ * The caller owns *d and frees it with edp_delivery_clear(). */
+int edp_conn_receive(edp_conn *c, edp_delivery *d, int timeout_ms);
+
+/* Frees what a delivery owns and zeroes it. Accepts NULL. */
+void edp_delivery_clear(edp_delivery *d);
+
+/* A header's string value or NULL / an integer header into *v (0 or
+ * EDP_ENOTFOUND). */
+const char *edp_delivery_header_str(const edp_delivery *d, const char *key);
+int edp_delivery_header_int(const edp_delivery *d, const char *key,
+                            int64_t *v);
+
+/* Number of deliveries read from the socket and not yet received. */
+size_t edp_conn_pending_deliveries(const edp_conn *c);
+
+enum { EDP_READY_DELIVERY = 1, EDP_READY_WAKE = 2 };
+
+/* Waits until a delivery is queued (EDP_READY_DELIVERY), wake_fd (-1 for
+ * none) is readable (EDP_READY_WAKE), or timeout_ms passes (returns 0).
+ * The owner thread's single blocking point: it services heartbeats and
+ * confirms meanwhile. Negative on error as edp_conn_receive(). */
+int edp_conn_wait(edp_conn *c, int wake_fd, int timeout_ms);
+
+/* Acknowledges / rejects deliveries. multiple covers every tag up to tag.
+ * EDP_ESTALE if epoch is not the current channel's (the broker will
+ * redeliver those messages; nothing to do). */
+int edp_conn_ack(edp_conn *c, uint32_t epoch, uint64_t tag, int multiple);
+int edp_conn_nack(edp_conn *c, uint32_t epoch, uint64_t tag, int multiple,
+                  int requeue);
+
+/* ---- reconnection ---- */
+
+/* Opens a new connection with exponential backoff and jitter, then
+ * restores channel, qos, confirm mode, topology and consumers in that
+ * order, keeps the unconfirmed messages for
+ * edp_conn_republish_unconfirmed(), and calls on_reconnect. Gives up after
+ * reconnect_max_ms (EDP_ECONNECT or the last error), at once on EDP_EAUTH
+ * or EDP_EACCESS, or on stop_fd (EDP_ESTOPPED). */
+int edp_conn_reconnect(edp_conn *c);
+
+/* Drops the connection without a handshake, as a broken network would;
+ * for tests and for callers that must abandon a wedged connection. */
+void edp_conn_abandon(edp_conn *c);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,379 @@
+/*
+ * edp_forwarding.c - event forwarding: at-least-once delivery between two
+ * services over a durable queue (see edp_forwarding.h for the contract).
+ *
+ * The sender never blocks on one confirm per message: it keeps up to
+ * confirm_window messages in flight and waits only when the window is
+ * full. The receiver acks only after its handler succeeded; a failed
+ * message is copied to the tail of its queue (or to the .dlq) and the
+ * original acked only once the broker confirmed the copy, so a crash
+ * anywhere in between duplicates a message at worst and never loses one.
+ */
+#include "edp_forwarding.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "edp_idset.h"
+
+/* Consecutive reconnects without progress before we give up. */
+#define MAX_RECOVERIES 10
+
+int edp_fwd_declare(edp_conn *c, const char *queue) {
+  if (!c || !queue || !queue[0] || strlen(queue) > 200)
+    return EDP_EINVAL;
+  edp_queue_opts qo;
+  edp_queue_opts_init(&qo);
+  int rc = edp_conn_queue_declare(c, queue, &qo, NULL, 0, NULL, NULL);
+  if (rc)
+    return rc;
+  char dlq[256];
+  snprintf(dlq, sizeof(dlq), "%s.dlq", queue);
+  return edp_conn_queue_declare(c, dlq, &qo, NULL, 0, NULL, NULL);
+}
+
+/* ---------- sender ---------- */
+
+struct edp_fwd_sender {
+  edp_conn *c;
+  edp_fwd_sender_opts o;
+  char *queue;
+  edp_fwd_sender_stats st;
+};
+
+void edp_fwd_sender_opts_init(edp_fwd_sender_opts *o) {
+  memset(o, 0, sizeof(*o));
+  o->persistent = 1;
+  o->confirm_window = 1024;
+  o->confirm_timeout_ms = 30000;
+}
+
+static void sender_confirmed(void *ud, const edp_confirm *cf) {
+  edp_fwd_sender *s = ud;
+  if (cf->status == EDP_CONFIRM_ACK)
+    s->st.confirmed++;
+  else
+    s->st.refused++;
+  if (s->o.on_confirm)
+    s->o.on_confirm(s->o.ud, cf);
+}
+
+int edp_fwd_sender_new(edp_conn *c, const edp_fwd_sender_opts *o,
+                       edp_fwd_sender **out) {
+  if (!c || !o || !out || !o->queue)
+    return EDP_EINVAL;
+  *out = NULL;
+  int rc = edp_fwd_declare(c, o->queue);
+  if (rc)
+    return rc;
+  edp_fwd_sender *s = calloc(1, sizeof(*s));
+  if (!s || !(s->queue = strdup(o->queue))) {
+    free(s);
+    return EDP_ENOMEM;
+  }
+  s->c = c;
+  s->o = *o;
+  s->o.queue = s->queue;
+  if (s->o.confirm_window) {
+    if ((rc = edp_conn_confirm_select(c))) {
+      edp_fwd_sender_destroy(&s);
+      return rc;
+    }
+    edp_conn_on_confirm(c, sender_confirmed, s);
+  }
+  *out = s;
+  return 0;
+}
+
+void edp_fwd_sender_destroy(edp_fwd_sender **sp) {
+  if (!sp || !*sp)
+    return;
+  if ((*sp)->o.confirm_window)
+    edp_conn_on_confirm((*sp)->c, NULL, NULL);
+  free((*sp)->queue);
+  free(*sp);
+  *sp = NULL;
+}
+
+/* Reconnects and publishes again what the lost channel left unconfirmed. */
+static int sender_recover(edp_fwd_sender *s) {
+  for (int i = 0; i < MAX_RECOVERIES; i++) {
+    int rc = edp_conn_reconnect(s->c);
+    if (rc)
+      return rc;
+    s->st.reconnects++;
+    size_t n = 0;
+    rc = edp_conn_republish_unconfirmed(s->c, &n);
+    s->st.republished += n;
+    if (rc != EDP_ECLOSED)
+      return rc;
+  }
+  return EDP_ECONNECT;
+}
+
+/* Waits until at most max messages are in flight, recovering from a lost
+ * connection on the way. */
+static int sender_drain(edp_fwd_sender *s, size_t max) {
+  for (int i = 0; i < MAX_RECOVERIES; i++) {
+    int rc = edp_conn_wait_confirms(s->c, max, s->o.confirm_timeout_ms);
+    if (rc != EDP_ECLOSED)
+      return rc;
+    if ((rc = sender_recover(s)))
+      return rc;
+  }
+  return EDP_ECONNECT;
+}
+
+int edp_fwd_send(edp_fwd_sender *s, const char *message_id, const void *body,
+                 size_t len, const char *content_type) {
+  if (!s || !message_id || !message_id[0] || (len && !body))
+    return EDP_EINVAL;
+  edp_msg m;
+  edp_msg_init(&m);
+  m.routing_key = s->queue;
+  m.body = body;
+  m.body_len = len;
+  m.persistent = s->o.persistent;
+  /* mandatory: if the queue was deleted, the broker returns the message
+   * instead of dropping it, and the caller hears about it. */
+  m.mandatory = 1;
+  m.message_id = message_id;
+  m.content_type = content_type;
+  m.timestamp = (int64_t)time(NULL);
+  for (int i = 0; i < MAX_RECOVERIES; i++) {
+    int rc = 0;
+    if (s->o.confirm_window)
+      rc = sender_drain(s, s->o.confirm_window - 1);
+    if (!rc)
+      rc = edp_conn_publish(s->c, &m, NULL);
+    if (!rc) {
+      s->st.sent++;
+      return 0;
+    }
+    if (rc != EDP_ECLOSED)
+      return rc;
+    if ((rc = sender_recover(s)))
+      return rc;
+  }
+  return EDP_ECONNECT;
+}
+
+int edp_fwd_flush(edp_fwd_sender *s) {
+  if (!s)
+    return EDP_EINVAL;
+  return s->o.confirm_window ? sender_drain(s, 0) : 0;
+}
+
+void edp_fwd_sender_stats_get(const edp_fwd_sender *s,
+                              edp_fwd_sender_stats *out) {
+  if (s && out)
+    *out = s->st;
+}
+
+/* ---------- receiver ---------- */
+
+struct edp_fwd_receiver {
+  edp_conn *c;
+  edp_fwd_receiver_opts o;
+  char *queue, *dlq;
+  edp_idset *seen;
+  int copy_status; /* confirm status of the last retry/dlq copy */
+  edp_fwd_receiver_stats st;
+};
+
+void edp_fwd_receiver_opts_init(edp_fwd_receiver_opts *o) {
+  memset(o, 0, sizeof(*o));
+  o->prefetch = 32;
+  o->max_retries = 3;
+}
+
+static void receiver_confirmed(void *ud, const edp_confirm *cf) {
+  edp_fwd_receiver *r = ud;
+  r->copy_status = cf->status;
+}
+
+int edp_fwd_receiver_new(edp_conn *c, const edp_fwd_receiver_opts *o,
+                         edp_fwd_receiver **out) {
+  if (!c || !o || !out || !o->queue || !o->handler || o->max_retries < 0 ||
+      o->prefetch < 0)
+    return EDP_EINVAL;
+  *out = NULL;
+  edp_fwd_receiver *r = calloc(1, sizeof(*r));
+  if (!r)
+    return EDP_ENOMEM;
+  r->c = c;
+  r->o = *o;
+  r->queue = strdup(o->queue);
+  r->dlq = malloc(strlen(o->queue) + 5);
+  int rc = r->queue && r->dlq ? 0 : EDP_ENOMEM;
+  if (!rc) {
+    sprintf(r->dlq, "%s.dlq", o->queue);
+    r->o.queue = r->queue;
+  }
+  if (!rc && o->dedup_window)
+    rc = edp_idset_new(o->dedup_window, &r->seen);
+  if (!rc)
+    rc = edp_fwd_declare(c, o->queue);
+  if (!rc)
+    rc = edp_conn_qos(c, o->prefetch);
+  if (!rc)
+    rc = edp_conn_confirm_select(c);
+  if (!rc)
+    rc = edp_conn_consume(c, o->queue, NULL, NULL, 0);
+  if (rc) {
+    edp_fwd_receiver_destroy(&r);
+    return rc;
+  }
+  edp_conn_on_confirm(c, receiver_confirmed, r);
+  *out = r;
+  return 0;
+}
+
+void edp_fwd_receiver_destroy(edp_fwd_receiver **rp) {
+  if (!rp || !*rp)
+    return;
+  edp_fwd_receiver *r = *rp;
+  edp_conn_on_confirm(r->c, NULL, NULL);
+  edp_idset_destroy(&r->seen);
+  free(r->queue);
+  free(r->dlq);
+  free(r);
+  *rp = NULL;
+}
+
+static void emit(edp_fwd_receiver *r, int ev, const edp_delivery *d,
+                 const char *reason) {
+  if (r->o.on_event)
+    r->o.on_event(r->o.ud, ev, d, reason);
+}
+
+/* Copies a failed message to target with the retry count and reason, and
+ * waits for the broker's confirm. Returns 0 only if the copy is safe. */
+static int forward_copy(edp_fwd_receiver *r, const edp_delivery *d,
+                        const char *target, int64_t retries,
+                        const char *reason) {
+  size_t n = 0;
+  edp_header *h = calloc(d->n_headers + 3, sizeof(*h));
+  if (!h)
+    return EDP_ENOMEM;
+  for (size_t i = 0; i < d->n_headers; i++) {
+    const char *k = d->headers[i].key;
+    if (strcmp(k, EDP_FWD_HDR_RETRIES) && strcmp(k, EDP_FWD_HDR_REASON) &&
+        strcmp(k, EDP_FWD_HDR_QUEUE))
+      h[n++] = d->headers[i];
+  }
+  h[n++] = (edp_header){EDP_FWD_HDR_RETRIES, NULL, retries};
+  h[n++] = (edp_header){EDP_FWD_HDR_REASON, reason, 0};
+  h[n++] = (edp_header){EDP_FWD_HDR_QUEUE, r->queue, 0};
+  edp_msg m;
+  edp_msg_init(&m);
+  m.routing_key = target;
+  m.body = d->body;
+  m.body_len = d->body_len;
+  m.persistent = 1;
+  m.mandatory = 1;
+  m.message_id = d->message_id;
+  m.content_type = d->content_type;
+  m.correlation_id = d->correlation_id;
+  m.reply_to = d->reply_to;
+  m.type = d->type;
+  m.priority = d->priority;
+  m.timestamp = d->timestamp;
+  m.headers = h;
+  m.n_headers = n;
+  r->copy_status = -1;
+  int rc = edp_conn_publish(r->c, &m, NULL);
+  free(h);
+  if (!rc)
+    rc = edp_conn_wait_confirms(r->c, 0, 30000);
+  if (!rc && r->copy_status != EDP_CONFIRM_ACK)
+    rc = EDP_ENACKED;
+  return rc;
+}
+
+static int receiver_recover(edp_fwd_receiver *r) {
+  int rc = edp_conn_reconnect(r->c);
+  if (!rc)
+    r->st.reconnects++;
+  return rc;
+}
+
+/* Acks (or nacks with requeue); a lost channel means the broker redelivers
+ * the message, which is the safe outcome, so only a lost connection needs
+ * action. */
+static int settle(edp_fwd_receiver *r, const edp_delivery *d, int ack) {
+  int rc = ack ? edp_conn_ack(r->c, d->epoch, d->tag, 0)
+               : edp_conn_nack(r->c, d->epoch, d->tag, 0, 1);
+  if (rc == EDP_ECLOSED)
+    return receiver_recover(r);
+  return rc == EDP_ESTALE ? 0 : rc;
+}
+
+static int handle(edp_fwd_receiver *r, const edp_delivery *d) {
+  if (d->redelivered)
+    r->st.redelivered++;
+  if (r->seen && d->message_id && edp_idset_contains(r->seen, d->message_id)) {
+    r->st.duplicates++;
+    emit(r, EDP_FWD_DUPLICATE, d, "");
+    return settle(r, d, 1);
+  }
+  int64_t retries = 0;
+  edp_delivery_header_int(d, EDP_FWD_HDR_RETRIES, &retries);
+  char reason[256] = "";
+  if (r->o.handler(r->o.ud, d, reason, sizeof(reason)) == 0) {
+    int rc = settle(r, d, 1);
+    if (!rc && r->seen && d->message_id &&
+        edp_idset_add(r->seen, d->message_id) < 0)
+      rc = EDP_ENOMEM;
+    r->st.processed++;
+    emit(r, EDP_FWD_PROCESSED, d, "");
+    return rc;
+  }
+  if (!reason[0])
+    snprintf(reason, sizeof(reason), "handler failed");
+  int dead = retries >= r->o.max_retries;
+  int rc = forward_copy(r, d, dead ? r->dlq : r->queue, retries + 1, reason);
+  if (rc == EDP_ECLOSED)
+    return receiver_recover(r); /* the original comes back redelivered */
+  if (rc) {
+    /* The copy is not safe: give the original back to the queue. */
+    int src = settle(r, d, 0);
+    return src ? src : rc;
+  }
+  if (dead)
+    r->st.dead_lettered++;
+  else
+    r->st.retried++;
+  emit(r, dead ? EDP_FWD_DEAD_LETTERED : EDP_FWD_RETRIED, d, reason);
+  return settle(r, d, 1);
+}
+
+int edp_fwd_receive(edp_fwd_receiver *r, int timeout_ms) {
+  if (!r)
+    return EDP_EINVAL;
+  for (int i = 0; i < MAX_RECOVERIES; i++) {
+    edp_delivery d;
+    int rc = edp_conn_receive(r->c, &d, timeout_ms);
+    if (rc == EDP_ECLOSED) {
+      if ((rc = receiver_recover(r)))
+        return rc;
+      continue;
+    }
+    if (rc == EDP_ECHANNEL)
+      continue; /* the channel was restored with its consumer */
+    if (rc)
+      return rc;
+    rc = handle(r, &d);
+    edp_delivery_clear(&d);
+    return rc;
+  }
+  return EDP_ECONNECT;
+}
+
+void edp_fwd_receiver_stats_get(const edp_fwd_receiver *r,
+                                edp_fwd_receiver_stats *out) {
+  if (r && out)
+    *out = r->st;
+}

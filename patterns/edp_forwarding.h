@@ -1,0 +1,149 @@
+/*
+ * edp_forwarding.h - the event forwarding pattern: no message lost
+ * between two services.
+ *
+ * Sender: persistent messages to a durable queue, publisher confirms
+ * pipelined with a window; a message counts as sent only when the broker
+ * confirmed it, and after a lost connection everything unconfirmed is
+ * published again (so a receiver may see a message twice, never zero
+ * times).
+ *
+ * Receiver: manual ack only after the handler returned success. A failed
+ * message goes back to the tail of its queue with a retry count, up to
+ * max_retries, then to "<queue>.dlq" with the reason in a header; the
+ * original is acked only after the broker confirmed the copy. Optional
+ * dedup drops message_ids seen in a bounded window.
+ *
+ * Both sides take an open edp_conn that they use from the calling thread
+ * only, and reconnect it themselves when it is lost.
+ */
+#ifndef EDP_FORWARDING_H
+#define EDP_FORWARDING_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "edp_conn.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Header names the receiver sets on retried and dead-lettered messages. */
+#define EDP_FWD_HDR_RETRIES "x-edp-retries"
+#define EDP_FWD_HDR_REASON "x-edp-reason"
+#define EDP_FWD_HDR_QUEUE "x-edp-original-queue"
+
+/* Declares queue (durable) and its dead-letter queue "<queue>.dlq".
+ * Returns 0 or an edp_conn error (EDP_EPRECONDITION if the queue exists
+ * with other arguments). */
+int edp_fwd_declare(edp_conn *c, const char *queue);
+
+/* ---- sender ---- */
+
+typedef struct edp_fwd_sender edp_fwd_sender;
+
+typedef struct edp_fwd_sender_opts {
+  const char *queue;         /* required; declared with its .dlq */
+  int persistent;            /* default 1 */
+  size_t confirm_window;     /* messages in flight, default 1024;
+                                0 = no confirms (fire-and-forget, unsafe) */
+  int confirm_timeout_ms;    /* longest wait for the broker, default 30000 */
+  /* Called once per message the broker took (status EDP_CONFIRM_ACK) or
+   * refused (NACK, RETURNED); cf->message_id identifies it. */
+  edp_confirm_fn on_confirm;
+  void *ud;
+} edp_fwd_sender_opts;
+
+void edp_fwd_sender_opts_init(edp_fwd_sender_opts *o);
+
+/* Creates a sender on c (not owned), declares the queues and enables
+ * confirm mode. Errors: EDP_EINVAL, EDP_ENOMEM, edp_conn errors. */
+int edp_fwd_sender_new(edp_conn *c, const edp_fwd_sender_opts *o,
+                       edp_fwd_sender **out);
+
+/* Frees the sender (not its connection); sets *s to NULL; accepts NULL. */
+void edp_fwd_sender_destroy(edp_fwd_sender **s);
+
+/* Publishes one message with message_id (required, the receiver's key for
+ * dedup) and content_type (may be NULL). Waits only while the window is
+ * full. A lost connection is reconnected and the unconfirmed messages are
+ * published again before this one. Errors: EDP_EINVAL, EDP_ETOOBIG,
+ * EDP_ETIMEOUT, EDP_ESTOPPED, or the reconnect's error (EDP_ECONNECT ...). */
+int edp_fwd_send(edp_fwd_sender *s, const char *message_id,
+                 const void *body, size_t len, const char *content_type);
+
+/* Waits until every message sent so far is confirmed (or refused).
+ * Errors as edp_fwd_send(). */
+int edp_fwd_flush(edp_fwd_sender *s);
+
+typedef struct edp_fwd_sender_stats {
+  uint64_t sent;        /* edp_fwd_send calls that published */
+  uint64_t confirmed;   /* acked by the broker */
+  uint64_t refused;     /* nacked or returned */
+  uint64_t republished; /* sent again after a reconnect */
+  uint64_t reconnects;
+} edp_fwd_sender_stats;
+
+void edp_fwd_sender_stats_get(const edp_fwd_sender *s,
+                              edp_fwd_sender_stats *out);
+
+/* ---- receiver ---- */
+
+/* The message handler. Return 0 when the message is done (it is then
+ * acked), anything else to fail it: write a one-line reason to reason. */
+typedef int (*edp_fwd_handler)(void *ud, const edp_delivery *d, char *reason,
+                               size_t reason_len);
+
+enum edp_fwd_event {
+  EDP_FWD_PROCESSED = 0,   /* handler succeeded, acked */
+  EDP_FWD_RETRIED = 1,     /* handler failed, requeued with a count */
+  EDP_FWD_DEAD_LETTERED = 2, /* failed max_retries + 1 times, in .dlq */
+  EDP_FWD_DUPLICATE = 3    /* message_id seen before, acked unprocessed */
+};
+
+/* Reports what happened to each delivery; reason is "" unless failed. */
+typedef void (*edp_fwd_event_fn)(void *ud, int event, const edp_delivery *d,
+                                 const char *reason);
+
+typedef struct edp_fwd_receiver_opts {
+  const char *queue;     /* required; declared with its .dlq */
+  int prefetch;          /* unacked deliveries, default 32 */
+  int max_retries;       /* requeues before the .dlq, default 3 */
+  size_t dedup_window;   /* remembered message_ids, 0 = no dedup */
+  edp_fwd_handler handler; /* required */
+  edp_fwd_event_fn on_event; /* may be NULL */
+  void *ud;
+} edp_fwd_receiver_opts;
+
+void edp_fwd_receiver_opts_init(edp_fwd_receiver_opts *o);
+
+typedef struct edp_fwd_receiver edp_fwd_receiver;
+
+/* Creates a receiver on c (not owned): declares the queues, sets qos and
+ * confirm mode (for the retry copies) and starts consuming. */
+int edp_fwd_receiver_new(edp_conn *c, const edp_fwd_receiver_opts *o,
+                         edp_fwd_receiver **out);
+
+/* Cancels nothing on the broker by itself (closing the connection does);
+ * frees the receiver, sets *r to NULL, accepts NULL. */
+void edp_fwd_receiver_destroy(edp_fwd_receiver **r);
+
+/* Takes and handles one message, waiting up to timeout_ms (-1 forever).
+ * Returns 0 when one was handled, EDP_ETIMEOUT when none came, or
+ * EDP_ESTOPPED / a reconnect error. A lost connection is reconnected;
+ * messages in flight then come back redelivered. */
+int edp_fwd_receive(edp_fwd_receiver *r, int timeout_ms);
+
+typedef struct edp_fwd_receiver_stats {
+  uint64_t processed, retried, dead_lettered, duplicates, redelivered;
+  uint64_t reconnects;
+} edp_fwd_receiver_stats;
+
+void edp_fwd_receiver_stats_get(const edp_fwd_receiver *r,
+                                edp_fwd_receiver_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

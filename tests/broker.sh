@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Private RabbitMQ nodes for tests, demos and benchmarks.
+#
+#   tests/broker.sh start DIR      start a node whose files live in DIR, print its URL
+#   tests/broker.sh stop DIR       stop it gracefully (data kept in DIR)
+#   tests/broker.sh restart DIR    stop, then start again on the same ports and data
+#   tests/broker.sh kill DIR       SIGKILL the node (a crash); 'start DIR' revives it
+#   tests/broker.sh url DIR        print the URL of the node in DIR
+#   tests/broker.sh ctl DIR ARGS   run rabbitmqctl against that node
+#   tests/broker.sh close-conns DIR [NAME]
+#                                  close client connections (those whose
+#                                  connection_name is NAME), as a broker would
+#
+# Every node gets free ports, its own data and log dirs under DIR and is
+# stopped by its own pid file, so the harness never touches a broker it did
+# not start. Waits are bounded (EDP_BROKER_WAIT_S, default 60 s).
+# Environment: EDP_EPMD_PORT (default 4369) selects the epmd the node
+# registers with; nodes that must form a cluster share one.
+set -euo pipefail
+
+RMQ=/usr/lib/rabbitmq/bin
+WAIT_S=${EDP_BROKER_WAIT_S:-60}
+
+die() { echo "broker.sh: $*" >&2; exit 1; }
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+free_port() {
+  local p
+  for _ in $(seq 1 200); do
+    p=$((20000 + RANDOM % 40000))
+    if port_free "$p" && port_free $((p + 20000 > 65000 ? p - 15000 : p + 20000)); then
+      echo "$p"; return 0
+    fi
+  done
+  die "no free port found"
+}
+
+node_env() {
+  local dir=$1
+  # shellcheck disable=SC1091
+  . "$dir/node.env"
+  export RABBITMQ_NODENAME=$NODE RABBITMQ_NODE_PORT=$PORT
+  export RABBITMQ_DIST_PORT=$DIST_PORT
+  export RABBITMQ_MNESIA_BASE=$dir/mnesia RABBITMQ_LOG_BASE=$dir/log
+  export RABBITMQ_PID_FILE=$dir/pid
+  export RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins
+  export RABBITMQ_CONFIG_FILE=$dir/rabbitmq.conf
+  export RABBITMQ_ADVANCED_CONFIG_FILE=$dir/advanced.config
+  export ERL_EPMD_PORT=$EPMD_PORT
+  # Keep the node small: it shares two cores with the tests.
+  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="+S 2:2 +A 8"
+}
+
+ctl() { "$RMQ/rabbitmqctl" -n "$NODE" "$@"; }
+
+start() {
+  local dir=$1
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  if [ ! -f "$dir/node.env" ]; then
+    local port; port=$(free_port)
+    local dist=$((port + 20000 > 65000 ? port - 15000 : port + 20000))
+    cat > "$dir/node.env" <<ENV
+NODE=edp$port@localhost
+PORT=$port
+DIST_PORT=$dist
+EPMD_PORT=${EDP_EPMD_PORT:-4369}
+ENV
+    cat > "$dir/rabbitmq.conf" <<CONF
+listeners.tcp.default = 127.0.0.1:$port
+loopback_users = none
+log.file.level = warning
+log.console = false
+max_message_size = 4194304
+CONF
+    echo '[rabbitmq_consistent_hash_exchange].' > "$dir/enabled_plugins"
+    echo '[].' > "$dir/advanced.config"
+    mkdir -p "$dir/mnesia" "$dir/log"
+  fi
+  node_env "$dir"
+  if [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
+    die "node in $dir already runs (pid $(cat "$dir/pid"))"
+  fi
+  rm -f "$dir/pid"
+  "$RMQ/rabbitmq-server" -detached >>"$dir/log/start.out" 2>&1 || true
+  if ! timeout "$WAIT_S" "$RMQ/rabbitmqctl" -n "$NODE" wait "$dir/pid" \
+       --timeout "$WAIT_S" >>"$dir/log/start.out" 2>&1; then
+    echo "broker.sh: node $NODE did not start within ${WAIT_S}s; last log lines:" >&2
+    tail -n 20 "$dir/log/start.out" "$dir"/log/*.log 2>/dev/null >&2 || true
+    kill_node "$dir"
+    exit 1
+  fi
+  echo "amqp://guest:guest@127.0.0.1:$PORT/" > "$dir/url"
+  cat "$dir/url"
+}
+
+kill_node() {
+  local dir=$1
+  if [ -f "$dir/pid" ]; then
+    local pid; pid=$(cat "$dir/pid")
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+      kill -9 "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+  fi
+}
+
+stop() {
+  local dir=$1
+  [ -f "$dir/node.env" ] || die "no node in $dir"
+  node_env "$dir"
+  [ -f "$dir/pid" ] || return 0
+  local pid; pid=$(cat "$dir/pid")
+  if kill -0 "$pid" 2>/dev/null; then
+    timeout "$WAIT_S" "$RMQ/rabbitmqctl" -n "$NODE" stop "$dir/pid" \
+      >>"$dir/log/start.out" 2>&1 || kill_node "$dir"
+  fi
+  rm -f "$dir/pid"
+}
+
+cmd=${1:-}; dir=${2:-}
+[ -n "$cmd" ] && [ -n "$dir" ] || die "usage: broker.sh start|stop|restart|kill|url|ctl DIR [ARGS]"
+case $cmd in
+  start) start "$dir" ;;
+  stop) stop "$dir" ;;
+  restart) stop "$dir"; start "$dir" ;;
+  kill) kill_node "$dir" ;;
+  url) cat "$dir/url" ;;
+  ctl) shift 2; node_env "$dir"; ctl "$@" ;;
+  close-conns)
+    node_env "$dir"; name=${3:-}; n=0
+    while IFS=$'\t' read -r pid props; do
+      [ -n "$pid" ] || continue
+      if [ -z "$name" ] || [[ $props == *"{\"connection_name\",\"$name\"}"* ]]; then
+        ctl close_connection "$pid" "closed by the edp test harness" >/dev/null && n=$((n + 1))
+      fi
+    done < <(ctl list_connections pid client_properties --no-table-headers --silent)
+    echo "$n" ;;
+  *) die "unknown command $cmd" ;;
+esac
