@@ -50,6 +50,8 @@ TEST_COMMON := tests/testlib.c
 UNIT_BINS := $(patsubst tests/%.c,$(OUT)/tests/%,$(UNIT_SRC))
 INTEG_BINS := $(patsubst tests/%.c,$(OUT)/tests/%,$(INTEG_SRC))
 
+BENCH_BINS := $(patsubst bench/%.c,$(OUT)/bench/%,$(wildcard bench/edp-bench-*.c))
+
 LIB_OBJ := $(patsubst %.c,$(OUT)/obj/%.o,$(LIB_SRC))
 STATIC := $(OUT)/libedp.a
 SHARED := $(OUT)/libedp.so.$(VERSION)
@@ -75,6 +77,10 @@ $(BIN)/edp-%: $(OUT)/obj/cmd/edp-%.o $(OUT)/obj/cmd/cli.o $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(SANFLAGS) -o $@ $^ $(LDLIBS_ALL)
 
+$(OUT)/bench/edp-bench-%: $(OUT)/obj/bench/edp-bench-%.o $(OUT)/obj/cmd/cli.o $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(SANFLAGS) -o $@ $^ $(LDLIBS_ALL)
+
 $(OUT)/tests/unit_%: $(OUT)/obj/tests/unit_%.o $(OUT)/obj/tests/testlib.o $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(SANFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS_ALL)
@@ -95,7 +101,7 @@ $(OUT)/edp.pc: Makefile
 	  'Libs: -L$${libdir} -ledp' 'Libs.private: -lpthread -lm' \
 	  'Cflags: -I$${includedir}' > $@
 
-tests: $(UNIT_BINS) $(INTEG_BINS) $(PROGS)
+tests: $(UNIT_BINS) $(INTEG_BINS) $(PROGS) $(BENCH_BINS)
 
 # Unit tests need no broker; integration suites run against a private node
 # that tests/run-integration.sh starts and always stops.
@@ -108,8 +114,11 @@ check: deps all tests
 	  done; fi
 	EDP_BIN=$(BIN) tests/run-integration.sh $(INTEG_BINS)
 
-bench: deps all
-	tests/with-broker.sh $(BIN)/edp-bench all --out docs/BENCHMARKS.md
+# Each bench program prints one markdown section; bench.sh runs them all
+# against one private node (multi-broker starts its own) and writes
+# docs/BENCHMARKS.md.
+bench: deps all $(BENCH_BINS)
+	EDP_BIN=$(BIN) tests/with-broker.sh tests/bench.sh $(BENCH_BINS)
 
 demo: deps all
 	EDP_BIN=$(BIN) tests/with-broker.sh cmd/demo.sh $(PATTERN)
@@ -133,7 +142,7 @@ install: all
 	install -m 755 $(PROGS) $(DESTDIR)$(BINDIR)
 
 format:
-	clang-format -i lib/*.[ch] patterns/*.[ch] cmd/*.[ch] tests/*.[ch]
+	clang-format -i lib/*.[ch] patterns/*.[ch] cmd/*.[ch] tests/*.[ch] bench/*.c
 
 clean:
 	rm -rf build bin

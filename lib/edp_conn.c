@@ -744,17 +744,18 @@ static int connect_once(edp_conn *c, char *err_text, size_t err_len) {
     snprintf(err_text, err_len, "out of memory");
     return EDP_ENOMEM;
   }
-  errno = 0;
   int cto = c->url.connect_timeout_ms >= 0 ? c->url.connect_timeout_ms
                                            : c->o.connect_timeout_ms;
   struct timeval tv = {cto / 1000, (cto % 1000) * 1000};
   int res = amqp_socket_open_noblock(sock, c->url.host, c->url.port, &tv);
   if (res != AMQP_STATUS_OK) {
-    /* rabbitmq-c only says "a socket error occurred"; errno says which. */
-    int e = errno;
+    /* rabbitmq-c only says "a socket error occurred" and keeps the
+     * socket's own error to itself; after a non-blocking connect that is
+     * a refusal or an unreachable host (a timeout has its own status). */
     snprintf(err_text, err_len, "cannot connect to %s: %s", c->masked,
-             res == AMQP_STATUS_SOCKET_ERROR && e ? strerror(e)
-                                                  : amqp_error_string2(res));
+             res == AMQP_STATUS_SOCKET_ERROR
+                 ? "connection refused or host unreachable"
+                 : amqp_error_string2(res));
     amqp_destroy_connection(c->st);
     c->st = NULL;
     return EDP_ECONNECT;

@@ -1,0 +1,190 @@
+/*
+ * unit_core.c - the core pieces that need no broker: URL parsing and
+ * masking, error strings, the bounded id set.
+ */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "edp.h"
+#include "edp_idset.h"
+
+START_TEST(url_full) {
+  edp_url u;
+  ck_assert_int_eq(edp_url_parse("amqp://bob:s3cret@broker.example:5673/prod",
+                                 &u, NULL, 0),
+                   0);
+  ck_assert_str_eq(u.user, "bob");
+  ck_assert_str_eq(u.pass, "s3cret");
+  ck_assert_str_eq(u.host, "broker.example");
+  ck_assert_int_eq(u.port, 5673);
+  ck_assert_str_eq(u.vhost, "prod");
+  ck_assert_int_eq(u.heartbeat_s, -1);
+}
+END_TEST
+
+START_TEST(url_defaults) {
+  edp_url u;
+  ck_assert_int_eq(edp_url_parse("amqp://localhost", &u, NULL, 0), 0);
+  ck_assert_str_eq(u.user, "guest");
+  ck_assert_str_eq(u.pass, "guest");
+  ck_assert_int_eq(u.port, 5672);
+  ck_assert_str_eq(u.vhost, "/");
+  ck_assert_int_eq(edp_url_parse("amqp://h/", &u, NULL, 0), 0);
+  ck_assert_str_eq(u.vhost, "/");
+  ck_assert_int_eq(edp_url_parse("amqp://h/%2f", &u, NULL, 0), 0);
+  ck_assert_str_eq(u.vhost, "/");
+  ck_assert_int_eq(edp_url_parse("amqp://", &u, NULL, 0), 0);
+  ck_assert_str_eq(u.host, "localhost");
+}
+END_TEST
+
+START_TEST(url_decoding_and_ipv6) {
+  edp_url u;
+  ck_assert_int_eq(
+      edp_url_parse("amqp://us%40er:p%3Aa%2Fss@[::1]:5674/v%20h", &u, NULL, 0),
+      0);
+  ck_assert_str_eq(u.user, "us@er");
+  ck_assert_str_eq(u.pass, "p:a/ss");
+  ck_assert_str_eq(u.host, "::1");
+  ck_assert_int_eq(u.port, 5674);
+  ck_assert_str_eq(u.vhost, "v h");
+}
+END_TEST
+
+START_TEST(url_query) {
+  edp_url u;
+  ck_assert_int_eq(
+      edp_url_parse("amqp://h/?heartbeat=5&connection_timeout=2500&frame_max="
+                    "4096&channel_max=7",
+                    &u, NULL, 0),
+      0);
+  ck_assert_int_eq(u.heartbeat_s, 5);
+  ck_assert_int_eq(u.connect_timeout_ms, 2500);
+  ck_assert_int_eq(u.frame_max, 4096);
+  ck_assert_int_eq(u.channel_max, 7);
+}
+END_TEST
+
+START_TEST(url_errors) {
+  static const char *bad[] = {
+      "http://h/",         "amqps://h/",           "amqp://h:0/",
+      "amqp://h:65536/",   "amqp://h:12x/",        "amqp://h:/",
+      "amqp://[::1/",      "amqp://h/a/b",         "amqp://h/%zz",
+      "amqp://h/%4",       "amqp://h/?heartbeat",  "amqp://h/?nope=1",
+      "amqp://h/?heartbeat=-1", "amqp://h /",      "amqp://u:p@h/%00",
+      "",                  "amqp://h:99999999999/"};
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    edp_url u;
+    char why[200] = "";
+    ck_assert_msg(edp_url_parse(bad[i], &u, why, sizeof(why)) == EDP_EURL,
+                  "accepted '%s'", bad[i]);
+    ck_assert_msg(why[0] != '\0', "no reason for '%s'", bad[i]);
+  }
+  ck_assert_int_eq(edp_url_parse(NULL, NULL, NULL, 0), EDP_EINVAL);
+}
+END_TEST
+
+START_TEST(url_too_long_fields) {
+  char url[1200];
+  char big[600];
+  memset(big, 'a', sizeof(big) - 1);
+  big[sizeof(big) - 1] = '\0';
+  edp_url u;
+  snprintf(url, sizeof(url), "amqp://%s:p@h/", big);
+  ck_assert_int_eq(edp_url_parse(url, &u, NULL, 0), EDP_EURL);
+  snprintf(url, sizeof(url), "amqp://u:p@h/%s", big);
+  ck_assert_int_eq(edp_url_parse(url, &u, NULL, 0), EDP_EURL);
+}
+END_TEST
+
+START_TEST(url_masking) {
+  char out[256];
+  ck_assert_str_eq(edp_url_mask("amqp://bob:s3cret@h:5672/vh", out, sizeof(out)),
+                   "amqp://bob:***@h:5672/vh");
+  ck_assert_str_eq(edp_url_mask("amqp://h:5672/", out, sizeof(out)),
+                   "amqp://h:5672/");
+  ck_assert_str_eq(edp_url_mask("amqp://bob@h/", out, sizeof(out)),
+                   "amqp://bob@h/");
+  /* malformed URLs are masked too */
+  ck_assert_str_eq(edp_url_mask("amqp://u:pw@h:12x/a/b", out, sizeof(out)),
+                   "amqp://u:***@h:12x/a/b");
+  ck_assert_ptr_null(strstr(edp_url_mask("foo://u:topsecret@", out, 10),
+                            "topsecret"));
+  edp_url u;
+  ck_assert_int_eq(edp_url_parse("amqp://bob:s3cret@[::1]:5/v", &u, NULL, 0), 0);
+  ck_assert_str_eq(edp_url_format_masked(&u, out, sizeof(out)),
+                   "amqp://bob:***@[::1]:5/v");
+  char why[200];
+  edp_url_parse("amqp://bob:s3cret@h:bad/", &u, why, sizeof(why));
+  ck_assert_ptr_null(strstr(why, "s3cret"));
+}
+END_TEST
+
+START_TEST(errors_have_text) {
+  ck_assert_str_eq(edp_strerror(0), "success");
+  ck_assert_str_eq(edp_strerror(EDP_ETIMEOUT), "timed out");
+  ck_assert_str_eq(edp_errname(EDP_ETIMEOUT), "TIMEOUT");
+  ck_assert_str_eq(edp_strerror(-9999), "unknown error");
+  for (int e = EDP_EINTERNAL; e <= EDP_EINVAL; e++)
+    ck_assert_str_ne(edp_strerror(e), "unknown error");
+}
+END_TEST
+
+START_TEST(idset_bounded) {
+  edp_idset *s = NULL;
+  ck_assert_int_eq(edp_idset_new(0, &s), EDP_EINVAL);
+  ck_assert_int_eq(edp_idset_new(100, &s), 0);
+  char id[32];
+  for (int i = 0; i < 1000; i++) {
+    snprintf(id, sizeof(id), "m-%d", i);
+    ck_assert_int_eq(edp_idset_add(s, id), 1);
+    ck_assert_int_eq(edp_idset_add(s, id), 0);
+  }
+  ck_assert_uint_eq(edp_idset_size(s), 100);
+  for (int i = 0; i < 1000; i++) {
+    snprintf(id, sizeof(id), "m-%d", i);
+    ck_assert_int_eq(edp_idset_contains(s, id), i >= 900);
+  }
+  edp_idset_destroy(&s);
+  ck_assert_ptr_null(s);
+  edp_idset_destroy(&s); /* NULL is fine */
+}
+END_TEST
+
+START_TEST(conn_open_bad_args) {
+  edp_conn *c = (edp_conn *)1;
+  edp_conn_opts o;
+  edp_conn_opts_init(&o);
+  o.url = "amqp://u:topsecret@h:notaport/";
+  char why[300];
+  ck_assert_int_eq(edp_conn_open(&o, &c, why, sizeof(why)), EDP_EURL);
+  ck_assert_ptr_null(c);
+  ck_assert_ptr_null(strstr(why, "topsecret"));
+  ck_assert_int_eq(edp_conn_open(&o, NULL, NULL, 0), EDP_EINVAL);
+  edp_conn_destroy(NULL);
+  edp_conn_destroy(&c);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("core");
+  TCase *tc = tcase_create("core");
+  tcase_add_test(tc, url_full);
+  tcase_add_test(tc, url_defaults);
+  tcase_add_test(tc, url_decoding_and_ipv6);
+  tcase_add_test(tc, url_query);
+  tcase_add_test(tc, url_errors);
+  tcase_add_test(tc, url_too_long_fields);
+  tcase_add_test(tc, url_masking);
+  tcase_add_test(tc, errors_have_text);
+  tcase_add_test(tc, idset_bounded);
+  tcase_add_test(tc, conn_open_bad_args);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
