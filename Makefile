@@ -93,7 +93,8 @@ $(OUT)/obj/tests/%.o: tests/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -Itests -c $< -o $@
 
-$(OUT)/edp.pc: Makefile
+# Regenerated on every run: PREFIX may differ from the last build's.
+$(OUT)/edp.pc: FORCE
 	@mkdir -p $(dir $@)
 	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(LIBDIR)' 'includedir=$(INCDIR)' '' \
 	  'Name: edp' 'Description: event-driven messaging patterns on RabbitMQ' \
@@ -147,7 +148,8 @@ format:
 clean:
 	rm -rf build bin
 
-.PHONY: all check tests bench demo deps install format clean
+.PHONY: all check tests bench demo deps install format clean FORCE
+FORCE:
 .SECONDARY:
 
 -include $(shell find build -name '*.d' 2>/dev/null)

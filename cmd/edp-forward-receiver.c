@@ -4,6 +4,7 @@
  * failure ('Error processing message.') requeues it with a retry count,
  * and after --max-retries it goes to the dead-letter queue <queue>.dlq.
  */
+#define _GNU_SOURCE /* memmem */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,8 @@ static void usage(void) {
          "      --work-ms N        simulated processing time (default 0)\n"
          "      --fail-every N     every Nth attempt fails (default 0: "
          "never)\n"
+         "      --fail-match TEXT  messages whose body contains TEXT always\n"
+         "                         fail (a poison message)\n"
          "      --max-retries N    requeues before the .dlq (default 3)\n"
          "      --prefetch N       unacked messages in flight (default 32)\n"
          "      --dedup N          drop message_ids seen among the last N\n"
@@ -30,6 +33,7 @@ static void usage(void) {
 
 typedef struct receiver_run {
   long work_ms, fail_every, attempts;
+  const char *fail_match;
 } receiver_run;
 
 static int handler(void *ud, const edp_delivery *d, char *reason,
@@ -43,6 +47,7 @@ static int handler(void *ud, const edp_delivery *d, char *reason,
     printf("Processing message: %.*s%s\n",
            d->body_len > 200 ? 200 : (int)d->body_len, (const char *)d->body,
            d->redelivered ? " (redelivered)" : "");
+  fflush(stdout);
   /* The work is bounded by --work-ms and is finished even after SIGINT:
    * rule 5 says finish or requeue in-flight work, and finishing is what
    * a database commit would do. */
@@ -51,6 +56,13 @@ static int handler(void *ud, const edp_delivery *d, char *reason,
   if (r->fail_every > 0 && r->attempts % r->fail_every == 0) {
     snprintf(reason, reason_len, "simulated failure (--fail-every %ld)",
              r->fail_every);
+    cli_say(&app, "Error processing message.\n");
+    return -1;
+  }
+  if (r->fail_match && memmem(d->body, d->body_len, r->fail_match,
+                              strlen(r->fail_match))) {
+    snprintf(reason, reason_len, "simulated failure: body contains '%s'",
+             r->fail_match);
     cli_say(&app, "Error processing message.\n");
     return -1;
   }
@@ -86,6 +98,7 @@ int main(int argc, char **argv) {
       {"work-ms", required_argument, NULL, 'W'},
       {"fail-every", required_argument, NULL, 'F'},
       {"max-retries", required_argument, NULL, 'R'},
+      {"fail-match", required_argument, NULL, 'X'},
       {"prefetch", required_argument, NULL, 'p'},
       {"dedup", required_argument, NULL, 'D'},
       CLI_COMMON_LONGOPTS,
@@ -115,6 +128,11 @@ int main(int argc, char **argv) {
       break;
     case 'F':
       run.fail_every = cli_int(&app, "fail-every", optarg, 0, 1000000000L);
+      break;
+    case 'X':
+      if (!optarg[0])
+        cli_die(&app, CLI_USAGE, "--fail-match: empty text");
+      run.fail_match = optarg;
       break;
     case 'R':
       ro.max_retries = (int)cli_int(&app, "max-retries", optarg, 0, 1000);

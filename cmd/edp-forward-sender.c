@@ -25,6 +25,8 @@ static void usage(void) {
       "restarts)\n"
       "  -w, --confirm-window N messages in flight (default 1024; 0 = no\n"
       "                         confirms, fire-and-forget, unsafe)\n"
+      "      --rate R           at most R messages per second (default 0:\n"
+      "                         as fast as confirms allow)\n"
       "      --id-prefix P      message_id is P-SEQ (default: a per-run id)\n"
       "      --max-body BYTES   refuse bigger messages (default 134217728,\n"
       "                         RabbitMQ's default; 0 = let the broker "
@@ -63,11 +65,22 @@ typedef struct sender_run {
   char prefix[64];
   uint64_t seq;
   size_t max_body;
+  long rate;
+  int64_t start_ms;
 } sender_run;
 
 static void send_one(sender_run *r, const char *body, size_t len) {
   char id[96];
   r->seq++;
+  if (r->rate > 0) {
+    /* Pace against the start time, so that a slow message is caught up
+     * rather than slowing every later one. */
+    int64_t due = r->start_ms + (int64_t)((r->seq - 1) * 1000 / r->rate);
+    int64_t wait = due - edp_now_ms();
+    if (wait > 0 && edp_sleep_ms((int)wait, cli_stop_fd()))
+      cli_die(&app, CLI_INTERRUPTED, "interrupted; %zu message(s) unconfirmed",
+              edp_conn_unconfirmed(r->conn));
+  }
   snprintf(id, sizeof(id), "%s-%llu", r->prefix, (unsigned long long)r->seq);
   if (r->max_body && len > r->max_body)
     cli_die(&app, CLI_DATAERR,
@@ -94,6 +107,7 @@ int main(int argc, char **argv) {
       {"confirm-window", required_argument, NULL, 'w'},
       {"id-prefix", required_argument, NULL, 'I'},
       {"max-body", required_argument, NULL, 'M'},
+      {"rate", required_argument, NULL, 'r'},
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   const char *queue = "edp.forward";
@@ -130,6 +144,9 @@ int main(int argc, char **argv) {
                 sizeof(r.prefix) - 1);
       snprintf(r.prefix, sizeof(r.prefix), "%s", optarg);
       break;
+    case 'r':
+      r.rate = cli_int(&app, "rate", optarg, 0, 10000000L);
+      break;
     case 'M':
       max_body = cli_int(&app, "max-body", optarg, 0, 2147483647L);
       break;
@@ -144,6 +161,7 @@ int main(int argc, char **argv) {
     cli_die(&app, CLI_USAGE, "give either --count or messages, not both");
 
   r.max_body = (size_t)max_body;
+  r.start_ms = edp_now_ms();
   r.conn = cli_connect(&app, "edp-forward-sender");
   edp_fwd_sender_opts so;
   edp_fwd_sender_opts_init(&so);

@@ -1,0 +1,420 @@
+/*
+ * integ_forwarding.c - the event forwarding pattern end to end against the
+ * harness's private broker, through the real programs: nothing lost on a
+ * receiver crash, a broker-closed connection or a broker restart; poison
+ * messages dead-lettered with their reason; bad input answered with the
+ * documented exit codes.
+ */
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "edp.h"
+#include "testlib.h"
+
+/* Counts events per message id; ids are PREFIX-SEQ with SEQ in 1..n. */
+typedef struct tally {
+  const char *prefix;
+  int n;
+  int *processed;   /* per seq */
+  int redelivered;  /* processed events with redelivered true */
+  int retried, dead, received, confirmed, foreign;
+  long long reconnects;
+  json_t *last_summary;
+} tally;
+
+static void tally_init(tally *t, const char *prefix, int n) {
+  memset(t, 0, sizeof(*t));
+  t->prefix = prefix;
+  t->n = n;
+  t->processed = calloc((size_t)n + 1, sizeof(int));
+}
+
+static void tally_free(tally *t) {
+  free(t->processed);
+  if (t->last_summary)
+    json_decref(t->last_summary);
+}
+
+static int seq_in(tally *t, const char *id) {
+  size_t pl = strlen(t->prefix);
+  if (!id || strncmp(id, t->prefix, pl) || id[pl] != '-')
+    return -1;
+  int seq = atoi(id + pl + 1);
+  return seq >= 1 && seq <= t->n ? seq : -1;
+}
+
+static void on_event(void *ud, json_t *ev) {
+  tally *t = ud;
+  const char *kind = json_string_value(json_object_get(ev, "event"));
+  const char *id = json_string_value(json_object_get(ev, "message_id"));
+  if (!kind)
+    return;
+  int seq = seq_in(t, id);
+  if (!strcmp(kind, "summary")) {
+    if (t->last_summary)
+      json_decref(t->last_summary);
+    t->last_summary = json_incref(ev);
+    t->reconnects = json_integer_value(json_object_get(ev, "reconnects"));
+    return;
+  }
+  if (seq < 0 && id) {
+    t->foreign++;
+    return;
+  }
+  if (!strcmp(kind, "processed")) {
+    t->processed[seq]++;
+    if (json_is_true(json_object_get(ev, "redelivered")))
+      t->redelivered++;
+  } else if (!strcmp(kind, "confirmed")) {
+    t->confirmed++;
+  } else if (!strcmp(kind, "retried")) {
+    t->retried++;
+  } else if (!strcmp(kind, "dead_lettered")) {
+    t->dead++;
+  } else if (!strcmp(kind, "received")) {
+    t->received++;
+  }
+}
+
+static int run_sender(const char *queue, const char *prefix, const char *extra1,
+                      const char *extra2, int count, tally *t) {
+  char n[32];
+  snprintf(n, sizeof(n), "%d", count);
+  char *argv[] = {(char *)t_bin("edp-forward-sender"),
+                  "--url",
+                  (char *)t_url(),
+                  "--queue",
+                  (char *)queue,
+                  "--id-prefix",
+                  (char *)prefix,
+                  "--count",
+                  n,
+                  "--json",
+                  (char *)extra1,
+                  (char *)extra2,
+                  NULL};
+  t_proc p;
+  ck_assert_int_eq(t_spawn(&p, argv, NULL), 0);
+  return t_collect(&p, 120000, on_event, t);
+}
+
+static void start_receiver(t_proc *p, const char *queue, char **extra) {
+  char *argv[24] = {(char *)t_bin("edp-forward-receiver"),
+                    "--url",
+                    (char *)t_url(),
+                    "--queue",
+                    (char *)queue,
+                    "--json"};
+  int n = 6;
+  for (; extra && *extra && n < 22; extra++)
+    argv[n++] = *extra;
+  argv[n] = NULL;
+  ck_assert_int_eq(t_spawn(p, argv, NULL), 0);
+}
+
+/* Waits for the next event of kind on p's stdout, feeding every event to t.
+ * Returns 1 when seen, 0 on EOF or timeout. */
+static int await_event(t_proc *p, tally *t, const char *kind, int timeout_ms) {
+  char line[8192];
+  long long deadline = t_now_ms() + timeout_ms;
+  for (;;) {
+    long long left = deadline - t_now_ms();
+    if (left <= 0 || t_readline(p, line, sizeof(line), (int)left) != 1)
+      return 0;
+    json_t *ev = json_loads(line, 0, NULL);
+    if (!ev)
+      continue;
+    on_event(t, ev);
+    int hit = !strcmp(json_string_value(json_object_get(ev, "event")) ?: "",
+                      kind);
+    json_decref(ev);
+    if (hit)
+      return 1;
+  }
+}
+
+static edp_conn *open_conn(void) {
+  edp_conn_opts o;
+  edp_conn_opts_init(&o);
+  o.url = t_url();
+  edp_conn *c = NULL;
+  ck_assert_int_eq(edp_conn_open(&o, &c, NULL, 0), 0);
+  return c;
+}
+
+static uint32_t depth(const char *queue) {
+  edp_conn *c = open_conn();
+  uint32_t msgs = 0;
+  ck_assert_int_eq(edp_conn_queue_inspect(c, queue, &msgs, NULL), 0);
+  edp_conn_destroy(&c);
+  return msgs;
+}
+
+START_TEST(ten_thousand_exactly_once) {
+  const char *q = t_unique("fwd.10k");
+  tally t;
+  tally_init(&t, "tk", 10000);
+  ck_assert_int_eq(run_sender(q, "tk", NULL, NULL, 10000, &t), 0);
+  ck_assert_int_eq(t.confirmed, 10000);
+  t_proc r;
+  char *extra[] = {"--idle-timeout", "5000", NULL};
+  start_receiver(&r, q, extra);
+  ck_assert_int_eq(t_collect(&r, 120000, on_event, &t), 0);
+  int missing = 0, dup = 0;
+  for (int i = 1; i <= 10000; i++) {
+    missing += t.processed[i] == 0;
+    dup += t.processed[i] > 1;
+  }
+  ck_assert_int_eq(missing, 0);
+  ck_assert_int_eq(dup, 0);
+  ck_assert_int_eq(t.foreign, 0);
+  ck_assert_uint_eq(depth(q), 0);
+  tally_free(&t);
+}
+END_TEST
+
+START_TEST(receiver_killed_mid_message) {
+  const char *q = t_unique("fwd.kill");
+  tally t;
+  tally_init(&t, "kl", 3);
+  ck_assert_int_eq(run_sender(q, "kl", NULL, NULL, 3, &t), 0);
+  t_proc r;
+  char *slow[] = {"--work-ms", "30000", "--prefetch", "1", NULL};
+  start_receiver(&r, q, slow);
+  ck_assert_msg(await_event(&r, &t, "received", 20000), "no message received");
+  ck_assert_int_eq(t.processed[1], 0);
+  t_signal(&r, SIGKILL);
+  ck_assert_int_eq(t_wait(&r, 10000), 128 + SIGKILL);
+
+  char *fast[] = {"--idle-timeout", "3000", NULL};
+  start_receiver(&r, q, fast);
+  ck_assert_int_eq(t_collect(&r, 60000, on_event, &t), 0);
+  for (int i = 1; i <= 3; i++)
+    ck_assert_int_eq(t.processed[i], 1);
+  /* the message in the killed receiver's hands came back redelivered */
+  ck_assert_int_ge(t.redelivered, 1);
+  tally_free(&t);
+}
+END_TEST
+
+START_TEST(sigterm_finishes_in_flight) {
+  const char *q = t_unique("fwd.term");
+  tally t;
+  tally_init(&t, "tm", 5);
+  ck_assert_int_eq(run_sender(q, "tm", NULL, NULL, 5, &t), 0);
+  t_proc r;
+  char *slow[] = {"--work-ms", "1500", "--prefetch", "1", NULL};
+  start_receiver(&r, q, slow);
+  ck_assert(await_event(&r, &t, "received", 20000));
+  long long t0 = t_now_ms();
+  t_signal(&r, SIGTERM);
+  ck_assert_int_eq(t_collect(&r, 20000, on_event, &t), 130);
+  ck_assert_int_lt(t_now_ms() - t0, 10000);
+  /* the message in hand was finished and acked, the rest stay queued */
+  ck_assert_int_eq(t.processed[1], 1);
+  ck_assert_uint_eq(depth(q), 4);
+  tally_free(&t);
+}
+END_TEST
+
+START_TEST(broker_closes_connection_mid_send) {
+  const char *q = t_unique("fwd.close");
+  const int n = 20000;
+  tally t;
+  tally_init(&t, "cl", n);
+  char *argv[] = {(char *)t_bin("edp-forward-sender"),
+                  "--url", (char *)t_url(), "--queue", (char *)q,
+                  "--id-prefix", "cl", "--count", "20000", "--rate", "4000",
+                  "--json", NULL};
+  t_proc s;
+  ck_assert_int_eq(t_spawn(&s, argv, NULL), 0);
+  for (int i = 0; i < 2000; i++)
+    ck_assert(await_event(&s, &t, "confirmed", 30000));
+  char closed[64];
+  ck_assert_int_eq(t_broker("close-conns", "edp-forward-sender", closed,
+                            sizeof(closed)),
+                   0);
+  ck_assert_str_eq(closed, "1");
+  ck_assert_int_eq(t_collect(&s, 120000, on_event, &t), 0);
+  ck_assert_int_ge(t.reconnects, 1);
+
+  memset(t.processed, 0, sizeof(int) * (n + 1));
+  t_proc r;
+  char *extra[] = {"--idle-timeout", "5000", NULL};
+  start_receiver(&r, q, extra);
+  ck_assert_int_eq(t_collect(&r, 120000, on_event, &t), 0);
+  int missing = 0, dups = 0;
+  for (int i = 1; i <= n; i++) {
+    missing += t.processed[i] == 0;
+    dups += t.processed[i] > 1 ? t.processed[i] - 1 : 0;
+  }
+  fprintf(stderr,
+          "broker_closes_connection_mid_send: %d messages, %lld reconnect(s), "
+          "%d duplicate(s) received, %d missing\n",
+          n, t.reconnects, dups, missing);
+  ck_assert_int_eq(missing, 0);
+  ck_assert_int_le(dups, 1024); /* at most the confirm window resent */
+  tally_free(&t);
+}
+END_TEST
+
+START_TEST(poison_message_dead_lettered) {
+  const char *q = t_unique("fwd.poison");
+  tally t;
+  tally_init(&t, "ps", 6);
+  char *argv[] = {(char *)t_bin("edp-forward-sender"),
+                  "--url", (char *)t_url(), "--queue", (char *)q,
+                  "--id-prefix", "ps", "--json", NULL};
+  t_proc s;
+  ck_assert_int_eq(
+      t_spawn(&s, argv, "good 1\nPOISON pill\ngood 2\ngood 3\ngood 4\ngood 5\n"),
+      0);
+  ck_assert_int_eq(t_collect(&s, 30000, on_event, &t), 0);
+  ck_assert_int_eq(t.confirmed, 6);
+
+  t_proc r;
+  char *extra[] = {"--fail-match", "POISON", "--max-retries", "2",
+                   "--idle-timeout", "3000", NULL};
+  start_receiver(&r, q, extra);
+  ck_assert_int_eq(t_collect(&r, 60000, on_event, &t), 0);
+  ck_assert_int_eq(t.processed[2], 0);
+  for (int i = 1; i <= 6; i++)
+    if (i != 2)
+      ck_assert_int_eq(t.processed[i], 1);
+  ck_assert_int_eq(t.retried, 2);
+  ck_assert_int_eq(t.dead, 1);
+  ck_assert_uint_eq(depth(q), 0);
+
+  /* the poison message sits in the .dlq with its reason and count */
+  char dlq[300];
+  snprintf(dlq, sizeof(dlq), "%s.dlq", q);
+  edp_conn *c = open_conn();
+  ck_assert_int_eq(edp_conn_consume(c, dlq, NULL, NULL, 0), 0);
+  edp_delivery d;
+  ck_assert_int_eq(edp_conn_receive(c, &d, 10000), 0);
+  ck_assert_str_eq(d.message_id, "ps-2");
+  ck_assert_str_eq((char *)d.body, "POISON pill");
+  const char *why = edp_delivery_header_str(&d, EDP_FWD_HDR_REASON);
+  ck_assert_ptr_nonnull(why);
+  ck_assert_ptr_nonnull(strstr(why, "POISON"));
+  int64_t retries = 0;
+  ck_assert_int_eq(edp_delivery_header_int(&d, EDP_FWD_HDR_RETRIES, &retries),
+                   0);
+  ck_assert_int_eq(retries, 3);
+  ck_assert_str_eq(edp_delivery_header_str(&d, EDP_FWD_HDR_QUEUE), q);
+  ck_assert_int_eq(edp_conn_ack(c, d.epoch, d.tag, 0), 0);
+  edp_delivery_clear(&d);
+  ck_assert_int_eq(edp_conn_receive(c, &d, 300), EDP_ETIMEOUT);
+  edp_conn_destroy(&c);
+  tally_free(&t);
+}
+END_TEST
+
+START_TEST(persistent_survive_restart_transient_do_not) {
+  const char *qp = t_unique("fwd.durable");
+  const char *qt = t_unique("fwd.transient");
+  tally t;
+  tally_init(&t, "dp", 50);
+  ck_assert_int_eq(run_sender(qp, "dp", "--persistent", NULL, 50, &t), 0);
+  ck_assert_int_eq(run_sender(qt, "dp", "--transient", NULL, 50, &t), 0);
+  ck_assert_int_eq(t.confirmed, 100);
+  ck_assert_uint_eq(depth(qp), 50);
+  ck_assert_uint_eq(depth(qt), 50);
+  ck_assert_int_eq(t_broker("restart", NULL, NULL, 0), 0);
+  /* both queues are durable and come back; only persistent messages do */
+  ck_assert_uint_eq(depth(qp), 50);
+  ck_assert_uint_eq(depth(qt), 0);
+  t_proc r;
+  char *extra[] = {"--idle-timeout", "2000", NULL};
+  start_receiver(&r, qp, extra);
+  ck_assert_int_eq(t_collect(&r, 60000, on_event, &t), 0);
+  for (int i = 1; i <= 50; i++)
+    ck_assert_int_eq(t.processed[i], 1);
+  tally_free(&t);
+}
+END_TEST
+
+/* Runs the sender with args and returns its exit code; the run must end
+ * within bound_ms. */
+static int sender_exit(char **args, const char *stdin_data, int bound_ms) {
+  char *argv[16] = {(char *)t_bin("edp-forward-sender")};
+  int n = 1;
+  for (; *args && n < 15; args++)
+    argv[n++] = *args;
+  argv[n] = NULL;
+  t_proc p;
+  ck_assert_int_eq(t_spawn(&p, argv, stdin_data), 0);
+  long long t0 = t_now_ms();
+  char line[256];
+  while (t_readline(&p, line, sizeof(line), bound_ms) == 1)
+    ;
+  int rc = t_wait(&p, bound_ms);
+  ck_assert_int_lt(t_now_ms() - t0, bound_ms);
+  return rc;
+}
+
+START_TEST(bad_input_exit_codes) {
+  const char *q = t_unique("fwd.bad");
+  char url[512], wrongpw[600], novhost[600];
+  snprintf(url, sizeof(url), "%s", t_url());
+  edp_url u;
+  ck_assert_int_eq(edp_url_parse(url, &u, NULL, 0), 0);
+  snprintf(wrongpw, sizeof(wrongpw), "amqp://guest:wrong@%s:%d/", u.host,
+           u.port);
+  snprintf(novhost, sizeof(novhost), "amqp://guest:guest@%s:%d/no-such-vhost",
+           u.host, u.port);
+
+  char *malformed[] = {"--url", "amqp://guest:guest@host:port/", "x", NULL};
+  ck_assert_int_eq(sender_exit(malformed, NULL, 5000), 64);
+  char *badpw[] = {"--url", wrongpw, "--queue", (char *)q, "x", NULL};
+  ck_assert_int_eq(sender_exit(badpw, NULL, 15000), 77);
+  char *nobroker[] = {"--url", "amqp://guest:guest@127.0.0.1:1/", "x", NULL};
+  ck_assert_int_eq(sender_exit(nobroker, NULL, 15000), 69);
+  char *vhost[] = {"--url", novhost, "--queue", (char *)q, "x", NULL};
+  ck_assert_int_eq(sender_exit(vhost, NULL, 15000), 77);
+  char *badopt[] = {"--count", "many", NULL};
+  ck_assert_int_eq(sender_exit(badopt, NULL, 5000), 64);
+  char *unknown[] = {"--frobnicate", NULL};
+  ck_assert_int_eq(sender_exit(unknown, NULL, 5000), 64);
+  char *help[] = {"--help", NULL};
+  ck_assert_int_eq(sender_exit(help, NULL, 5000), 0);
+
+  /* 5 MiB: over the harness broker's max_message_size (4 MiB) */
+  size_t big = 5u << 20;
+  char *body = malloc(big + 2);
+  memset(body, 'a', big);
+  body[big] = '\n';
+  body[big + 1] = '\0';
+  char *client_limit[] = {"--url", url, "--queue", (char *)q, "--max-body",
+                          "1048576", NULL};
+  ck_assert_int_eq(sender_exit(client_limit, body, 15000), 65);
+  char *broker_limit[] = {"--url", url, "--queue", (char *)q, "--max-body",
+                          "0", NULL};
+  ck_assert_int_eq(sender_exit(broker_limit, body, 15000), 65);
+  free(body);
+  /* nothing half-sent sits in the queue */
+  ck_assert_uint_eq(depth(q), 0);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("forwarding");
+  TCase *tc = tcase_create("forwarding");
+  tcase_set_timeout(tc, 300);
+  tcase_add_test(tc, bad_input_exit_codes);
+  tcase_add_test(tc, ten_thousand_exactly_once);
+  tcase_add_test(tc, receiver_killed_mid_message);
+  tcase_add_test(tc, sigterm_finishes_in_flight);
+  tcase_add_test(tc, poison_message_dead_lettered);
+  tcase_add_test(tc, broker_closes_connection_mid_send);
+  tcase_add_test(tc, persistent_survive_restart_transient_do_not);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
