@@ -96,7 +96,7 @@ $(OUT)/obj/tests/%.o: tests/%.c
 # Regenerated on every run: PREFIX may differ from the last build's.
 $(OUT)/edp.pc: FORCE
 	@mkdir -p $(dir $@)
-	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(LIBDIR)' 'includedir=$(INCDIR)' '' \
+	@printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(LIBDIR)' 'includedir=$(INCDIR)' '' \
 	  'Name: edp' 'Description: event-driven messaging patterns on RabbitMQ' \
 	  'Version: $(VERSION)' 'Requires.private: $(PKGS)' \
 	  'Libs: -L$${libdir} -ledp' 'Libs.private: -lpthread -lm' \

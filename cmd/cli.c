@@ -156,6 +156,15 @@ edp_conn *cli_connect(const cli *c, const char *client_name) {
 }
 
 void cli_emit(json_t *obj) {
+  if (!obj) {
+    /* json_pack refuses strings that are not UTF-8 (a hostile message_id,
+     * say); say so rather than drop the event silently. */
+    fputs("{\"event\":\"error\",\"reason\":\"event not encodable as "
+          "JSON (invalid UTF-8)\"}\n",
+          stdout);
+    fflush(stdout);
+    return;
+  }
   char *s = json_dumps(obj, JSON_COMPACT);
   if (s) {
     fputs(s, stdout);

@@ -595,7 +595,7 @@ static int check_open(edp_conn *c) {
   return c->open ? 0 : EDP_ECLOSED;
 }
 
-/* Builds x-arguments of a queue declare into entries (at most 5). */
+/* Builds x-arguments of a queue declare into entries (at most 7). */
 static amqp_table_t queue_args(const edp_queue_opts *o,
                                amqp_table_entry_t *e) {
   int n = 0;
@@ -624,6 +624,16 @@ static amqp_table_t queue_args(const edp_queue_opts *o,
     e[n].value.kind = AMQP_FIELD_KIND_I64;
     e[n++].value.value.i64 = o->message_ttl_ms;
   }
+  if (o->max_length >= 0) {
+    e[n].key = amqp_cstring_bytes("x-max-length");
+    e[n].value.kind = AMQP_FIELD_KIND_I64;
+    e[n++].value.value.i64 = o->max_length;
+  }
+  if (o->overflow) {
+    e[n].key = amqp_cstring_bytes("x-overflow");
+    e[n].value.kind = AMQP_FIELD_KIND_UTF8;
+    e[n++].value.value.bytes = amqp_cstring_bytes(o->overflow);
+  }
   amqp_table_t t = {n, e};
   return t;
 }
@@ -632,7 +642,7 @@ static int do_queue_declare(edp_conn *c, const char *name,
                             const edp_queue_opts *o, int passive,
                             char *name_out, size_t name_out_len,
                             uint32_t *msgs, uint32_t *consumers) {
-  amqp_table_entry_t e[5];
+  amqp_table_entry_t e[7];
   amqp_queue_declare_ok_t *ok = amqp_queue_declare(
       c->st, CHANNEL, bytes_of(name), passive, o->durable, o->exclusive,
       o->auto_delete, queue_args(o, e));
@@ -874,6 +884,7 @@ static void free_qo(edp_queue_opts *q) {
   free((char *)q->dead_letter_exchange);
   free((char *)q->dead_letter_routing_key);
   free((char *)q->queue_type);
+  free((char *)q->overflow);
 }
 
 void edp_conn_destroy(edp_conn **cp) {
@@ -929,6 +940,7 @@ void edp_queue_opts_init(edp_queue_opts *o) {
   memset(o, 0, sizeof(*o));
   o->durable = 1;
   o->message_ttl_ms = -1;
+  o->max_length = -1;
 }
 
 static struct topo_op *add_op(edp_conn *c) {
@@ -990,6 +1002,7 @@ int edp_conn_queue_declare(edp_conn *c, const char *name,
   op->qo.dead_letter_exchange = dupstr(o->dead_letter_exchange);
   op->qo.dead_letter_routing_key = dupstr(o->dead_letter_routing_key);
   op->qo.queue_type = dupstr(o->queue_type);
+  op->qo.overflow = dupstr(o->overflow);
   if (!op->name) {
     c->n_ops--;
     return EDP_ENOMEM;

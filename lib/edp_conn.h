@@ -113,6 +113,8 @@ typedef struct edp_queue_opts {
   int max_priority;                /* x-max-priority, 0 = none */
   const char *queue_type;          /* x-queue-type: classic, quorum; NULL */
   long message_ttl_ms;             /* x-message-ttl, -1 = none */
+  long max_length;                 /* x-max-length, -1 = none */
+  const char *overflow;            /* x-overflow: drop-head, reject-publish */
 } edp_queue_opts;
 
 void edp_queue_opts_init(edp_queue_opts *o);

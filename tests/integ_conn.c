@@ -1,0 +1,232 @@
+/*
+ * integ_conn.c - the core connection layer against a real broker: confirms
+ * (ack, nack, return before ack), heartbeats while idle, a channel error
+ * that leaves the connection usable, and reconnection that restores qos,
+ * topology (a new server-named queue) and consumers.
+ */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "edp.h"
+#include "testlib.h"
+
+typedef struct confirms {
+  int ack, nack, returned;
+  int reply_code;
+  char returned_id[64], nacked_id[64];
+} confirms;
+
+static void on_confirm(void *ud, const edp_confirm *cf) {
+  confirms *c = ud;
+  /* Confirms of different queues may come in any order. */
+  if (cf->status == EDP_CONFIRM_ACK) {
+    c->ack++;
+  } else if (cf->status == EDP_CONFIRM_NACK) {
+    c->nack++;
+    snprintf(c->nacked_id, sizeof(c->nacked_id), "%s", cf->message_id);
+  } else {
+    c->returned++;
+    c->reply_code = cf->reply_code;
+    snprintf(c->returned_id, sizeof(c->returned_id), "%s", cf->message_id);
+  }
+}
+
+static edp_conn *open_named(const char *name, const char *url) {
+  edp_conn_opts o;
+  edp_conn_opts_init(&o);
+  o.url = url ? url : t_url();
+  o.client_name = name;
+  o.reconnect_max_ms = 20000;
+  edp_conn *c = NULL;
+  char why[300];
+  int rc = edp_conn_open(&o, &c, why, sizeof(why));
+  ck_assert_msg(rc == 0, "open: %s", why);
+  return c;
+}
+
+static void publish(edp_conn *c, const char *rk, const char *id, int mandatory) {
+  edp_msg m;
+  edp_msg_init(&m);
+  m.routing_key = rk;
+  m.body = id;
+  m.body_len = strlen(id);
+  m.message_id = id;
+  m.mandatory = mandatory;
+  ck_assert_int_eq(edp_conn_publish(c, &m, NULL), 0);
+}
+
+START_TEST(confirm_ack_nack_return) {
+  edp_conn *c = open_named("t-confirms", NULL);
+  confirms cf = {0};
+  edp_conn_on_confirm(c, on_confirm, &cf);
+  ck_assert_int_eq(edp_conn_confirm_select(c), 0);
+  const char *q = t_unique("conn.full");
+  edp_queue_opts qo;
+  edp_queue_opts_init(&qo);
+  qo.max_length = 1;
+  qo.overflow = "reject-publish";
+  ck_assert_int_eq(edp_conn_queue_declare(c, q, &qo, NULL, 0, NULL, NULL), 0);
+  publish(c, q, "first", 0);
+  publish(c, q, "second", 0); /* the queue is full: nacked */
+  publish(c, t_unique("conn.nowhere"), "lost", 1); /* unroutable: returned */
+  ck_assert_uint_eq(edp_conn_unconfirmed(c), 3);
+  ck_assert_int_eq(edp_conn_wait_confirms(c, 0, 10000), 0);
+  ck_assert_int_eq(cf.ack, 1);
+  ck_assert_int_eq(cf.nack, 1);
+  ck_assert_int_eq(cf.returned, 1);
+  ck_assert_int_eq(cf.reply_code, 312); /* NO_ROUTE */
+  ck_assert_str_eq(cf.returned_id, "lost");
+  ck_assert_str_eq(cf.nacked_id, "second");
+  ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
+  edp_conn_destroy(&c);
+  ck_assert_ptr_null(c);
+}
+END_TEST
+
+START_TEST(heartbeats_keep_idle_connection) {
+  char url[600];
+  snprintf(url, sizeof(url), "%s?heartbeat=1", t_url());
+  edp_conn *c = open_named("t-heartbeat", url);
+  const char *q = t_unique("conn.hb");
+  edp_queue_opts qo;
+  edp_queue_opts_init(&qo);
+  qo.auto_delete = 1;
+  ck_assert_int_eq(edp_conn_queue_declare(c, q, &qo, NULL, 0, NULL, NULL), 0);
+  ck_assert_int_eq(edp_conn_consume(c, q, NULL, NULL, 0), 0);
+  edp_delivery d;
+  long long t0 = t_now_ms();
+  /* 4 heartbeat intervals with nothing to read: the broker would close a
+   * connection that misses two of ours. */
+  ck_assert_int_eq(edp_conn_receive(c, &d, 4000), EDP_ETIMEOUT);
+  ck_assert_int_ge(t_now_ms() - t0, 3900);
+  ck_assert(edp_conn_is_open(c));
+  publish(c, q, "after-idle", 0);
+  ck_assert_int_eq(edp_conn_receive(c, &d, 5000), 0);
+  ck_assert_str_eq(d.message_id, "after-idle");
+  ck_assert_int_eq(edp_conn_ack(c, d.epoch, d.tag, 0), 0);
+  edp_delivery_clear(&d);
+  edp_conn_destroy(&c);
+}
+END_TEST
+
+START_TEST(channel_error_keeps_connection) {
+  edp_conn *c = open_named("t-channel", NULL);
+  uint32_t e0 = edp_conn_epoch(c);
+  uint32_t n = 0;
+  ck_assert_int_eq(edp_conn_queue_inspect(c, t_unique("conn.missing"), &n, NULL),
+                   EDP_ENOTFOUND);
+  ck_assert_int_eq(edp_conn_reply_code(c), 404);
+  ck_assert(edp_conn_is_open(c));
+  ck_assert_uint_gt(edp_conn_epoch(c), e0);
+  const char *q = t_unique("conn.after");
+  ck_assert_int_eq(edp_conn_queue_declare(c, q, NULL, NULL, 0, NULL, NULL), 0);
+  edp_queue_opts other;
+  edp_queue_opts_init(&other);
+  other.max_priority = 5; /* same name, other arguments */
+  ck_assert_int_eq(edp_conn_queue_declare(c, q, &other, NULL, 0, NULL, NULL),
+                   EDP_EPRECONDITION);
+  ck_assert_int_eq(edp_conn_queue_inspect(c, q, &n, NULL), 0);
+  ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
+  edp_conn_destroy(&c);
+}
+END_TEST
+
+START_TEST(reconnect_restores_consumer_and_topology) {
+  const char *name = t_unique("t-reconnect");
+  edp_conn *c = open_named(name, NULL);
+  ck_assert_int_eq(edp_conn_qos(c, 1), 0);
+  /* a durable queue, and a server-named exclusive one that dies with the
+   * connection and must be declared again under a new name */
+  const char *q = t_unique("conn.reconnect");
+  ck_assert_int_eq(edp_conn_queue_declare(c, q, NULL, NULL, 0, NULL, NULL), 0);
+  edp_queue_opts ex;
+  edp_queue_opts_init(&ex);
+  ex.durable = 0;
+  ex.exclusive = 1;
+  ex.auto_delete = 1;
+  char tmpq[256];
+  ck_assert_int_eq(
+      edp_conn_queue_declare(c, "", &ex, tmpq, sizeof(tmpq), NULL, NULL), 0);
+  ck_assert_int_eq(strncmp(tmpq, "amq.gen-", 8), 0);
+  ck_assert_int_eq(edp_conn_consume(c, q, NULL, NULL, 0), 0);
+  publish(c, q, "m1", 0);
+  publish(c, q, "m2", 0);
+  edp_delivery d1;
+  ck_assert_int_eq(edp_conn_receive(c, &d1, 5000), 0);
+  ck_assert_str_eq(d1.message_id, "m1");
+  ck_assert(!d1.redelivered);
+
+  char closed[32];
+  ck_assert_int_eq(t_broker("close-conns", name, closed, sizeof(closed)), 0);
+  ck_assert_str_eq(closed, "1");
+  edp_delivery d;
+  ck_assert_int_eq(edp_conn_receive(c, &d, 10000), EDP_ECLOSED);
+  ck_assert_int_eq(edp_conn_reply_code(c), 320);
+  ck_assert_int_eq(edp_conn_reconnect(c), 0);
+  /* the old delivery tag means nothing on the new channel */
+  ck_assert_int_eq(edp_conn_ack(c, d1.epoch, d1.tag, 0), EDP_ESTALE);
+  edp_delivery_clear(&d1);
+  /* the consumer is back with prefetch 1: m1 redelivered first, alone */
+  ck_assert_int_eq(edp_conn_receive(c, &d, 10000), 0);
+  ck_assert_str_eq(d.message_id, "m1");
+  ck_assert(d.redelivered);
+  edp_delivery d2;
+  ck_assert_int_eq(edp_conn_receive(c, &d2, 300), EDP_ETIMEOUT);
+  ck_assert_int_eq(edp_conn_ack(c, d.epoch, d.tag, 0), 0);
+  edp_delivery_clear(&d);
+  ck_assert_int_eq(edp_conn_receive(c, &d2, 5000), 0);
+  ck_assert_str_eq(d2.message_id, "m2");
+  ck_assert_int_eq(edp_conn_ack(c, d2.epoch, d2.tag, 0), 0);
+  edp_delivery_clear(&d2);
+  /* The reconnect also re-declared the server-named exclusive queue: had
+   * it been declared by its old amq.gen- name, the broker would have
+   * refused (403) and edp_conn_reconnect would have failed above. */
+  uint32_t consumers = 0;
+  ck_assert_int_eq(edp_conn_queue_inspect(c, q, NULL, &consumers), 0);
+  ck_assert_uint_eq(consumers, 1);
+  ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
+  edp_conn_destroy(&c);
+}
+END_TEST
+
+START_TEST(reconnect_gives_up_when_broker_is_gone) {
+  edp_conn_opts o;
+  edp_conn_opts_init(&o);
+  o.url = t_url();
+  o.reconnect_max_ms = 1500;
+  o.backoff_initial_ms = 50;
+  edp_conn *c = NULL;
+  ck_assert_int_eq(edp_conn_open(&o, &c, NULL, 0), 0);
+  edp_conn_abandon(c);
+  ck_assert(!edp_conn_is_open(c));
+  /* the broker is still up: a reconnect succeeds at once */
+  long long t0 = t_now_ms();
+  ck_assert_int_eq(edp_conn_reconnect(c), 0);
+  ck_assert_int_lt(t_now_ms() - t0, 1500);
+  edp_conn_destroy(&c);
+  /* nothing listens on port 1: open fails fast with ECONNECT */
+  o.url = "amqp://guest:guest@127.0.0.1:1/";
+  t0 = t_now_ms();
+  ck_assert_int_eq(edp_conn_open(&o, &c, NULL, 0), EDP_ECONNECT);
+  ck_assert_int_lt(t_now_ms() - t0, 5000);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("conn");
+  TCase *tc = tcase_create("conn");
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, confirm_ack_nack_return);
+  tcase_add_test(tc, heartbeats_keep_idle_connection);
+  tcase_add_test(tc, channel_error_keeps_connection);
+  tcase_add_test(tc, reconnect_restores_consumer_and_topology);
+  tcase_add_test(tc, reconnect_gives_up_when_broker_is_gone);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
