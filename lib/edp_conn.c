@@ -86,6 +86,8 @@ struct edp_conn {
   size_t n_pend, n_lost;
   edp_confirm_fn on_confirm;
   void *on_confirm_ud;
+  edp_rename_fn on_rename;
+  void *on_rename_ud;
 
   struct dnode *dq_head, *dq_tail;
   size_t n_dq;
@@ -1167,6 +1169,8 @@ static int restore_topology(edp_conn *c) {
             c->cons[j].queue = strdup(fresh);
           }
         op->name = fresh;
+        if (c->on_rename)
+          c->on_rename(c->on_rename_ud, old, fresh);
         free(old);
       }
     } else {
@@ -1331,6 +1335,13 @@ void edp_conn_on_confirm(edp_conn *c, edp_confirm_fn fn, void *ud) {
   if (c) {
     c->on_confirm = fn;
     c->on_confirm_ud = ud;
+  }
+}
+
+void edp_conn_on_queue_renamed(edp_conn *c, edp_rename_fn fn, void *ud) {
+  if (c) {
+    c->on_rename = fn;
+    c->on_rename_ud = ud;
   }
 }
 

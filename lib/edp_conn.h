@@ -128,6 +128,13 @@ int edp_conn_queue_declare(edp_conn *c, const char *name,
                            size_t name_out_len, uint32_t *msgs,
                            uint32_t *consumers);
 
+/* Called during edp_conn_reconnect() when a server-named queue (declared
+ * with name "") came back under a new name; its bindings and consumers
+ * already follow the new name. The strings live until the call returns. */
+typedef void (*edp_rename_fn)(void *ud, const char *old_name,
+                              const char *new_name);
+void edp_conn_on_queue_renamed(edp_conn *c, edp_rename_fn fn, void *ud);
+
 /* Passive declare: the message and consumer counts of an existing queue.
  * EDP_ENOTFOUND if it does not exist (the channel is restored). */
 int edp_conn_queue_inspect(edp_conn *c, const char *name, uint32_t *msgs,
