@@ -79,8 +79,12 @@ int t_broker(const char *cmd, const char *arg, char *out, size_t out_len) {
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-int t_spawn(t_proc *p, char *const argv[], const char *stdin_data) {
+static int spawn(t_proc *p, char *const argv[], const char *stdin_data,
+                 int keep_stdin) {
   memset(p, 0, sizeof(*p));
+  p->in_fd = -1;
+  if (keep_stdin)
+    stdin_data = "";
   int out[2], in[2] = {-1, -1};
   if (pipe(out))
     return -1;
@@ -108,7 +112,10 @@ int t_spawn(t_proc *p, char *const argv[], const char *stdin_data) {
     _exit(127);
   }
   close(out[1]);
-  if (stdin_data) {
+  if (keep_stdin) {
+    close(in[0]);
+    p->in_fd = in[1];
+  } else if (stdin_data) {
     close(in[0]);
     size_t len = strlen(stdin_data), off = 0;
     while (off < len) {
@@ -122,6 +129,31 @@ int t_spawn(t_proc *p, char *const argv[], const char *stdin_data) {
   p->pid = pid;
   p->out_fd = out[0];
   return 0;
+}
+
+int t_spawn(t_proc *p, char *const argv[], const char *stdin_data) {
+  return spawn(p, argv, stdin_data, 0);
+}
+
+int t_spawn_stdin(t_proc *p, char *const argv[]) {
+  return spawn(p, argv, NULL, 1);
+}
+
+int t_write(t_proc *p, const char *text) {
+  size_t len = strlen(text), off = 0;
+  while (off < len) {
+    ssize_t n = write(p->in_fd, text + off, len - off);
+    if (n <= 0)
+      return -1;
+    off += (size_t)n;
+  }
+  return 0;
+}
+
+void t_close_stdin(t_proc *p) {
+  if (p->in_fd >= 0)
+    close(p->in_fd);
+  p->in_fd = -1;
 }
 
 int t_readline(t_proc *p, char *line, size_t cap, int timeout_ms) {
@@ -167,6 +199,7 @@ void t_signal(t_proc *p, int sig) {
 }
 
 int t_wait(t_proc *p, int timeout_ms) {
+  t_close_stdin(p);
   if (p->pid <= 0)
     return p->status;
   /* A pidfd becomes readable when the child exits: wait on it with a

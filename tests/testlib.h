@@ -32,6 +32,7 @@ const char *t_unique(const char *base);
 typedef struct t_proc {
   pid_t pid;
   int out_fd;      /* child's stdout */
+  int in_fd;       /* child's stdin, with t_spawn_stdin; else -1 */
   char buf[65536]; /* unread bytes */
   size_t len;
   int eof;
@@ -42,6 +43,14 @@ typedef struct t_proc {
  * the test's stderr, stdin from /dev/null unless stdin_data is given (then
  * written to a pipe and closed). Returns 0 or -1. */
 int t_spawn(t_proc *p, char *const argv[], const char *stdin_data);
+
+/* As t_spawn, but the child's stdin stays open for t_write until
+ * t_close_stdin or t_wait. */
+int t_spawn_stdin(t_proc *p, char *const argv[]);
+
+/* Writes text to the child's stdin; returns 0 or -1. */
+int t_write(t_proc *p, const char *text);
+void t_close_stdin(t_proc *p);
 
 /* Next stdout line (without newline) into line, waiting up to timeout_ms.
  * Returns 1 for a line, 0 on EOF, -1 on timeout. */

@@ -1,0 +1,152 @@
+/*
+ * edp_watch.h - the watch notification pattern: a config server notifies
+ * services of changes through temporary queues they registered, without
+ * holding a connection to any of them.
+ *
+ * Server: keeps values and a registry of watches in a JSON store (written
+ * atomically, mode 0600), serves registration requests on a durable
+ * request queue ("config.q") over request/reply, and on a change publishes
+ * the new value to every watching queue with mandatory set. A
+ * basic.return means the queue is gone with its service: the watch leaves
+ * the registry.
+ *
+ * Client (service side): declares an exclusive, server-named queue that
+ * dies with its connection, registers it, and receives the current values
+ * and then every change. After a reconnect its queue has a new name and it
+ * registers again by itself.
+ *
+ * Wire format (JSON bodies):
+ *   request  {"service":"name","queue":"amq.gen-...","keys":["a","b"]}
+ *            reply_to (required) and correlation_id as AMQP properties;
+ *            "keys" missing or [] watches every key.
+ *   reply    {"ok":true,"version":N,"values":{"a":{"value":V,"version":n}}}
+ *            or {"ok":false,"error":"reason"}; type "edp.watch.reply".
+ *   change   {"key":"a","value":V,"version":n}; type "edp.watch.change".
+ */
+#ifndef EDP_WATCH_H
+#define EDP_WATCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "edp_conn.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define EDP_WATCH_REQUEST_QUEUE "config.q"
+
+/* Limits on what a request may contain. */
+#define EDP_WATCH_MAX_REQUEST 65536 /* body bytes */
+#define EDP_WATCH_MAX_KEYS 64       /* keys per watch */
+#define EDP_WATCH_MAX_KEY_LEN 200
+#define EDP_WATCH_MAX_NAME_LEN 128  /* service name */
+#define EDP_WATCH_MAX_VALUE 65536   /* a value, serialized */
+
+/* ---- server ---- */
+
+enum edp_watch_event {
+  EDP_WATCH_REGISTERED = 0, /* queue (re)registered for keys */
+  EDP_WATCH_NOTIFIED = 1,   /* a change was published to queue */
+  EDP_WATCH_REMOVED = 2,    /* queue is gone: watch left the registry */
+  EDP_WATCH_REJECTED = 3,   /* a bad request; detail says why */
+  EDP_WATCH_CHANGED = 4     /* a value changed (key, version) */
+};
+
+typedef struct edp_watch_info {
+  int event;             /* enum edp_watch_event */
+  const char *queue;     /* NULL for CHANGED / some REJECTED */
+  const char *service;   /* service name, may be NULL */
+  const char *key;       /* NOTIFIED, CHANGED */
+  int64_t version;       /* NOTIFIED, CHANGED */
+  const char *detail;    /* REJECTED: the reason */
+} edp_watch_info;
+
+typedef void (*edp_watch_event_fn)(void *ud, const edp_watch_info *info);
+
+typedef struct edp_watch_server_opts {
+  const char *store_path;    /* required: the JSON store */
+  const char *request_queue; /* default EDP_WATCH_REQUEST_QUEUE */
+  /* Queue names a request may register, besides server-named "amq.gen-"
+   * ones: those starting with this prefix. NULL: only amq.gen-. */
+  const char *queue_prefix;
+  size_t max_watches;        /* registry bound, default 10000 */
+  edp_watch_event_fn on_event;
+  void *ud;
+} edp_watch_server_opts;
+
+void edp_watch_server_opts_init(edp_watch_server_opts *o);
+
+typedef struct edp_watch_server edp_watch_server;
+
+/* Loads the store (a missing file is an empty store), declares the durable
+ * request queue and consumes it on c (not owned; the caller's thread owns
+ * it). Errors: EDP_EINVAL, EDP_EBADDATA (the store is not a valid store:
+ * we refuse to start rather than overwrite it), EDP_EIO, edp_conn errors. */
+int edp_watch_server_new(edp_conn *c, const edp_watch_server_opts *o,
+                         edp_watch_server **out);
+
+/* Frees the server (not its connection); *s = NULL; accepts NULL. */
+void edp_watch_server_destroy(edp_watch_server **s);
+
+/* Serves what arrived: handles queued registration requests, waiting up to
+ * timeout_ms for the first. Returns 0 when one or more were handled (bad
+ * ones included: they are rejected and acked), EDP_ETIMEOUT, EDP_ESTOPPED,
+ * or a reconnect error. */
+int edp_watch_server_serve(edp_watch_server *s, int timeout_ms);
+
+/* Sets key to value (a JSON text; anything that does not parse as JSON is
+ * taken as a string), saves the store, and publishes the change to every
+ * watch of key; watches whose queue is gone are removed (and the store
+ * saved again). *version (may be NULL) receives the new version.
+ * Errors: EDP_EINVAL (bad key), EDP_ETOOBIG (value over
+ * EDP_WATCH_MAX_VALUE), EDP_EIO (store not written: nothing published),
+ * reconnect errors. */
+int edp_watch_server_set(edp_watch_server *s, const char *key,
+                         const char *value, int64_t *version);
+
+/* Registered watches / stored keys. */
+size_t edp_watch_server_watch_count(const edp_watch_server *s);
+size_t edp_watch_server_key_count(const edp_watch_server *s);
+
+/* ---- client (service side) ---- */
+
+typedef struct edp_watch_update {
+  char *key;       /* NULL: the registration was confirmed (also after a
+                      reconnect); the current values follow */
+  char *value;     /* the value as JSON text */
+  int64_t version;
+  int initial;     /* 1: from the registration reply, 0: a change */
+} edp_watch_update;
+
+void edp_watch_update_clear(edp_watch_update *u);
+
+typedef struct edp_watch_client edp_watch_client;
+
+/* Declares the client's temporary queue on c (not owned), starts consuming
+ * it and sends the registration for keys (n_keys 0 = every key) to
+ * request_queue (NULL = default). Errors: EDP_EINVAL, edp_conn errors. */
+int edp_watch_client_new(edp_conn *c, const char *service,
+                         const char *const *keys, size_t n_keys,
+                         const char *request_queue, edp_watch_client **out);
+
+void edp_watch_client_destroy(edp_watch_client **cl);
+
+/* The client's current queue name (changes after a reconnect). */
+const char *edp_watch_client_queue(const edp_watch_client *cl);
+
+/* The next update, waiting up to timeout_ms: first the registration
+ * confirmation (key NULL), the reply's values (initial = 1), then each
+ * change. Changes with a version
+ * not newer than the last one seen for that key are dropped (a change
+ * republished after the server's reconnect). Returns 0, EDP_ETIMEOUT,
+ * EDP_ESTOPPED, EDP_EACCESS (the server rejected the registration; the
+ * reason is logged and in *u->value), or a reconnect error. */
+int edp_watch_client_next(edp_watch_client *cl, edp_watch_update *u,
+                          int timeout_ms);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
