@@ -267,9 +267,15 @@ static void handle_ack(edp_conn *c, uint64_t tag, int multiple, int nack) {
   }
 }
 
+static int bytes_eq(amqp_bytes_t b, const char *s) {
+  s = s ? s : "";
+  return b.len == strlen(s) && (b.len == 0 || !memcmp(b.bytes, s, b.len));
+}
+
 /* A basic.return carries the message but no sequence number; the broker
- * sends it just before the ack of that message, so we match it by
- * message_id, else to the oldest unreturned mandatory message. */
+ * sends it just before the ack of that message. So it belongs to the
+ * oldest unreturned mandatory message with the same exchange, routing key
+ * and (if any) message_id. */
 static void handle_return(edp_conn *c, const amqp_basic_return_t *r,
                           const amqp_message_t *msg) {
   char *mid = (msg->properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG)
@@ -278,6 +284,8 @@ static void handle_return(edp_conn *c, const amqp_basic_return_t *r,
   struct pending *hit = NULL;
   for (struct pending *p = c->pend_head; p && !hit; p = p->next)
     if (!p->returned && p->m.mandatory &&
+        bytes_eq(r->exchange, p->m.exchange) &&
+        bytes_eq(r->routing_key, p->m.routing_key) &&
         (!mid || (p->m.message_id && !strcmp(p->m.message_id, mid))))
       hit = p;
   if (hit) {

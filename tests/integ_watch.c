@@ -1,0 +1,429 @@
+/*
+ * integ_watch.c - the watch notification pattern through its programs and
+ * a real broker: changes reach every service once and in order, a killed
+ * service leaves the registry at the next change, the registry survives a
+ * server restart, and hostile registration requests change nothing.
+ */
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "edp.h"
+#include "testlib.h"
+
+static char store_dir[] = "/tmp/edp-watch-XXXXXX";
+
+/* The dir is made in main(), before Check forks a process per test. */
+static const char *store_path(void) {
+  static char p[256];
+  snprintf(p, sizeof(p), "%s/%s", store_dir, t_unique("store"));
+  return p;
+}
+
+static void start_server(t_proc *p, const char *store, const char *rq) {
+  char *argv[] = {(char *)t_bin("edp-config-server"), "--url", (char *)t_url(),
+                  "--store", (char *)store, "--request-queue", (char *)rq,
+                  "--json", NULL};
+  ck_assert_int_eq(t_spawn_stdin(p, argv), 0);
+}
+
+static void start_service(t_proc *p, const char *name, const char *rq,
+                          const char *keys, const char *count) {
+  char *argv[14] = {(char *)t_bin("edp-watch-service"), "--url", (char *)t_url(),
+                    "--name", (char *)name, "--request-queue", (char *)rq,
+                    "--json"};
+  int n = 8;
+  if (keys) {
+    argv[n++] = "--keys";
+    argv[n++] = (char *)keys;
+  }
+  if (count) {
+    argv[n++] = "--count";
+    argv[n++] = (char *)count;
+  }
+  argv[n] = NULL;
+  ck_assert_int_eq(t_spawn(p, argv, NULL), 0);
+}
+
+/* Reads events of p until one has event == kind (and, if field, the given
+ * field value); returns it (caller decrefs) or NULL on EOF/timeout. */
+static json_t *await_json(t_proc *p, const char *kind, const char *field,
+                          const char *value, int timeout_ms) {
+  static char line[65536];
+  long long deadline = t_now_ms() + timeout_ms;
+  for (;;) {
+    long long left = deadline - t_now_ms();
+    if (left <= 0 || t_readline(p, line, sizeof(line), (int)left) != 1)
+      return NULL;
+    json_t *ev = json_loads(line, 0, NULL);
+    const char *k = json_string_value(json_object_get(ev, "event"));
+    if (k && !strcmp(k, kind) &&
+        (!field ||
+         !strcmp(json_string_value(json_object_get(ev, field)) ?: "", value)))
+      return ev;
+    json_decref(ev);
+  }
+}
+
+/* The registered queue name of a service, from its "registered" event. */
+static void await_registered(t_proc *svc, char *queue, size_t len) {
+  json_t *ev = await_json(svc, "registered", NULL, NULL, 20000);
+  ck_assert_msg(ev != NULL, "service did not register");
+  snprintf(queue, len, "%s", json_string_value(json_object_get(ev, "queue")));
+  json_decref(ev);
+}
+
+static edp_conn *open_conn(void) {
+  edp_conn_opts o;
+  edp_conn_opts_init(&o);
+  o.url = t_url();
+  edp_conn *c = NULL;
+  ck_assert_int_eq(edp_conn_open(&o, &c, NULL, 0), 0);
+  return c;
+}
+
+/* A killed service's exclusive queue is deleted by the broker shortly
+ * after its connection dropped; wait (bounded) until it is gone. */
+static void await_queue_gone(const char *queue) {
+  edp_conn *c = open_conn();
+  long long deadline = t_now_ms() + 10000;
+  int rc = 0;
+  while ((rc = edp_conn_queue_inspect(c, queue, NULL, NULL)) == 0 &&
+         t_now_ms() < deadline)
+    edp_sleep_ms(20, -1);
+  ck_assert_int_eq(rc, EDP_ENOTFOUND);
+  edp_conn_destroy(&c);
+}
+
+/* Collects a service's change events: key:version pairs in arrival order. */
+typedef struct changes {
+  char seen[64][64];
+  int n;
+} changes;
+
+static void on_change(void *ud, json_t *ev) {
+  changes *c = ud;
+  const char *k = json_string_value(json_object_get(ev, "event"));
+  if (!k || strcmp(k, "config") || json_is_true(json_object_get(ev, "initial")))
+    return;
+  if (c->n < 64)
+    snprintf(c->seen[c->n++], 64, "%s:%lld",
+             json_string_value(json_object_get(ev, "key")),
+             (long long)json_integer_value(json_object_get(ev, "version")));
+}
+
+START_TEST(changes_reach_every_service_once_in_order) {
+  const char *rq = t_unique("config.q");
+  t_proc srv, a, b;
+  start_server(&srv, store_path(), rq);
+  start_service(&a, "svc-a", rq, NULL, "4");
+  start_service(&b, "svc-b", rq, "color,size", "4");
+  char qa[256], qb[256];
+  await_registered(&a, qa, sizeof(qa));
+  await_registered(&b, qb, sizeof(qb));
+  ck_assert_int_eq(t_write(&srv, "set color blue\nset size 3\nset color red\n"
+                                 "set size {\"w\":4}\n"),
+                   0);
+  changes ca = {0}, cb = {0};
+  ck_assert_int_eq(t_collect(&a, 30000, on_change, &ca), 0);
+  ck_assert_int_eq(t_collect(&b, 30000, on_change, &cb), 0);
+  const char *want[] = {"color:1", "size:2", "color:3", "size:4"};
+  ck_assert_int_eq(ca.n, 4);
+  ck_assert_int_eq(cb.n, 4);
+  for (int i = 0; i < 4; i++) {
+    ck_assert_str_eq(ca.seen[i], want[i]);
+    ck_assert_str_eq(cb.seen[i], want[i]);
+  }
+  t_signal(&srv, SIGTERM);
+  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+}
+END_TEST
+
+START_TEST(killed_service_is_removed_at_next_change) {
+  const char *rq = t_unique("config.q");
+  const char *store = store_path();
+  t_proc srv, a, b;
+  start_server(&srv, store, rq);
+  start_service(&a, "svc-a", rq, NULL, NULL);
+  start_service(&b, "svc-b", rq, NULL, "1");
+  char qa[256], qb[256];
+  await_registered(&a, qa, sizeof(qa));
+  await_registered(&b, qb, sizeof(qb));
+  t_signal(&a, SIGKILL);
+  ck_assert_int_eq(t_wait(&a, 10000), 128 + SIGKILL);
+  await_queue_gone(qa);
+  ck_assert_int_eq(t_write(&srv, "set color green\n"), 0);
+  json_t *ev = await_json(&srv, "removed", "queue", qa, 20000);
+  ck_assert_msg(ev != NULL, "the dead service was not removed");
+  json_decref(ev);
+  changes cb = {0};
+  ck_assert_int_eq(t_collect(&b, 30000, on_change, &cb), 0);
+  ck_assert_int_eq(cb.n, 1);
+  ck_assert_str_eq(cb.seen[0], "color:1");
+  t_signal(&srv, SIGTERM);
+  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+  /* exactly the dead service left the stored registry */
+  json_t *st = json_load_file(store, 0, NULL);
+  ck_assert_ptr_nonnull(st);
+  json_t *w = json_object_get(st, "watches");
+  ck_assert_uint_eq(json_array_size(w), 1);
+  ck_assert_str_eq(json_string_value(json_object_get(json_array_get(w, 0), "queue")),
+                   qb);
+  json_decref(st);
+}
+END_TEST
+
+START_TEST(registry_survives_server_restart) {
+  const char *rq = t_unique("config.q");
+  const char *store = store_path();
+  t_proc srv, live, late;
+  start_server(&srv, store, rq);
+  start_service(&live, "svc-live", rq, NULL, "2");
+  char ql[256];
+  await_registered(&live, ql, sizeof(ql));
+  ck_assert_int_eq(t_write(&srv, "set mode fast\n"), 0);
+  json_t *ev = await_json(&srv, "notified", "queue", ql, 20000);
+  ck_assert_ptr_nonnull(ev);
+  json_decref(ev);
+  t_signal(&srv, SIGTERM);
+  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+
+  /* registered while the server is down: the request waits in the queue */
+  start_service(&late, "svc-late", rq, NULL, "1");
+  start_server(&srv, store, rq);
+  char qlate[256];
+  await_registered(&late, qlate, sizeof(qlate));
+  ck_assert_int_eq(t_write(&srv, "set mode safe\n"), 0);
+  changes cl = {0}, cn = {0};
+  ck_assert_int_eq(t_collect(&live, 30000, on_change, &cl), 0);
+  ck_assert_int_eq(t_collect(&late, 30000, on_change, &cn), 0);
+  ck_assert_int_eq(cl.n, 2);
+  ck_assert_str_eq(cl.seen[0], "mode:1");
+  ck_assert_str_eq(cl.seen[1], "mode:2"); /* values and versions survived */
+  ck_assert_int_eq(cn.n, 1);
+  ck_assert_str_eq(cn.seen[0], "mode:2");
+  t_signal(&srv, SIGTERM);
+  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+}
+END_TEST
+
+/* Publishes a raw registration request. */
+static void send_raw(edp_conn *c, const char *rq, const char *body, size_t len,
+                     const char *reply_to, const char *corr) {
+  edp_msg m;
+  edp_msg_init(&m);
+  m.routing_key = rq;
+  m.body = body;
+  m.body_len = len;
+  m.reply_to = reply_to;
+  m.correlation_id = corr;
+  ck_assert_int_eq(edp_conn_publish(c, &m, NULL), 0);
+}
+
+START_TEST(hostile_requests_change_nothing) {
+  const char *rq = t_unique("config.q");
+  const char *store = store_path();
+  t_proc srv;
+  start_server(&srv, store, rq);
+  ck_assert_int_eq(t_write(&srv, "set color blue\n"), 0);
+  json_t *ev = await_json(&srv, "changed", NULL, NULL, 20000);
+  ck_assert_ptr_nonnull(ev);
+  json_decref(ev);
+  char *before = NULL;
+  ck_assert_int_eq(edp_file_read(store, 1 << 20, &before, NULL), 0);
+
+  edp_conn *c = open_conn();
+  edp_queue_opts tmp;
+  edp_queue_opts_init(&tmp);
+  tmp.durable = 0;
+  tmp.exclusive = 1;
+  tmp.auto_delete = 1;
+  char mine[256], other[256];
+  ck_assert_int_eq(edp_conn_queue_declare(c, "", &tmp, mine, sizeof(mine), NULL,
+                                          NULL),
+                   0);
+  ck_assert_int_eq(edp_conn_queue_declare(c, "", &tmp, other, sizeof(other),
+                                          NULL, NULL),
+                   0);
+  const char *victim = t_unique("victim.q");
+  ck_assert_int_eq(edp_conn_queue_declare(c, victim, NULL, NULL, 0, NULL, NULL),
+                   0);
+
+  char body[80000];
+  const char *cases[] = {
+      "hello",
+      "",
+      "[]",
+      "\"x\"",
+      "{\"queue\":5}",
+      NULL, /* queue is another amq.gen queue than reply_to */
+      NULL, /* keys not an array */
+      NULL, /* keys not strings */
+      NULL, /* 65 keys */
+      NULL, /* a 300-character key */
+      NULL, /* a key with a control character */
+      NULL, /* service a number */
+      NULL, /* a 200-character service name */
+      NULL, /* an unknown field */
+      NULL, /* 70 KiB */
+      NULL, /* duplicate field */
+      "{\"queue\":\"\xff\xfe\"}",
+      NULL, /* deep nesting */
+  };
+  const int n = (int)(sizeof(cases) / sizeof(cases[0]));
+  for (int i = 0; i < n; i++) {
+    char corr[16];
+    snprintf(corr, sizeof(corr), "bad-%d", i);
+    const char *b = cases[i];
+    if (!b) {
+      b = body;
+      switch (i) {
+      case 5:
+        snprintf(body, sizeof(body), "{\"queue\":\"%s\"}", other);
+        break;
+      case 6:
+        snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"keys\":\"color\"}", mine);
+        break;
+      case 7:
+        snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"keys\":[1,2]}", mine);
+        break;
+      case 8: {
+        int o = snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"keys\":[", mine);
+        for (int k = 0; k < 65; k++)
+          o += snprintf(body + o, sizeof(body) - (size_t)o, "%s\"k%d\"", k ? "," : "", k);
+        snprintf(body + o, sizeof(body) - (size_t)o, "]}");
+        break;
+      }
+      case 9: {
+        int o = snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"keys\":[\"", mine);
+        memset(body + o, 'k', 300);
+        snprintf(body + o + 300, sizeof(body) - (size_t)o - 300, "\"]}");
+        break;
+      }
+      case 10:
+        snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"keys\":[\"a\\u0001b\"]}", mine);
+        break;
+      case 11:
+        snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"service\":7}", mine);
+        break;
+      case 12: {
+        int o = snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"service\":\"", mine);
+        memset(body + o, 's', 200);
+        snprintf(body + o + 200, sizeof(body) - (size_t)o - 200, "\"}");
+        break;
+      }
+      case 13:
+        snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"admin\":true}", mine);
+        break;
+      case 14: {
+        int o = snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"service\":\"", mine);
+        memset(body + o, 'x', 70000);
+        snprintf(body + o + 70000, sizeof(body) - (size_t)o - 70000, "\"}");
+        break;
+      }
+      case 15:
+        snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"queue\":\"%s\"}", mine, mine);
+        break;
+      case 17: {
+        int o = snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"keys\":", mine);
+        for (int k = 0; k < 5000; k++)
+          body[o++] = '[';
+        for (int k = 0; k < 5000; k++)
+          body[o++] = ']';
+        snprintf(body + o, sizeof(body) - (size_t)o, "}");
+        break;
+      }
+      }
+    }
+    send_raw(c, rq, b, strlen(b), mine, corr);
+  }
+  /* without reply_to, and into someone else's queue: no reply anywhere */
+  char ok_body[512];
+  snprintf(ok_body, sizeof(ok_body), "{\"queue\":\"%s\"}", mine);
+  send_raw(c, rq, ok_body, strlen(ok_body), NULL, "no-reply-to");
+  snprintf(ok_body, sizeof(ok_body), "{\"queue\":\"%s\"}", victim);
+  send_raw(c, rq, ok_body, strlen(ok_body), victim, "victim");
+
+  int rejected = 0;
+  for (int i = 0; i < n + 2; i++) {
+    ev = await_json(&srv, "rejected", NULL, NULL, 20000);
+    ck_assert_msg(ev != NULL, "only %d of %d requests rejected", rejected, n + 2);
+    json_decref(ev);
+    rejected++;
+  }
+  /* one error reply per request that had an allowed reply_to */
+  ck_assert_int_eq(edp_conn_consume(c, mine, NULL, NULL, 0), 0);
+  int replies = 0;
+  edp_delivery d;
+  while (edp_conn_receive(c, &d, 1500) == 0) {
+    json_t *r = json_loadb(d.body, d.body_len, 0, NULL);
+    ck_assert(json_is_false(json_object_get(r, "ok")));
+    ck_assert_ptr_nonnull(json_string_value(json_object_get(r, "error")));
+    ck_assert_int_eq(strncmp(d.correlation_id, "bad-", 4), 0);
+    json_decref(r);
+    edp_conn_ack(c, d.epoch, d.tag, 0);
+    edp_delivery_clear(&d);
+    replies++;
+  }
+  ck_assert_int_eq(replies, n);
+  uint32_t victim_depth = 99;
+  ck_assert_int_eq(edp_conn_queue_inspect(c, victim, &victim_depth, NULL), 0);
+  ck_assert_uint_eq(victim_depth, 0);
+
+  /* the server still serves, and the store did not change */
+  char *after = NULL;
+  ck_assert_int_eq(edp_file_read(store, 1 << 20, &after, NULL), 0);
+  ck_assert_str_eq(before, after);
+  free(before);
+  free(after);
+  t_proc ok;
+  start_service(&ok, "svc-ok", rq, NULL, NULL);
+  char q[256];
+  await_registered(&ok, q, sizeof(q));
+  t_signal(&ok, SIGTERM);
+  ck_assert_int_eq(t_wait(&ok, 10000), 130);
+  edp_conn_queue_delete(c, victim);
+  edp_conn_destroy(&c);
+  t_signal(&srv, SIGTERM);
+  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+}
+END_TEST
+
+START_TEST(corrupt_store_refused) {
+  const char *store = store_path();
+  ck_assert_int_eq(edp_file_write_atomic(store, "{\"format\":1}", 12, 0600), 0);
+  t_proc srv;
+  start_server(&srv, store, t_unique("config.q"));
+  ck_assert_int_eq(t_wait(&srv, 15000), 65);
+  char *text = NULL;
+  ck_assert_int_eq(edp_file_read(store, 1000, &text, NULL), 0);
+  ck_assert_str_eq(text, "{\"format\":1}"); /* untouched */
+  free(text);
+}
+END_TEST
+
+int main(void) {
+  if (!mkdtemp(store_dir))
+    return EXIT_FAILURE;
+  Suite *s = suite_create("watch");
+  TCase *tc = tcase_create("watch");
+  tcase_set_timeout(tc, 180);
+  tcase_add_test(tc, changes_reach_every_service_once_in_order);
+  tcase_add_test(tc, killed_service_is_removed_at_next_change);
+  tcase_add_test(tc, registry_survives_server_restart);
+  tcase_add_test(tc, hostile_requests_change_nothing);
+  tcase_add_test(tc, corrupt_store_refused);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  char cmd[300];
+  snprintf(cmd, sizeof(cmd), "rm -rf '%s'", store_dir);
+  if (system(cmd) != 0)
+    failed++;
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
