@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The talk's demos, run against the broker in EDP_URL (make demo starts a
-# private one). Usage: cmd/demo.sh [PATTERN], PATTERN one of: forwarding
-# (default: all).
+# private one). Usage: cmd/demo.sh [PATTERN], PATTERN one of: forwarding,
+# watch (default: all).
 set -euo pipefail
 BIN=${EDP_BIN:-bin}
 : "${EDP_URL:?set EDP_URL, or run 'make demo' which starts a private broker}"
@@ -33,9 +33,41 @@ demo_forwarding() {
   "$BIN/edp-forward-receiver" --queue "$q" --idle-timeout 1500
 }
 
+demo_watch() {
+  local dir rq
+  dir=$(mktemp -d /tmp/edp-demo-watch.XXXXXX)
+  rq="demo.config.$$"
+  banner "watch notification: a config server notifies services through temporary queues"
+  # The server reads 'set KEY VALUE' lines from fd 4; output goes to files
+  # that are shown at the end, one program after the other. The pauses pace
+  # the demo like the talk's; nothing depends on them.
+  exec 4> >(exec "$BIN/edp-config-server" --store "$dir/store.json" \
+              --request-queue "$rq" >"$dir/server.out" 2>&1)
+  local srv=$!
+  "$BIN/edp-watch-service" --name svc1 --request-queue "$rq" >"$dir/svc1.out" 2>&1 &
+  local svc1=$!
+  "$BIN/edp-watch-service" --name svc2 --request-queue "$rq" >"$dir/svc2.out" 2>&1 &
+  local svc2=$!
+  sleep 1
+  echo "--- config server: set log_level DEBUG"
+  echo "set log_level DEBUG" >&4; sleep 1
+  echo "--- svc1 dies (SIGKILL): its temporary queue dies with its connection"
+  kill -9 "$svc1"; wait "$svc1" 2>/dev/null || true; sleep 1
+  echo "--- config server: set log_level WARN"
+  echo "set log_level WARN" >&4; sleep 1
+  kill "$svc2"; wait "$svc2" 2>/dev/null || true
+  kill "$srv"; exec 4>&-
+  wait "$srv" 2>/dev/null || true
+  echo "--- config server output:"; sed 's/^/    /' "$dir/server.out"
+  echo "--- svc1 output:"; sed 's/^/    /' "$dir/svc1.out"
+  echo "--- svc2 output:"; sed 's/^/    /' "$dir/svc2.out"
+  rm -rf "$dir"
+}
+
 pattern=${1:-all}
 case $pattern in
   forwarding) demo_forwarding ;;
-  all) demo_forwarding ;;
-  *) echo "demo.sh: unknown pattern '$pattern' (forwarding)" >&2; exit 64 ;;
+  watch) demo_watch ;;
+  all) demo_forwarding; demo_watch ;;
+  *) echo "demo.sh: unknown pattern '$pattern' (forwarding, watch)" >&2; exit 64 ;;
 esac

@@ -686,6 +686,11 @@ int edp_watch_client_new(edp_conn *c, const char *service,
   qo.durable = 0;
   qo.exclusive = 1;
   qo.auto_delete = 1;
+  /* Declaring the (durable) request queue too means a registration sent
+   * before the server ever ran waits for it instead of being dropped. */
+  if (!rc)
+    rc = edp_conn_queue_declare(c, cl->request_queue, NULL, NULL, 0, NULL,
+                                NULL);
   if (!rc)
     rc = edp_conn_queue_declare(c, "", &qo, cl->queue, sizeof(cl->queue), NULL,
                                 NULL);

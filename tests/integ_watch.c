@@ -392,6 +392,26 @@ START_TEST(hostile_requests_change_nothing) {
 }
 END_TEST
 
+START_TEST(service_started_before_any_server) {
+  /* a fresh request queue that no server declared yet */
+  const char *rq = t_unique("config.q");
+  t_proc svc, srv;
+  start_service(&svc, "svc-early", rq, NULL, "1");
+  json_t *ev = await_json(&svc, "registered", NULL, NULL, 1500);
+  ck_assert_ptr_null(ev); /* nobody answers yet */
+  start_server(&srv, store_path(), rq);
+  char q[256];
+  await_registered(&svc, q, sizeof(q));
+  ck_assert_int_eq(t_write(&srv, "set k v\n"), 0);
+  changes c = {0};
+  ck_assert_int_eq(t_collect(&svc, 30000, on_change, &c), 0);
+  ck_assert_int_eq(c.n, 1);
+  ck_assert_str_eq(c.seen[0], "k:1");
+  t_signal(&srv, SIGTERM);
+  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+}
+END_TEST
+
 START_TEST(corrupt_store_refused) {
   const char *store = store_path();
   ck_assert_int_eq(edp_file_write_atomic(store, "{\"format\":1}", 12, 0600), 0);
@@ -415,6 +435,7 @@ int main(void) {
   tcase_add_test(tc, killed_service_is_removed_at_next_change);
   tcase_add_test(tc, registry_survives_server_restart);
   tcase_add_test(tc, hostile_requests_change_nothing);
+  tcase_add_test(tc, service_started_before_any_server);
   tcase_add_test(tc, corrupt_store_refused);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
