@@ -141,19 +141,26 @@ int main(int argc, char **argv) {
   double cm = median3(consume_adapter, 30000 * scale, 64);
 
   printf("## Event forwarding (`edp-bench-forward`)\n\n");
-  printf("Persistent 256-byte messages to a durable queue; median of 3 runs.\n"
-         "Publish times run until the broker confirmed the last message, or for\n"
-         "(c) until the queue holds them all (a passive declare on the same\n"
-         "channel).\n\n");
+  printf(
+      "Persistent 256-byte messages to a durable queue; median of 3 runs.\n"
+      "Publish times run until the broker confirmed the last message, or for\n"
+      "(c) until the queue holds them all (a passive declare on the same\n"
+      "channel).\n\n");
   printf("| case | msg/s | ratio |\n|---|---:|---:|\n");
-  printf("| (a) persistent, blocking confirm per message | %.0f | 1.00 x (a) |\n", a);
-  printf("| (b) persistent, pipelined confirms, window 1024 | %.0f | %.2f x (a), %.0f%% of (c) |\n",
+  printf(
+      "| (a) persistent, blocking confirm per message | %.0f | 1.00 x (a) |\n",
+      a);
+  printf("| (b) persistent, pipelined confirms, window 1024 | %.0f | %.2f x "
+         "(a), %.0f%% of (c) |\n",
          b, b / a, 100.0 * b / c);
-  printf("| (c) persistent, fire-and-forget (unsafe) | %.0f | %.2f x (a) |\n", c, c / a);
+  printf("| (c) persistent, fire-and-forget (unsafe) | %.0f | %.2f x (a) |\n",
+         c, c / a);
   printf("| consume, prefetch 512, one ack per message | %.0f | 1.00 |\n", ca);
-  printf("| consume, prefetch 512, one `multiple` ack per 64 | %.0f | %.2f x ack-each |\n",
+  printf("| consume, prefetch 512, one `multiple` ack per 64 | %.0f | %.2f x "
+         "ack-each |\n",
          cm, cm / ca);
-  printf("\nTargets: (b) >= 8 x (a): **%s** (%.1f x); (b) >= 55%% of (c): **%s** (%.0f%%).\n",
+  printf("\nTargets: (b) >= 8 x (a): **%s** (%.1f x); (b) >= 55%% of (c): "
+         "**%s** (%.0f%%).\n",
          b >= 8 * a ? "met" : "missed", b / a, b >= 0.55 * c ? "met" : "missed",
          100.0 * b / c);
   return 0;

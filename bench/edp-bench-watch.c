@@ -134,10 +134,13 @@ int main(void) {
          "every service with mandatory set and confirmed.\n\n",
          SERVICES, CHANGES);
   printf("| measure | value |\n|---|---:|\n");
-  printf("| time until all %d services have a change, p50 | %lld ms |\n", SERVICES, p50);
-  printf("| time until all %d services have a change, p99 | %lld ms |\n", SERVICES, p99);
+  printf("| time until all %d services have a change, p50 | %lld ms |\n",
+         SERVICES, p50);
+  printf("| time until all %d services have a change, p99 | %lld ms |\n",
+         SERVICES, p99);
   printf("| server connections with the pattern | 1 |\n");
-  printf("| server connections if it called each service directly | %d |\n", SERVICES);
+  printf("| server connections if it called each service directly | %d |\n",
+         SERVICES);
   printf("| ratio | 1 : %d |\n", SERVICES);
   edp_watch_server_destroy(&s);
   edp_conn_destroy(&c);

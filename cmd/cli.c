@@ -136,7 +136,10 @@ void cli_log(void *ud, int level, const char *msg) {
     return;
   static const char *names[] = {"error", "warning", "info", "debug"};
   fprintf(stderr, "%s: %s: %s\n", c ? c->prog : "edp",
-          names[level < 0 ? 0 : level > 3 ? 3 : level], msg);
+          names[level < 0   ? 0
+                : level > 3 ? 3
+                            : level],
+          msg);
 }
 
 edp_conn *cli_connect(const cli *c, const char *client_name) {

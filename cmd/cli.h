@@ -29,19 +29,20 @@ enum {
  * program's table and "u:jvhV" in its short option string. */
 #define CLI_COMMON_LONGOPTS                                                    \
   {"url", required_argument, NULL, 'u'}, {"json", no_argument, NULL, 'j'},     \
-      {"verbose", no_argument, NULL, 'v'}, {"help", no_argument, NULL, 'h'},   \
-      {"version", no_argument, NULL, 'V'}
+      {"verbose", no_argument, NULL, 'v'}, {"help", no_argument, NULL, 'h'}, { \
+    "version", no_argument, NULL, 'V'                                          \
+  }
 #define CLI_COMMON_SHORTOPTS "u:jvhV"
 
 /* The help text of the common options, for each program's usage(). */
 #define CLI_COMMON_HELP                                                        \
-  "  -u, --url URL        broker URL (default: $EDP_URL, else\n"              \
-  "                       " EDP_URL_DEFAULT ")\n"                             \
-  "  -j, --json           one JSON object per event on stdout\n"              \
-  "  -v, --verbose        log more on stderr\n"                               \
+  "  -u, --url URL        broker URL (default: $EDP_URL, else\n"               \
+  "                       " EDP_URL_DEFAULT ")\n"                              \
+  "  -j, --json           one JSON object per event on stdout\n"               \
+  "  -v, --verbose        log more on stderr\n"                                \
   "  -h, --help           this help\n"                                         \
   "  -V, --version        print the version\n"                                 \
-  "Exit codes: 0 ok, 64 usage, 65 bad data, 69 broker unavailable,\n"         \
+  "Exit codes: 0 ok, 64 usage, 65 bad data, 69 broker unavailable,\n"          \
   "70 internal error, 77 access refused, 130 interrupted.\n"
 
 typedef struct cli {

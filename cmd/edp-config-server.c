@@ -24,14 +24,14 @@ static void usage(void) {
          "  -s, --store FILE       the JSON store (default config-store.json)\n"
          "      --request-queue Q  registration queue (default config.q)\n"
          "      --queue-prefix P   also accept watch queues named P...\n"
-         "                         (default: only server-named amq.gen-)\n"
-         CLI_COMMON_HELP);
+         "                         (default: only server-named "
+         "amq.gen-)\n" CLI_COMMON_HELP);
 }
 
 static void on_event(void *ud, const edp_watch_info *in) {
   (void)ud;
-  static const char *names[] = {"registered", "notified", "removed",
-                                "rejected", "changed"};
+  static const char *names[] = {"registered", "notified", "removed", "rejected",
+                                "changed"};
   if (app.json) {
     json_t *o = json_pack("{s:s}", "event", names[in->event]);
     if (in->queue)
@@ -79,7 +79,8 @@ static int command(edp_watch_server *s, edp_conn *conn, char *line) {
   if (!*line || *line == '#')
     return -1;
   if (strncmp(line, "set ", 4)) {
-    fprintf(stderr, "edp-config-server: unknown command (use: set KEY VALUE)\n");
+    fprintf(stderr,
+            "edp-config-server: unknown command (use: set KEY VALUE)\n");
     return -1;
   }
   char *key = line + 4;
@@ -206,7 +207,8 @@ int main(int argc, char **argv) {
       }
       len += (size_t)n;
       char *start = buf, *nl;
-      while (code < 0 && (nl = memchr(start, '\n', len - (size_t)(start - buf)))) {
+      while (code < 0 &&
+             (nl = memchr(start, '\n', len - (size_t)(start - buf)))) {
         *nl = '\0';
         code = command(s, conn, start);
         start = nl + 1;
@@ -214,7 +216,8 @@ int main(int argc, char **argv) {
       len -= (size_t)(start - buf);
       memmove(buf, start, len);
       if (len == MAX_LINE) {
-        fprintf(stderr, "edp-config-server: input line over %zu bytes dropped\n",
+        fprintf(stderr,
+                "edp-config-server: input line over %zu bytes dropped\n",
                 MAX_LINE);
         len = 0;
       }

@@ -59,8 +59,8 @@ static int handler(void *ud, const edp_delivery *d, char *reason,
     cli_say(&app, "Error processing message.\n");
     return -1;
   }
-  if (r->fail_match && memmem(d->body, d->body_len, r->fail_match,
-                              strlen(r->fail_match))) {
+  if (r->fail_match &&
+      memmem(d->body, d->body_len, r->fail_match, strlen(r->fail_match))) {
     snprintf(reason, reason_len, "simulated failure: body contains '%s'",
              r->fail_match);
     cli_say(&app, "Error processing message.\n");
@@ -82,7 +82,8 @@ static void on_event(void *ud, int ev, const edp_delivery *d,
       json_object_set_new(o, "reason", json_string(reason));
     cli_emit(o);
   } else if (ev == EDP_FWD_DEAD_LETTERED) {
-    printf("Moved to dead-letter queue: %s\n", d->message_id ? d->message_id : "?");
+    printf("Moved to dead-letter queue: %s\n",
+           d->message_id ? d->message_id : "?");
   } else if (ev == EDP_FWD_DUPLICATE) {
     printf("Duplicate dropped: %s\n", d->message_id ? d->message_id : "?");
   }

@@ -52,8 +52,9 @@ static void on_confirm(void *ud, const edp_confirm *cf) {
   const char *ev = cf->status == EDP_CONFIRM_ACK    ? "confirmed"
                    : cf->status == EDP_CONFIRM_NACK ? "nacked"
                                                     : "returned";
-  json_t *o = json_pack("{s:s,s:s?,s:I}", "event", ev, "message_id",
-                        cf->message_id, "seq", (json_int_t)seq_of(cf->message_id));
+  json_t *o =
+      json_pack("{s:s,s:s?,s:I}", "event", ev, "message_id", cf->message_id,
+                "seq", (json_int_t)seq_of(cf->message_id));
   if (cf->status == EDP_CONFIRM_RETURNED)
     json_object_set_new(o, "reason", json_string(cf->reply_text));
   cli_emit(o);
@@ -202,12 +203,11 @@ int main(int argc, char **argv) {
   edp_fwd_sender_stats st;
   edp_fwd_sender_stats_get(r.s, &st);
   if (app.json)
-    cli_emit(json_pack("{s:s,s:I,s:I,s:I,s:I,s:I}", "event", "summary", "sent",
-                       (json_int_t)st.sent, "confirmed",
-                       (json_int_t)st.confirmed, "refused",
-                       (json_int_t)st.refused, "republished",
-                       (json_int_t)st.republished, "reconnects",
-                       (json_int_t)st.reconnects));
+    cli_emit(json_pack(
+        "{s:s,s:I,s:I,s:I,s:I,s:I}", "event", "summary", "sent",
+        (json_int_t)st.sent, "confirmed", (json_int_t)st.confirmed, "refused",
+        (json_int_t)st.refused, "republished", (json_int_t)st.republished,
+        "reconnects", (json_int_t)st.reconnects));
   fprintf(stderr,
           "edp-forward-sender: sent %llu, confirmed %llu, refused %llu, "
           "republished %llu after %llu reconnect(s)\n",

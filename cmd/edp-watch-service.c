@@ -18,8 +18,8 @@ static void usage(void) {
          "  -k, --keys K1,K2       keys to watch (default: all)\n"
          "      --request-queue Q  the server's queue (default config.q)\n"
          "      --count N          exit 0 after N changes\n"
-         "      --idle-timeout MS  exit 0 after MS ms without an update\n"
-         CLI_COMMON_HELP);
+         "      --idle-timeout MS  exit 0 after MS ms without an "
+         "update\n" CLI_COMMON_HELP);
 }
 
 int main(int argc, char **argv) {

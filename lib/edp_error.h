@@ -33,7 +33,7 @@ extern "C" {
   X(STOPPED, -16, "stopped")                                                   \
   X(IO, -17, "I/O error")                                                      \
   X(BADDATA, -18, "malformed data")                                            \
-  X(CHANNEL, -19, "channel closed by the broker")                               \
+  X(CHANNEL, -19, "channel closed by the broker")                              \
   X(INTERNAL, -20, "internal error")
 
 enum edp_error {

@@ -12,10 +12,10 @@
 #include "edp_error.h"
 
 struct edp_idset {
-  size_t cap;     /* ids remembered */
-  size_t nslots;  /* power of two >= 2 * cap */
-  char **slots;   /* hash table; owns the strings */
-  char **ring;    /* insertion order, aliases of slots' strings */
+  size_t cap;    /* ids remembered */
+  size_t nslots; /* power of two >= 2 * cap */
+  char **slots;  /* hash table; owns the strings */
+  char **ring;   /* insertion order, aliases of slots' strings */
   size_t head, count;
 };
 

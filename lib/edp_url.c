@@ -188,9 +188,8 @@ int edp_url_parse(const char *url, edp_url *out, char *err_text,
   }
   if (!out->host[0])
     return fail(err_text, err_len, "empty host in URL");
-  if (port_start &&
-      parse_int(port_start, (size_t)(auth_end - port_start), 1, 65535,
-                &out->port))
+  if (port_start && parse_int(port_start, (size_t)(auth_end - port_start), 1,
+                              65535, &out->port))
     return fail(err_text, err_len, "bad port in URL: '%.*s'",
                 (int)(auth_end - port_start), port_start);
 

@@ -20,10 +20,10 @@ typedef struct edp_url {
   char pass[128];  /* percent-decoded, default "guest" */
   char vhost[128]; /* percent-decoded, default "/" */
   /* Query options (RabbitMQ's URI query parameters); -1 = not given. */
-  int heartbeat_s;           /* ?heartbeat=N, seconds, 0 disables */
-  int connect_timeout_ms;    /* ?connection_timeout=N, milliseconds */
-  int frame_max;             /* ?frame_max=N, bytes */
-  int channel_max;           /* ?channel_max=N */
+  int heartbeat_s;        /* ?heartbeat=N, seconds, 0 disables */
+  int connect_timeout_ms; /* ?connection_timeout=N, milliseconds */
+  int frame_max;          /* ?frame_max=N, bytes */
+  int channel_max;        /* ?channel_max=N */
 } edp_url;
 
 /* Parses url into *out. Accepts amqp:// only (amqps:// comes later).

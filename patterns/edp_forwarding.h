@@ -44,11 +44,11 @@ int edp_fwd_declare(edp_conn *c, const char *queue);
 typedef struct edp_fwd_sender edp_fwd_sender;
 
 typedef struct edp_fwd_sender_opts {
-  const char *queue;         /* required; declared with its .dlq */
-  int persistent;            /* default 1 */
-  size_t confirm_window;     /* messages in flight, default 1024;
-                                0 = no confirms (fire-and-forget, unsafe) */
-  int confirm_timeout_ms;    /* longest wait for the broker, default 30000 */
+  const char *queue;      /* required; declared with its .dlq */
+  int persistent;         /* default 1 */
+  size_t confirm_window;  /* messages in flight, default 1024;
+                             0 = no confirms (fire-and-forget, unsafe) */
+  int confirm_timeout_ms; /* longest wait for the broker, default 30000 */
   /* Called once per message the broker took (status EDP_CONFIRM_ACK) or
    * refused (NACK, RETURNED); cf->message_id identifies it. */
   edp_confirm_fn on_confirm;
@@ -70,8 +70,8 @@ void edp_fwd_sender_destroy(edp_fwd_sender **s);
  * full. A lost connection is reconnected and the unconfirmed messages are
  * published again before this one. Errors: EDP_EINVAL, EDP_ETOOBIG,
  * EDP_ETIMEOUT, EDP_ESTOPPED, or the reconnect's error (EDP_ECONNECT ...). */
-int edp_fwd_send(edp_fwd_sender *s, const char *message_id,
-                 const void *body, size_t len, const char *content_type);
+int edp_fwd_send(edp_fwd_sender *s, const char *message_id, const void *body,
+                 size_t len, const char *content_type);
 
 /* Waits until every message sent so far is confirmed (or refused).
  * Errors as edp_fwd_send(). */
@@ -96,10 +96,10 @@ typedef int (*edp_fwd_handler)(void *ud, const edp_delivery *d, char *reason,
                                size_t reason_len);
 
 enum edp_fwd_event {
-  EDP_FWD_PROCESSED = 0,   /* handler succeeded, acked */
-  EDP_FWD_RETRIED = 1,     /* handler failed, requeued with a count */
+  EDP_FWD_PROCESSED = 0,     /* handler succeeded, acked */
+  EDP_FWD_RETRIED = 1,       /* handler failed, requeued with a count */
   EDP_FWD_DEAD_LETTERED = 2, /* failed max_retries + 1 times, in .dlq */
-  EDP_FWD_DUPLICATE = 3    /* message_id seen before, acked unprocessed */
+  EDP_FWD_DUPLICATE = 3      /* message_id seen before, acked unprocessed */
 };
 
 /* Reports what happened to each delivery; reason is "" unless failed. */
@@ -107,11 +107,11 @@ typedef void (*edp_fwd_event_fn)(void *ud, int event, const edp_delivery *d,
                                  const char *reason);
 
 typedef struct edp_fwd_receiver_opts {
-  const char *queue;     /* required; declared with its .dlq */
-  int prefetch;          /* unacked deliveries, default 32 */
-  int max_retries;       /* requeues before the .dlq, default 3 */
-  size_t dedup_window;   /* remembered message_ids, 0 = no dedup */
-  edp_fwd_handler handler; /* required */
+  const char *queue;         /* required; declared with its .dlq */
+  int prefetch;              /* unacked deliveries, default 32 */
+  int max_retries;           /* requeues before the .dlq, default 3 */
+  size_t dedup_window;       /* remembered message_ids, 0 = no dedup */
+  edp_fwd_handler handler;   /* required */
   edp_fwd_event_fn on_event; /* may be NULL */
   void *ud;
 } edp_fwd_receiver_opts;

@@ -71,7 +71,8 @@ static int queue_allowed(const edp_watch_server *s, const char *q) {
         return 0;
     return 1;
   }
-  return s->prefix && s->prefix[0] && !strncmp(q, s->prefix, strlen(s->prefix)) &&
+  return s->prefix && s->prefix[0] &&
+         !strncmp(q, s->prefix, strlen(s->prefix)) &&
          strlen(q) > strlen(s->prefix);
 }
 
@@ -359,8 +360,7 @@ int edp_watch_server_new(edp_conn *c, const edp_watch_server_opts *o,
   s->store_path = strdup(o->store_path);
   s->request_queue = strdup(o->request_queue);
   s->prefix = o->queue_prefix ? strdup(o->queue_prefix) : NULL;
-  int rc = s->store_path && s->request_queue &&
-                   (!o->queue_prefix || s->prefix)
+  int rc = s->store_path && s->request_queue && (!o->queue_prefix || s->prefix)
                ? 0
                : EDP_ENOMEM;
   if (!rc)
@@ -454,9 +454,9 @@ static const char *check_request(edp_watch_server *s, const edp_delivery *d,
     return "\"queue\" must be a string";
   if (strcmp(json_string_value(queue), d->reply_to))
     return "\"queue\" must be the request's reply_to queue";
-  if (service && (!json_is_string(service) ||
-                  !printable(json_string_value(service),
-                             EDP_WATCH_MAX_NAME_LEN)))
+  if (service &&
+      (!json_is_string(service) ||
+       !printable(json_string_value(service), EDP_WATCH_MAX_NAME_LEN)))
     return "\"service\" must be a short printable string";
   if (!keys_valid(json_object_get(j, "keys")))
     return "\"keys\" must be an array of at most 64 short printable strings";
@@ -554,9 +554,9 @@ int edp_watch_server_set(edp_watch_server *s, const char *key,
   json_t *old = json_object_get(s->values, key);
   json_incref(old);
   s->version++;
-  json_object_set_new(s->values, key,
-                      json_pack("{s:o,s:I}", "value", v, "version",
-                                (json_int_t)s->version));
+  json_object_set_new(
+      s->values, key,
+      json_pack("{s:o,s:I}", "value", v, "version", (json_int_t)s->version));
   int rc = save_store(s);
   if (rc) {
     /* Not stored means not changed: nobody is told of a value that a
@@ -635,7 +635,8 @@ static int send_register(edp_watch_client *cl) {
   if (!text)
     return EDP_ENOMEM;
   snprintf(cl->correlation, sizeof(cl->correlation), "%llx-%llx",
-           (unsigned long long)edp_wall_ms(), (unsigned long long)(uintptr_t)cl);
+           (unsigned long long)edp_wall_ms(),
+           (unsigned long long)(uintptr_t)cl);
   edp_msg m;
   edp_msg_init(&m);
   m.routing_key = cl->request_queue;
@@ -689,8 +690,8 @@ int edp_watch_client_new(edp_conn *c, const char *service,
   /* Declaring the (durable) request queue too means a registration sent
    * before the server ever ran waits for it instead of being dropped. */
   if (!rc)
-    rc = edp_conn_queue_declare(c, cl->request_queue, NULL, NULL, 0, NULL,
-                                NULL);
+    rc =
+        edp_conn_queue_declare(c, cl->request_queue, NULL, NULL, 0, NULL, NULL);
   if (!rc)
     rc = edp_conn_queue_declare(c, "", &qo, cl->queue, sizeof(cl->queue), NULL,
                                 NULL);

@@ -41,8 +41,8 @@ extern "C" {
 #define EDP_WATCH_MAX_REQUEST 65536 /* body bytes */
 #define EDP_WATCH_MAX_KEYS 64       /* keys per watch */
 #define EDP_WATCH_MAX_KEY_LEN 200
-#define EDP_WATCH_MAX_NAME_LEN 128  /* service name */
-#define EDP_WATCH_MAX_VALUE 65536   /* a value, serialized */
+#define EDP_WATCH_MAX_NAME_LEN 128 /* service name */
+#define EDP_WATCH_MAX_VALUE 65536  /* a value, serialized */
 
 /* ---- server ---- */
 
@@ -55,12 +55,12 @@ enum edp_watch_event {
 };
 
 typedef struct edp_watch_info {
-  int event;             /* enum edp_watch_event */
-  const char *queue;     /* NULL for CHANGED / some REJECTED */
-  const char *service;   /* service name, may be NULL */
-  const char *key;       /* NOTIFIED, CHANGED */
-  int64_t version;       /* NOTIFIED, CHANGED */
-  const char *detail;    /* REJECTED: the reason */
+  int event;           /* enum edp_watch_event */
+  const char *queue;   /* NULL for CHANGED / some REJECTED */
+  const char *service; /* service name, may be NULL */
+  const char *key;     /* NOTIFIED, CHANGED */
+  int64_t version;     /* NOTIFIED, CHANGED */
+  const char *detail;  /* REJECTED: the reason */
 } edp_watch_info;
 
 typedef void (*edp_watch_event_fn)(void *ud, const edp_watch_info *info);
@@ -71,7 +71,7 @@ typedef struct edp_watch_server_opts {
   /* Queue names a request may register, besides server-named "amq.gen-"
    * ones: those starting with this prefix. NULL: only amq.gen-. */
   const char *queue_prefix;
-  size_t max_watches;        /* registry bound, default 10000 */
+  size_t max_watches; /* registry bound, default 10000 */
   edp_watch_event_fn on_event;
   void *ud;
 } edp_watch_server_opts;
@@ -113,11 +113,11 @@ size_t edp_watch_server_key_count(const edp_watch_server *s);
 /* ---- client (service side) ---- */
 
 typedef struct edp_watch_update {
-  char *key;       /* NULL: the registration was confirmed (also after a
-                      reconnect); the current values follow */
-  char *value;     /* the value as JSON text */
+  char *key;   /* NULL: the registration was confirmed (also after a
+                  reconnect); the current values follow */
+  char *value; /* the value as JSON text */
   int64_t version;
-  int initial;     /* 1: from the registration reply, 0: a change */
+  int initial; /* 1: from the registration reply, 0: a change */
 } edp_watch_update;
 
 void edp_watch_update_clear(edp_watch_update *u);

@@ -46,7 +46,8 @@ static edp_conn *open_named(const char *name, const char *url) {
   return c;
 }
 
-static void publish(edp_conn *c, const char *rk, const char *id, int mandatory) {
+static void publish(edp_conn *c, const char *rk, const char *id,
+                    int mandatory) {
   edp_msg m;
   edp_msg_init(&m);
   m.routing_key = rk;
@@ -115,8 +116,9 @@ START_TEST(channel_error_keeps_connection) {
   edp_conn *c = open_named("t-channel", NULL);
   uint32_t e0 = edp_conn_epoch(c);
   uint32_t n = 0;
-  ck_assert_int_eq(edp_conn_queue_inspect(c, t_unique("conn.missing"), &n, NULL),
-                   EDP_ENOTFOUND);
+  ck_assert_int_eq(
+      edp_conn_queue_inspect(c, t_unique("conn.missing"), &n, NULL),
+      EDP_ENOTFOUND);
   ck_assert_int_eq(edp_conn_reply_code(c), 404);
   ck_assert(edp_conn_is_open(c));
   ck_assert_uint_gt(edp_conn_epoch(c), e0);

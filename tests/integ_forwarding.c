@@ -18,8 +18,8 @@
 typedef struct tally {
   const char *prefix;
   int n;
-  int *processed;   /* per seq */
-  int redelivered;  /* processed events with redelivered true */
+  int *processed;  /* per seq */
+  int redelivered; /* processed events with redelivered true */
   int retried, dead, received, confirmed, foreign;
   long long reconnects;
   json_t *last_summary;
@@ -128,8 +128,8 @@ static int await_event(t_proc *p, tally *t, const char *kind, int timeout_ms) {
     if (!ev)
       continue;
     on_event(t, ev);
-    int hit = !strcmp(json_string_value(json_object_get(ev, "event")) ?: "",
-                      kind);
+    int hit =
+        !strcmp(json_string_value(json_object_get(ev, "event")) ?: "", kind);
     json_decref(ev);
     if (hit)
       return 1;
@@ -226,17 +226,25 @@ START_TEST(broker_closes_connection_mid_send) {
   tally t;
   tally_init(&t, "cl", n);
   char *argv[] = {(char *)t_bin("edp-forward-sender"),
-                  "--url", (char *)t_url(), "--queue", (char *)q,
-                  "--id-prefix", "cl", "--count", "20000", "--rate", "4000",
-                  "--json", NULL};
+                  "--url",
+                  (char *)t_url(),
+                  "--queue",
+                  (char *)q,
+                  "--id-prefix",
+                  "cl",
+                  "--count",
+                  "20000",
+                  "--rate",
+                  "4000",
+                  "--json",
+                  NULL};
   t_proc s;
   ck_assert_int_eq(t_spawn(&s, argv, NULL), 0);
   for (int i = 0; i < 2000; i++)
     ck_assert(await_event(&s, &t, "confirmed", 30000));
   char closed[64];
-  ck_assert_int_eq(t_broker("close-conns", "edp-forward-sender", closed,
-                            sizeof(closed)),
-                   0);
+  ck_assert_int_eq(
+      t_broker("close-conns", "edp-forward-sender", closed, sizeof(closed)), 0);
   ck_assert_str_eq(closed, "1");
   ck_assert_int_eq(t_collect(&s, 120000, on_event, &t), 0);
   ck_assert_int_ge(t.reconnects, 1);
@@ -266,18 +274,26 @@ START_TEST(poison_message_dead_lettered) {
   tally t;
   tally_init(&t, "ps", 6);
   char *argv[] = {(char *)t_bin("edp-forward-sender"),
-                  "--url", (char *)t_url(), "--queue", (char *)q,
-                  "--id-prefix", "ps", "--json", NULL};
+                  "--url",
+                  (char *)t_url(),
+                  "--queue",
+                  (char *)q,
+                  "--id-prefix",
+                  "ps",
+                  "--json",
+                  NULL};
   t_proc s;
   ck_assert_int_eq(
-      t_spawn(&s, argv, "good 1\nPOISON pill\ngood 2\ngood 3\ngood 4\ngood 5\n"),
+      t_spawn(&s, argv,
+              "good 1\nPOISON pill\ngood 2\ngood 3\ngood 4\ngood 5\n"),
       0);
   ck_assert_int_eq(t_collect(&s, 30000, on_event, &t), 0);
   ck_assert_int_eq(t.confirmed, 6);
 
   t_proc r;
-  char *extra[] = {"--fail-match", "POISON", "--max-retries", "2",
-                   "--idle-timeout", "3000", NULL};
+  char *extra[] = {
+      "--fail-match", "POISON", "--max-retries", "2", "--idle-timeout",
+      "3000",         NULL};
   start_receiver(&r, q, extra);
   ck_assert_int_eq(t_collect(&r, 60000, on_event, &t), 0);
   ck_assert_int_eq(t.processed[2], 0);
@@ -388,11 +404,11 @@ START_TEST(bad_input_exit_codes) {
   memset(body, 'a', big);
   body[big] = '\n';
   body[big + 1] = '\0';
-  char *client_limit[] = {"--url", url, "--queue", (char *)q, "--max-body",
-                          "1048576", NULL};
+  char *client_limit[] = {"--url",      url,       "--queue", (char *)q,
+                          "--max-body", "1048576", NULL};
   ck_assert_int_eq(sender_exit(client_limit, body, 15000), 65);
-  char *broker_limit[] = {"--url", url, "--queue", (char *)q, "--max-body",
-                          "0", NULL};
+  char *broker_limit[] = {"--url",      url, "--queue", (char *)q,
+                          "--max-body", "0", NULL};
   ck_assert_int_eq(sender_exit(broker_limit, body, 15000), 65);
   free(body);
   /* nothing half-sent sits in the queue */

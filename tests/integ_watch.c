@@ -24,16 +24,27 @@ static const char *store_path(void) {
 }
 
 static void start_server(t_proc *p, const char *store, const char *rq) {
-  char *argv[] = {(char *)t_bin("edp-config-server"), "--url", (char *)t_url(),
-                  "--store", (char *)store, "--request-queue", (char *)rq,
-                  "--json", NULL};
+  char *argv[] = {(char *)t_bin("edp-config-server"),
+                  "--url",
+                  (char *)t_url(),
+                  "--store",
+                  (char *)store,
+                  "--request-queue",
+                  (char *)rq,
+                  "--json",
+                  NULL};
   ck_assert_int_eq(t_spawn_stdin(p, argv), 0);
 }
 
 static void start_service(t_proc *p, const char *name, const char *rq,
                           const char *keys, const char *count) {
-  char *argv[14] = {(char *)t_bin("edp-watch-service"), "--url", (char *)t_url(),
-                    "--name", (char *)name, "--request-queue", (char *)rq,
+  char *argv[14] = {(char *)t_bin("edp-watch-service"),
+                    "--url",
+                    (char *)t_url(),
+                    "--name",
+                    (char *)name,
+                    "--request-queue",
+                    (char *)rq,
                     "--json"};
   int n = 8;
   if (keys) {
@@ -170,8 +181,8 @@ START_TEST(killed_service_is_removed_at_next_change) {
   ck_assert_ptr_nonnull(st);
   json_t *w = json_object_get(st, "watches");
   ck_assert_uint_eq(json_array_size(w), 1);
-  ck_assert_str_eq(json_string_value(json_object_get(json_array_get(w, 0), "queue")),
-                   qb);
+  ck_assert_str_eq(
+      json_string_value(json_object_get(json_array_get(w, 0), "queue")), qb);
   json_decref(st);
 }
 END_TEST
@@ -242,12 +253,10 @@ START_TEST(hostile_requests_change_nothing) {
   tmp.exclusive = 1;
   tmp.auto_delete = 1;
   char mine[256], other[256];
-  ck_assert_int_eq(edp_conn_queue_declare(c, "", &tmp, mine, sizeof(mine), NULL,
-                                          NULL),
-                   0);
-  ck_assert_int_eq(edp_conn_queue_declare(c, "", &tmp, other, sizeof(other),
-                                          NULL, NULL),
-                   0);
+  ck_assert_int_eq(
+      edp_conn_queue_declare(c, "", &tmp, mine, sizeof(mine), NULL, NULL), 0);
+  ck_assert_int_eq(
+      edp_conn_queue_declare(c, "", &tmp, other, sizeof(other), NULL, NULL), 0);
   const char *victim = t_unique("victim.q");
   ck_assert_int_eq(edp_conn_queue_declare(c, victim, NULL, NULL, 0, NULL, NULL),
                    0);
@@ -285,32 +294,38 @@ START_TEST(hostile_requests_change_nothing) {
         snprintf(body, sizeof(body), "{\"queue\":\"%s\"}", other);
         break;
       case 6:
-        snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"keys\":\"color\"}", mine);
+        snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"keys\":\"color\"}",
+                 mine);
         break;
       case 7:
         snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"keys\":[1,2]}", mine);
         break;
       case 8: {
-        int o = snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"keys\":[", mine);
+        int o =
+            snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"keys\":[", mine);
         for (int k = 0; k < 65; k++)
-          o += snprintf(body + o, sizeof(body) - (size_t)o, "%s\"k%d\"", k ? "," : "", k);
+          o += snprintf(body + o, sizeof(body) - (size_t)o, "%s\"k%d\"",
+                        k ? "," : "", k);
         snprintf(body + o, sizeof(body) - (size_t)o, "]}");
         break;
       }
       case 9: {
-        int o = snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"keys\":[\"", mine);
+        int o = snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"keys\":[\"",
+                         mine);
         memset(body + o, 'k', 300);
         snprintf(body + o + 300, sizeof(body) - (size_t)o - 300, "\"]}");
         break;
       }
       case 10:
-        snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"keys\":[\"a\\u0001b\"]}", mine);
+        snprintf(body, sizeof(body),
+                 "{\"queue\":\"%s\",\"keys\":[\"a\\u0001b\"]}", mine);
         break;
       case 11:
         snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"service\":7}", mine);
         break;
       case 12: {
-        int o = snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"service\":\"", mine);
+        int o = snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"service\":\"",
+                         mine);
         memset(body + o, 's', 200);
         snprintf(body + o + 200, sizeof(body) - (size_t)o - 200, "\"}");
         break;
@@ -319,16 +334,19 @@ START_TEST(hostile_requests_change_nothing) {
         snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"admin\":true}", mine);
         break;
       case 14: {
-        int o = snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"service\":\"", mine);
+        int o = snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"service\":\"",
+                         mine);
         memset(body + o, 'x', 70000);
         snprintf(body + o + 70000, sizeof(body) - (size_t)o - 70000, "\"}");
         break;
       }
       case 15:
-        snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"queue\":\"%s\"}", mine, mine);
+        snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"queue\":\"%s\"}",
+                 mine, mine);
         break;
       case 17: {
-        int o = snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"keys\":", mine);
+        int o =
+            snprintf(body, sizeof(body), "{\"queue\":\"%s\",\"keys\":", mine);
         for (int k = 0; k < 5000; k++)
           body[o++] = '[';
         for (int k = 0; k < 5000; k++)
@@ -350,7 +368,8 @@ START_TEST(hostile_requests_change_nothing) {
   int rejected = 0;
   for (int i = 0; i < n + 2; i++) {
     ev = await_json(&srv, "rejected", NULL, NULL, 20000);
-    ck_assert_msg(ev != NULL, "only %d of %d requests rejected", rejected, n + 2);
+    ck_assert_msg(ev != NULL, "only %d of %d requests rejected", rejected,
+                  n + 2);
     json_decref(ev);
     rejected++;
   }

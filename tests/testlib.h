@@ -36,7 +36,7 @@ typedef struct t_proc {
   char buf[65536]; /* unread bytes */
   size_t len;
   int eof;
-  int status;      /* exit code after t_wait, 128+signal if killed */
+  int status; /* exit code after t_wait, 128+signal if killed */
 } t_proc;
 
 /* Starts argv[0] with argv (NULL-terminated), stdout piped to p, stderr to

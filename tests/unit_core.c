@@ -17,9 +17,9 @@
 
 START_TEST(url_full) {
   edp_url u;
-  ck_assert_int_eq(edp_url_parse("amqp://bob:s3cret@broker.example:5673/prod",
-                                 &u, NULL, 0),
-                   0);
+  ck_assert_int_eq(
+      edp_url_parse("amqp://bob:s3cret@broker.example:5673/prod", &u, NULL, 0),
+      0);
   ck_assert_str_eq(u.user, "bob");
   ck_assert_str_eq(u.pass, "s3cret");
   ck_assert_str_eq(u.host, "broker.example");
@@ -73,13 +73,23 @@ START_TEST(url_query) {
 END_TEST
 
 START_TEST(url_errors) {
-  static const char *bad[] = {
-      "http://h/",         "amqps://h/",           "amqp://h:0/",
-      "amqp://h:65536/",   "amqp://h:12x/",        "amqp://h:/",
-      "amqp://[::1/",      "amqp://h/a/b",         "amqp://h/%zz",
-      "amqp://h/%4",       "amqp://h/?heartbeat",  "amqp://h/?nope=1",
-      "amqp://h/?heartbeat=-1", "amqp://h /",      "amqp://u:p@h/%00",
-      "",                  "amqp://h:99999999999/"};
+  static const char *bad[] = {"http://h/",
+                              "amqps://h/",
+                              "amqp://h:0/",
+                              "amqp://h:65536/",
+                              "amqp://h:12x/",
+                              "amqp://h:/",
+                              "amqp://[::1/",
+                              "amqp://h/a/b",
+                              "amqp://h/%zz",
+                              "amqp://h/%4",
+                              "amqp://h/?heartbeat",
+                              "amqp://h/?nope=1",
+                              "amqp://h/?heartbeat=-1",
+                              "amqp://h /",
+                              "amqp://u:p@h/%00",
+                              "",
+                              "amqp://h:99999999999/"};
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
     edp_url u;
     char why[200] = "";
@@ -106,8 +116,9 @@ END_TEST
 
 START_TEST(url_masking) {
   char out[256];
-  ck_assert_str_eq(edp_url_mask("amqp://bob:s3cret@h:5672/vh", out, sizeof(out)),
-                   "amqp://bob:***@h:5672/vh");
+  ck_assert_str_eq(
+      edp_url_mask("amqp://bob:s3cret@h:5672/vh", out, sizeof(out)),
+      "amqp://bob:***@h:5672/vh");
   ck_assert_str_eq(edp_url_mask("amqp://h:5672/", out, sizeof(out)),
                    "amqp://h:5672/");
   ck_assert_str_eq(edp_url_mask("amqp://bob@h/", out, sizeof(out)),
@@ -115,10 +126,11 @@ START_TEST(url_masking) {
   /* malformed URLs are masked too */
   ck_assert_str_eq(edp_url_mask("amqp://u:pw@h:12x/a/b", out, sizeof(out)),
                    "amqp://u:***@h:12x/a/b");
-  ck_assert_ptr_null(strstr(edp_url_mask("foo://u:topsecret@", out, 10),
-                            "topsecret"));
+  ck_assert_ptr_null(
+      strstr(edp_url_mask("foo://u:topsecret@", out, 10), "topsecret"));
   edp_url u;
-  ck_assert_int_eq(edp_url_parse("amqp://bob:s3cret@[::1]:5/v", &u, NULL, 0), 0);
+  ck_assert_int_eq(edp_url_parse("amqp://bob:s3cret@[::1]:5/v", &u, NULL, 0),
+                   0);
   ck_assert_str_eq(edp_url_format_masked(&u, out, sizeof(out)),
                    "amqp://bob:***@[::1]:5/v");
   char why[200];
@@ -172,7 +184,6 @@ START_TEST(conn_open_bad_args) {
   edp_conn_destroy(&c);
 }
 END_TEST
-
 
 START_TEST(file_atomic_write_and_read) {
   char dir[] = "/tmp/edp-unit-XXXXXX";
