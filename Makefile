@@ -18,8 +18,8 @@ VERSION := 0.1.0
 SOMAJOR := 0
 
 PKGS := librabbitmq jansson
-DEB_PKGS := gcc make pkg-config rabbitmq-server librabbitmq-dev \
-            libjansson-dev check valgrind procps
+DEB_PKGS := gcc g++ make pkg-config rabbitmq-server librabbitmq-dev \
+            libjansson-dev check valgrind procps binutils
 
 ifeq ($(SAN),1)
 OUT := build/san
@@ -113,7 +113,7 @@ check: deps all tests
 	    CK_FORK=no valgrind -q --error-exitcode=1 --leak-check=full \
 	      --errors-for-leak-kinds=definite,indirect $$t >/dev/null || exit 1; \
 	  done; fi
-	EDP_BIN=$(BIN) tests/run-integration.sh $(INTEG_BINS)
+	EDP_BIN=$(BIN) tests/run-integration.sh $(INTEG_BINS) $(wildcard tests/integ_*.sh)
 
 # Each bench program prints one markdown section; bench.sh runs them all
 # against one private node (multi-broker starts its own) and writes

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The toolkit as users get it: the library exports only edp_ names, the
+# public headers compile as C++, `make install` gives a tree that an
+# outside service builds against with pkg-config alone (shared and static)
+# and runs against the broker, and every program answers --help and
+# --version. Needs EDP_URL (run-integration.sh) and EDP_BIN.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${EDP_BIN:-bin}
+OUT=$(dirname "$BIN"); [ "$BIN" = bin ] && OUT=build
+fail() { echo "FAIL: $*" >&2; exit 1; }
+tmp=$(mktemp -d /tmp/edp-toolkit.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+
+echo "-- exported symbols"
+bad=$(nm -D --defined-only "$OUT/libedp.so" | awk '{print $3}' | grep -v '^edp_' || true)
+[ -z "$bad" ] || fail "libedp.so exports non-edp_ symbols: $bad"
+n=$(nm -D --defined-only "$OUT/libedp.so" | grep -c ' edp_')
+[ "$n" -gt 20 ] || fail "only $n edp_ symbols exported"
+echo "ok: $n symbols, all edp_"
+
+echo "-- headers as C++"
+printf '#include "edp.h"\nint main() { edp_conn *c = nullptr; edp_conn_destroy(&c); return 0; }\n' > "$tmp/t.cc"
+g++ -std=c++11 -Wall -Wextra -Werror -Ilib -Ipatterns -o "$tmp/cxx" "$tmp/t.cc" "$OUT/libedp.a" \
+  $(pkg-config --libs librabbitmq jansson) -lpthread || fail "headers do not compile as C++"
+"$tmp/cxx" || fail "C++ program failed"
+echo "ok"
+
+echo "-- install and build the example with pkg-config alone"
+make -s install DESTDIR="$tmp/root" PREFIX=/usr >/dev/null
+export PKG_CONFIG_SYSROOT_DIR="$tmp/root" PKG_CONFIG_PATH="$tmp/root/usr/lib/pkgconfig"
+# shellcheck disable=SC2046
+cc -std=c11 -Wall -Werror -o "$tmp/ex-shared" examples/forward_receiver.c $(pkg-config --cflags --libs edp)
+# shellcheck disable=SC2046
+cc -std=c11 -Wall -Werror -o "$tmp/ex-static" examples/forward_receiver.c $(pkg-config --cflags edp) \
+  "$tmp/root/usr/lib/libedp.a" $(pkg-config --libs librabbitmq jansson) -lpthread
+unset PKG_CONFIG_SYSROOT_DIR PKG_CONFIG_PATH
+! ldd "$tmp/ex-static" | grep -q libedp || fail "static example links libedp.so"
+for kind in shared static; do
+  q="toolkit.example.$kind.$$"
+  "$BIN/edp-forward-sender" --queue "$q" "one" "two" "three" >/dev/null 2>&1
+  out=$(LD_LIBRARY_PATH="$tmp/root/usr/lib" timeout 60 "$tmp/ex-$kind" "$q")
+  [ "$(grep -c '^got ' <<<"$out")" = 3 ] || fail "$kind example: $out"
+  echo "ok: $kind example received 3 messages"
+done
+
+echo "-- --help and --version of every program"
+for p in "$BIN"/edp-*; do
+  "$p" --help >"$tmp/help" || fail "$p --help exit $?"
+  grep -q -- '--url' "$tmp/help" || fail "$p --help does not list --url"
+  v=$("$p" --version) || fail "$p --version exit $?"
+  [[ $v == *0.1.0* ]] || fail "$p --version: $v"
+  set +e; "$p" --no-such-option >/dev/null 2>&1; rc=$?; set -e
+  [ $rc = 64 ] || fail "$p with a bad option exits $rc, not 64"
+done
+echo "ok: $(ls "$BIN"/edp-* | wc -l) programs"
+echo "toolkit: all passed"
