@@ -1,0 +1,26 @@
+# edp programs in a small runtime image. Build stage: Debian 12 with the
+# compiler and -dev packages; runtime stage: only the shared libraries the
+# programs need. No credentials in the image: the broker URL comes from
+# EDP_URL at run time (see docker-compose.yml).
+FROM debian:12 AS build
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      gcc libc6-dev make pkg-config librabbitmq-dev libjansson-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY Makefile ./
+COPY lib lib
+COPY patterns patterns
+COPY cmd cmd
+RUN make -j2 all && make install PREFIX=/usr/local DESTDIR=/out
+
+FROM debian:12-slim
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      librabbitmq4 libjansson4 \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /var/lib/edp --create-home edp
+COPY --from=build /out/usr/local/bin/ /usr/local/bin/
+USER edp
+WORKDIR /var/lib/edp
+CMD ["edp-forward-receiver", "--help"]
