@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "edp_allocmap.h"
@@ -45,6 +46,7 @@ typedef struct td_task {
   int outcome;
   int attempts;
   char reason[256];
+  int64_t started_us, finished_us;
 } td_task;
 
 typedef struct td_worker {
@@ -156,6 +158,12 @@ int edp_td_context(int from, const char *key, const edp_delivery *d,
 
 /* ---------- workers ---------- */
 
+static int64_t now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static void run_task(td_worker *w, td_task *t) {
   edp_td *td = w->td;
   for (int attempt = 1;; attempt++) {
@@ -167,8 +175,11 @@ static void run_task(td_worker *w, td_task *t) {
     }
     t->attempts = attempt;
     t->reason[0] = '\0';
-    if (td->o.handler(td->o.ud, w->idx, t->ctx, &t->d, attempt, t->reason,
-                      sizeof(t->reason)) == 0) {
+    t->started_us = now_us();
+    int rc = td->o.handler(td->o.ud, w->idx, t->ctx, &t->d, attempt,
+                           t->reason, sizeof(t->reason));
+    t->finished_us = now_us();
+    if (rc == 0) {
       t->outcome = OUT_OK;
       return;
     }
@@ -223,8 +234,9 @@ void edp_td_opts_init(edp_td_opts *o) {
 static void emit(edp_td *td, int type, const td_task *t, const char *reason) {
   if (!td->o.on_event)
     return;
-  edp_td_event ev = {type, t->worker, t->ctx, &t->d, t->attempts,
-                     reason ? reason : ""};
+  edp_td_event ev = {type,         t->worker,         t->ctx,
+                     &t->d,        t->attempts,       reason ? reason : "",
+                     t->started_us, t->finished_us};
   td->o.on_event(td->o.ud, &ev);
 }
 

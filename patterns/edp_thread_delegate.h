@@ -107,6 +107,9 @@ typedef struct edp_td_event {
   const edp_delivery *d;
   int attempts;         /* handler calls made */
   const char *reason;   /* "" unless dead-lettered */
+  int64_t started_us;   /* CLOCK_MONOTONIC microseconds when the last
+                           handler attempt began and ended; 0 if none */
+  int64_t finished_us;
 } edp_td_event;
 
 /* Reports each message's outcome, on the dispatcher thread, after the ack
