@@ -28,7 +28,7 @@ typedef struct col {
   ev *e;
   int n;
   int summary, contexts, in_flight;
-  long long s_processed, s_dead, s_redelivered;
+  long long s_processed, s_dead, s_redelivered, s_reconnects;
 } col;
 
 /* Accounts are generated as "<letter>-<100 + index>". */
@@ -57,6 +57,7 @@ static void collect_ev(void *ud, json_t *j) {
     c->s_processed = json_integer_value(json_object_get(j, "processed"));
     c->s_dead = json_integer_value(json_object_get(j, "dead_lettered"));
     c->s_redelivered = json_integer_value(json_object_get(j, "redelivered"));
+    c->s_reconnects = json_integer_value(json_object_get(j, "reconnects"));
     return;
   }
   int t = !strcmp(type, "processed")       ? E_PROCESSED
@@ -264,6 +265,72 @@ START_TEST(sigkill_and_restart) {
 }
 END_TEST
 
+/* Per account: every seq 1..n settled; a seq may repeat only as a
+ * redelivery (its ack was lost), and the repeats come in order too. */
+static int assert_in_order_with_repeats(const col *c, const int *per_acct) {
+  static int hi[MAXA], cur[MAXA];
+  memset(hi, 0, sizeof(hi));
+  memset(cur, 0, sizeof(cur));
+  int repeats = 0;
+  for (int i = 0; i < c->n; i++) {
+    const ev *e = &c->e[i];
+    if (e->type != E_PROCESSED && e->type != E_DEAD)
+      continue;
+    int a = e->acct;
+    if (e->seq != cur[a] + 1) {
+      ck_assert_msg(e->seq <= hi[a] && e->redelivered,
+                    "account %d: seq %d after %d (highest %d)", a, e->seq,
+                    cur[a], hi[a]);
+    }
+    if (e->seq <= hi[a])
+      repeats++;
+    cur[a] = e->seq;
+    if (e->seq > hi[a])
+      hi[a] = e->seq;
+  }
+  for (int a = 0; a < MAXA; a++)
+    ck_assert_int_eq(hi[a], per_acct[a]);
+  return repeats;
+}
+
+START_TEST(connection_lost_and_restored) {
+  const char *ex = t_unique("td.ex"), *q = t_unique("td.q");
+  static int per_acct[MAXA];
+  send_trades(ex, q, 50, 6000, NULL, per_acct);
+  t_proc p;
+  const char *extra[] = {"--workers", "8", "--work-ms", "5",
+                         "--idle-timeout", "3000", NULL};
+  spawn_dispatcher(&p, ex, q, extra);
+  col c;
+  col_init(&c);
+  char line[4096];
+  while (c.n < 300) {
+    ck_assert_int_eq(t_readline(&p, line, sizeof(line), 60000), 1);
+    json_t *j = json_loads(line, 0, NULL);
+    if (j) {
+      collect_ev(&c, j);
+      json_decref(j);
+    }
+  }
+  char closed[64];
+  ck_assert_int_eq(t_broker("close-conns", "edp-trade-dispatcher", closed,
+                            sizeof(closed)),
+                   0);
+  ck_assert_int_eq(atoi(closed), 1);
+  ck_assert_int_eq(t_collect(&p, 120000, collect_ev, &c), 0);
+  ck_assert(c.summary);
+  ck_assert_int_lt(c.n - 300, 6000); /* the close came mid-run */
+  int repeats = assert_in_order_with_repeats(&c, per_acct);
+  ck_assert_int_le(repeats, 8 * 16);
+  ck_assert_int_gt(c.s_redelivered, 0);
+  ck_assert_int_eq(c.s_reconnects, 1);
+  ck_assert_int_eq(c.contexts, 0);
+  fprintf(stderr, "reconnect: %d settled, %d repeated, %lld redelivered\n",
+          c.n, repeats, c.s_redelivered);
+  free(c.e);
+}
+END_TEST
+
 START_TEST(failures_keep_order) {
   const char *ex = t_unique("td.ex"), *q = t_unique("td.q");
   static int per_acct[MAXA];
@@ -440,6 +507,7 @@ int main(void) {
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, order_500_accounts_16_workers);
   tcase_add_test(tc, sigkill_and_restart);
+  tcase_add_test(tc, connection_lost_and_restored);
   tcase_add_test(tc, failures_keep_order);
   tcase_add_test(tc, two_shards);
   tcase_add_test(tc, no_context_is_dead_lettered);
