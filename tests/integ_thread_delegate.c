@@ -331,6 +331,52 @@ START_TEST(connection_lost_and_restored) {
 }
 END_TEST
 
+/* SIGINT: the running trades finish and are acked, the rest go back to
+ * the queue, exit 130; a second dispatcher settles the rest with no trade
+ * repeated (a graceful stop loses no ack) and none skipped. */
+START_TEST(sigint_is_graceful) {
+  const char *ex = t_unique("td.ex"), *q = t_unique("td.q");
+  static int per_acct[MAXA];
+  send_trades(ex, q, 4, 40, NULL, per_acct);
+  t_proc p;
+  const char *extra[] = {"--workers", "4", "--work-ms", "300", NULL};
+  spawn_dispatcher(&p, ex, q, extra);
+  col c;
+  col_init(&c);
+  char line[4096];
+  while (c.n < 4) {
+    ck_assert_int_eq(t_readline(&p, line, sizeof(line), 30000), 1);
+    json_t *j = json_loads(line, 0, NULL);
+    if (j) {
+      collect_ev(&c, j);
+      json_decref(j);
+    }
+  }
+  long long t0 = t_now_ms();
+  t_signal(&p, SIGINT);
+  ck_assert_int_eq(t_collect(&p, 10000, collect_ev, &c), 130);
+  /* At most the 4 running trades (300 ms each) were finished. */
+  ck_assert_int_lt(t_now_ms() - t0, 5000);
+  int settled1 = 0, requeued = 0;
+  for (int i = 0; i < c.n; i++) {
+    settled1 += c.e[i].type == E_PROCESSED;
+    requeued += c.e[i].type == E_REQUEUED;
+  }
+  ck_assert_int_le(settled1, 8);
+  ck_assert_int_eq(settled1 + requeued, 40); /* every delivery reported */
+  const char *extra2[] = {"--workers", "4", "--idle-timeout", "1500", NULL};
+  spawn_dispatcher(&p, ex, q, extra2);
+  ck_assert_int_eq(t_collect(&p, 60000, collect_ev, &c), 0);
+  int repeats = assert_in_order_with_repeats(&c, per_acct);
+  ck_assert_int_eq(repeats, 0);
+  int settled = 0;
+  for (int i = 0; i < c.n; i++)
+    settled += c.e[i].type == E_PROCESSED;
+  ck_assert_int_eq(settled, 40);
+  free(c.e);
+}
+END_TEST
+
 START_TEST(failures_keep_order) {
   const char *ex = t_unique("td.ex"), *q = t_unique("td.q");
   static int per_acct[MAXA];
@@ -508,6 +554,7 @@ int main(void) {
   tcase_add_test(tc, order_500_accounts_16_workers);
   tcase_add_test(tc, sigkill_and_restart);
   tcase_add_test(tc, connection_lost_and_restored);
+  tcase_add_test(tc, sigint_is_graceful);
   tcase_add_test(tc, failures_keep_order);
   tcase_add_test(tc, two_shards);
   tcase_add_test(tc, no_context_is_dead_lettered);
