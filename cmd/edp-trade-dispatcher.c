@@ -41,7 +41,8 @@ static void usage(void) {
       "      --idle-timeout MS  exit 0 when idle (nothing in flight, no\n"
       "                         trade) for MS ms (default: run until stopped)\n"
       "JSON events: processed, dead_lettered, requeued (with account, seq,\n"
-      "worker, message_id), map (with --display) and a final summary.\n" CLI_COMMON_HELP);
+      "worker, message_id), map (with --display) and a final "
+      "summary.\n" CLI_COMMON_HELP);
 }
 
 typedef struct disp {
@@ -98,8 +99,8 @@ static void on_event(void *ud, const edp_td_event *ev) {
       json_object_set_new(o, "reason", json_string(ev->reason));
     cli_emit(o);
   } else if (ev->type == EDP_TD_DEAD_LETTERED) {
-    printf("Moved to dead-letter queue: (%lld) %s: %s\n",
-           (long long)seq_of(d), ev->context, ev->reason);
+    printf("Moved to dead-letter queue: (%lld) %s: %s\n", (long long)seq_of(d),
+           ev->context, ev->reason);
     fflush(stdout);
   }
 }
@@ -110,8 +111,7 @@ static void on_map(void *ud, int worker, const char *context, int in_flight) {
     return;
   if (app.json)
     cli_emit(json_pack("{s:s,s:i,s:s,s:i}", "event", "map", "worker",
-                       worker + 1, "account", context, "in_flight",
-                       in_flight));
+                       worker + 1, "account", context, "in_flight", in_flight));
   else
     cli_say(&app, "Thread-%d,%s,%d\n", worker + 1, context, in_flight);
 }
@@ -251,8 +251,8 @@ int main(int argc, char **argv) {
       break;
     int slice = 1000;
     if (idle >= 0 && st.in_flight == 0) {
-      int64_t last = st.last_activity_ms > started ? st.last_activity_ms
-                                                   : started;
+      int64_t last =
+          st.last_activity_ms > started ? st.last_activity_ms : started;
       int64_t left = last + idle - edp_now_ms();
       if (left <= 0)
         break;
@@ -276,22 +276,20 @@ int main(int argc, char **argv) {
   edp_td_stop(td, 30000);
   edp_td_stats_get(td, &st);
   if (app.json)
-    cli_emit(json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "event",
-                       "summary", "processed", (json_int_t)st.processed,
-                       "dead_lettered", (json_int_t)st.dead_lettered,
-                       "requeued", (json_int_t)st.requeued, "retries",
-                       (json_int_t)st.retries, "redelivered",
-                       (json_int_t)st.redelivered, "reconnects",
-                       (json_int_t)st.reconnects, "contexts",
-                       (json_int_t)contexts_idle, "in_flight",
-                       (json_int_t)in_flight_idle));
+    cli_emit(json_pack(
+        "{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "event", "summary",
+        "processed", (json_int_t)st.processed, "dead_lettered",
+        (json_int_t)st.dead_lettered, "requeued", (json_int_t)st.requeued,
+        "retries", (json_int_t)st.retries, "redelivered",
+        (json_int_t)st.redelivered, "reconnects", (json_int_t)st.reconnects,
+        "contexts", (json_int_t)contexts_idle, "in_flight",
+        (json_int_t)in_flight_idle));
   fprintf(stderr,
           "edp-trade-dispatcher: processed %llu, dead-lettered %llu, "
           "requeued %llu, retries %llu, redelivered %llu, reconnects %llu\n",
           (unsigned long long)st.processed,
-          (unsigned long long)st.dead_lettered,
-          (unsigned long long)st.requeued, (unsigned long long)st.retries,
-          (unsigned long long)st.redelivered,
+          (unsigned long long)st.dead_lettered, (unsigned long long)st.requeued,
+          (unsigned long long)st.retries, (unsigned long long)st.redelivered,
           (unsigned long long)st.reconnects);
   edp_td_destroy(&td);
   /* Closing the channel returns every unacked trade to the queue. */

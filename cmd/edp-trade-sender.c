@@ -16,23 +16,24 @@
 static cli app;
 
 static void usage(void) {
-  printf("usage: edp-trade-sender [options]\n"
-         "Publishes trades 'ACCOUNT,SIDE,SYMBOL,N SHARES' with routing key\n"
-         "trade.eq.ACCOUNT; without --count, the talk's ten trades.\n"
-         "  -e, --exchange NAME    topic exchange (default edp.trades)\n"
-         "  -q, --queue NAME       queue bound to it (default edp.trades)\n"
-         "  -a, --accounts N       accounts to generate (default 10)\n"
-         "  -n, --count M          trades in all, spread evenly over the\n"
-         "                         accounts in random order\n"
-         "  -r, --rate R           trades per second (default 0: no limit)\n"
-         "      --shards K         publish to the consistent-hash exchange\n"
-         "                         EXCHANGE.hash, sharding accounts over the\n"
-         "                         queues QUEUE.1 .. QUEUE.K\n"
-         "      --seed S           random seed (default: time and pid)\n"
-         "      --id-prefix P      message_id is P-ACCOUNT-SEQ\n"
-         "JSON events: {\"event\":\"sent\",\"account\",\"seq\",\"message_id\"}\n"
-         "once the broker confirmed the trade (seq counts per account "
-         "from 1).\n" CLI_COMMON_HELP);
+  printf(
+      "usage: edp-trade-sender [options]\n"
+      "Publishes trades 'ACCOUNT,SIDE,SYMBOL,N SHARES' with routing key\n"
+      "trade.eq.ACCOUNT; without --count, the talk's ten trades.\n"
+      "  -e, --exchange NAME    topic exchange (default edp.trades)\n"
+      "  -q, --queue NAME       queue bound to it (default edp.trades)\n"
+      "  -a, --accounts N       accounts to generate (default 10)\n"
+      "  -n, --count M          trades in all, spread evenly over the\n"
+      "                         accounts in random order\n"
+      "  -r, --rate R           trades per second (default 0: no limit)\n"
+      "      --shards K         publish to the consistent-hash exchange\n"
+      "                         EXCHANGE.hash, sharding accounts over the\n"
+      "                         queues QUEUE.1 .. QUEUE.K\n"
+      "      --seed S           random seed (default: time and pid)\n"
+      "      --id-prefix P      message_id is P-ACCOUNT-SEQ\n"
+      "JSON events: {\"event\":\"sent\",\"account\",\"seq\",\"message_id\"}\n"
+      "once the broker confirmed the trade (seq counts per account "
+      "from 1).\n" CLI_COMMON_HELP);
 }
 
 typedef struct trade {
@@ -50,7 +51,7 @@ static const struct {
             {"D-945", "SELL", "FB"},   {"D-945", "SELL", "AAPL"},
             {"T-329", "BUY", "AAPL"},  {"D-945", "BUY", "AMZN"}};
 
-static const char *symbols[] = {"AAPL", "IBM", "GOOG", "ATT", "XPH",
+static const char *symbols[] = {"AAPL", "IBM", "GOOG", "ATT",  "XPH",
                                 "GLD",  "FB",  "AMZN", "MSFT", "ORCL"};
 
 typedef struct run {
@@ -83,9 +84,8 @@ static void on_confirm(void *ud, const edp_confirm *cf) {
     else if (!strcmp(h->key, "seq") && !h->str)
       seq = h->num;
   }
-  cli_emit(json_pack("{s:s,s:s,s:I,s:s?}", "event", "sent", "account",
-                     account, "seq", (json_int_t)seq, "message_id",
-                     cf->message_id));
+  cli_emit(json_pack("{s:s,s:s,s:I,s:s?}", "event", "sent", "account", account,
+                     "seq", (json_int_t)seq, "message_id", cf->message_id));
 }
 
 static void die_rc(run *r, int rc, const char *what) {
@@ -193,8 +193,8 @@ int main(int argc, char **argv) {
   snprintf(r.prefix, sizeof(r.prefix), "t%lx%x", (long)time(NULL),
            (unsigned)getpid());
   int opt;
-  while ((opt = getopt_long(argc, argv, "e:q:a:n:r:" CLI_COMMON_SHORTOPTS,
-                            opts, NULL)) != -1) {
+  while ((opt = getopt_long(argc, argv, "e:q:a:n:r:" CLI_COMMON_SHORTOPTS, opts,
+                            NULL)) != -1) {
     if (cli_common_opt(&app, opt, optarg, usage))
       continue;
     switch (opt) {
@@ -282,8 +282,10 @@ int main(int argc, char **argv) {
     }
     for (long i = 0; i < count; i++) {
       long a = deck[i];
-      trade t = {{0}, rand_r(&r.seed) % 2 ? "BUY" : "SELL",
-                 symbols[rand_r(&r.seed) % 10], ++seqs[a]};
+      trade t = {{0},
+                 rand_r(&r.seed) % 2 ? "BUY" : "SELL",
+                 symbols[rand_r(&r.seed) % 10],
+                 ++seqs[a]};
       snprintf(t.account, sizeof(t.account), "%c-%ld", 'A' + (int)(a % 26),
                100 + a);
       pace(&r, rate, i, start);
@@ -299,8 +301,7 @@ int main(int argc, char **argv) {
           "edp-trade-sender: %ld trade(s) confirmed, %llu refused, %llu "
           "republished after %llu reconnect(s)\n",
           count < 0 ? 10 : count, (unsigned long long)r.refused,
-          (unsigned long long)r.republished,
-          (unsigned long long)r.reconnects);
+          (unsigned long long)r.republished, (unsigned long long)r.reconnects);
   edp_conn_destroy(&r.conn);
   return r.refused ? CLI_DATAERR : CLI_OK;
 }

@@ -65,8 +65,8 @@ struct edp_td {
   edp_allocmap *map;
   edp_handoff *done;
   td_worker *w;
-  int abort_fd;               /* readable once stopping: ends retry pauses */
-  atomic_uint epoch;          /* the channel epoch workers may process */
+  int abort_fd;      /* readable once stopping: ends retry pauses */
+  atomic_uint epoch; /* the channel epoch workers may process */
   atomic_int stopping;
   int stopped;
   int need_reconnect;
@@ -110,8 +110,8 @@ int edp_td_declare_shards(edp_conn *c, const char *exchange,
 
 /* ---------- context ---------- */
 
-int edp_td_context(int from, const char *key, const edp_delivery *d,
-                   char *out, size_t out_len) {
+int edp_td_context(int from, const char *key, const edp_delivery *d, char *out,
+                   size_t out_len) {
   if (!d || !out || !out_len)
     return EDP_EINVAL;
   out[0] = '\0';
@@ -176,8 +176,8 @@ static void run_task(td_worker *w, td_task *t) {
     t->attempts = attempt;
     t->reason[0] = '\0';
     t->started_us = now_us();
-    int rc = td->o.handler(td->o.ud, w->idx, t->ctx, &t->d, attempt,
-                           t->reason, sizeof(t->reason));
+    int rc = td->o.handler(td->o.ud, w->idx, t->ctx, &t->d, attempt, t->reason,
+                           sizeof(t->reason));
     t->finished_us = now_us();
     if (rc == 0) {
       t->outcome = OUT_OK;
@@ -234,8 +234,8 @@ void edp_td_opts_init(edp_td_opts *o) {
 static void emit(edp_td *td, int type, const td_task *t, const char *reason) {
   if (!td->o.on_event)
     return;
-  edp_td_event ev = {type,         t->worker,         t->ctx,
-                     &t->d,        t->attempts,       reason ? reason : "",
+  edp_td_event ev = {type,          t->worker,     t->ctx,
+                     &t->d,         t->attempts,   reason ? reason : "",
                      t->started_us, t->finished_us};
   td->o.on_event(td->o.ud, &ev);
 }
@@ -300,8 +300,7 @@ static int dead_letter(edp_td *td, td_task *t, const char *reason) {
 static void settle(edp_td *td, td_task *t) {
   if (t->worker >= 0) {
     int w = -1, left = 0;
-    if (edp_allocmap_release(td->map, t->ctx, &w, &left) == 0 &&
-        td->o.on_map)
+    if (edp_allocmap_release(td->map, t->ctx, &w, &left) == 0 && td->o.on_map)
       td->o.on_map(td->o.ud, w, t->ctx, left);
   }
   td->st.in_flight--;

@@ -79,8 +79,8 @@ enum edp_td_context_from {
  * routing key). Returns 0, EDP_EBADDATA (missing, empty, not a string or
  * integer, body not a JSON object, or longer than out_len - 1) or
  * EDP_EINVAL. */
-int edp_td_context(int from, const char *key, const edp_delivery *d,
-                   char *out, size_t out_len);
+int edp_td_context(int from, const char *key, const edp_delivery *d, char *out,
+                   size_t out_len);
 
 /* ---- dispatcher ---- */
 
@@ -101,14 +101,14 @@ enum edp_td_event_type {
 };
 
 typedef struct edp_td_event {
-  int type;             /* enum edp_td_event_type */
-  int worker;           /* 0-based; -1 if it never reached a worker */
-  const char *context;  /* "" if none could be read */
+  int type;            /* enum edp_td_event_type */
+  int worker;          /* 0-based; -1 if it never reached a worker */
+  const char *context; /* "" if none could be read */
   const edp_delivery *d;
-  int attempts;         /* handler calls made */
-  const char *reason;   /* "" unless dead-lettered */
-  int64_t started_us;   /* CLOCK_MONOTONIC microseconds when the last
-                           handler attempt began and ended; 0 if none */
+  int attempts;       /* handler calls made */
+  const char *reason; /* "" unless dead-lettered */
+  int64_t started_us; /* CLOCK_MONOTONIC microseconds when the last
+                         handler attempt began and ended; 0 if none */
   int64_t finished_us;
 } edp_td_event;
 
@@ -122,17 +122,17 @@ typedef void (*edp_td_map_fn)(void *ud, int worker, const char *context,
                               int in_flight);
 
 typedef struct edp_td_opts {
-  const char *queue;         /* required: the queue to drain */
-  int workers;               /* default 5, 1..1024 */
-  int prefetch;              /* unacked messages; default 0 = 16 x workers
-                                (at least 32), at most 65535 */
-  int context_from;          /* default EDP_TD_CTX_ROUTING_KEY */
-  const char *context_key;   /* header or JSON field name */
-  int max_retries;           /* in-place retries before the .dlq, 3 */
-  int retry_delay_ms;        /* pause before each retry, default 100 */
-  edp_td_handler handler;    /* required */
-  edp_td_event_fn on_event;  /* may be NULL */
-  edp_td_map_fn on_map;      /* may be NULL */
+  const char *queue;        /* required: the queue to drain */
+  int workers;              /* default 5, 1..1024 */
+  int prefetch;             /* unacked messages; default 0 = 16 x workers
+                               (at least 32), at most 65535 */
+  int context_from;         /* default EDP_TD_CTX_ROUTING_KEY */
+  const char *context_key;  /* header or JSON field name */
+  int max_retries;          /* in-place retries before the .dlq, 3 */
+  int retry_delay_ms;       /* pause before each retry, default 100 */
+  edp_td_handler handler;   /* required */
+  edp_td_event_fn on_event; /* may be NULL */
+  edp_td_map_fn on_map;     /* may be NULL */
   void *ud;
 } edp_td_opts;
 
@@ -168,15 +168,15 @@ int edp_td_stop(edp_td *td, int timeout_ms);
 void edp_td_destroy(edp_td **td);
 
 typedef struct edp_td_stats {
-  uint64_t received;      /* deliveries taken from the connection */
-  uint64_t processed;     /* handler succeeded and acked */
+  uint64_t received;  /* deliveries taken from the connection */
+  uint64_t processed; /* handler succeeded and acked */
   uint64_t dead_lettered;
-  uint64_t retries;       /* handler attempts beyond the first */
-  uint64_t requeued;      /* left unacked for redelivery */
-  uint64_t redelivered;   /* deliveries flagged redelivered */
+  uint64_t retries;     /* handler attempts beyond the first */
+  uint64_t requeued;    /* left unacked for redelivery */
+  uint64_t redelivered; /* deliveries flagged redelivered */
   uint64_t reconnects;
-  size_t in_flight;       /* delivered, not yet settled */
-  size_t contexts;        /* entries in the allocation map */
+  size_t in_flight;         /* delivered, not yet settled */
+  size_t contexts;          /* entries in the allocation map */
   int64_t last_activity_ms; /* edp_now_ms() of the last delivery or
                                settlement */
 } edp_td_stats;

@@ -89,9 +89,17 @@ static void send_trades(const char *ex, const char *q, int accounts, int count,
   char a[16], n[16];
   snprintf(a, sizeof(a), "%d", accounts);
   snprintf(n, sizeof(n), "%d", count);
-  char *argv[16] = {(char *)t_bin("edp-trade-sender"), "--json", "-e",
-                    (char *)ex, "-q", (char *)q, "--accounts", a, "--count",
-                    n, NULL};
+  char *argv[16] = {(char *)t_bin("edp-trade-sender"),
+                    "--json",
+                    "-e",
+                    (char *)ex,
+                    "-q",
+                    (char *)q,
+                    "--accounts",
+                    a,
+                    "--count",
+                    n,
+                    NULL};
   if (shards) {
     argv[10] = "--shards";
     argv[11] = (char *)shards;
@@ -114,8 +122,12 @@ static void send_trades(const char *ex, const char *q, int accounts, int count,
 
 static void spawn_dispatcher(t_proc *p, const char *ex, const char *q,
                              const char *extra[]) {
-  char *argv[40] = {(char *)t_bin("edp-trade-dispatcher"), "--json", "-e",
-                    (char *)ex, "-q", (char *)q};
+  char *argv[40] = {(char *)t_bin("edp-trade-dispatcher"),
+                    "--json",
+                    "-e",
+                    (char *)ex,
+                    "-q",
+                    (char *)q};
   int n = 6;
   for (int i = 0; extra[i]; i++)
     argv[n++] = (char *)extra[i];
@@ -148,8 +160,9 @@ START_TEST(order_500_accounts_16_workers) {
   for (int a = 0; a < 500; a++)
     ck_assert_int_eq(per_acct[a], 40);
   t_proc p;
-  const char *extra[] = {"--workers", "16", "--work-jitter-ms", "2",
-                         "--idle-timeout", "3000", NULL};
+  const char *extra[] = {
+      "--workers", "16", "--work-jitter-ms", "2", "--idle-timeout",
+      "3000",      NULL};
   spawn_dispatcher(&p, ex, q, extra);
   col c;
   col_init(&c);
@@ -213,7 +226,7 @@ START_TEST(sigkill_and_restart) {
   ck_assert_int_eq(t_collect(&p, 30000, collect_ev, &c1), 128 + SIGKILL);
   ck_assert_int_lt(c1.n, 2000);
 
-  const char *extra2[] = {"--workers", "8", "--work-ms", "1",
+  const char *extra2[] = {"--workers",      "8",    "--work-ms", "1",
                           "--idle-timeout", "3000", NULL};
   spawn_dispatcher(&p, ex, q, extra2);
   col c2;
@@ -298,7 +311,7 @@ START_TEST(connection_lost_and_restored) {
   static int per_acct[MAXA];
   send_trades(ex, q, 50, 6000, NULL, per_acct);
   t_proc p;
-  const char *extra[] = {"--workers", "8", "--work-ms", "5",
+  const char *extra[] = {"--workers",      "8",    "--work-ms", "5",
                          "--idle-timeout", "3000", NULL};
   spawn_dispatcher(&p, ex, q, extra);
   col c;
@@ -313,9 +326,9 @@ START_TEST(connection_lost_and_restored) {
     }
   }
   char closed[64];
-  ck_assert_int_eq(t_broker("close-conns", "edp-trade-dispatcher", closed,
-                            sizeof(closed)),
-                   0);
+  ck_assert_int_eq(
+      t_broker("close-conns", "edp-trade-dispatcher", closed, sizeof(closed)),
+      0);
   ck_assert_int_eq(atoi(closed), 1);
   ck_assert_int_eq(t_collect(&p, 120000, collect_ev, &c), 0);
   ck_assert(c.summary);
@@ -325,8 +338,8 @@ START_TEST(connection_lost_and_restored) {
   ck_assert_int_gt(c.s_redelivered, 0);
   ck_assert_int_eq(c.s_reconnects, 1);
   ck_assert_int_eq(c.contexts, 0);
-  fprintf(stderr, "reconnect: %d settled, %d repeated, %lld redelivered\n",
-          c.n, repeats, c.s_redelivered);
+  fprintf(stderr, "reconnect: %d settled, %d repeated, %lld redelivered\n", c.n,
+          repeats, c.s_redelivered);
   free(c.e);
 }
 END_TEST
@@ -382,11 +395,21 @@ START_TEST(failures_keep_order) {
   static int per_acct[MAXA];
   send_trades(ex, q, 20, 200, NULL, per_acct);
   t_proc p;
-  const char *extra[] = {"--workers",      "4",  "--fail-every",
-                         "3",              "--poison-seq", "5",
-                         "--max-retries",  "2",  "--retry-delay-ms",
-                         "20",             "--work-jitter-ms", "3",
-                         "--display",      "--idle-timeout", "2000",
+  const char *extra[] = {"--workers",
+                         "4",
+                         "--fail-every",
+                         "3",
+                         "--poison-seq",
+                         "5",
+                         "--max-retries",
+                         "2",
+                         "--retry-delay-ms",
+                         "20",
+                         "--work-jitter-ms",
+                         "3",
+                         "--display",
+                         "--idle-timeout",
+                         "2000",
                          NULL};
   spawn_dispatcher(&p, ex, q, extra);
   col c;
@@ -444,8 +467,8 @@ START_TEST(failures_keep_order) {
     const char *ctx = edp_delivery_header_str(&d, EDP_TD_HDR_CONTEXT);
     ck_assert_ptr_nonnull(ctx);
     ck_assert_str_eq(ctx, edp_delivery_header_str(&d, "account"));
-    ck_assert_ptr_nonnull(strstr(edp_delivery_header_str(&d, EDP_FWD_HDR_REASON),
-                                 "poison"));
+    ck_assert_ptr_nonnull(
+        strstr(edp_delivery_header_str(&d, EDP_FWD_HDR_REASON), "poison"));
     ck_assert_int_eq(edp_conn_ack(conn, d.epoch, d.tag, 0), 0);
     edp_delivery_clear(&d);
   }
@@ -459,10 +482,12 @@ START_TEST(two_shards) {
   static int per_acct[MAXA];
   send_trades(ex, q, 100, 2000, "2", per_acct);
   t_proc p1, p2;
-  const char *e1[] = {"--shard", "1", "--workers", "4", "--work-jitter-ms",
-                      "1", "--idle-timeout", "3000", NULL};
-  const char *e2[] = {"--shard", "2", "--workers", "4", "--work-jitter-ms",
-                      "1", "--idle-timeout", "3000", NULL};
+  const char *e1[] = {
+      "--shard",        "1",    "--workers", "4", "--work-jitter-ms", "1",
+      "--idle-timeout", "3000", NULL};
+  const char *e2[] = {
+      "--shard",        "2",    "--workers", "4", "--work-jitter-ms", "1",
+      "--idle-timeout", "3000", NULL};
   spawn_dispatcher(&p1, ex, q, e1);
   spawn_dispatcher(&p2, ex, q, e2);
   col c1, c2;
@@ -499,9 +524,17 @@ START_TEST(no_context_is_dead_lettered) {
   send_trades(ex, q, 2, 4, NULL, per_acct);
   /* The bodies are CSV, so a JSON context cannot be read. The account in
    * the events is then "", which acct_index rejects: read raw lines. */
-  char *argv[] = {(char *)t_bin("edp-trade-dispatcher"), "--json", "-e",
-                  (char *)ex, "-q", (char *)q, "--context", "json:account",
-                  "--count", "4", NULL};
+  char *argv[] = {(char *)t_bin("edp-trade-dispatcher"),
+                  "--json",
+                  "-e",
+                  (char *)ex,
+                  "-q",
+                  (char *)q,
+                  "--context",
+                  "json:account",
+                  "--count",
+                  "4",
+                  NULL};
   t_proc p;
   ck_assert_int_eq(t_spawn(&p, argv, NULL), 0);
   char line[4096];

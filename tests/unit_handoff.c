@@ -79,7 +79,8 @@ static void *producer(void *arg) {
   static _Atomic int next_id;
   int id = next_id++;
   for (intptr_t i = 0; i < PER_PRODUCER; i++)
-    ck_assert_int_eq(edp_handoff_push(h, (void *)(intptr_t)(id * PER_PRODUCER + i + 1)), 0);
+    ck_assert_int_eq(
+        edp_handoff_push(h, (void *)(intptr_t)(id * PER_PRODUCER + i + 1)), 0);
   return NULL;
 }
 

@@ -31,8 +31,7 @@ START_TEST(map_sticky_and_empty) {
   ck_assert_int_eq(left, 0);
   ck_assert_uint_eq(edp_allocmap_size(m), 0);
   ck_assert_int_eq(edp_allocmap_load(m, w1), 0);
-  ck_assert_int_eq(edp_allocmap_release(m, "A-136", NULL, NULL),
-                   EDP_ENOTFOUND);
+  ck_assert_int_eq(edp_allocmap_release(m, "A-136", NULL, NULL), EDP_ENOTFOUND);
   ck_assert_int_eq(edp_allocmap_lookup(m, "A-136", NULL, NULL), EDP_ENOTFOUND);
   edp_allocmap_destroy(&m);
   ck_assert_ptr_null(m);
@@ -140,21 +139,17 @@ START_TEST(context_extraction) {
   d.headers = h;
   d.n_headers = 2;
   char out[64];
-  ck_assert_int_eq(edp_td_context(EDP_TD_CTX_ROUTING_KEY, NULL, &d, out,
-                                  sizeof(out)),
-                   0);
+  ck_assert_int_eq(
+      edp_td_context(EDP_TD_CTX_ROUTING_KEY, NULL, &d, out, sizeof(out)), 0);
   ck_assert_str_eq(out, "A-136");
-  ck_assert_int_eq(edp_td_context(EDP_TD_CTX_HEADER, "acct", &d, out,
-                                  sizeof(out)),
-                   0);
+  ck_assert_int_eq(
+      edp_td_context(EDP_TD_CTX_HEADER, "acct", &d, out, sizeof(out)), 0);
   ck_assert_str_eq(out, "Q-665");
-  ck_assert_int_eq(edp_td_context(EDP_TD_CTX_HEADER, "num", &d, out,
-                                  sizeof(out)),
-                   0);
+  ck_assert_int_eq(
+      edp_td_context(EDP_TD_CTX_HEADER, "num", &d, out, sizeof(out)), 0);
   ck_assert_str_eq(out, "7");
-  ck_assert_int_eq(edp_td_context(EDP_TD_CTX_JSON, "account", &d, out,
-                                  sizeof(out)),
-                   0);
+  ck_assert_int_eq(
+      edp_td_context(EDP_TD_CTX_JSON, "account", &d, out, sizeof(out)), 0);
   ck_assert_str_eq(out, "B-123");
   ck_assert_int_eq(edp_td_context(EDP_TD_CTX_JSON, "n", &d, out, sizeof(out)),
                    0);
@@ -162,27 +157,26 @@ START_TEST(context_extraction) {
   /* Missing, wrong type, not JSON, too long, empty: bad data. */
   ck_assert_int_eq(edp_td_context(EDP_TD_CTX_JSON, "x", &d, out, sizeof(out)),
                    EDP_EBADDATA);
-  ck_assert_int_eq(edp_td_context(EDP_TD_CTX_HEADER, "nope", &d, out,
-                                  sizeof(out)),
-                   EDP_EBADDATA);
+  ck_assert_int_eq(
+      edp_td_context(EDP_TD_CTX_HEADER, "nope", &d, out, sizeof(out)),
+      EDP_EBADDATA);
   char notjson[] = "B-123,SELL,AAPL,206 SHARES";
   d.body = notjson;
   d.body_len = strlen(notjson);
-  ck_assert_int_eq(edp_td_context(EDP_TD_CTX_JSON, "account", &d, out,
-                                  sizeof(out)),
-                   EDP_EBADDATA);
+  ck_assert_int_eq(
+      edp_td_context(EDP_TD_CTX_JSON, "account", &d, out, sizeof(out)),
+      EDP_EBADDATA);
   ck_assert_int_eq(edp_td_context(EDP_TD_CTX_ROUTING_KEY, NULL, &d, out, 4),
                    EDP_EBADDATA);
   char dotted[] = "trade.eq.";
   d.routing_key = dotted;
-  ck_assert_int_eq(edp_td_context(EDP_TD_CTX_ROUTING_KEY, NULL, &d, out,
-                                  sizeof(out)),
-                   EDP_EBADDATA);
+  ck_assert_int_eq(
+      edp_td_context(EDP_TD_CTX_ROUTING_KEY, NULL, &d, out, sizeof(out)),
+      EDP_EBADDATA);
   char plain[] = "A-1";
   d.routing_key = plain;
-  ck_assert_int_eq(edp_td_context(EDP_TD_CTX_ROUTING_KEY, NULL, &d, out,
-                                  sizeof(out)),
-                   0);
+  ck_assert_int_eq(
+      edp_td_context(EDP_TD_CTX_ROUTING_KEY, NULL, &d, out, sizeof(out)), 0);
   ck_assert_str_eq(out, "A-1");
   ck_assert_int_eq(edp_td_context(9, NULL, &d, out, sizeof(out)), EDP_EINVAL);
 }
