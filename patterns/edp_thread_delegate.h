@@ -45,8 +45,9 @@
 extern "C" {
 #endif
 
-/* Header names on dead-lettered messages (shared with forwarding) plus the
- * context. */
+/* A dead-letter copy carries the forwarding pattern's headers
+ * (EDP_FWD_HDR_REASON, EDP_FWD_HDR_RETRIES, EDP_FWD_HDR_QUEUE) plus the
+ * message's context in this one. */
 #define EDP_TD_HDR_CONTEXT "x-edp-context"
 
 /* ---- topology ---- */
