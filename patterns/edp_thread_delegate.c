@@ -37,6 +37,10 @@
 #define CTX_MAX 256
 #define MAX_RECOVERIES 10
 
+/* Channel epochs start at 1: no delivery carries 0, so storing 0 as the
+ * epoch workers may process makes them skip every task they hold. */
+#define EPOCH_NONE 0u
+
 enum { OUT_OK = 0, OUT_FAILED = 1, OUT_SKIPPED = 2 };
 
 typedef struct td_task {
@@ -53,6 +57,7 @@ typedef struct td_worker {
   edp_td *td;
   int idx;
   edp_handoff *in;
+  edp_handoff *verdict; /* dead-letter outcomes, for the FAILED task */
   pthread_t th;
   int started;
 } td_worker;
@@ -210,13 +215,20 @@ static void *worker_main(void *arg) {
       break; /* closed and drained */
     td_task *t = item;
     run_task(w, t);
+    int failed = t->outcome == OUT_FAILED;
     /* The done queue is closed only after every worker was joined, and a
      * push fails only without memory; the dispatcher then finds the task
      * missing and leaves the message to be redelivered on close. */
     if (edp_handoff_push(w->td->done, t)) {
       edp_delivery_clear(&t->d);
       free(t);
+      continue;
     }
+    /* A failed message must be in the .dlq before the next message of its
+     * context may run; wait for the dispatcher's word (the verdict queue
+     * is closed on stop, which ends the wait too). */
+    while (failed && edp_handoff_take(w->verdict, &item, 1000) == EDP_ETIMEOUT)
+      ;
   }
   return NULL;
 }
@@ -317,11 +329,16 @@ static void settle(edp_td *td, td_task *t) {
     if (!rc)
       type = EDP_TD_DEAD_LETTERED;
   }
-  if (rc == EDP_ECLOSED && !atomic_load(&td->stopping))
-    td->need_reconnect = 1;
-  if (rc && rc != EDP_ESTALE && rc != EDP_ECLOSED && rc != EDP_ECHANNEL) {
-    /* The copy was refused: give the original back rather than lose it. */
-    edp_conn_nack(td->c, t->d.epoch, t->d.tag, 0, 1);
+  if (rc && rc != EDP_ESTALE) {
+    /* The channel is lost, or the broker refused the dead-letter copy.
+     * Either way the unacked messages must come back from the broker in
+     * queue order: invalidate the epoch at once, so that workers skip the
+     * tasks they have not started, and reconnect (which returns every
+     * unacked message to the queue). During a stop, closing the channel
+     * does the same. */
+    atomic_store(&td->epoch, EPOCH_NONE);
+    if (!atomic_load(&td->stopping))
+      td->need_reconnect = 1;
   }
   if (type == EDP_TD_PROCESSED)
     td->st.processed++;
@@ -330,6 +347,12 @@ static void settle(edp_td *td, td_task *t) {
   else
     td->st.requeued++;
   emit(td, type, t, type == EDP_TD_DEAD_LETTERED ? t->reason : "");
+  if (t->outcome == OUT_FAILED && t->worker >= 0) {
+    /* The worker waits for this verdict before it runs anything else, so
+     * no later message of the context starts before the failed one is
+     * safely in the .dlq (and reported), or the epoch is void. */
+    edp_handoff_push(td->w[t->worker].verdict, NULL);
+  }
   edp_delivery_clear(&t->d);
   free(t);
 }
@@ -393,6 +416,13 @@ static void sync_epoch(edp_td *td) {
     atomic_store(&td->epoch, e);
 }
 
+/* The connection is gone: everything unacked comes back redelivered, so
+ * workers should stop working on what they hold right away. */
+static void lost(edp_td *td) {
+  atomic_store(&td->epoch, EPOCH_NONE);
+  td->need_reconnect = 1;
+}
+
 static int reconnect(edp_td *td) {
   int rc = edp_conn_reconnect(td->c);
   if (rc)
@@ -427,7 +457,7 @@ int edp_td_run(edp_td *td, int timeout_ms) {
     }
     int r = edp_conn_wait(td->c, edp_handoff_fd(td->done), left);
     if (r == EDP_ECLOSED) {
-      td->need_reconnect = 1;
+      lost(td);
       continue;
     }
     if (r == EDP_ECHANNEL) {
@@ -445,7 +475,7 @@ int edp_td_run(edp_td *td, int timeout_ms) {
         break;
       if (rc) {
         if (rc == EDP_ECLOSED)
-          td->need_reconnect = 1;
+          lost(td);
         break;
       }
       if ((rc = dispatch(td, &d)))
@@ -500,6 +530,8 @@ int edp_td_new(edp_conn *c, const edp_td_opts *o, edp_td **out) {
     td->w[i].td = td;
     td->w[i].idx = i;
     rc = edp_handoff_new(&td->w[i].in);
+    if (!rc)
+      rc = edp_handoff_new(&td->w[i].verdict);
   }
   for (int i = 0; !rc && i < o->workers; i++) {
     if (pthread_create(&td->w[i].th, NULL, worker_main, &td->w[i]))
@@ -559,8 +591,10 @@ int edp_td_stop(edp_td *td, int timeout_ms) {
     poll(&p, 1, (int)left);
   }
   int rc = td->st.in_flight ? EDP_ETIMEOUT : 0;
-  for (int i = 0; i < td->o.workers; i++)
+  for (int i = 0; i < td->o.workers; i++) {
     edp_handoff_close(td->w[i].in);
+    edp_handoff_close(td->w[i].verdict);
+  }
   for (int i = 0; i < td->o.workers; i++)
     if (td->w[i].started) {
       pthread_join(td->w[i].th, NULL);
@@ -584,8 +618,10 @@ void edp_td_destroy(edp_td **tdp) {
       td->stopped = 0;
       edp_td_stop(td, 10000);
     }
-    for (int i = 0; i < td->o.workers; i++)
+    for (int i = 0; i < td->o.workers; i++) {
       edp_handoff_destroy(&td->w[i].in);
+      edp_handoff_destroy(&td->w[i].verdict);
+    }
   }
   if (td->c)
     edp_conn_on_confirm(td->c, NULL, NULL);

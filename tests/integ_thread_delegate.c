@@ -21,7 +21,7 @@ enum { E_PROCESSED, E_DEAD, E_REQUEUED, E_MAP };
 
 typedef struct ev {
   int acct, seq, worker, attempts, redelivered, type, in_flight;
-  long long start, end;
+  long long start, end, settled;
 } ev;
 
 typedef struct col {
@@ -80,6 +80,7 @@ static void collect_ev(void *ud, json_t *j) {
   e->in_flight = (int)json_integer_value(json_object_get(j, "in_flight"));
   e->start = json_integer_value(json_object_get(j, "start_us"));
   e->end = json_integer_value(json_object_get(j, "end_us"));
+  e->settled = json_integer_value(json_object_get(j, "settled_us"));
 }
 
 /* Sends count trades over accounts with the sender; returns each
@@ -407,6 +408,8 @@ START_TEST(failures_keep_order) {
                          "20",
                          "--work-jitter-ms",
                          "3",
+                         "--prefetch",
+                         "200",
                          "--display",
                          "--idle-timeout",
                          "2000",
@@ -417,6 +420,7 @@ START_TEST(failures_keep_order) {
   ck_assert_int_eq(t_collect(&p, 120000, collect_ev, &c), 0);
   assert_in_order_once(&c, per_acct);
   int dead = 0, map_worker[MAXA] = {0}, map_n[MAXA] = {0};
+  static long long dead5_at[MAXA];
   for (int i = 0; i < c.n; i++) {
     const ev *e = &c.e[i];
     if (e->type == E_MAP) {
@@ -428,12 +432,19 @@ START_TEST(failures_keep_order) {
       continue;
     }
     if (e->seq == 5) {
-      /* Poison: tried 1 + 2 times, then dead-lettered, and only then did
-       * seq 6 run (assert_in_order_once saw 5 settle before 6). */
+      /* Poison: tried 1 + 2 times, then dead-lettered. */
       ck_assert_int_eq(e->type, E_DEAD);
       ck_assert_int_eq(e->attempts, 3);
+      ck_assert_int_gt(e->settled, 0);
+      dead5_at[e->acct] = e->settled;
       dead++;
     } else {
+      /* Seq 6 began only after seq 5 was safely in the .dlq. */
+      if (e->seq == 6)
+        ck_assert_msg(e->start >= dead5_at[e->acct],
+                      "account %d: seq 6 began %lld us before seq 5 was "
+                      "dead-lettered",
+                      e->acct, dead5_at[e->acct] - e->start);
       ck_assert_int_eq(e->type, E_PROCESSED);
       ck_assert_int_eq(e->attempts, e->seq % 3 == 0 ? 2 : 1);
     }
