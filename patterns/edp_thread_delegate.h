@@ -25,8 +25,11 @@
  *   max_retries times; the context's later messages wait behind it. After
  *   the last retry the message goes to "<queue>.dlq" (headers
  *   x-edp-reason, x-edp-retries, x-edp-context) and an event says so;
- *   only then do later messages of that context run. Requeueing to the
- *   tail, as the forwarding pattern does, would let them overtake it.
+ *   only then (the worker waits for the broker's confirm of the copy) do
+ *   later messages of that context run. If the copy is refused, the
+ *   dispatcher reconnects so that the message and all after it come back
+ *   in order. Requeueing to the tail, as the forwarding pattern does,
+ *   would let later messages overtake it.
  * - Crash or connection loss: messages not acked are redelivered by the
  *   broker in their queue order, so per context the handler sees an
  *   in-order sequence in which the messages whose ack was lost appear a
