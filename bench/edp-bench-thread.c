@@ -165,57 +165,81 @@ int main(void) {
   if (rc)
     die("confirm mode", rc);
   static const int ws[] = {1, 2, 4, 8, 16, 32};
-  double rate[6];
-  long viol[6], msgs[6];
-  long n_single = 1000;
-  fprintf(stderr, "edp-bench-thread: single ordered consumer...\n");
-  atomic_store(&violations, 0);
-  double single1 = run_single(pub, n_single);
-  long viol_single = atomic_load(&violations);
-  for (int i = 0; i < 6; i++) {
-    /* About two seconds of work at the ideal rate. */
-    msgs[i] = 1000L * ws[i];
-    fprintf(stderr, "edp-bench-thread: %d worker(s), %ld messages...\n", ws[i],
-            msgs[i]);
-    atomic_store(&violations, 0);
-    rate[i] = run_td(pub, ws[i], msgs[i]);
-    viol[i] = atomic_load(&violations);
+  enum { RUNS = 2 };
+  /* The machine is shared: every configuration runs twice, the baseline
+   * once before and once after the others, and the ratios use the best
+   * run of each (the other run is shown too). */
+  double rate[6][RUNS], single[RUNS];
+  long viol[6] = {0}, msgs[6];
+  long n_single = 1000, viol_single = 0;
+  for (int r = 0; r < RUNS; r++) {
+    if (r == 0) {
+      fprintf(stderr, "edp-bench-thread: single ordered consumer...\n");
+      atomic_store(&violations, 0);
+      single[0] = run_single(pub, n_single);
+      viol_single += atomic_load(&violations);
+    }
+    for (int i = 0; i < 6; i++) {
+      /* About four seconds of work at the ideal rate, so that the start
+       * and the tail (the last backlogs draining) weigh little. */
+      msgs[i] = 2000L * ws[i];
+      fprintf(stderr,
+              "edp-bench-thread: run %d, %d worker(s), %ld messages...\n",
+              r + 1, ws[i], msgs[i]);
+      atomic_store(&violations, 0);
+      rate[i][r] = run_td(pub, ws[i], msgs[i]);
+      viol[i] += atomic_load(&violations);
+    }
   }
   fprintf(stderr, "edp-bench-thread: single ordered consumer again...\n");
   atomic_store(&violations, 0);
-  double single2 = run_single(pub, n_single);
+  single[1] = run_single(pub, n_single);
   viol_single += atomic_load(&violations);
-  double single = (single1 + single2) / 2;
+  double base = single[0] > single[1] ? single[0] : single[1];
+  double base_other = single[0] > single[1] ? single[1] : single[0];
 
   printf("## Thread delegate\n\n");
   printf("`bench/edp-bench-thread.c`: a handler with %d ms of simulated I/O "
          "(a sleep) per trade, %d accounts, trades pre-filled (transient) in "
          "random account order. Baseline: one ordered consumer (receive, "
-         "handle, ack; prefetch 64), measured before and after the "
-         "dispatcher runs (%.0f and %.0f msg/s; the table uses the mean). "
-         "Dispatcher: default prefetch (16 x workers, at least 32). Target: "
-         "at least 0.9 x workers x the baseline, and 0.95 x with 1 worker; "
-         "zero order violations.\n\n",
-         WORK_MS, ACCOUNTS, single1, single2);
-  printf("| consumer | workers | messages | msg/s | ratio vs single | "
-         "target | met | order violations |\n");
-  printf("|---|---:|---:|---:|---:|---:|---|---:|\n");
-  printf("| single ordered consumer | 1 | %ld x 2 | %.0f | 1.00 | - | - | "
+         "handle, ack; prefetch 64), run before and after the dispatcher "
+         "runs. Dispatcher: default prefetch (16 x workers, at least 32). "
+         "Each configuration runs twice; the ratio uses the best run of each "
+         "(the machine is shared), the other run is shown. Target: at least "
+         "0.9 x workers x the baseline, and 0.95 x with 1 worker; zero order "
+         "violations.\n\n",
+         WORK_MS, ACCOUNTS);
+  printf("| consumer | workers | messages | msg/s (best) | other run | "
+         "ratio vs single | target | met | order violations |\n");
+  printf("|---|---:|---:|---:|---:|---:|---:|---|---:|\n");
+  printf("| single ordered consumer | 1 | %ld | %.0f | %.0f | 1.00 | - | - | "
          "%ld |\n",
-         n_single, single, viol_single);
+         n_single, base, base_other, viol_single);
   int all_met = 1;
   for (int i = 0; i < 6; i++) {
-    double ratio = rate[i] / single;
+    double best = rate[i][0] > rate[i][1] ? rate[i][0] : rate[i][1];
+    double other = rate[i][0] > rate[i][1] ? rate[i][1] : rate[i][0];
+    double ratio = best / base;
     double target = ws[i] == 1 ? 0.95 : 0.9 * ws[i];
     int met = ratio >= target && viol[i] == 0;
     all_met &= met;
-    printf("| thread delegate | %d | %ld | %.0f | %.2f | %.2f | %s | %ld |\n",
-           ws[i], msgs[i], rate[i], ratio, target, met ? "yes" : "**no**",
+    printf("| thread delegate | %d | %ld | %.0f | %.0f | %.2f | %.2f | %s | "
+           "%ld |\n",
+           ws[i], msgs[i], best, other, ratio, target, met ? "yes" : "**no**",
            viol[i]);
   }
-  printf("\n%s\n", all_met ? "All targets met."
-                           : "Some targets missed: see docs/thread-delegate.md "
-                             "(benchmark) for why.");
+  double load[3] = {0};
+  FILE *f = fopen("/proc/loadavg", "r");
+  if (f) {
+    if (fscanf(f, "%lf %lf %lf", &load[0], &load[1], &load[2]) != 3)
+      load[0] = 0;
+    fclose(f);
+  }
+  printf("\n%s Load average at the end: %.2f (%ld cores).\n",
+         all_met ? "All targets met."
+                 : "Some targets missed: see docs/thread-delegate.md "
+                   "(benchmark) for why.",
+         load[0], sysconf(_SC_NPROCESSORS_ONLN));
   edp_conn_destroy(&pub);
   return 0;
 }
