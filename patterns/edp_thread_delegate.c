@@ -363,6 +363,14 @@ static void drain_done(edp_td *td) {
     settle(td, item);
 }
 
+/* The connection is gone (or must be given up): everything unacked comes
+ * back redelivered in queue order, so workers should stop working on what
+ * they hold right away. */
+static void lost(edp_td *td) {
+  atomic_store(&td->epoch, EPOCH_NONE);
+  td->need_reconnect = 1;
+}
+
 /* Takes ownership of *d (zeroed on return) and hands it to a worker. */
 static int dispatch(edp_td *td, edp_delivery *d) {
   td->st.received++;
@@ -371,8 +379,8 @@ static int dispatch(edp_td *td, edp_delivery *d) {
     td->st.redelivered++;
   td_task *t = calloc(1, sizeof(*t));
   if (!t) {
-    edp_conn_nack(td->c, d->epoch, d->tag, 0, 1);
     edp_delivery_clear(d);
+    lost(td);
     return EDP_ENOMEM;
   }
   t->d = *d;
@@ -399,12 +407,15 @@ static int dispatch(edp_td *td, edp_delivery *d) {
   if (!rc)
     rc = edp_handoff_push(td->w[t->worker].in, t);
   if (rc) {
+    /* Requeueing just this message would let the context's later
+     * messages, already at a worker, overtake it: void the epoch and
+     * reconnect instead, and all come back in queue order. */
     if (t->worker >= 0)
       edp_allocmap_release(td->map, t->ctx, NULL, NULL);
-    edp_conn_nack(td->c, t->d.epoch, t->d.tag, 0, 1);
     td->st.in_flight--;
     edp_delivery_clear(&t->d);
     free(t);
+    lost(td);
     return rc;
   }
   return 0;
@@ -414,13 +425,6 @@ static void sync_epoch(edp_td *td) {
   unsigned e = edp_conn_epoch(td->c);
   if (atomic_load(&td->epoch) != e)
     atomic_store(&td->epoch, e);
-}
-
-/* The connection is gone: everything unacked comes back redelivered, so
- * workers should stop working on what they hold right away. */
-static void lost(edp_td *td) {
-  atomic_store(&td->epoch, EPOCH_NONE);
-  td->need_reconnect = 1;
 }
 
 static int reconnect(edp_td *td) {

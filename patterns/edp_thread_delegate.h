@@ -156,7 +156,10 @@ int edp_td_new(edp_conn *c, const edp_td_opts *o, edp_td **out);
  * reconnected (messages in flight then come back redelivered); the
  * reconnect's error (EDP_ECONNECT ...) is returned if it fails.
  * EDP_ESTOPPED when the connection's stop_fd became readable;
- * EDP_ENOTFOUND if the broker cancelled the consumer (queue deleted). */
+ * EDP_ENOTFOUND if the broker cancelled the consumer (queue deleted);
+ * EDP_ENOMEM if a delivery could not be handed to a worker (the channel
+ * is then given up, so that the next call reconnects and every unacked
+ * message comes back in queue order). */
 int edp_td_run(edp_td *td, int timeout_ms);
 
 /* Graceful stop: cancels the consumer, lets each worker finish the message
