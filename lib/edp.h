@@ -10,11 +10,13 @@
 #include "edp_conn.h"
 #include "edp_error.h"
 #include "edp_file.h"
+#include "edp_handoff.h"
 #include "edp_idset.h"
 #include "edp_url.h"
 #include "edp_util.h"
 
 #include "edp_forwarding.h"
 #include "edp_watch.h"
+#include "edp_thread_delegate.h"
 
 #endif

@@ -1,0 +1,612 @@
+/*
+ * integ_thread_delegate.c - the thread delegate pattern against a real
+ * broker, through the programs: per-account order under load with 16
+ * workers, a dispatcher SIGKILLed and restarted, in-place retries and
+ * dead letters that never let a later trade overtake, two dispatchers on
+ * two consistent-hash shards, messages without a context, bad options.
+ */
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "edp.h"
+#include "testlib.h"
+
+#define MAXA 1000
+#define MAXE 60000
+
+enum { E_PROCESSED, E_DEAD, E_REQUEUED, E_MAP };
+
+typedef struct ev {
+  int acct, seq, worker, attempts, redelivered, type, in_flight;
+  long long start, end, settled;
+} ev;
+
+typedef struct col {
+  ev *e;
+  int n;
+  int summary, contexts, in_flight;
+  long long s_processed, s_dead, s_redelivered, s_reconnects;
+} col;
+
+/* Accounts are generated as "<letter>-<100 + index>". */
+static int acct_index(const char *a) {
+  if (!a || strlen(a) < 3)
+    return -1;
+  int i = atoi(a + 2) - 100;
+  return i >= 0 && i < MAXA ? i : -1;
+}
+
+static void col_init(col *c) {
+  memset(c, 0, sizeof(*c));
+  c->e = calloc(MAXE, sizeof(*c->e));
+  ck_assert_ptr_nonnull(c->e);
+}
+
+static void collect_ev(void *ud, json_t *j) {
+  col *c = ud;
+  const char *type = json_string_value(json_object_get(j, "event"));
+  if (!type)
+    return;
+  if (!strcmp(type, "summary")) {
+    c->summary = 1;
+    c->contexts = (int)json_integer_value(json_object_get(j, "contexts"));
+    c->in_flight = (int)json_integer_value(json_object_get(j, "in_flight"));
+    c->s_processed = json_integer_value(json_object_get(j, "processed"));
+    c->s_dead = json_integer_value(json_object_get(j, "dead_lettered"));
+    c->s_redelivered = json_integer_value(json_object_get(j, "redelivered"));
+    c->s_reconnects = json_integer_value(json_object_get(j, "reconnects"));
+    return;
+  }
+  int t = !strcmp(type, "processed")       ? E_PROCESSED
+          : !strcmp(type, "dead_lettered") ? E_DEAD
+          : !strcmp(type, "requeued")      ? E_REQUEUED
+          : !strcmp(type, "map")           ? E_MAP
+          : !strcmp(type, "sent")          ? E_PROCESSED
+                                           : -1;
+  if (t < 0)
+    return;
+  ck_assert_int_lt(c->n, MAXE);
+  ev *e = &c->e[c->n++];
+  e->type = t;
+  e->acct = acct_index(json_string_value(json_object_get(j, "account")));
+  ck_assert_int_ge(e->acct, 0);
+  e->seq = (int)json_integer_value(json_object_get(j, "seq"));
+  e->worker = (int)json_integer_value(json_object_get(j, "worker"));
+  e->attempts = (int)json_integer_value(json_object_get(j, "attempts"));
+  e->redelivered = json_is_true(json_object_get(j, "redelivered"));
+  e->in_flight = (int)json_integer_value(json_object_get(j, "in_flight"));
+  e->start = json_integer_value(json_object_get(j, "start_us"));
+  e->end = json_integer_value(json_object_get(j, "end_us"));
+  e->settled = json_integer_value(json_object_get(j, "settled_us"));
+}
+
+/* Sends count trades over accounts with the sender; returns each
+ * account's number of confirmed trades in per_acct. */
+static void send_trades(const char *ex, const char *q, int accounts, int count,
+                        const char *shards, int *per_acct) {
+  char a[16], n[16];
+  snprintf(a, sizeof(a), "%d", accounts);
+  snprintf(n, sizeof(n), "%d", count);
+  char *argv[16] = {(char *)t_bin("edp-trade-sender"),
+                    "--json",
+                    "-e",
+                    (char *)ex,
+                    "-q",
+                    (char *)q,
+                    "--accounts",
+                    a,
+                    "--count",
+                    n,
+                    NULL};
+  if (shards) {
+    argv[10] = "--shards";
+    argv[11] = (char *)shards;
+    argv[12] = NULL;
+  }
+  t_proc p;
+  ck_assert_int_eq(t_spawn(&p, argv, NULL), 0);
+  col c;
+  col_init(&c);
+  ck_assert_int_eq(t_collect(&p, 120000, collect_ev, &c), 0);
+  ck_assert_int_eq(c.n, count);
+  memset(per_acct, 0, sizeof(int) * MAXA);
+  for (int i = 0; i < c.n; i++) {
+    /* seq counts per account from 1, in sending order. */
+    ck_assert_int_eq(c.e[i].seq, per_acct[c.e[i].acct] + 1);
+    per_acct[c.e[i].acct]++;
+  }
+  free(c.e);
+}
+
+static void spawn_dispatcher(t_proc *p, const char *ex, const char *q,
+                             const char *extra[]) {
+  char *argv[40] = {(char *)t_bin("edp-trade-dispatcher"),
+                    "--json",
+                    "-e",
+                    (char *)ex,
+                    "-q",
+                    (char *)q};
+  int n = 6;
+  for (int i = 0; extra[i]; i++)
+    argv[n++] = (char *)extra[i];
+  argv[n] = NULL;
+  ck_assert_int_eq(t_spawn(p, argv, NULL), 0);
+}
+
+/* Per account: settled seqs form exactly 1..per_acct[a] in order. */
+static void assert_in_order_once(const col *c, const int *per_acct) {
+  static int next[MAXA];
+  for (int a = 0; a < MAXA; a++)
+    next[a] = 1;
+  for (int i = 0; i < c->n; i++) {
+    const ev *e = &c->e[i];
+    if (e->type != E_PROCESSED && e->type != E_DEAD)
+      continue;
+    ck_assert_msg(e->seq == next[e->acct],
+                  "account %d: seq %d settled, expected %d", e->acct, e->seq,
+                  next[e->acct]);
+    next[e->acct]++;
+  }
+  for (int a = 0; a < MAXA; a++)
+    ck_assert_int_eq(next[a] - 1, per_acct[a]);
+}
+
+START_TEST(order_500_accounts_16_workers) {
+  const char *ex = t_unique("td.ex"), *q = t_unique("td.q");
+  static int per_acct[MAXA];
+  send_trades(ex, q, 500, 20000, NULL, per_acct);
+  for (int a = 0; a < 500; a++)
+    ck_assert_int_eq(per_acct[a], 40);
+  t_proc p;
+  const char *extra[] = {
+      "--workers", "16", "--work-jitter-ms", "2", "--idle-timeout",
+      "3000",      NULL};
+  spawn_dispatcher(&p, ex, q, extra);
+  col c;
+  col_init(&c);
+  ck_assert_int_eq(t_collect(&p, 180000, collect_ev, &c), 0);
+  ck_assert(c.summary);
+  /* Exactly once and in order: 20,000 settled, each seq of each account
+   * once, in seq order; none failed, none redelivered. */
+  ck_assert_int_eq(c.n, 20000);
+  ck_assert_int_eq(c.s_processed, 20000);
+  assert_in_order_once(&c, per_acct);
+  /* Idle: the allocation map is empty, nothing in flight. */
+  ck_assert_int_eq(c.contexts, 0);
+  ck_assert_int_eq(c.in_flight, 0);
+  /* A context never runs on two workers at once: the handler intervals of
+   * an account never overlap, even when it moves to another worker. */
+  static long long last_end[MAXA];
+  static int last_worker[MAXA];
+  int moves = 0, used[17] = {0};
+  for (int i = 0; i < c.n; i++) {
+    const ev *e = &c.e[i];
+    ck_assert_int_eq(e->redelivered, 0);
+    ck_assert(e->worker >= 1 && e->worker <= 16);
+    used[e->worker] = 1;
+    if (last_end[e->acct]) {
+      ck_assert_msg(e->start >= last_end[e->acct],
+                    "account %d overlaps on workers %d and %d", e->acct,
+                    last_worker[e->acct], e->worker);
+      moves += e->worker != last_worker[e->acct];
+    }
+    ck_assert_int_ge(e->end, e->start);
+    last_end[e->acct] = e->end;
+    last_worker[e->acct] = e->worker;
+  }
+  for (int w = 1; w <= 16; w++)
+    ck_assert_msg(used[w], "worker %d never used", w);
+  /* Idle accounts are re-placed, so they do move between workers. */
+  ck_assert_int_gt(moves, 0);
+  free(c.e);
+}
+END_TEST
+
+START_TEST(sigkill_and_restart) {
+  const char *ex = t_unique("td.ex"), *q = t_unique("td.q");
+  static int per_acct[MAXA];
+  send_trades(ex, q, 50, 2000, NULL, per_acct);
+  t_proc p;
+  const char *extra[] = {"--workers", "8", "--work-ms", "3", NULL};
+  spawn_dispatcher(&p, ex, q, extra);
+  col c1;
+  col_init(&c1);
+  char line[4096];
+  while (c1.n < 500) {
+    ck_assert_int_eq(t_readline(&p, line, sizeof(line), 60000), 1);
+    json_t *j = json_loads(line, 0, NULL);
+    if (j) {
+      collect_ev(&c1, j);
+      json_decref(j);
+    }
+  }
+  t_signal(&p, SIGKILL);
+  ck_assert_int_eq(t_collect(&p, 30000, collect_ev, &c1), 128 + SIGKILL);
+  ck_assert_int_lt(c1.n, 2000);
+
+  const char *extra2[] = {"--workers",      "8",    "--work-ms", "1",
+                          "--idle-timeout", "3000", NULL};
+  spawn_dispatcher(&p, ex, q, extra2);
+  col c2;
+  col_init(&c2);
+  ck_assert_int_eq(t_collect(&p, 120000, collect_ev, &c2), 0);
+  ck_assert_int_eq(c2.contexts, 0);
+
+  /* The guarantee: per account, run 1 settled 1..k in order; run 2
+   * settles j..n in order with j <= k + 1 (nothing skipped), and every
+   * message it repeats (seq <= k: its ack was lost in the crash) is
+   * flagged redelivered. At most prefetch (8 x 16) messages repeat. */
+  static int last1[MAXA], next2[MAXA];
+  for (int i = 0; i < c1.n; i++) {
+    const ev *e = &c1.e[i];
+    ck_assert_int_eq(e->type, E_PROCESSED);
+    ck_assert_int_eq(e->seq, last1[e->acct] + 1);
+    last1[e->acct] = e->seq;
+  }
+  int repeats = 0;
+  for (int i = 0; i < c2.n; i++) {
+    const ev *e = &c2.e[i];
+    ck_assert_int_eq(e->type, E_PROCESSED);
+    if (!next2[e->acct]) {
+      ck_assert_msg(e->seq <= last1[e->acct] + 1,
+                    "account %d: gap, run 1 ended at %d, run 2 began at %d",
+                    e->acct, last1[e->acct], e->seq);
+    } else {
+      ck_assert_int_eq(e->seq, next2[e->acct]);
+    }
+    if (e->seq <= last1[e->acct]) {
+      ck_assert(e->redelivered);
+      repeats++;
+    }
+    next2[e->acct] = e->seq + 1;
+  }
+  int total = 0;
+  for (int a = 0; a < 50; a++) {
+    int last = next2[a] ? next2[a] - 1 : last1[a];
+    ck_assert_int_eq(last, per_acct[a]);
+    total += per_acct[a];
+  }
+  ck_assert_int_eq(total, 2000);
+  ck_assert_int_le(repeats, 128);
+  ck_assert_int_eq(c1.n + c2.n - repeats, 2000);
+  fprintf(stderr, "sigkill: run 1 settled %d, run 2 %d, %d repeated\n", c1.n,
+          c2.n, repeats);
+  free(c1.e);
+  free(c2.e);
+}
+END_TEST
+
+/* Per account: every seq 1..n settled; a seq may repeat only as a
+ * redelivery (its ack was lost), and the repeats come in order too. */
+static int assert_in_order_with_repeats(const col *c, const int *per_acct) {
+  static int hi[MAXA], cur[MAXA];
+  memset(hi, 0, sizeof(hi));
+  memset(cur, 0, sizeof(cur));
+  int repeats = 0;
+  for (int i = 0; i < c->n; i++) {
+    const ev *e = &c->e[i];
+    if (e->type != E_PROCESSED && e->type != E_DEAD)
+      continue;
+    int a = e->acct;
+    if (e->seq != cur[a] + 1) {
+      ck_assert_msg(e->seq <= hi[a] && e->redelivered,
+                    "account %d: seq %d after %d (highest %d)", a, e->seq,
+                    cur[a], hi[a]);
+    }
+    if (e->seq <= hi[a])
+      repeats++;
+    cur[a] = e->seq;
+    if (e->seq > hi[a])
+      hi[a] = e->seq;
+  }
+  for (int a = 0; a < MAXA; a++)
+    ck_assert_int_eq(hi[a], per_acct[a]);
+  return repeats;
+}
+
+START_TEST(connection_lost_and_restored) {
+  const char *ex = t_unique("td.ex"), *q = t_unique("td.q");
+  static int per_acct[MAXA];
+  send_trades(ex, q, 50, 6000, NULL, per_acct);
+  t_proc p;
+  const char *extra[] = {"--workers",      "8",    "--work-ms", "5",
+                         "--idle-timeout", "3000", NULL};
+  spawn_dispatcher(&p, ex, q, extra);
+  col c;
+  col_init(&c);
+  char line[4096];
+  while (c.n < 300) {
+    ck_assert_int_eq(t_readline(&p, line, sizeof(line), 60000), 1);
+    json_t *j = json_loads(line, 0, NULL);
+    if (j) {
+      collect_ev(&c, j);
+      json_decref(j);
+    }
+  }
+  char closed[64];
+  ck_assert_int_eq(
+      t_broker("close-conns", "edp-trade-dispatcher", closed, sizeof(closed)),
+      0);
+  ck_assert_int_eq(atoi(closed), 1);
+  ck_assert_int_eq(t_collect(&p, 120000, collect_ev, &c), 0);
+  ck_assert(c.summary);
+  ck_assert_int_lt(c.n - 300, 6000); /* the close came mid-run */
+  int repeats = assert_in_order_with_repeats(&c, per_acct);
+  ck_assert_int_le(repeats, 8 * 16);
+  ck_assert_int_gt(c.s_redelivered, 0);
+  ck_assert_int_eq(c.s_reconnects, 1);
+  ck_assert_int_eq(c.contexts, 0);
+  fprintf(stderr, "reconnect: %d settled, %d repeated, %lld redelivered\n", c.n,
+          repeats, c.s_redelivered);
+  free(c.e);
+}
+END_TEST
+
+/* SIGINT: the running trades finish and are acked, the rest go back to
+ * the queue, exit 130; a second dispatcher settles the rest with no trade
+ * repeated (a graceful stop loses no ack) and none skipped. */
+START_TEST(sigint_is_graceful) {
+  const char *ex = t_unique("td.ex"), *q = t_unique("td.q");
+  static int per_acct[MAXA];
+  send_trades(ex, q, 4, 40, NULL, per_acct);
+  t_proc p;
+  const char *extra[] = {"--workers", "4", "--work-ms", "300", NULL};
+  spawn_dispatcher(&p, ex, q, extra);
+  col c;
+  col_init(&c);
+  char line[4096];
+  while (c.n < 4) {
+    ck_assert_int_eq(t_readline(&p, line, sizeof(line), 30000), 1);
+    json_t *j = json_loads(line, 0, NULL);
+    if (j) {
+      collect_ev(&c, j);
+      json_decref(j);
+    }
+  }
+  long long t0 = t_now_ms();
+  t_signal(&p, SIGINT);
+  ck_assert_int_eq(t_collect(&p, 10000, collect_ev, &c), 130);
+  /* At most the 4 running trades (300 ms each) were finished. */
+  ck_assert_int_lt(t_now_ms() - t0, 5000);
+  int settled1 = 0, requeued = 0;
+  for (int i = 0; i < c.n; i++) {
+    settled1 += c.e[i].type == E_PROCESSED;
+    requeued += c.e[i].type == E_REQUEUED;
+  }
+  ck_assert_int_le(settled1, 8);
+  ck_assert_int_eq(settled1 + requeued, 40); /* every delivery reported */
+  const char *extra2[] = {"--workers", "4", "--idle-timeout", "1500", NULL};
+  spawn_dispatcher(&p, ex, q, extra2);
+  ck_assert_int_eq(t_collect(&p, 60000, collect_ev, &c), 0);
+  int repeats = assert_in_order_with_repeats(&c, per_acct);
+  ck_assert_int_eq(repeats, 0);
+  int settled = 0;
+  for (int i = 0; i < c.n; i++)
+    settled += c.e[i].type == E_PROCESSED;
+  ck_assert_int_eq(settled, 40);
+  free(c.e);
+}
+END_TEST
+
+START_TEST(failures_keep_order) {
+  const char *ex = t_unique("td.ex"), *q = t_unique("td.q");
+  static int per_acct[MAXA];
+  send_trades(ex, q, 20, 200, NULL, per_acct);
+  t_proc p;
+  const char *extra[] = {"--workers",
+                         "4",
+                         "--fail-every",
+                         "3",
+                         "--poison-seq",
+                         "5",
+                         "--max-retries",
+                         "2",
+                         "--retry-delay-ms",
+                         "20",
+                         "--work-jitter-ms",
+                         "3",
+                         "--prefetch",
+                         "200",
+                         "--display",
+                         "--idle-timeout",
+                         "2000",
+                         NULL};
+  spawn_dispatcher(&p, ex, q, extra);
+  col c;
+  col_init(&c);
+  ck_assert_int_eq(t_collect(&p, 120000, collect_ev, &c), 0);
+  assert_in_order_once(&c, per_acct);
+  int dead = 0, map_worker[MAXA] = {0}, map_n[MAXA] = {0};
+  static long long dead5_at[MAXA];
+  for (int i = 0; i < c.n; i++) {
+    const ev *e = &c.e[i];
+    if (e->type == E_MAP) {
+      /* The map moves an account only when it had nothing in flight. */
+      if (map_n[e->acct] > 0)
+        ck_assert_int_eq(e->worker, map_worker[e->acct]);
+      map_worker[e->acct] = e->worker;
+      map_n[e->acct] = e->in_flight;
+      continue;
+    }
+    if (e->seq == 5) {
+      /* Poison: tried 1 + 2 times, then dead-lettered. */
+      ck_assert_int_eq(e->type, E_DEAD);
+      ck_assert_int_eq(e->attempts, 3);
+      ck_assert_int_gt(e->settled, 0);
+      dead5_at[e->acct] = e->settled;
+      dead++;
+    } else {
+      /* Seq 6 began only after seq 5 was safely in the .dlq. */
+      if (e->seq == 6)
+        ck_assert_msg(e->start >= dead5_at[e->acct],
+                      "account %d: seq 6 began %lld us before seq 5 was "
+                      "dead-lettered",
+                      e->acct, dead5_at[e->acct] - e->start);
+      ck_assert_int_eq(e->type, E_PROCESSED);
+      ck_assert_int_eq(e->attempts, e->seq % 3 == 0 ? 2 : 1);
+    }
+  }
+  ck_assert_int_eq(dead, 20);
+  for (int a = 0; a < 20; a++)
+    ck_assert_int_eq(map_n[a], 0); /* every account left the map */
+  ck_assert_int_eq(c.contexts, 0);
+
+  /* The dead letters are in <queue>.dlq with the reason and account. */
+  edp_conn_opts o;
+  edp_conn_opts_init(&o);
+  o.url = t_url();
+  edp_conn *conn = NULL;
+  ck_assert_int_eq(edp_conn_open(&o, &conn, NULL, 0), 0);
+  char dlq[256];
+  snprintf(dlq, sizeof(dlq), "%s.dlq", q);
+  uint32_t msgs = 0;
+  ck_assert_int_eq(edp_conn_queue_inspect(conn, dlq, &msgs, NULL), 0);
+  ck_assert_int_eq(msgs, 20);
+  ck_assert_int_eq(edp_conn_consume(conn, dlq, NULL, NULL, 0), 0);
+  for (int i = 0; i < 20; i++) {
+    edp_delivery d;
+    ck_assert_int_eq(edp_conn_receive(conn, &d, 10000), 0);
+    int64_t seq = 0, retries = -1;
+    ck_assert_int_eq(edp_delivery_header_int(&d, "seq", &seq), 0);
+    ck_assert_int_eq(seq, 5);
+    ck_assert_int_eq(edp_delivery_header_int(&d, EDP_FWD_HDR_RETRIES, &retries),
+                     0);
+    ck_assert_int_eq(retries, 2);
+    const char *ctx = edp_delivery_header_str(&d, EDP_TD_HDR_CONTEXT);
+    ck_assert_ptr_nonnull(ctx);
+    ck_assert_str_eq(ctx, edp_delivery_header_str(&d, "account"));
+    ck_assert_ptr_nonnull(
+        strstr(edp_delivery_header_str(&d, EDP_FWD_HDR_REASON), "poison"));
+    ck_assert_int_eq(edp_conn_ack(conn, d.epoch, d.tag, 0), 0);
+    edp_delivery_clear(&d);
+  }
+  edp_conn_destroy(&conn);
+  free(c.e);
+}
+END_TEST
+
+START_TEST(two_shards) {
+  const char *ex = t_unique("td.ex"), *q = t_unique("td.q");
+  static int per_acct[MAXA];
+  send_trades(ex, q, 100, 2000, "2", per_acct);
+  t_proc p1, p2;
+  const char *e1[] = {
+      "--shard",        "1",    "--workers", "4", "--work-jitter-ms", "1",
+      "--idle-timeout", "3000", NULL};
+  const char *e2[] = {
+      "--shard",        "2",    "--workers", "4", "--work-jitter-ms", "1",
+      "--idle-timeout", "3000", NULL};
+  spawn_dispatcher(&p1, ex, q, e1);
+  spawn_dispatcher(&p2, ex, q, e2);
+  col c1, c2;
+  col_init(&c1);
+  col_init(&c2);
+  /* Both run at once; the first collect lets the second's pipe buffer
+   * fill meanwhile, which 2,000 short lines cannot overflow. */
+  ck_assert_int_eq(t_collect(&p1, 120000, collect_ev, &c1), 0);
+  ck_assert_int_eq(t_collect(&p2, 120000, collect_ev, &c2), 0);
+  ck_assert_int_gt(c1.n, 0);
+  ck_assert_int_gt(c2.n, 0);
+  ck_assert_int_eq(c1.n + c2.n, 2000);
+  static int on1[MAXA], on2[MAXA], s1[MAXA], s2[MAXA];
+  for (int i = 0; i < c1.n; i++)
+    on1[c1.e[i].acct]++;
+  for (int i = 0; i < c2.n; i++)
+    on2[c2.e[i].acct]++;
+  for (int a = 0; a < 100; a++) {
+    /* Every account's trades all landed on one shard. */
+    ck_assert_msg(!on1[a] || !on2[a], "account %d on both shards", a);
+    s1[a] = on1[a] ? per_acct[a] : 0;
+    s2[a] = on2[a] ? per_acct[a] : 0;
+  }
+  assert_in_order_once(&c1, s1);
+  assert_in_order_once(&c2, s2);
+  free(c1.e);
+  free(c2.e);
+}
+END_TEST
+
+START_TEST(no_context_is_dead_lettered) {
+  const char *ex = t_unique("td.ex"), *q = t_unique("td.q");
+  static int per_acct[MAXA];
+  send_trades(ex, q, 2, 4, NULL, per_acct);
+  /* The bodies are CSV, so a JSON context cannot be read. The account in
+   * the events is then "", which acct_index rejects: read raw lines. */
+  char *argv[] = {(char *)t_bin("edp-trade-dispatcher"),
+                  "--json",
+                  "-e",
+                  (char *)ex,
+                  "-q",
+                  (char *)q,
+                  "--context",
+                  "json:account",
+                  "--count",
+                  "4",
+                  NULL};
+  t_proc p;
+  ck_assert_int_eq(t_spawn(&p, argv, NULL), 0);
+  char line[4096];
+  int dead = 0;
+  while (t_readline(&p, line, sizeof(line), 30000) == 1) {
+    json_t *j = json_loads(line, 0, NULL);
+    ck_assert_ptr_nonnull(j);
+    const char *type = json_string_value(json_object_get(j, "event"));
+    if (!strcmp(type, "dead_lettered")) {
+      dead++;
+      ck_assert_int_eq(json_integer_value(json_object_get(j, "worker")), 0);
+      ck_assert_ptr_nonnull(strstr(
+          json_string_value(json_object_get(j, "reason")), "no context"));
+    }
+    json_decref(j);
+  }
+  ck_assert_int_eq(t_wait(&p, 10000), 0);
+  ck_assert_int_eq(dead, 4);
+}
+END_TEST
+
+static int run_status(char *const argv[]) {
+  t_proc p;
+  ck_assert_int_eq(t_spawn(&p, argv, NULL), 0);
+  char line[1024];
+  while (t_readline(&p, line, sizeof(line), 20000) == 1)
+    ;
+  return t_wait(&p, 20000);
+}
+
+START_TEST(bad_options) {
+  const char *d = t_bin("edp-trade-dispatcher"), *s = t_bin("edp-trade-sender");
+  char *a1[] = {(char *)d, "--workers", "0", NULL};
+  ck_assert_int_eq(run_status(a1), 64);
+  char *a2[] = {(char *)d, "--context", "body", NULL};
+  ck_assert_int_eq(run_status(a2), 64);
+  char *a3[] = {(char *)s, "--shards", "x", NULL};
+  ck_assert_int_eq(run_status(a3), 64);
+  char *a4[] = {(char *)s, "--url", "amqp://g:g@127.0.0.1:1/", NULL};
+  ck_assert_int_eq(run_status(a4), 69);
+  char *a5[] = {(char *)d, "--url", "nope://x", NULL};
+  ck_assert_int_eq(run_status(a5), 64);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("thread_delegate");
+  TCase *tc = tcase_create("thread_delegate");
+  tcase_set_timeout(tc, 300);
+  tcase_add_test(tc, order_500_accounts_16_workers);
+  tcase_add_test(tc, sigkill_and_restart);
+  tcase_add_test(tc, connection_lost_and_restored);
+  tcase_add_test(tc, sigint_is_graceful);
+  tcase_add_test(tc, failures_keep_order);
+  tcase_add_test(tc, two_shards);
+  tcase_add_test(tc, no_context_is_dead_lettered);
+  tcase_add_test(tc, bad_options);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
