@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The talk's demos, run against the broker in EDP_URL (make demo starts a
 # private one). Usage: cmd/demo.sh [PATTERN], PATTERN one of: forwarding,
-# watch (default: all).
+# thread-delegate, watch (default: all).
 set -euo pipefail
 BIN=${EDP_BIN:-bin}
 : "${EDP_URL:?set EDP_URL, or run 'make demo' which starts a private broker}"
@@ -64,10 +64,21 @@ demo_watch() {
   rm -rf "$dir"
 }
 
+demo_thread() {
+  local ex="demo.trades.$$" q="demo.trades.$$"
+  banner "thread delegate: parallel workers, per-account order kept"
+  echo "--- sender.sh: the talk's ten trades, routing key trade.eq.<account>"
+  "$BIN/edp-trade-sender" --exchange "$ex" --queue "$q"
+  echo "--- dispatcher: 5 worker threads, allocation map (Thread,account,in flight)"
+  "$BIN/edp-trade-dispatcher" --exchange "$ex" --queue "$q" --workers 5 \
+    --work-ms 300 --display --idle-timeout 1500
+}
+
 pattern=${1:-all}
 case $pattern in
   forwarding) demo_forwarding ;;
+  thread-delegate) demo_thread ;;
   watch) demo_watch ;;
-  all) demo_forwarding; demo_watch ;;
-  *) echo "demo.sh: unknown pattern '$pattern' (forwarding, watch)" >&2; exit 64 ;;
+  all) demo_forwarding; demo_thread; demo_watch ;;
+  *) echo "demo.sh: unknown pattern '$pattern' (forwarding, thread-delegate, watch)" >&2; exit 64 ;;
 esac
