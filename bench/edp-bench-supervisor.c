@@ -43,9 +43,8 @@ typedef struct segment {
   int burst;
 } segment;
 
-static const segment profile[] = {{LOW_RATE, LOW_MS, 0},
-                                  {BURST_RATE, BURST_MS, 1},
-                                  {LOW_RATE, LOW_MS, 0}};
+static const segment profile[] = {
+    {LOW_RATE, LOW_MS, 0}, {BURST_RATE, BURST_MS, 1}, {LOW_RATE, LOW_MS, 0}};
 #define N_SEG (sizeof(profile) / sizeof(profile[0]))
 
 /* Shared with the handler, which runs on the consumer threads. */
@@ -53,10 +52,10 @@ static struct {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   long total, done, bad;
-  int64_t *lat;       /* per seq: latency in ms, -1 = not processed */
+  int64_t *lat;         /* per seq: latency in ms, -1 = not processed */
   unsigned char *burst; /* per seq: sent during the burst */
-} R = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, NULL,
-       NULL};
+} R = {
+    PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, NULL, NULL};
 
 static int handler(void *ud, int consumer, const edp_delivery *d) {
   (void)ud;
@@ -64,9 +63,9 @@ static int handler(void *ud, int consumer, const edp_delivery *d) {
   edp_sleep_ms(WORK_MS, -1);
   unsigned long long seq = 0;
   long long sent = 0;
-  int ok = sscanf(d->body, "{\"seq\":%llu,\"sent_ms\":%lld}", &seq, &sent) ==
-               2 &&
-           seq >= 1 && seq <= (unsigned long long)R.total;
+  int ok =
+      sscanf(d->body, "{\"seq\":%llu,\"sent_ms\":%lld}", &seq, &sent) == 2 &&
+      seq >= 1 && seq <= (unsigned long long)R.total;
   int64_t lat = edp_wall_ms() - sent;
   pthread_mutex_lock(&R.mu);
   if (ok && R.lat[seq - 1] < 0) {
@@ -119,8 +118,7 @@ static void run(const char *url, const char *label, int supervise, int min,
                 int max, int keep_alive_ms, result *out) {
   char queue[128];
   static int n_run;
-  snprintf(queue, sizeof(queue), "edp.bench.sup.%d.%d", (int)getpid(),
-           ++n_run);
+  snprintf(queue, sizeof(queue), "edp.bench.sup.%d.%d", (int)getpid(), ++n_run);
   R.done = R.bad = 0;
   for (long i = 0; i < R.total; i++)
     R.lat[i] = -1;
@@ -270,8 +268,7 @@ int main(void) {
   run(url, lmin, 0, MIN_CONSUMERS, MIN_CONSUMERS, 0, &r[0]);
   run(url, lmax, 0, MAX_CONSUMERS, MAX_CONSUMERS, 0, &r[1]);
   run(url, lsup[0], 1, MIN_CONSUMERS, MAX_CONSUMERS, KEEP_ALIVE_MS, &r[2]);
-  run(url, lsup[1], 1, MIN_CONSUMERS, MAX_CONSUMERS, LONG_KEEP_ALIVE_MS,
-      &r[3]);
+  run(url, lsup[1], 1, MIN_CONSUMERS, MAX_CONSUMERS, LONG_KEEP_ALIVE_MS, &r[3]);
 
   const result *base = &r[1];
   printf("## Supervisor consumer\n\n");
@@ -284,8 +281,8 @@ int main(void) {
          "depth read every %d ms, keep-alive %d ms or %d ms.\n\n",
          LOW_RATE, LOW_MS / 1000, BURST_RATE, BURST_MS / 1000, LOW_RATE,
          LOW_MS / 1000, R.total, WORK_MS, LONG_KEEP_ALIVE_MS / 1000,
-         MIN_CONSUMERS, MAX_CONSUMERS, PER_CONSUMER, INTERVAL_MS,
-         KEEP_ALIVE_MS, LONG_KEEP_ALIVE_MS);
+         MIN_CONSUMERS, MAX_CONSUMERS, PER_CONSUMER, INTERVAL_MS, KEEP_ALIVE_MS,
+         LONG_KEEP_ALIVE_MS);
   printf("| consumers | burst p50 ms | burst p99 ms | burst max ms | "
          "p99 vs static max | consumer-s | consumer-s vs static max | "
          "peak |\n");

@@ -21,7 +21,7 @@ static cli app;
 #define MAX_SEGMENT_MS 86400000LL
 
 typedef struct segment {
-  long rate;   /* messages per second, 0 = pause */
+  long rate; /* messages per second, 0 = pause */
   long long ms;
 } segment;
 
@@ -38,7 +38,8 @@ static void usage(void) {
       "  -d, --duration D        N, Ns or Nms (with --rate)\n"
       "      --id-prefix P       message_id is P-SEQ (default: a per-run "
       "id)\n"
-      "  -w, --confirm-window N  messages in flight (default 1024)\n" CLI_COMMON_HELP);
+      "  -w, --confirm-window N  messages in flight (default "
+      "1024)\n" CLI_COMMON_HELP);
 }
 
 /* Parses a duration "N", "Ns" or "Nms" (N >= 1) into ms; -1 if malformed. */
@@ -89,8 +90,7 @@ static size_t parse_profile(const char *spec, segment *seg) {
     size_t len = end ? (size_t)(end - p) : strlen(p);
     const char *colon = memchr(p, ':', len);
     if (n == MAX_SEGMENTS)
-      cli_die(&app, CLI_USAGE, "--profile: at most %d segments",
-              MAX_SEGMENTS);
+      cli_die(&app, CLI_USAGE, "--profile: at most %d segments", MAX_SEGMENTS);
     long rate = colon ? parse_rate(p, (size_t)(colon - p)) : -1;
     long long ms =
         colon ? parse_duration(colon + 1, len - (size_t)(colon - p) - 1) : -1;
@@ -117,7 +117,8 @@ typedef struct load_run {
 } load_run;
 
 static void interrupted(load_run *r) {
-  cli_die(&app, CLI_INTERRUPTED, "interrupted after %llu message(s); %zu unconfirmed",
+  cli_die(&app, CLI_INTERRUPTED,
+          "interrupted after %llu message(s); %zu unconfirmed",
           (unsigned long long)r->seq, edp_conn_unconfirmed(r->conn));
 }
 
@@ -128,10 +129,9 @@ static void wait_until(load_run *r, int64_t t) {
     int64_t left = t - edp_now_ms();
     if (left <= 0)
       return;
-    int rc = edp_conn_is_open(r->conn) ? edp_conn_wait(r->conn, -1, (int)left)
-                                       : (edp_sleep_ms((int)left, cli_stop_fd())
-                                              ? EDP_ESTOPPED
-                                              : 0);
+    int rc = edp_conn_is_open(r->conn)
+                 ? edp_conn_wait(r->conn, -1, (int)left)
+                 : (edp_sleep_ms((int)left, cli_stop_fd()) ? EDP_ESTOPPED : 0);
     if (rc == EDP_ESTOPPED || cli_stopped())
       interrupted(r);
     /* A lost connection is recovered by the next send; meanwhile wait on
@@ -155,8 +155,7 @@ static void send_one(load_run *r) {
     cli_die_err(&app, r->conn, rc, "send failed");
   if (app.json)
     cli_emit(json_pack("{s:s,s:s,s:I,s:I}", "event", "sent", "message_id", id,
-                       "seq", (json_int_t)r->seq, "sent_ms",
-                       (json_int_t)sent));
+                       "seq", (json_int_t)r->seq, "sent_ms", (json_int_t)sent));
 }
 
 int main(int argc, char **argv) {
@@ -176,8 +175,8 @@ int main(int argc, char **argv) {
   snprintf(r.prefix, sizeof(r.prefix), "L%lx%x", (long)time(NULL),
            (unsigned)getpid());
   int opt;
-  while ((opt = getopt_long(argc, argv, "q:p:r:d:w:" CLI_COMMON_SHORTOPTS,
-                            opts, NULL)) != -1) {
+  while ((opt = getopt_long(argc, argv, "q:p:r:d:w:" CLI_COMMON_SHORTOPTS, opts,
+                            NULL)) != -1) {
     if (cli_common_opt(&app, opt, optarg, usage))
       continue;
     switch (opt) {
@@ -264,11 +263,10 @@ int main(int argc, char **argv) {
   edp_fwd_sender_stats st;
   edp_fwd_sender_stats_get(r.s, &st);
   if (app.json)
-    cli_emit(json_pack("{s:s,s:I,s:I,s:I,s:I}", "event", "summary", "sent",
-                       (json_int_t)st.sent, "confirmed",
-                       (json_int_t)st.confirmed, "refused",
-                       (json_int_t)st.refused, "republished",
-                       (json_int_t)st.republished));
+    cli_emit(json_pack(
+        "{s:s,s:I,s:I,s:I,s:I}", "event", "summary", "sent",
+        (json_int_t)st.sent, "confirmed", (json_int_t)st.confirmed, "refused",
+        (json_int_t)st.refused, "republished", (json_int_t)st.republished));
   fprintf(stderr, "edp-load: sent %llu, confirmed %llu, refused %llu\n",
           (unsigned long long)st.sent, (unsigned long long)st.confirmed,
           (unsigned long long)st.refused);

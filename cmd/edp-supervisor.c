@@ -27,26 +27,25 @@ static long work_ms;
 static int main_efd = -1;
 
 static void usage(void) {
-  printf(
-      "usage: edp-supervisor [options]\n"
-      "Processes a queue with consumers added and retired from its depth.\n"
-      "  -q, --queue NAME        queue (default edp.supervisor)\n"
-      "      --min N             consumers kept when idle (default 1)\n"
-      "      --max N             most consumers (default 50)\n"
-      "      --per-consumer N    queued messages per consumer: wants\n"
-      "                          ceil(depth / N) consumers (default 10)\n"
-      "      --interval-ms MS    depth reading period (default 1000)\n"
-      "      --keep-alive-ms MS  retire surplus consumers only after the\n"
-      "                          demand stayed lower this long (default "
-      "5000)\n"
-      "      --work-ms MS        simulated processing time (default 0)\n"
-      "      --prefetch N        unacked messages per consumer (default 1)\n"
-      "      --no-supervisor     static: always --min consumers (baseline)\n"
-      "      --name NAME         connection name prefix (default "
-      "edp-supervisor)\n"
-      "  -n, --count N           exit 0 after N processed messages\n"
-      "      --idle-timeout MS   exit 0 when nothing was processed for MS "
-      "ms\n" CLI_COMMON_HELP);
+  printf("usage: edp-supervisor [options]\n"
+         "Processes a queue with consumers added and retired from its depth.\n"
+         "  -q, --queue NAME        queue (default edp.supervisor)\n"
+         "      --min N             consumers kept when idle (default 1)\n"
+         "      --max N             most consumers (default 50)\n"
+         "      --per-consumer N    queued messages per consumer: wants\n"
+         "                          ceil(depth / N) consumers (default 10)\n"
+         "      --interval-ms MS    depth reading period (default 1000)\n"
+         "      --keep-alive-ms MS  retire surplus consumers only after the\n"
+         "                          demand stayed lower this long (default "
+         "5000)\n"
+         "      --work-ms MS        simulated processing time (default 0)\n"
+         "      --prefetch N        unacked messages per consumer (default 1)\n"
+         "      --no-supervisor     static: always --min consumers (baseline)\n"
+         "      --name NAME         connection name prefix (default "
+         "edp-supervisor)\n"
+         "  -n, --count N           exit 0 after N processed messages\n"
+         "      --idle-timeout MS   exit 0 when nothing was processed for MS "
+         "ms\n" CLI_COMMON_HELP);
 }
 
 /* The send time edp-load put in the body, or -1. */
@@ -76,8 +75,8 @@ static void on_event(void *ud, const edp_sup_event *ev) {
   switch (ev->type) {
   case EDP_SUP_SCALE:
     if (app.json)
-      o = json_pack("{s:s,s:i,s:i,s:I,s:I,s:i}", "event", "scale",
-                    "consumers", ev->consumers, "live", ev->live, "depth",
+      o = json_pack("{s:s,s:i,s:i,s:I,s:I,s:i}", "event", "scale", "consumers",
+                    ev->consumers, "live", ev->live, "depth",
                     (json_int_t)ev->depth, "broker_consumers",
                     (json_int_t)ev->broker_consumers, "wanted", ev->wanted);
     else
@@ -265,8 +264,7 @@ int main(int argc, char **argv) {
     if (idle >= 0 && now - last >= idle)
       break;
     int timeout = idle >= 0 ? (int)(last + idle - now) : 60000;
-    struct pollfd fds[2] = {{cli_stop_fd(), POLLIN, 0},
-                            {main_efd, POLLIN, 0}};
+    struct pollfd fds[2] = {{cli_stop_fd(), POLLIN, 0}, {main_efd, POLLIN, 0}};
     int n = poll(fds, 2, timeout);
     if (n < 0 && errno != EINTR)
       cli_die(&app, CLI_SOFTWARE, "poll: %s", strerror(errno));
@@ -286,11 +284,10 @@ int main(int argc, char **argv) {
   if (app.json)
     cli_emit(json_pack(
         "{s:s,s:I,s:I,s:I,s:I,s:i,s:I,s:I,s:I}", "event", "summary",
-        "processed", (json_int_t)st.processed, "failed",
-        (json_int_t)st.failed, "started", (json_int_t)st.started, "retired",
-        (json_int_t)st.retired, "peak", st.peak, "consumer_ms",
-        (json_int_t)st.consumer_ms, "sup_reconnects",
-        (json_int_t)st.sup_reconnects, "consumer_reconnects",
+        "processed", (json_int_t)st.processed, "failed", (json_int_t)st.failed,
+        "started", (json_int_t)st.started, "retired", (json_int_t)st.retired,
+        "peak", st.peak, "consumer_ms", (json_int_t)st.consumer_ms,
+        "sup_reconnects", (json_int_t)st.sup_reconnects, "consumer_reconnects",
         (json_int_t)st.consumer_reconnects));
   fprintf(stderr,
           "edp-supervisor: processed %llu, consumers started %llu, retired "

@@ -98,10 +98,10 @@ struct consumer {
   edp_sup *s;
   int id;
   pthread_t th;
-  int efd;            /* written to ask the thread to retire or stop */
-  atomic_int retire;  /* 1 once asked; read by the consumer thread */
-  int retiring;       /* the supervisor's view, under s->mu */
-  int done;           /* the thread has finished, under s->mu */
+  int efd;           /* written to ask the thread to retire or stop */
+  atomic_int retire; /* 1 once asked; read by the consumer thread */
+  int retiring;      /* the supervisor's view, under s->mu */
+  int done;          /* the thread has finished, under s->mu */
   int64_t started_ms;
   struct consumer *next;
 };
@@ -109,17 +109,17 @@ struct consumer {
 struct edp_sup {
   edp_sup_opts o;
   char *url, *queue, *name;
-  edp_conn *c;             /* the supervisor's connection */
+  edp_conn *c; /* the supervisor's connection */
   int stop_efd;
   pthread_t th;
   int th_started;
   int stopped;
   pthread_mutex_t mu;
-  struct consumer *cons;   /* newest first */
+  struct consumer *cons; /* newest first */
   int next_id;
   edp_sup_policy_state pst;
   edp_sup_stats st;
-  int64_t finished_ms;     /* lifetime of consumers already ended */
+  int64_t finished_ms;            /* lifetime of consumers already ended */
   int *ids_started, *ids_retired; /* per tick, for events after unlock */
 };
 
@@ -210,7 +210,14 @@ static int handle(struct consumer *k, edp_conn *c, edp_delivery *d) {
   count_locked(s, &active, &live);
   pthread_mutex_unlock(&s->mu);
   edp_sup_event ev = {h == 0 ? EDP_SUP_PROCESSED : EDP_SUP_FAILED,
-                      k->id, active, live, -1, -1, 0, 0, d};
+                      k->id,
+                      active,
+                      live,
+                      -1,
+                      -1,
+                      0,
+                      0,
+                      d};
   emit(s, &ev);
   return rc == EDP_ESTALE ? 0 : rc;
 }
@@ -305,8 +312,15 @@ static void *consumer_main(void *arg) {
   int active, live;
   count_locked(s, &active, &live);
   pthread_mutex_unlock(&s->mu);
-  edp_sup_event ev = {EDP_SUP_STOPPED, k->id, active, live, -1, -1, 0,
-                      err == EDP_ESTOPPED ? 0 : err, NULL};
+  edp_sup_event ev = {EDP_SUP_STOPPED,
+                      k->id,
+                      active,
+                      live,
+                      -1,
+                      -1,
+                      0,
+                      err == EDP_ESTOPPED ? 0 : err,
+                      NULL};
   emit(s, &ev);
   return NULL;
 }
@@ -367,8 +381,10 @@ static int sup_reconnect(edp_sup *s) {
   int rc = edp_conn_reconnect(s->c);
   if (rc) {
     if (rc != EDP_ESTOPPED)
-      slog(s, EDP_LOG_ERROR, "supervisor: reconnect failed: %s; retrying "
-           "next interval", edp_strerror(rc));
+      slog(s, EDP_LOG_ERROR,
+           "supervisor: reconnect failed: %s; retrying "
+           "next interval",
+           edp_strerror(rc));
     return rc;
   }
   pthread_mutex_lock(&s->mu);
@@ -405,8 +421,8 @@ static void tick(edp_sup *s) {
   count_locked(s, &active, &live);
   want = edp_sup_policy_want(&s->o.policy, msgs);
   int target = s->o.supervise
-                   ? edp_sup_policy_decide(&s->o.policy, &s->pst, active,
-                                           msgs, edp_now_ms())
+                   ? edp_sup_policy_decide(&s->o.policy, &s->pst, active, msgs,
+                                           edp_now_ms())
                    : s->o.policy.min;
   if (target > active) {
     /* Retiring consumers still hold a thread and a connection, so they
@@ -438,17 +454,25 @@ static void tick(edp_sup *s) {
   s->st.ticks++;
   pthread_mutex_unlock(&s->mu);
   for (int i = 0; i < n_started; i++) {
-    edp_sup_event ev = {EDP_SUP_START, s->ids_started[i], active, live, msgs,
-                        -1, want, 0, NULL};
+    edp_sup_event ev = {
+        EDP_SUP_START, s->ids_started[i], active, live, msgs, -1, want, 0,
+        NULL};
     emit(s, &ev);
   }
   for (int i = 0; i < n_retired; i++) {
-    edp_sup_event ev = {EDP_SUP_RETIRE, s->ids_retired[i], active, live, msgs,
-                        -1, want, 0, NULL};
+    edp_sup_event ev = {EDP_SUP_RETIRE,
+                        s->ids_retired[i],
+                        active,
+                        live,
+                        msgs,
+                        -1,
+                        want,
+                        0,
+                        NULL};
     emit(s, &ev);
   }
-  edp_sup_event ev = {EDP_SUP_SCALE, 0, active, live, msgs, bcons, want, 0,
-                      NULL};
+  edp_sup_event ev = {EDP_SUP_SCALE, 0,    active, live, msgs,
+                      bcons,         want, 0,      NULL};
   emit(s, &ev);
 }
 
@@ -461,10 +485,9 @@ static void *sup_main(void *arg) {
       int left = (int)(next - now);
       /* Waiting on the connection services its heartbeats; the stop
        * eventfd is its stop_fd and ends the wait. */
-      int rc = edp_conn_is_open(s->c) ? edp_conn_wait(s->c, -1, left)
-                                      : (edp_sleep_ms(left, s->stop_efd)
-                                             ? EDP_ESTOPPED
-                                             : 0);
+      int rc = edp_conn_is_open(s->c)
+                   ? edp_conn_wait(s->c, -1, left)
+                   : (edp_sleep_ms(left, s->stop_efd) ? EDP_ESTOPPED : 0);
       if (rc == EDP_ESTOPPED)
         break;
       if (rc == EDP_ECLOSED) {

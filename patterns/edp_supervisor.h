@@ -85,46 +85,46 @@ int edp_sup_policy_decide(const edp_sup_policy *p, edp_sup_policy_state *s,
 typedef int (*edp_sup_handler)(void *ud, int consumer, const edp_delivery *d);
 
 enum edp_sup_event_type {
-  EDP_SUP_SCALE = 0,       /* one per interval, after the decision */
-  EDP_SUP_START = 1,       /* a consumer was started */
-  EDP_SUP_RETIRE = 2,      /* a consumer was asked to retire */
-  EDP_SUP_STOPPED = 3,     /* a consumer closed (retired, stopped, failed) */
-  EDP_SUP_PROCESSED = 4,   /* the handler returned 0 and the ack was sent */
-  EDP_SUP_FAILED = 5,      /* the handler failed; the message was requeued */
-  EDP_SUP_RECONNECTED = 6  /* a connection was restored (consumer 0 is the
-                              supervisor's own) */
+  EDP_SUP_SCALE = 0,      /* one per interval, after the decision */
+  EDP_SUP_START = 1,      /* a consumer was started */
+  EDP_SUP_RETIRE = 2,     /* a consumer was asked to retire */
+  EDP_SUP_STOPPED = 3,    /* a consumer closed (retired, stopped, failed) */
+  EDP_SUP_PROCESSED = 4,  /* the handler returned 0 and the ack was sent */
+  EDP_SUP_FAILED = 5,     /* the handler failed; the message was requeued */
+  EDP_SUP_RECONNECTED = 6 /* a connection was restored (consumer 0 is the
+                             supervisor's own) */
 };
 
 typedef struct edp_sup_event {
-  int type;              /* enum edp_sup_event_type */
-  int consumer;          /* consumer id; 0 for the supervisor */
-  int consumers;         /* active consumers (not retiring) */
-  int live;              /* consumer threads alive, retiring ones included */
-  int64_t depth;         /* SCALE: messages ready in the queue */
+  int type;                 /* enum edp_sup_event_type */
+  int consumer;             /* consumer id; 0 for the supervisor */
+  int consumers;            /* active consumers (not retiring) */
+  int live;                 /* consumer threads alive, retiring ones included */
+  int64_t depth;            /* SCALE: messages ready in the queue */
   int64_t broker_consumers; /* SCALE: consumers the broker counts */
-  int wanted;            /* SCALE: what the depth alone asks for */
-  int error;             /* STOPPED: 0, or the EDP_E* code it died of */
-  const edp_delivery *d; /* PROCESSED, FAILED: the message; else NULL */
+  int wanted;               /* SCALE: what the depth alone asks for */
+  int error;                /* STOPPED: 0, or the EDP_E* code it died of */
+  const edp_delivery *d;    /* PROCESSED, FAILED: the message; else NULL */
 } edp_sup_event;
 
 /* Called on the supervisor and consumer threads; must be thread-safe. */
 typedef void (*edp_sup_event_fn)(void *ud, const edp_sup_event *ev);
 
 typedef struct edp_sup_opts {
-  const char *url;         /* broker URL; NULL = EDP_URL_DEFAULT; copied */
-  const char *queue;       /* required; declared durable if missing */
-  const char *name;        /* connection names are "<name>-supervisor" and
-                              "<name>-consumer-<id>"; default "edp-sup" */
-  int prefetch;            /* per consumer, >= 1, default 1 */
-  int interval_ms;         /* depth reading period, >= 10, default 1000 */
-  int supervise;           /* default 1; 0 = static: always policy.min
-                              consumers (the baseline) */
+  const char *url;   /* broker URL; NULL = EDP_URL_DEFAULT; copied */
+  const char *queue; /* required; declared durable if missing */
+  const char *name;  /* connection names are "<name>-supervisor" and
+                        "<name>-consumer-<id>"; default "edp-sup" */
+  int prefetch;      /* per consumer, >= 1, default 1 */
+  int interval_ms;   /* depth reading period, >= 10, default 1000 */
+  int supervise;     /* default 1; 0 = static: always policy.min
+                        consumers (the baseline) */
   edp_sup_policy policy;
-  int heartbeat_s;         /* of every connection; default 10 */
-  edp_sup_handler handler; /* required */
+  int heartbeat_s;           /* of every connection; default 10 */
+  edp_sup_handler handler;   /* required */
   edp_sup_event_fn on_event; /* may be NULL */
-  void *ud;                /* for handler and on_event */
-  edp_log_fn log;          /* NULL: silent; called on any thread */
+  void *ud;                  /* for handler and on_event */
+  edp_log_fn log;            /* NULL: silent; called on any thread */
   void *log_ud;
 } edp_sup_opts;
 
@@ -151,19 +151,19 @@ void edp_sup_stop(edp_sup *s);
 void edp_sup_destroy(edp_sup **s);
 
 typedef struct edp_sup_stats {
-  uint64_t processed;     /* messages acked after the handler */
-  uint64_t failed;        /* handler failures (requeued) */
-  uint64_t started;       /* consumers started */
-  uint64_t retired;       /* consumers retired by a scale-down */
-  int consumers;          /* active now */
-  int live;               /* threads alive now (retiring included) */
-  int peak;               /* highest live count seen */
-  int64_t depth;          /* last depth read, -1 before the first */
-  uint64_t ticks;         /* intervals with a depth reading */
+  uint64_t processed; /* messages acked after the handler */
+  uint64_t failed;    /* handler failures (requeued) */
+  uint64_t started;   /* consumers started */
+  uint64_t retired;   /* consumers retired by a scale-down */
+  int consumers;      /* active now */
+  int live;           /* threads alive now (retiring included) */
+  int peak;           /* highest live count seen */
+  int64_t depth;      /* last depth read, -1 before the first */
+  uint64_t ticks;     /* intervals with a depth reading */
   uint64_t sup_reconnects;
   uint64_t consumer_reconnects;
-  int64_t consumer_ms;    /* sum of every consumer's lifetime so far: the
-                             cost in consumer-milliseconds */
+  int64_t consumer_ms; /* sum of every consumer's lifetime so far: the
+                          cost in consumer-milliseconds */
 } edp_sup_stats;
 
 /* A consistent snapshot; safe from any thread. */

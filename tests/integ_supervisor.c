@@ -28,7 +28,7 @@ typedef struct sup_watch {
   t_proc p;
   int min, max;
   char prefix[64];
-  long expected;               /* ids are prefix-1 .. prefix-expected */
+  long expected; /* ids are prefix-1 .. prefix-expected */
   edp_idset *seen;
   long processed, redelivered, dups, foreign, null_latency;
   long long max_latency;
@@ -157,9 +157,18 @@ static void watch_start(sup_watch *w, const char *queue, const char *name,
   char smin[16], smax[16];
   snprintf(smin, sizeof(smin), "%d", min);
   snprintf(smax, sizeof(smax), "%d", max);
-  const char *argv[40] = {t_bin("edp-supervisor"), "--json", "--url", t_url(),
-                          "--queue", queue, "--name", name, "--min", smin,
-                          "--max", smax};
+  const char *argv[40] = {t_bin("edp-supervisor"),
+                          "--json",
+                          "--url",
+                          t_url(),
+                          "--queue",
+                          queue,
+                          "--name",
+                          name,
+                          "--min",
+                          smin,
+                          "--max",
+                          smax};
   int n = 12;
   for (int i = 0; extra && extra[i]; i++)
     argv[n++] = extra[i];
@@ -196,8 +205,18 @@ static void expect_exactly_once(sup_watch *w) {
 static void spawn_load(t_proc *p, const char *queue, const char *prefix,
                        const char *a1, const char *v1, const char *a2,
                        const char *v2) {
-  const char *argv[] = {t_bin("edp-load"), "--url", t_url(), "--queue", queue,
-                        "--id-prefix", prefix, a1, v1, a2, v2, NULL};
+  const char *argv[] = {t_bin("edp-load"),
+                        "--url",
+                        t_url(),
+                        "--queue",
+                        queue,
+                        "--id-prefix",
+                        prefix,
+                        a1,
+                        v1,
+                        a2,
+                        v2,
+                        NULL};
   ck_assert_int_eq(t_spawn(p, (char *const *)argv, NULL), 0);
 }
 
@@ -219,8 +238,14 @@ static void expect_queue_empty(const char *queue) {
 START_TEST(burst_scales_up_drains_and_returns_to_min) {
   const char *q = t_unique("sup.burst"), *name = t_unique("sup-burst");
   const int interval = 200, keep = 1500;
-  const char *extra[] = {"--per-consumer", "50",   "--interval-ms", "200",
-                         "--keep-alive-ms", "1500", "--work-ms",    "10",
+  const char *extra[] = {"--per-consumer",
+                         "50",
+                         "--interval-ms",
+                         "200",
+                         "--keep-alive-ms",
+                         "1500",
+                         "--work-ms",
+                         "10",
                          NULL};
   sup_watch w;
   watch_start(&w, q, name, 1, 6, extra);
@@ -243,8 +268,7 @@ START_TEST(burst_scales_up_drains_and_returns_to_min) {
   ck_assert_msg(watch_until(&w, back_to_min, keep * 4 + 10000),
                 "consumers stayed at %d (live %d)", w.consumers, w.live);
   ck_assert_int_gt(w.t_first_retire, 0);
-  ck_assert_int_ge(w.t_first_retire - w.t_last_want_max,
-                   keep - interval - 300);
+  ck_assert_int_ge(w.t_first_retire - w.t_last_want_max, keep - interval - 300);
   ck_assert_int_ge(w.retires, 5);
   /* Max never exceeded, counting retiring consumers and the broker's
    * own count. */
@@ -263,17 +287,24 @@ START_TEST(exactly_once_through_scale_cycles) {
   const char *q = t_unique("sup.cycles"), *name = t_unique("sup-cycles");
   /* Prefetch 3: a retiring consumer holds deliveries it has not started,
    * which it must process (not requeue) after its basic.cancel. */
-  const char *extra[] = {"--per-consumer", "5",   "--interval-ms", "100",
-                         "--keep-alive-ms", "300", "--work-ms",    "10",
-                         "--prefetch",      "3",   NULL};
+  const char *extra[] = {"--per-consumer",
+                         "5",
+                         "--interval-ms",
+                         "100",
+                         "--keep-alive-ms",
+                         "300",
+                         "--work-ms",
+                         "10",
+                         "--prefetch",
+                         "3",
+                         NULL};
   sup_watch w;
   watch_start(&w, q, name, 1, 8, extra);
   snprintf(w.prefix, sizeof(w.prefix), "%s", t_unique("C"));
   w.expected = 1200;
   t_proc load;
   spawn_load(&load, q, w.prefix, "--profile",
-             "400:1000ms,0:1500ms,400:1000ms,0:1500ms,400:1000ms", NULL,
-             NULL);
+             "400:1000ms,0:1500ms,400:1000ms,0:1500ms,400:1000ms", NULL, NULL);
   ck_assert_msg(watch_until(&w, all_processed, 90000),
                 "only %ld of 1200 processed", w.processed);
   ck_assert_int_eq(t_wait(&load, 30000), 0);
@@ -300,8 +331,14 @@ static int sup_back(sup_watch *w) {
 
 START_TEST(supervisor_connection_lost) {
   const char *q = t_unique("sup.lost"), *name = t_unique("sup-lost");
-  const char *extra[] = {"--per-consumer", "20",  "--interval-ms", "200",
-                         "--keep-alive-ms", "1000", "--work-ms",    "10",
+  const char *extra[] = {"--per-consumer",
+                         "20",
+                         "--interval-ms",
+                         "200",
+                         "--keep-alive-ms",
+                         "1000",
+                         "--work-ms",
+                         "10",
                          NULL};
   sup_watch w;
   watch_start(&w, q, name, 2, 4, extra);
@@ -339,9 +376,14 @@ static int static_done(sup_watch *w) { return w->processed >= w->expected; }
 
 START_TEST(static_baseline_keeps_its_count) {
   const char *q = t_unique("sup.static"), *name = t_unique("sup-static");
-  const char *extra[] = {"--no-supervisor", "--per-consumer", "1",
-                         "--interval-ms",   "100",            "--work-ms",
-                         "5",               NULL};
+  const char *extra[] = {"--no-supervisor",
+                         "--per-consumer",
+                         "1",
+                         "--interval-ms",
+                         "100",
+                         "--work-ms",
+                         "5",
+                         NULL};
   sup_watch w;
   /* max 3 too: static mode ignores --max, and wanted (up to 300) is far
    * above it, so "lag" means nothing here. */
@@ -371,22 +413,21 @@ static int run(const char *argv[]) {
 
 START_TEST(bad_options_exit_64) {
   const char *load = t_bin("edp-load"), *sup = t_bin("edp-supervisor");
-  static const char *bad_profiles[] = {"50:10x", "", "50:10s,", ":10s",
-                                       "50", "50:0s", "-5:1s", "50:1.5s",
-                                       "50:10s;500:10s", "200000:1s"};
-  for (size_t i = 0; i < sizeof(bad_profiles) / sizeof(bad_profiles[0]);
-       i++) {
-    const char *argv[] = {load, "--url", t_url(), "--profile",
-                          bad_profiles[i], NULL};
+  static const char *bad_profiles[] = {
+      "50:10x", "",      "50:10s,", ":10s",           "50",
+      "50:0s",  "-5:1s", "50:1.5s", "50:10s;500:10s", "200000:1s"};
+  for (size_t i = 0; i < sizeof(bad_profiles) / sizeof(bad_profiles[0]); i++) {
+    const char *argv[] = {load,        "--url",         t_url(),
+                          "--profile", bad_profiles[i], NULL};
     ck_assert_msg(run(argv) == 64, "profile '%s' accepted", bad_profiles[i]);
   }
   const char *a1[] = {load, "--url", t_url(), "--rate", "5", NULL};
   ck_assert_int_eq(run(a1), 64);
-  const char *a2[] = {load, "--url", t_url(), "--rate", "5", "--duration",
-                      "3h", NULL};
+  const char *a2[] = {load, "--url",      t_url(), "--rate",
+                      "5",  "--duration", "3h",    NULL};
   ck_assert_int_eq(run(a2), 64);
-  const char *a3[] = {load, "--url", t_url(), "--rate", "5", "--duration",
-                      "1s", "--profile", "5:1s", NULL};
+  const char *a3[] = {load,         "--url", t_url(),     "--rate", "5",
+                      "--duration", "1s",    "--profile", "5:1s",   NULL};
   ck_assert_int_eq(run(a3), 64);
   const char *s1[] = {sup, "--url", t_url(), "--min", "5", "--max", "2", NULL};
   ck_assert_int_eq(run(s1), 64);
