@@ -114,6 +114,7 @@ struct edp_sup {
   pthread_t th;
   int th_started;
   int stopped;
+  int queue_missing; /* the last depth reading found no queue */
   pthread_mutex_t mu;
   struct consumer *cons; /* newest first */
   int next_id;
@@ -404,8 +405,10 @@ static int read_depth(edp_sup *s, uint32_t *msgs, uint32_t *cons) {
     rc = edp_conn_queue_inspect(s->c, s->queue, msgs, cons);
     if (rc == EDP_ECLOSED || rc == EDP_ECHANNEL)
       continue;
-    if (rc == EDP_ENOTFOUND)
+    /* Warn once per disappearance, not every interval. */
+    if (rc == EDP_ENOTFOUND && !s->queue_missing)
       slog(s, EDP_LOG_WARN, "supervisor: queue %s does not exist", s->queue);
+    s->queue_missing = rc == EDP_ENOTFOUND;
     return rc;
   }
   return EDP_ECLOSED;
