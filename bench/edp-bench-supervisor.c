@@ -199,8 +199,16 @@ static void run(const char *url, const char *label, int supervise, int min,
    * message was processed, but not before the longest keep-alive after
    * the load, so a supervisor pays for the consumers it keeps after a
    * burst. */
-  wait_until(pc, load_end + LONG_KEEP_ALIVE_MS + 500);
+  int64_t window_end = load_end + LONG_KEEP_ALIVE_MS + 500;
+  int64_t extra_ms = 0;
+  if (supervise)
+    wait_until(pc, window_end);
+  else if (edp_now_ms() < window_end)
+    /* A static pool holds its consumers all the time: charge the rest of
+     * the window without waiting for it. */
+    extra_ms = (window_end - edp_now_ms()) * min;
   edp_sup_stats_get(s, &st1);
+  st1.consumer_ms += extra_ms;
   edp_sup_destroy(&s);
   if (done < R.total) {
     fprintf(stderr, "edp-bench-supervisor: %s: only %ld of %ld processed\n",
