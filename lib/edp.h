@@ -18,5 +18,6 @@
 #include "edp_forwarding.h"
 #include "edp_watch.h"
 #include "edp_thread_delegate.h"
+#include "edp_supervisor.h"
 
 #endif
