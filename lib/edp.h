@@ -13,5 +13,6 @@
 #include "edp_util.h"
 
 #include "edp_forwarding.h"
+#include "edp_multi_broker.h"
 
 #endif
