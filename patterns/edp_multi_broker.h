@@ -77,8 +77,10 @@ typedef struct edp_multi_producer_opts {
   size_t window;             /* unconfirmed messages per broker, 1024 */
   int confirm_timeout_ms;    /* a broker with unconfirmed messages and no
                                 confirm for this long is down; 5000 */
-  int connect_timeout_ms;    /* one connect attempt (and each AMQP call of
-                                the reconnect); default 1000 */
+  int connect_timeout_ms;    /* one connect attempt, and each AMQP call
+                                of it (channel, confirm mode, queue): a
+                                retry stalls the others at most 4 x this;
+                                default 1000 */
   int retry_initial_ms;      /* first retry delay of a down broker, 250 */
   int retry_max_ms;          /* retry delay cap, default 2000 */
   int down_max_ms;           /* with no broker to send to for this long,
