@@ -151,6 +151,7 @@ struct edp_multi_producer {
   size_t n, n_live, rr;
   int64_t all_down_since;
   int need_reroute;
+  int64_t last_pump;
   unsigned rand_state;
 };
 
@@ -395,8 +396,19 @@ static void reroute(edp_multi_producer *p) {
 /* Retries, stall detection and rerouting; cheap enough for every call. */
 static void service(edp_multi_producer *p) {
   int64_t now = edp_now_ms();
+  /* rabbitmq-c sends heartbeats only inside calls on a connection; in key
+   * mode a broker may get no message for long, so read every live one at
+   * least once a second (this also picks up confirms). */
+  int pump_all = now - p->last_pump >= 1000;
+  if (pump_all)
+    p->last_pump = now;
   for (size_t i = 0; i < p->n; i++) {
     struct pbroker *b = &p->b[i];
+    if (pump_all && b->live) {
+      int rc = edp_conn_wait(b->c, -1, 0);
+      if (rc < 0 && rc != EDP_ESTOPPED)
+        broker_down(p, b, edp_strerror(rc));
+    }
     if (!b->live && now >= b->next_retry) {
       try_up(p, b);
       now = edp_now_ms();
