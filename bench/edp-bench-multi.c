@@ -123,8 +123,9 @@ static double nodes_cpu(void) {
     buf[len] = '\0';
     char *p = strrchr(buf, ')');
     long ut = 0, st = 0;
-    if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %ld %ld",
-                    &ut, &st) == 2)
+    if (p &&
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %ld %ld",
+               &ut, &st) == 2)
       s += (double)(ut + st) / (double)hz;
   }
   return s;
@@ -140,9 +141,9 @@ static double self_cpu(void) {
 /* ---------- measurements ---------- */
 
 typedef struct result {
-  double rate;        /* messages per second */
-  double client_us;   /* client CPU per message, microseconds */
-  double broker_us;   /* nodes' CPU per message, microseconds */
+  double rate;      /* messages per second */
+  double client_us; /* client CPU per message, microseconds */
+  double broker_us; /* nodes' CPU per message, microseconds */
 } result;
 
 typedef struct meter {
@@ -158,8 +159,8 @@ static void meter_start(meter *m) {
 
 static result meter_stop(const meter *m, int n) {
   double secs = (double)(edp_now_ms() - m->t0) / 1000.0;
-  result r = {n / (secs > 0.001 ? secs : 0.001),
-              (self_cpu() - m->c0) * 1e6 / n, (nodes_cpu() - m->b0) * 1e6 / n};
+  result r = {n / (secs > 0.001 ? secs : 0.001), (self_cpu() - m->c0) * 1e6 / n,
+              (nodes_cpu() - m->b0) * 1e6 / n};
   return r;
 }
 
@@ -328,13 +329,13 @@ int main(int argc, char **argv) {
          n, cores, REPS);
   printf("| case | msg/s | vs baseline | client CPU us/msg | nodes CPU us/msg |"
          " CPU busy |\n|---|---:|---:|---:|---:|---:|\n");
-  printf("| baseline: one edp_conn, node 0 | %.0f | 1.00 | %.1f | %.1f | %.0f%% |\n",
+  printf("| baseline: one edp_conn, node 0 | %.0f | 1.00 | %.1f | %.1f | "
+         "%.0f%% |\n",
          b.rate, b.client_us, b.broker_us,
          100.0 * b.rate * (b.client_us + b.broker_us) / 1e6 / (double)cores);
   for (int k = 0; k < NODES; k++)
     printf("| publish, %d node(s) | %.0f | %.2f | %.1f | %.1f | %.0f%% |\n",
-           k + 1, P[k].rate, P[k].rate / b.rate, P[k].client_us,
-           P[k].broker_us,
+           k + 1, P[k].rate, P[k].rate / b.rate, P[k].client_us, P[k].broker_us,
            100.0 * P[k].rate * (P[k].client_us + P[k].broker_us) / 1e6 /
                (double)cores);
   for (int k = 0; k < NODES; k++)
@@ -345,8 +346,8 @@ int main(int argc, char **argv) {
                (double)cores);
   /* "CPU busy" = rate x (client + nodes) CPU per message / cores: near
    * 100% the machine, not the design, is the limit. */
-  double busy1 = P[0].rate * (P[0].client_us + P[0].broker_us) / 1e6 /
-                 (double)cores;
+  double busy1 =
+      P[0].rate * (P[0].client_us + P[0].broker_us) / 1e6 / (double)cores;
   double node_cap =
       P[0].broker_us > 0 ? (double)cores * 1e6 / P[0].broker_us : 0;
   double client_cap = P[2].client_us > 0 ? 1e6 / P[2].client_us : 0;
@@ -354,14 +355,15 @@ int main(int argc, char **argv) {
          "node; consume %.2f x and %.2f x. ",
          P[1].rate / P[0].rate, P[2].rate / P[0].rate, C[1].rate / C[0].rate,
          C[2].rate / C[0].rate);
-  printf("A lone node kept the machine only %.0f%% busy while publishing: it is "
-         "bound by confirm latency (fsync batching), not CPU, so a second and "
-         "third node overlap that latency and publishing scales even on one "
-         "machine, until the %ld shared cores run out (CPU busy column; other "
-         "engineers' load on this shared machine is not counted there). "
-         "Consuming is cheaper per message and already CPU-bound with one node, "
-         "so more nodes on the same cores do not help it.\n\n",
-         100.0 * busy1, cores);
+  printf(
+      "A lone node kept the machine only %.0f%% busy while publishing: it is "
+      "bound by confirm latency (fsync batching), not CPU, so a second and "
+      "third node overlap that latency and publishing scales even on one "
+      "machine, until the %ld shared cores run out (CPU busy column; other "
+      "engineers' load on this shared machine is not counted there). "
+      "Consuming is cheaper per message and already CPU-bound with one node, "
+      "so more nodes on the same cores do not help it.\n\n",
+      100.0 * busy1, cores);
   printf("Estimate for K nodes on K machines: each node adds what one node "
          "did alone, %.0f msg/s (K=2: ~%.0f, K=3: ~%.0f, K=4: ~%.0f msg/s), "
          "while each node stays under its CPU ceiling of about %.0f msg/s "

@@ -194,11 +194,10 @@ int main(int argc, char **argv) {
     edp_multi_consumer_stats st;
     edp_multi_consumer_stats_get(mc, i, &st);
     total += st.processed;
-    json_array_append_new(per, json_pack("{s:I,s:I,s:I}", "processed",
-                                         (json_int_t)st.processed,
-                                         "redelivered",
-                                         (json_int_t)st.redelivered, "downs",
-                                         (json_int_t)st.downs));
+    json_array_append_new(
+        per, json_pack("{s:I,s:I,s:I}", "processed", (json_int_t)st.processed,
+                       "redelivered", (json_int_t)st.redelivered, "downs",
+                       (json_int_t)st.downs));
     fprintf(stderr, "edp-multi-receiver: broker %zu: %llu processed\n", i,
             (unsigned long long)st.processed);
   }

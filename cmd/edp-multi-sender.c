@@ -318,18 +318,18 @@ int main(int argc, char **argv) {
     edp_multi_producer_stats(r.p, i, &st);
     confirmed += st.confirmed;
     rerouted += st.rerouted;
-    json_array_append_new(
-        per, json_pack("{s:I,s:I,s:I,s:I}", "confirmed",
-                       (json_int_t)st.confirmed, "rerouted",
-                       (json_int_t)st.rerouted, "downs", (json_int_t)st.downs,
-                       "ups", (json_int_t)st.ups));
+    json_array_append_new(per, json_pack("{s:I,s:I,s:I,s:I}", "confirmed",
+                                         (json_int_t)st.confirmed, "rerouted",
+                                         (json_int_t)st.rerouted, "downs",
+                                         (json_int_t)st.downs, "ups",
+                                         (json_int_t)st.ups));
   }
   double secs = (double)(edp_now_ms() - start) / 1000.0;
   if (app.json)
-    cli_emit(json_pack("{s:s,s:I,s:I,s:I,s:f,s:o}", "event", "summary",
-                       "sent", (json_int_t)count, "confirmed",
-                       (json_int_t)confirmed, "rerouted", (json_int_t)rerouted,
-                       "seconds", secs, "brokers", per));
+    cli_emit(json_pack("{s:s,s:I,s:I,s:I,s:f,s:o}", "event", "summary", "sent",
+                       (json_int_t)count, "confirmed", (json_int_t)confirmed,
+                       "rerouted", (json_int_t)rerouted, "seconds", secs,
+                       "brokers", per));
   else
     json_decref(per);
   fprintf(stderr,

@@ -94,10 +94,9 @@ static const char *put(char **cur, const char *s) {
 /* Deep copy of m in one allocation, as edp_conn keeps its unconfirmed. */
 static struct held *held_copy(const edp_msg *m) {
   size_t size = sizeof(struct held) + m->n_headers * sizeof(edp_header) +
-                slen(m->exchange) + slen(m->routing_key) +
-                slen(m->message_id) + slen(m->content_type) +
-                slen(m->reply_to) + slen(m->correlation_id) + slen(m->type) +
-                m->body_len;
+                slen(m->exchange) + slen(m->routing_key) + slen(m->message_id) +
+                slen(m->content_type) + slen(m->reply_to) +
+                slen(m->correlation_id) + slen(m->type) + m->body_len;
   for (size_t i = 0; i < m->n_headers; i++)
     size += slen(m->headers[i].key) + slen(m->headers[i].str);
   struct held *h = malloc(size);
@@ -132,9 +131,9 @@ struct pbroker {
   struct edp_multi_producer *p;
   int idx;
   char *url;
-  edp_conn *c;          /* NULL until the first successful connect */
+  edp_conn *c; /* NULL until the first successful connect */
   int live;
-  int retrying;         /* quiets edp_conn's logs of failed attempts */
+  int retrying; /* quiets edp_conn's logs of failed attempts */
   int64_t next_retry, down_since, last_progress;
   int delay;
   struct held *h_head, *h_tail;
@@ -199,8 +198,10 @@ static void p_confirmed(void *ud, const edp_confirm *cf) {
 
 static int retry_delay(edp_multi_producer *p, struct pbroker *b) {
   /* Jitter over the upper half, so producers do not return in lockstep. */
-  int d = b->delay / 2 + (int)(rand_r(&p->rand_state) % (unsigned)(b->delay / 2 + 1));
-  b->delay = b->delay > p->o.retry_max_ms / 2 ? p->o.retry_max_ms : b->delay * 2;
+  int d = b->delay / 2 +
+          (int)(rand_r(&p->rand_state) % (unsigned)(b->delay / 2 + 1));
+  b->delay =
+      b->delay > p->o.retry_max_ms / 2 ? p->o.retry_max_ms : b->delay * 2;
   return d;
 }
 
@@ -251,8 +252,8 @@ static int p_open(edp_multi_producer *p, struct pbroker *b, char *why,
   edp_conn_on_confirm(c, p_confirmed, b);
   rc = edp_conn_confirm_select(c);
   if (!rc)
-    rc = edp_conn_queue_declare(c, p->queue, p->has_qo ? &p->qo : NULL, NULL,
-                                0, NULL, NULL);
+    rc = edp_conn_queue_declare(c, p->queue, p->has_qo ? &p->qo : NULL, NULL, 0,
+                                NULL, NULL);
   if (rc) {
     snprintf(why, why_len, "%s: setting up queue %s: %s (%d %s)",
              edp_conn_url(c), p->queue, edp_strerror(rc),
@@ -331,10 +332,10 @@ static void try_up(edp_multi_producer *p, struct pbroker *b) {
 }
 
 static struct pbroker *next_live(edp_multi_producer *p,
-                                 const struct pbroker *not) {
+                                 const struct pbroker * not ) {
   for (size_t k = 0; k < p->n; k++) {
     struct pbroker *b = &p->b[(p->rr + k) % p->n];
-    if (b->live && b != not) {
+    if (b->live && b != not ) {
       p->rr = (size_t)(b - p->b) + 1;
       return b;
     }
@@ -613,8 +614,8 @@ int edp_multi_publish(edp_multi_producer *p, const edp_msg *m,
       if (rc == EDP_ESTOPPED)
         return rc;
       if (rc) {
-        broker_down(p, b, rc == EDP_ETIMEOUT ? "confirms timed out"
-                                             : edp_strerror(rc));
+        broker_down(
+            p, b, rc == EDP_ETIMEOUT ? "confirms timed out" : edp_strerror(rc));
         service(p);
         continue;
       }
@@ -711,7 +712,7 @@ struct cbroker {
   char *url;
   pthread_t th;
   int started;
-  int error;                 /* fatal error, under mc->mu */
+  int error;                   /* fatal error, under mc->mu */
   edp_multi_consumer_stats st; /* under mc->mu */
 };
 
@@ -755,8 +756,8 @@ static void c_event(struct cbroker *b, int ev) {
 static int c_setup(edp_multi_consumer *mc, edp_conn *c) {
   int rc = edp_conn_qos(c, mc->o.prefetch);
   if (!rc)
-    rc = edp_conn_queue_declare(c, mc->queue, mc->has_qo ? &mc->qo : NULL,
-                                NULL, 0, NULL, NULL);
+    rc = edp_conn_queue_declare(c, mc->queue, mc->has_qo ? &mc->qo : NULL, NULL,
+                                0, NULL, NULL);
   if (!rc)
     rc = edp_conn_consume(c, mc->queue, NULL, NULL, 0);
   return rc;
@@ -790,7 +791,8 @@ static int c_connect(struct cbroker *b, edp_conn **out) {
     int rc = edp_conn_open(&co, &c, why, sizeof(why));
     if (!rc && (rc = c_setup(mc, c)))
       snprintf(why, sizeof(why), "setting up queue %s: %s (%d %s)", mc->queue,
-               edp_strerror(rc), edp_conn_reply_code(c), edp_conn_reply_text(c));
+               edp_strerror(rc), edp_conn_reply_code(c),
+               edp_conn_reply_text(c));
     if (!rc) {
       *out = c;
       return 0;

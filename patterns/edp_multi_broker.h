@@ -67,34 +67,34 @@ typedef void (*edp_multi_confirm_fn)(void *ud, int broker,
                                      const edp_confirm *cf);
 
 typedef struct edp_multi_producer_opts {
-  const char *const *urls;   /* one per broker; required, copied */
-  size_t n_urls;             /* 1..EDP_MULTI_MAX_BROKERS */
-  const char *queue;         /* required: declared on every broker, and the
-                                routing key of messages that have none */
-  const edp_queue_opts *queue_opts; /* NULL: durable classic queue; its
-                                strings must outlive the producer */
-  int mode;                  /* enum edp_multi_mode, default round-robin */
-  size_t window;             /* unconfirmed messages per broker, 1024 */
-  int confirm_timeout_ms;    /* a broker with unconfirmed messages and no
-                                confirm for this long is down; 5000 */
-  int connect_timeout_ms;    /* one connect attempt, and each AMQP call
-                                of it (channel, confirm mode, queue): a
-                                retry stalls the others at most 4 x this;
-                                default 1000 */
-  int retry_initial_ms;      /* first retry delay of a down broker, 250 */
-  int retry_max_ms;          /* retry delay cap, default 2000 */
-  int down_max_ms;           /* with no broker to send to for this long,
-                                publish and flush fail; default 30000 */
-  size_t hold_max;           /* key mode: messages kept per down broker,
-                                default 10000 */
-  int heartbeat_s;           /* default 10 */
-  int stop_fd;               /* readable = stop waiting; -1 */
-  const char *client_name;   /* connection name prefix; copied */
-  edp_log_fn log;            /* NULL: silent */
+  const char *const *urls; /* one per broker; required, copied */
+  size_t n_urls;           /* 1..EDP_MULTI_MAX_BROKERS */
+  const char *queue;       /* required: declared on every broker, and the
+                              routing key of messages that have none */
+  /* NULL: a durable classic queue; its strings must outlive the producer */
+  const edp_queue_opts *queue_opts;
+  int mode;                /* enum edp_multi_mode, default round-robin */
+  size_t window;           /* unconfirmed messages per broker, 1024 */
+  int confirm_timeout_ms;  /* a broker with unconfirmed messages and no
+                              confirm for this long is down; 5000 */
+  int connect_timeout_ms;  /* one connect attempt, and each AMQP call
+                              of it (channel, confirm mode, queue): a
+                              retry stalls the others at most 4 x this;
+                              default 1000 */
+  int retry_initial_ms;    /* first retry delay of a down broker, 250 */
+  int retry_max_ms;        /* retry delay cap, default 2000 */
+  int down_max_ms;         /* with no broker to send to for this long,
+                              publish and flush fail; default 30000 */
+  size_t hold_max;         /* key mode: messages kept per down broker,
+                              default 10000 */
+  int heartbeat_s;         /* default 10 */
+  int stop_fd;             /* readable = stop waiting; -1 */
+  const char *client_name; /* connection name prefix; copied */
+  edp_log_fn log;          /* NULL: silent */
   void *log_ud;
   edp_multi_confirm_fn on_confirm;
   edp_multi_event_fn on_event;
-  void *ud;                  /* for on_confirm and on_event */
+  void *ud; /* for on_confirm and on_event */
 } edp_multi_producer_opts;
 
 #define EDP_MULTI_MAX_BROKERS 64
@@ -123,8 +123,7 @@ void edp_multi_producer_destroy(edp_multi_producer **p);
  * mode), EDP_ECONNECT (no broker up for down_max_ms; in key mode: the
  * key's broker is down and its hold is full), EDP_ESTOPPED, EDP_EINVAL,
  * EDP_ETOOBIG, EDP_ENOMEM. */
-int edp_multi_publish(edp_multi_producer *p, const edp_msg *m,
-                      const char *key);
+int edp_multi_publish(edp_multi_producer *p, const edp_msg *m, const char *key);
 
 /* Services every broker for up to timeout_ms: reads confirms, sends
  * heartbeats, retries down brokers whose time came, moves or resends
@@ -139,14 +138,14 @@ int edp_multi_poll(edp_multi_producer *p, int timeout_ms);
 int edp_multi_flush(edp_multi_producer *p, int timeout_ms);
 
 typedef struct edp_multi_broker_stats {
-  int live;                 /* 1 while in rotation */
-  uint64_t published;       /* publishes on this broker, resends included */
-  uint64_t confirmed;       /* acked by the broker */
-  uint64_t nacked;          /* nacked or returned */
-  uint64_t rerouted;        /* unconfirmed messages moved to other brokers */
-  uint64_t downs, ups;      /* transitions */
-  size_t unconfirmed;       /* now in flight or lost with the connection */
-  size_t held;              /* key mode: waiting for this broker */
+  int live;            /* 1 while in rotation */
+  uint64_t published;  /* publishes on this broker, resends included */
+  uint64_t confirmed;  /* acked by the broker */
+  uint64_t nacked;     /* nacked or returned */
+  uint64_t rerouted;   /* unconfirmed messages moved to other brokers */
+  uint64_t downs, ups; /* transitions */
+  size_t unconfirmed;  /* now in flight or lost with the connection */
+  size_t held;         /* key mode: waiting for this broker */
 } edp_multi_broker_stats;
 
 /* Number of brokers, number of brokers up, and one broker's counters. */
@@ -167,21 +166,21 @@ typedef int (*edp_multi_handler_fn)(void *ud, int broker,
                                     const edp_delivery *d);
 
 typedef struct edp_multi_consumer_opts {
-  const char *const *urls;   /* one per broker; required, copied */
-  size_t n_urls;             /* 1..EDP_MULTI_MAX_BROKERS */
-  const char *queue;         /* required; declared on every broker */
-  const edp_queue_opts *queue_opts; /* NULL: durable classic queue; its
-                                strings must outlive the consumer */
-  int prefetch;              /* unacked deliveries per broker, default 200 */
-  int connect_timeout_ms;    /* default 1000 */
-  int retry_initial_ms;      /* reconnect backoff, default 250 */
-  int retry_max_ms;          /* default 2000 */
-  int heartbeat_s;           /* default 10 */
-  const char *client_name;   /* copied */
+  const char *const *urls;          /* one per broker; required, copied */
+  size_t n_urls;                    /* 1..EDP_MULTI_MAX_BROKERS */
+  const char *queue;                /* required; declared on every broker */
+  /* NULL: a durable classic queue; its strings must outlive the consumer */
+  const edp_queue_opts *queue_opts;
+  int prefetch;                 /* unacked deliveries per broker, default 200 */
+  int connect_timeout_ms;       /* default 1000 */
+  int retry_initial_ms;         /* reconnect backoff, default 250 */
+  int retry_max_ms;             /* default 2000 */
+  int heartbeat_s;              /* default 10 */
+  const char *client_name;      /* copied */
   edp_multi_handler_fn handler; /* required */
   edp_multi_event_fn on_event;  /* UP / DOWN per broker, from its thread */
   void *ud;
-  edp_log_fn log;            /* called from the broker threads */
+  edp_log_fn log; /* called from the broker threads */
   void *log_ud;
 } edp_multi_consumer_opts;
 
@@ -208,10 +207,10 @@ void edp_multi_consumer_destroy(edp_multi_consumer **c);
 int edp_multi_consumer_error(const edp_multi_consumer *c, size_t broker);
 
 typedef struct edp_multi_consumer_stats {
-  int live;               /* 1 while consuming */
-  uint64_t processed;     /* handler calls that returned 0 (then acked) */
-  uint64_t failed;        /* handler calls that returned non-zero */
-  uint64_t redelivered;   /* deliveries flagged redelivered */
+  int live;             /* 1 while consuming */
+  uint64_t processed;   /* handler calls that returned 0 (then acked) */
+  uint64_t failed;      /* handler calls that returned non-zero */
+  uint64_t redelivered; /* deliveries flagged redelivered */
   uint64_t downs, ups;
 } edp_multi_consumer_stats;
 

@@ -12,13 +12,13 @@
  */
 #define _DEFAULT_SOURCE
 #include <check.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <poll.h>
 #include <sys/wait.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 #include "edp.h"
@@ -339,8 +339,8 @@ START_TEST(node_killed_mid_run) {
   t_proc r, s;
   const char *rargs[] = {"-q", q, NULL};
   spawn_prog(&r, "edp-multi-receiver", rargs);
-  const char *sargs[] = {"-q",   q,      "-n", "30000", "--rate",
-                         "1500", "--id-prefix", prefix, NULL};
+  const char *sargs[] = {"-q",          q,      "-n", "30000", "--rate", "1500",
+                         "--id-prefix", prefix, NULL};
   spawn_prog(&s, "edp-multi-sender", sargs);
   pid_t starter = -1;
   long long killed_at = 0, deadline = t_now_ms() + 120000;
@@ -363,8 +363,8 @@ START_TEST(node_killed_mid_run) {
    * starts in 8-15 s here, the run lasts 20 s). */
   ck_assert_int_ge(t.ups[1], 1);
   ck_assert_int_gt(t.confirmed_after_up[1], 0);
-  ck_assert_msg(t.max_gap_ms <= FAILOVER_BOUND_MS,
-                "sender stalled %lld ms", t.max_gap_ms);
+  ck_assert_msg(t.max_gap_ms <= FAILOVER_BOUND_MS, "sender stalled %lld ms",
+                t.max_gap_ms);
   /* The receiver resumes node 1 and drains what it kept. */
   deadline = t_now_ms() + 90000;
   while ((!all_processed(&t) || t.recv_ups[1] < 2) && t_now_ms() < deadline) {
@@ -380,8 +380,7 @@ START_TEST(node_killed_mid_run) {
   for (int i = 1; i <= n; i++)
     if (t.confirmed[i] && !t.processed[i])
       missing++;
-  ck_assert_msg(missing == 0, "%d confirmed messages never processed",
-                missing);
+  ck_assert_msg(missing == 0, "%d confirmed messages never processed", missing);
   fprintf(stderr,
           "node_killed_mid_run: max sender gap %lld ms, %d duplicates, "
           "per broker %d/%d/%d\n",
@@ -445,10 +444,18 @@ static long cpu_ticks(pid_t pid) {
  * after, and without spinning meanwhile. */
 START_TEST(all_down_exits_69) {
   char *argv[] = {(char *)t_bin("edp-multi-sender"),
-                  "--url", "amqp://guest:guest@127.0.0.1:1/",
-                  "--url", "amqp://guest:guest@127.0.0.1:2/",
-                  "--url", "amqp://guest:guest@127.0.0.1:3/",
-                  "-n", "10", "--down-max-ms", "3000", "--json", NULL};
+                  "--url",
+                  "amqp://guest:guest@127.0.0.1:1/",
+                  "--url",
+                  "amqp://guest:guest@127.0.0.1:2/",
+                  "--url",
+                  "amqp://guest:guest@127.0.0.1:3/",
+                  "-n",
+                  "10",
+                  "--down-max-ms",
+                  "3000",
+                  "--json",
+                  NULL};
   t_proc s;
   long long t0 = t_now_ms();
   ck_assert_int_eq(t_spawn(&s, argv, NULL), 0);
@@ -466,8 +473,14 @@ START_TEST(all_down_exits_69) {
   ck_assert_msg(ticks >= 0 && ticks < hz / 4,
                 "sender used %ld ticks of CPU in 2 s: a busy loop", ticks);
   /* A malformed URL among them is a usage error. */
-  char *bad[] = {(char *)t_bin("edp-multi-sender"), "--url", node_url[0],
-                 "--url", "http://nope", "-n", "1", NULL};
+  char *bad[] = {(char *)t_bin("edp-multi-sender"),
+                 "--url",
+                 node_url[0],
+                 "--url",
+                 "http://nope",
+                 "-n",
+                 "1",
+                 NULL};
   ck_assert_int_eq(t_spawn(&s, bad, NULL), 0);
   ck_assert_int_eq(t_wait(&s, 10000), 64);
 }
@@ -486,7 +499,7 @@ START_TEST(cluster_quorum_survives_stopped_node) {
   t_proc r, s;
   const char *rargs[] = {"-q", q, "--quorum", NULL};
   spawn_prog(&r, "edp-multi-receiver", rargs);
-  const char *sargs[] = {"-q",   q,      "-n",          "6000", "--rate",
+  const char *sargs[] = {"-q",   q,          "-n",          "6000", "--rate",
                          "1000", "--quorum", "--id-prefix", prefix, NULL};
   spawn_prog(&s, "edp-multi-sender", sargs);
   int stopped = 0;

@@ -53,8 +53,7 @@ START_TEST(producer_rejects_bad_options) {
   o.urls = urls;
   o.n_urls = 2;
   char why[300] = "";
-  ck_assert_int_eq(edp_multi_producer_new(&o, &p, why, sizeof(why)),
-                   EDP_EURL);
+  ck_assert_int_eq(edp_multi_producer_new(&o, &p, why, sizeof(why)), EDP_EURL);
   ck_assert_ptr_null(p);
   ck_assert_ptr_nonnull(strstr(why, "http://user:***@host/"));
   ck_assert_ptr_null(strstr(why, "s3cret"));
