@@ -166,9 +166,9 @@ typedef int (*edp_multi_handler_fn)(void *ud, int broker,
                                     const edp_delivery *d);
 
 typedef struct edp_multi_consumer_opts {
-  const char *const *urls;          /* one per broker; required, copied */
-  size_t n_urls;                    /* 1..EDP_MULTI_MAX_BROKERS */
-  const char *queue;                /* required; declared on every broker */
+  const char *const *urls; /* one per broker; required, copied */
+  size_t n_urls;           /* 1..EDP_MULTI_MAX_BROKERS */
+  const char *queue;       /* required; declared on every broker */
   /* NULL: a durable classic queue; its strings must outlive the consumer */
   const edp_queue_opts *queue_opts;
   int prefetch;                 /* unacked deliveries per broker, default 200 */
