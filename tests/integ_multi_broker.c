@@ -290,6 +290,38 @@ static uint32_t depth_on(int node, const char *queue) {
   return msgs;
 }
 
+/* After a failure a message can be redelivered after the receiver was
+ * stopped (at least once: e.g. its ack was lost with the node). A second
+ * receiver drains what is left: it may only be duplicates, and then the
+ * queue is empty on every node given. */
+static void drain_rest(tally *t, const char *q, int first, int last,
+                       int quorum) {
+  int before = t->processed_total, dups = t->dups;
+  t_proc r;
+  const char *rargs[] = {"-q", q, "--idle-exit-ms", "2000", NULL};
+  char *argv[64];
+  int n = 0;
+  argv[n++] = (char *)t_bin("edp-multi-receiver");
+  for (int i = first; i <= last; i++) {
+    argv[n++] = "--url";
+    argv[n++] = node_url[i];
+  }
+  argv[n++] = "--json";
+  if (quorum)
+    argv[n++] = "--quorum";
+  for (int i = 0; rargs[i]; i++)
+    argv[n++] = (char *)rargs[i];
+  argv[n] = NULL;
+  ck_assert_int_eq(t_spawn(&r, argv, NULL), 0);
+  ck_assert_int_eq(t_collect(&r, 60000, receiver_ev, t), 0);
+  ck_assert_int_eq(t->processed_total, before);
+  if (t->dups > dups)
+    fprintf(stderr, "%d duplicate(s) left in the queue after the run\n",
+            t->dups - dups);
+  for (int i = first; i <= last; i++)
+    ck_assert_uint_eq(depth_on(i, q), 0);
+}
+
 /* ---------- tests ---------- */
 
 /* 30,000 messages round-robin over three nodes: every one confirmed and
@@ -386,8 +418,7 @@ START_TEST(node_killed_mid_run) {
           "per broker %d/%d/%d\n",
           t.max_gap_ms, t.dups, t.per_broker[0], t.per_broker[1],
           t.per_broker[2]);
-  for (int i = 0; i < NODES; i++)
-    ck_assert_uint_eq(depth_on(i, q), 0);
+  drain_rest(&t, q, 0, NODES - 1, 0);
   tally_free(&t);
 }
 END_TEST
@@ -526,8 +557,8 @@ START_TEST(cluster_quorum_survives_stopped_node) {
   ck_assert_int_eq(t_collect(&r, 20000, receiver_ev, &t), 130);
   ck_assert_msg(all_processed(&t), "confirmed messages lost in the cluster");
   ck_assert_int_eq(t.processed_total, n);
-  /* One queue for the whole cluster: empty as seen from any live node. */
-  ck_assert_uint_eq(depth_on(0, q), 0);
+  /* One queue for the whole cluster: drained through the live nodes. */
+  drain_rest(&t, q, 0, 1, 1);
   fprintf(stderr, "cluster: %d duplicates, max sender gap %lld ms\n", t.dups,
           t.max_gap_ms);
   tally_free(&t);
