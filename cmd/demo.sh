@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The talk's demos, run against the broker in EDP_URL (make demo starts a
 # private one). Usage: cmd/demo.sh [PATTERN], PATTERN one of: forwarding,
-# thread-delegate, watch (default: all).
+# thread-delegate, watch, multi-broker (default: all). multi-broker starts
+# two more private nodes beside EDP_URL's and stops them at the end.
 set -euo pipefail
 BIN=${EDP_BIN:-bin}
 : "${EDP_URL:?set EDP_URL, or run 'make demo' which starts a private broker}"
@@ -74,11 +75,39 @@ demo_thread() {
     --work-ms 300 --display --idle-timeout 1500
 }
 
+demo_multi_broker() {
+  local q="demo.multi.$$" tmp here
+  here=$(cd "$(dirname "$0")/.." && pwd)
+  tmp=$(mktemp -d /tmp/edp-demo-multi.XXXXXX)
+  # shellcheck disable=SC2064
+  trap "'$here/tests/broker.sh' stop '$tmp/n2' >/dev/null 2>&1; '$here/tests/broker.sh' stop '$tmp/n3' >/dev/null 2>&1; rm -rf '$tmp'" EXIT
+  banner "multi-broker: throughput and capacity over three brokers"
+  echo "--- starting two more brokers beside $EDP_URL..."
+  "$here/tests/broker.sh" start "$tmp/n2" >/dev/null &
+  "$here/tests/broker.sh" start "$tmp/n3" >/dev/null
+  wait
+  local urls=(--url "$EDP_URL" --url "$(cat "$tmp/n2/url")" --url "$(cat "$tmp/n3/url")")
+  echo "--- a receiver drains all three; the sender spreads 45000 orders (stderr: per-broker rates)"
+  "$BIN/edp-multi-receiver" "${urls[@]}" --queue "$q" --idle-exit-ms 5000 >/dev/null &
+  local recv=$!
+  "$BIN/edp-multi-sender" "${urls[@]}" --queue "$q" --count 45000 --rate 3000 &
+  local send=$!
+  sleep 3
+  echo "--- kill -9 broker 1: the sender resends its unconfirmed messages to the others"
+  "$here/tests/broker.sh" kill "$tmp/n2"
+  echo "--- start broker 1 again: it rejoins the rotation and the receiver resumes it"
+  "$here/tests/broker.sh" start "$tmp/n2" >/dev/null
+  wait "$send"
+  echo "--- the receiver stops after 5 s without a message"
+  wait "$recv" || true
+}
+
 pattern=${1:-all}
 case $pattern in
   forwarding) demo_forwarding ;;
   thread-delegate) demo_thread ;;
   watch) demo_watch ;;
-  all) demo_forwarding; demo_thread; demo_watch ;;
-  *) echo "demo.sh: unknown pattern '$pattern' (forwarding, thread-delegate, watch)" >&2; exit 64 ;;
+  multi-broker) demo_multi_broker ;;
+  all) demo_forwarding; demo_thread; demo_watch; demo_multi_broker ;;
+  *) echo "demo.sh: unknown pattern '$pattern' (forwarding, thread-delegate, watch, multi-broker)" >&2; exit 64 ;;
 esac

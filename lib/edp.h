@@ -19,5 +19,6 @@
 #include "edp_watch.h"
 #include "edp_thread_delegate.h"
 #include "edp_supervisor.h"
+#include "edp_multi_broker.h"
 
 #endif

@@ -1410,6 +1410,22 @@ int edp_conn_republish_unconfirmed(edp_conn *c, size_t *n) {
   return 0;
 }
 
+size_t edp_conn_take_unconfirmed(edp_conn *c, edp_take_fn fn, void *ud) {
+  size_t n = 0;
+  if (!c || !fn)
+    return 0;
+  while (c->lost_head && fn(ud, &c->lost_head->m) == 0) {
+    struct pending *p = c->lost_head;
+    c->lost_head = p->next;
+    if (!c->lost_head)
+      c->lost_tail = NULL;
+    c->n_lost--;
+    free(p);
+    n++;
+  }
+  return n;
+}
+
 /* ---------- consuming ---------- */
 
 void edp_consume_opts_init(edp_consume_opts *o) { memset(o, 0, sizeof(*o)); }

@@ -227,6 +227,16 @@ int edp_conn_wait_confirms(edp_conn *c, size_t max_outstanding,
  * many. Returns 0 or an error of edp_conn_publish(). */
 int edp_conn_republish_unconfirmed(edp_conn *c, size_t *n);
 
+/* Hands the messages a lost channel left unconfirmed (those
+ * edp_conn_republish_unconfirmed() would resend) to fn, oldest first, and
+ * forgets each one fn accepts by returning 0; stops at the first non-zero
+ * return and keeps that message and the rest. For sending them through
+ * another connection, e.g. to another broker when this one is dead. The
+ * message lives until fn returns. Returns how many were taken (0 for
+ * NULL arguments). */
+typedef int (*edp_take_fn)(void *ud, const edp_msg *m);
+size_t edp_conn_take_unconfirmed(edp_conn *c, edp_take_fn fn, void *ud);
+
 /* ---- consuming ---- */
 
 typedef struct edp_consume_opts {

@@ -7,6 +7,12 @@
 #   tests/broker.sh kill DIR       SIGKILL the node (a crash); 'start DIR' revives it
 #   tests/broker.sh url DIR        print the URL of the node in DIR
 #   tests/broker.sh ctl DIR ARGS   run rabbitmqctl against that node
+#   tests/broker.sh join DIR OTHER_DIR
+#                                  make the node in DIR join OTHER_DIR's
+#                                  cluster (stop_app, reset, join_cluster,
+#                                  start_app); both must share one epmd
+#                                  (EDP_EPMD_PORT) and the Erlang cookie
+#                                  (~/.erlang.cookie: same user)
 #   tests/broker.sh close-conns DIR [NAME]
 #                                  close client connections (those whose
 #                                  connection_name is NAME), as a broker would
@@ -128,6 +134,14 @@ case $cmd in
   kill) kill_node "$dir" ;;
   url) cat "$dir/url" ;;
   ctl) shift 2; node_env "$dir"; ctl "$@" ;;
+  join)
+    other=${3:-}; [ -f "$other/node.env" ] || die "join: no node in '$other'"
+    node_env "$other"; target=$NODE; node_env "$dir"
+    for step in stop_app reset "join_cluster $target" start_app; do
+      # shellcheck disable=SC2086
+      timeout "$WAIT_S" "$RMQ/rabbitmqctl" -n "$NODE" $step >>"$dir/log/start.out" 2>&1 ||
+        die "join: '$step' failed on $NODE (see $dir/log/start.out)"
+    done ;;
   close-conns)
     node_env "$dir"; name=${3:-}; n=0
     while IFS=$'\t' read -r pid props; do

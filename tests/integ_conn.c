@@ -216,6 +216,48 @@ START_TEST(reconnect_gives_up_when_broker_is_gone) {
 }
 END_TEST
 
+typedef struct taken {
+  int n, limit;
+  char ids[8][16];
+} taken;
+
+static int take_some(void *ud, const edp_msg *m) {
+  taken *t = ud;
+  if (t->n >= t->limit)
+    return 1;
+  snprintf(t->ids[t->n++], sizeof(t->ids[0]), "%s", m->message_id);
+  return 0;
+}
+
+/* The unconfirmed messages of a lost channel can be taken out in publish
+ * order; what the callback refuses stays for republishing. */
+START_TEST(take_unconfirmed_after_loss) {
+  edp_conn *c = open_named("t-take", NULL);
+  ck_assert_int_eq(edp_conn_confirm_select(c), 0);
+  const char *q = t_unique("conn.take");
+  ck_assert_int_eq(edp_conn_queue_declare(c, q, NULL, NULL, 0, NULL, NULL), 0);
+  const char *ids[5] = {"t1", "t2", "t3", "t4", "t5"};
+  for (int i = 0; i < 5; i++)
+    publish(c, q, ids[i], 0);
+  edp_conn_abandon(c); /* before any confirm was read */
+  ck_assert_uint_eq(edp_conn_unconfirmed(c), 5);
+  taken t = {.limit = 3};
+  ck_assert_uint_eq(edp_conn_take_unconfirmed(c, take_some, &t), 3);
+  ck_assert_str_eq(t.ids[0], "t1");
+  ck_assert_str_eq(t.ids[1], "t2");
+  ck_assert_str_eq(t.ids[2], "t3");
+  ck_assert_uint_eq(edp_conn_unconfirmed(c), 2);
+  ck_assert_int_eq(edp_conn_reconnect(c), 0);
+  size_t n = 0;
+  ck_assert_int_eq(edp_conn_republish_unconfirmed(c, &n), 0);
+  ck_assert_uint_eq(n, 2);
+  ck_assert_int_eq(edp_conn_wait_confirms(c, 0, 10000), 0);
+  ck_assert_uint_eq(edp_conn_take_unconfirmed(c, take_some, &t), 0);
+  ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
+  edp_conn_destroy(&c);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("conn");
   TCase *tc = tcase_create("conn");
@@ -225,6 +267,7 @@ int main(void) {
   tcase_add_test(tc, channel_error_keeps_connection);
   tcase_add_test(tc, reconnect_restores_consumer_and_topology);
   tcase_add_test(tc, reconnect_gives_up_when_broker_is_gone);
+  tcase_add_test(tc, take_unconfirmed_after_loss);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

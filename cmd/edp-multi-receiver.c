@@ -1,0 +1,216 @@
+/*
+ * edp-multi-receiver - drains the same queue on every --url broker with
+ * the multi-broker pattern: one thread and connection per broker feeding
+ * one handler, a manual ack after each message is handled. Keeps draining
+ * the live brokers while one is down, and resumes it when it is back.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static cli app;
+
+static void usage(void) {
+  printf(
+      "usage: edp-multi-receiver [options]\n"
+      "Consumes the queue on every --url broker and prints each message.\n"
+      "  -u, --url URL          a broker; repeat once per broker\n"
+      "  -q, --queue NAME       queue (default edp.multi)\n"
+      "  -n, --count N          exit 0 after N messages (default: run until\n"
+      "                         SIGINT/SIGTERM, exit 130)\n"
+      "      --idle-exit-ms MS  exit 0 after MS without a message (0: never)\n"
+      "  -p, --prefetch N       unacked messages per broker (default 200)\n"
+      "      --quorum           declare the queue as a quorum queue\n"
+      "Events (--json): processed (broker, message_id, key, kseq,\n"
+      "redelivered), broker_up, broker_down, summary.\n" CLI_COMMON_HELP);
+}
+
+typedef struct run {
+  long count;
+  uint64_t processed;
+  int done_pipe[2];
+  int64_t last_msg_ms;
+} run;
+
+static int handler(void *ud, int broker, const edp_delivery *d) {
+  run *r = ud; /* the consumer calls us under its handler mutex */
+  int64_t kseq = 0;
+  edp_delivery_header_int(d, "x-edp-kseq", &kseq);
+  const char *key = edp_delivery_header_str(d, "x-edp-key");
+  if (app.json)
+    cli_emit(json_pack("{s:s,s:i,s:s?,s:s?,s:I,s:b}", "event", "processed",
+                       "broker", broker, "message_id", d->message_id, "key",
+                       key, "kseq", (json_int_t)kseq, "redelivered",
+                       d->redelivered));
+  else
+    cli_say(&app, "received from broker %d: %.*s", broker,
+            d->body_len > 200 ? 200 : (int)d->body_len, (const char *)d->body);
+  r->processed++;
+  __atomic_store_n(&r->last_msg_ms, edp_now_ms(), __ATOMIC_RELAXED);
+  if (r->count > 0 && r->processed == (uint64_t)r->count) {
+    ssize_t w;
+    do
+      w = write(r->done_pipe[1], "x", 1);
+    while (w < 0 && errno == EINTR);
+  }
+  return 0;
+}
+
+static void on_event(void *ud, int broker, int ev, size_t count) {
+  (void)ud;
+  (void)count;
+  if (app.json)
+    cli_emit(json_pack("{s:s,s:i,s:I}", "event",
+                       ev == EDP_MULTI_UP ? "broker_up" : "broker_down",
+                       "broker", broker, "t_ms", (json_int_t)edp_wall_ms()));
+}
+
+int main(int argc, char **argv) {
+  cli_init(&app, "edp-multi-receiver");
+  static const struct option opts[] = {
+      {"queue", required_argument, NULL, 'q'},
+      {"count", required_argument, NULL, 'n'},
+      {"idle-exit-ms", required_argument, NULL, 'i'},
+      {"prefetch", required_argument, NULL, 'p'},
+      {"quorum", no_argument, NULL, 'Q'},
+      CLI_COMMON_LONGOPTS,
+      {NULL, 0, NULL, 0}};
+  const char *urls[EDP_MULTI_MAX_BROKERS];
+  size_t n_urls = 0;
+  const char *queue = "edp.multi";
+  long count = 0, idle_exit = 0, prefetch = 200;
+  int quorum = 0;
+  int opt;
+  while ((opt = getopt_long(argc, argv, "q:n:p:" CLI_COMMON_SHORTOPTS, opts,
+                            NULL)) != -1) {
+    if (opt == 'u') {
+      if (n_urls == EDP_MULTI_MAX_BROKERS)
+        cli_die(&app, CLI_USAGE, "at most %d --url", EDP_MULTI_MAX_BROKERS);
+      urls[n_urls++] = optarg;
+      continue;
+    }
+    if (cli_common_opt(&app, opt, optarg, usage))
+      continue;
+    switch (opt) {
+    case 'q':
+      queue = optarg;
+      break;
+    case 'n':
+      count = cli_int(&app, "count", optarg, 1, 1000000000L);
+      break;
+    case 'i':
+      idle_exit = cli_int(&app, "idle-exit-ms", optarg, 0, 86400000L);
+      break;
+    case 'p':
+      prefetch = cli_int(&app, "prefetch", optarg, 0, 65535);
+      break;
+    case 'Q':
+      quorum = 1;
+      break;
+    default:
+      fprintf(stderr, "Try 'edp-multi-receiver --help'.\n");
+      return CLI_USAGE;
+    }
+  }
+  if (optind < argc)
+    cli_die(&app, CLI_USAGE, "unexpected argument '%s'", argv[optind]);
+  if (!queue[0] || strlen(queue) > 200)
+    cli_die(&app, CLI_USAGE, "--queue: 1 to 200 characters");
+  if (n_urls == 0)
+    urls[n_urls++] = app.url;
+
+  run r = {.count = count, .last_msg_ms = edp_now_ms()};
+  if (pipe(r.done_pipe))
+    cli_die(&app, CLI_SOFTWARE, "pipe: %s", strerror(errno));
+  edp_queue_opts qo;
+  edp_queue_opts_init(&qo);
+  if (quorum)
+    qo.queue_type = "quorum";
+  edp_multi_consumer_opts o;
+  edp_multi_consumer_opts_init(&o);
+  o.urls = urls;
+  o.n_urls = n_urls;
+  o.queue = queue;
+  o.queue_opts = &qo;
+  o.prefetch = (int)prefetch;
+  o.client_name = "edp-multi-receiver";
+  o.handler = handler;
+  o.on_event = on_event;
+  o.ud = &r;
+  o.log = cli_log;
+  o.log_ud = &app;
+  edp_multi_consumer *mc = NULL;
+  char why[700] = "";
+  int rc = edp_multi_consumer_new(&o, &mc, why, sizeof(why));
+  if (rc)
+    cli_die(&app, rc == EDP_EURL ? CLI_USAGE : cli_exit_code(rc), "%s",
+            why[0] ? why : edp_strerror(rc));
+
+  /* The main thread only waits: for the count, idleness, a signal, or
+   * every broker thread having failed for good. */
+  int code = CLI_OK;
+  for (;;) {
+    struct pollfd fds[2] = {{cli_stop_fd(), POLLIN, 0},
+                            {r.done_pipe[0], POLLIN, 0}};
+    int n = poll(fds, 2, 1000);
+    if (n < 0 && errno != EINTR)
+      cli_die(&app, CLI_SOFTWARE, "poll: %s", strerror(errno));
+    if (cli_stopped()) {
+      code = CLI_INTERRUPTED;
+      break;
+    }
+    if (n > 0 && (fds[1].revents & POLLIN))
+      break;
+    int failed = 0, err = 0;
+    for (size_t i = 0; i < n_urls; i++) {
+      int e = edp_multi_consumer_error(mc, i);
+      if (e) {
+        failed++;
+        err = e;
+      }
+    }
+    if (failed == (int)n_urls) {
+      edp_multi_consumer_destroy(&mc);
+      cli_die(&app, cli_exit_code(err), "every broker failed: %s",
+              edp_strerror(err));
+    }
+    if (idle_exit > 0) {
+      /* last_msg_ms is written under the handler mutex; a torn read only
+       * delays the exit by one round. */
+      int64_t last = __atomic_load_n(&r.last_msg_ms, __ATOMIC_RELAXED);
+      if (edp_now_ms() - last > idle_exit)
+        break;
+    }
+  }
+  edp_multi_consumer_stop(mc);
+  uint64_t total = 0;
+  json_t *per = json_array();
+  for (size_t i = 0; i < n_urls; i++) {
+    edp_multi_consumer_stats st;
+    edp_multi_consumer_stats_get(mc, i, &st);
+    total += st.processed;
+    json_array_append_new(
+        per, json_pack("{s:I,s:I,s:I}", "processed", (json_int_t)st.processed,
+                       "redelivered", (json_int_t)st.redelivered, "downs",
+                       (json_int_t)st.downs));
+    fprintf(stderr, "edp-multi-receiver: broker %zu: %llu processed\n", i,
+            (unsigned long long)st.processed);
+  }
+  if (app.json)
+    cli_emit(json_pack("{s:s,s:I,s:o}", "event", "summary", "processed",
+                       (json_int_t)total, "brokers", per));
+  else
+    json_decref(per);
+  edp_multi_consumer_destroy(&mc);
+  close(r.done_pipe[0]);
+  close(r.done_pipe[1]);
+  if (code == CLI_INTERRUPTED)
+    fprintf(stderr, "edp-multi-receiver: interrupted after %llu message(s)\n",
+            (unsigned long long)total);
+  return code;
+}
