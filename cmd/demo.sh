@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The talk's demos, run against the broker in EDP_URL (make demo starts a
 # private one). Usage: cmd/demo.sh [PATTERN], PATTERN one of: forwarding,
-# thread-delegate, watch, multi-broker (default: all). multi-broker starts
+# thread-delegate, watch, supervisor, multi-broker (default: all). multi-broker starts
 # two more private nodes beside EDP_URL's and stops them at the end.
 set -euo pipefail
 BIN=${EDP_BIN:-bin}
@@ -102,12 +102,25 @@ demo_multi_broker() {
   wait "$recv" || true
 }
 
+demo_supervisor() {
+  local q="demo.supervisor.$$"
+  banner "supervisor consumer: consumers follow the queue depth"
+  echo "--- load: 20 msg/s for 3 s, a 200 msg/s burst for 4 s, 20 msg/s for 3 s"
+  echo "--- supervisor: 1..10 consumers, one per 20 queued messages, 20 ms work"
+  "$BIN/edp-supervisor" --queue "$q" --min 1 --max 10 --per-consumer 20 \
+    --interval-ms 1000 --keep-alive-ms 2000 --work-ms 20 --idle-timeout 4000 &
+  local sup=$!
+  "$BIN/edp-load" --queue "$q" --profile 20:3s,200:4s,20:3s 2>/dev/null
+  wait "$sup"
+}
+
 pattern=${1:-all}
 case $pattern in
   forwarding) demo_forwarding ;;
   thread-delegate) demo_thread ;;
   watch) demo_watch ;;
+  supervisor) demo_supervisor ;;
   multi-broker) demo_multi_broker ;;
-  all) demo_forwarding; demo_thread; demo_watch; demo_multi_broker ;;
-  *) echo "demo.sh: unknown pattern '$pattern' (forwarding, thread-delegate, watch, multi-broker)" >&2; exit 64 ;;
+  all) demo_forwarding; demo_thread; demo_watch; demo_supervisor; demo_multi_broker ;;
+  *) echo "demo.sh: unknown pattern '$pattern' (forwarding, thread-delegate, watch, supervisor, multi-broker)" >&2; exit 64 ;;
 esac
