@@ -12,6 +12,7 @@
 #include "edp_url.h"
 #include "edp_util.h"
 
+#include "edp_ambulance.h"
 #include "edp_forwarding.h"
 
 #endif
