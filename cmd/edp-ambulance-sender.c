@@ -159,6 +159,15 @@ int main(int argc, char **argv) {
   } else {
     for (long i = 1; i <= n_std; i++)
       send_one(&r, EDP_AMB_STANDARD, i);
+    /* The backlog is in the queue (confirmed) before the first priority
+     * message leaves: its send time is then also its arrival time, not
+     * the time it joined our socket's queue behind the backlog. */
+    rc = edp_amb_flush(r.s);
+    if (rc == EDP_ESTOPPED || cli_stopped())
+      cli_die(&app, CLI_INTERRUPTED, "interrupted; %zu message(s) unconfirmed",
+              edp_conn_unconfirmed(r.conn));
+    if (rc)
+      cli_die_err(&app, r.conn, rc, "waiting for confirms failed");
     int64_t start = edp_now_ms();
     for (long i = 1; i <= n_prio; i++) {
       if (rate > 0)

@@ -299,7 +299,7 @@ void edp_amb_receiver_opts_init(edp_amb_receiver_opts *o) {
   o->mode = EDP_AMB_AMBULANCE;
   o->threads = 1;
   o->standard_prefetch = 1;
-  o->priority_prefetch = 2;
+  o->priority_prefetch = 4;
 }
 
 static void lane_clear(struct lane *l) {
