@@ -35,7 +35,11 @@ static void usage(void) {
       "      --prefetch N       prefetch of standard, fifo and native\n"
       "                         consumers (default 1)\n"
       "      --priority-prefetch N  prefetch of the priority thread's\n"
-      "                         priority consumer (default 2)\n" CLI_COMMON_HELP);
+      "                         priority consumer (default 4)\n"
+      "      --no-lane-check    ambulance: start standard work after priority\n"
+      "                         work without asking the broker whether the\n"
+      "                         priority queue is empty (for measuring)\n"
+      CLI_COMMON_HELP);
 }
 
 /* Shared by the consumer threads; out_mu also keeps output lines whole. */
@@ -122,6 +126,7 @@ int main(int argc, char **argv) {
       {"idle-timeout", required_argument, NULL, 'i'},
       {"prefetch", required_argument, NULL, 'P'},
       {"priority-prefetch", required_argument, NULL, 'R'},
+      {"no-lane-check", no_argument, NULL, 'L'},
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   edp_amb_receiver_opts ro;
@@ -160,6 +165,9 @@ int main(int argc, char **argv) {
       break;
     case 'P':
       ro.standard_prefetch = (int)cli_int(&app, "prefetch", optarg, 1, 65535);
+      break;
+    case 'L':
+      ro.check_priority_lane = 0;
       break;
     case 'R':
       ro.priority_prefetch =

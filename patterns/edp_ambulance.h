@@ -163,7 +163,10 @@ typedef struct edp_amb_receiver_opts {
   int standard_prefetch;  /* per consumer on standard/fifo/native queues,
                              default 1 */
   int priority_prefetch;  /* the priority thread's priority consumer,
-                             default 2 (see edp_ambulance.c) */
+                             default 4 (see edp_ambulance.c) */
+  int check_priority_lane; /* ambulance: before standard work that follows
+                              priority work, confirm with the broker that
+                              the priority queue is empty; default 1 */
   const edp_conn_opts *conn; /* template for each thread's connection
                                 (url, log, ...); stop_fd is replaced */
   edp_amb_handler handler;   /* required */
