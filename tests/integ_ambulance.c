@@ -23,6 +23,7 @@ typedef struct ev {
   int prio;
   char thread[32];
   long long sent_us, start_us, end_us;
+  int redelivered;
 } ev;
 
 typedef struct evs {
@@ -45,6 +46,7 @@ static void on_json(void *ud, json_t *o) {
   x->sent_us = json_integer_value(json_object_get(o, "sent_us"));
   x->start_us = json_integer_value(json_object_get(o, "start_us"));
   x->end_us = json_integer_value(json_object_get(o, "end_us"));
+  x->redelivered = json_is_true(json_object_get(o, "redelivered"));
 }
 
 /* Starts a receiver with --json and waits for its "ready" line. */
@@ -413,6 +415,66 @@ START_TEST(sigint_loses_nothing) {
 }
 END_TEST
 
+/* ---- a lost connection ---- */
+
+/* The broker closes the priority thread's connection in the middle of a
+ * run: the thread reconnects (with both consumers and their prefetch) and
+ * every message is still processed; the ones that were unacked on the lost
+ * connection come again, marked redelivered (at-least-once). */
+START_TEST(priority_thread_reconnects) {
+  const char *base = t_unique("amb.reconn");
+  static evs e;
+  memset(&e, 0, sizeof(e));
+  t_proc rcv, snd;
+  char *argv[] = {(char *)t_bin("edp-ambulance-receiver"),
+                  "--mode", "ambulance", "--queue", (char *)base,
+                  "--threads", "1", "--work-ms", "20", "--idle-timeout",
+                  "3000", "--json", NULL};
+  ck_assert_int_eq(t_spawn(&rcv, argv, NULL), 0);
+  char line[4096];
+  ck_assert_int_eq(t_readline(&rcv, line, sizeof(line), 30000), 1);
+  ck_assert_msg(strstr(line, "\"ready\""), "expected ready, got %s", line);
+  char *extra[] = {"--mode", "ambulance", "--queue", (char *)base,
+                   "--standard", "300", "--priority", "30", "--rate", "20",
+                   NULL};
+  spawn_sender(&snd, extra);
+  while (e.n < 20) {
+    ck_assert_int_eq(t_readline(&rcv, line, sizeof(line), 30000), 1);
+    json_t *o = json_loads(line, 0, NULL);
+    if (o) {
+      on_json(&e, o);
+      json_decref(o);
+    }
+  }
+  char closed[64] = "";
+  ck_assert_int_eq(
+      t_broker("close-conns", "edp-ambulance priority", closed, sizeof(closed)),
+      0);
+  ck_assert_str_eq(closed, "1");
+  ck_assert_int_eq(collect_both(&snd, &rcv, &e, 120000), 0);
+  /* Every message at least once; a second processing only as a
+   * redelivery. */
+  int seen_s[301] = {0}, seen_p[31] = {0}, again = 0;
+  for (int i = 0; i < e.n; i++) {
+    int num = atoi(e.v[i].id + 1);
+    int *slot = e.v[i].prio ? &seen_p[num] : &seen_s[num];
+    if (*slot) {
+      ck_assert_msg(e.v[i].redelivered, "%s twice, not redelivered",
+                    e.v[i].id);
+      again++;
+    }
+    (*slot)++;
+    if (e.v[i].prio)
+      ck_assert_str_eq(e.v[i].thread, "priority");
+  }
+  for (int i = 1; i <= 300; i++)
+    ck_assert_msg(seen_s[i], "S%d never processed", i);
+  for (int i = 1; i <= 30; i++)
+    ck_assert_msg(seen_p[i], "P%d never processed", i);
+  fprintf(stderr, "reconnect: %d message(s) processed again\n", again);
+}
+END_TEST
+
 /* ---- bad input ---- */
 
 static int run_status(char *const argv[]) {
@@ -597,6 +659,7 @@ int main(void) {
   tcase_add_test(tc, ambulance_no_starvation);
   tcase_add_test(tc, ambulance_starvation_control);
   tcase_add_test(tc, sigint_loses_nothing);
+  tcase_add_test(tc, priority_thread_reconnects);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
