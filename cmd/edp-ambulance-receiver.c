@@ -188,6 +188,9 @@ int main(int argc, char **argv) {
     cli_die(&app, CLI_USAGE, "%s", why);
 
   pthread_mutex_init(&S.mu, NULL);
+  /* jansson seeds its hash function on first use; doing it here, before
+   * any thread exists, keeps that out of the consumer threads. */
+  json_object_seed(0);
   if (pipe(S.done_pipe))
     cli_die(&app, CLI_SOFTWARE, "pipe failed");
   edp_conn_opts co;
@@ -203,10 +206,12 @@ int main(int argc, char **argv) {
   int rc = edp_amb_receiver_start(&ro, &r, err, sizeof(err));
   if (rc)
     cli_die(&app, cli_exit_code(rc), "cannot start consumers: %s", err);
+  pthread_mutex_lock(&S.mu);
   S.last_ms = edp_now_ms();
   if (app.json)
     cli_emit(json_pack("{s:s,s:s,s:i}", "event", "ready", "mode",
                        edp_amb_mode_name(ro.mode), "threads", ro.threads + 1));
+  pthread_mutex_unlock(&S.mu);
   fprintf(stderr,
           "edp-ambulance-receiver: %s mode, %d consumer threads, waiting for "
           "messages on %s.*\n",
