@@ -31,18 +31,18 @@
 
 typedef struct run_cfg {
   int mode;
-  long backlog;        /* standing standard backlog; 0 = none */
-  long n_prio;         /* priority messages */
-  int prio_per_s;      /* 0 = all at once */
+  long backlog;   /* standing standard backlog; 0 = none */
+  long n_prio;    /* priority messages */
+  int prio_per_s; /* 0 = all at once */
   int priority_prefetch;
-  int check;           /* check_priority_lane */
+  int check; /* check_priority_lane */
 } run_cfg;
 
 typedef struct run_res {
-  double p50, p99, max;  /* priority latency, ms */
-  double std_rate;       /* standard msg/s while priority messages flowed */
-  double t0_busy;        /* share of that time thread 0 spent in handlers */
-  long prio_thread_std;  /* burst: standard started on thread 0 meanwhile */
+  double p50, p99, max; /* priority latency, ms */
+  double std_rate;      /* standard msg/s while priority messages flowed */
+  double t0_busy;       /* share of that time thread 0 spent in handlers */
+  long prio_thread_std; /* burst: standard started on thread 0 meanwhile */
   long n_lat;
 } run_res;
 
@@ -175,9 +175,8 @@ static void run(const char *url, const run_cfg *cfg, run_res *res) {
   edp_amb_receiver_stats st0, st1;
   edp_amb_receiver_stats_get(r, &st0);
   while (prio_sent < cfg->n_prio) {
-    int64_t due = cfg->prio_per_s
-                      ? start + prio_sent * 1000 / cfg->prio_per_s
-                      : start;
+    int64_t due =
+        cfg->prio_per_s ? start + prio_sent * 1000 / cfg->prio_per_s : start;
     int64_t now = edp_now_ms();
     if (now >= due) {
       send_or_die(sp, EDP_AMB_PRIORITY, ++prio_sent);
@@ -202,12 +201,12 @@ static void run(const char *url, const run_cfg *cfg, run_res *res) {
   double secs = (double)(end - start) / 1000.0;
   if (secs <= 0)
     secs = 0.001;
-  res->std_rate =
-      (double)(st1.processed[EDP_AMB_STANDARD] -
-               st0.processed[EDP_AMB_STANDARD]) / secs;
-  res->t0_busy = (double)(st1.busy_us_priority_thread -
-                          st0.busy_us_priority_thread) /
-                 (secs * 1e6);
+  res->std_rate = (double)(st1.processed[EDP_AMB_STANDARD] -
+                           st0.processed[EDP_AMB_STANDARD]) /
+                  secs;
+  res->t0_busy =
+      (double)(st1.busy_us_priority_thread - st0.busy_us_priority_thread) /
+      (secs * 1e6);
 
   /* Wait (bounded) until every priority message was processed; in fifo
    * the last ones are still behind the backlog. */
@@ -260,8 +259,8 @@ int main(void) {
   if (!G.t0_std_starts)
     return 1;
 
-  static const int modes[] = {EDP_AMB_FIFO, EDP_AMB_CARPOOL,
-                              EDP_AMB_AMBULANCE, EDP_AMB_NATIVE};
+  static const int modes[] = {EDP_AMB_FIFO, EDP_AMB_CARPOOL, EDP_AMB_AMBULANCE,
+                              EDP_AMB_NATIVE};
   /* Two rounds, modes interleaved, so that a stall of the shared machine
    * hits one mode's sample rather than deciding its p99 (with 100 samples
    * the p99 is the second largest). Latencies are pooled, throughputs
@@ -306,7 +305,8 @@ int main(void) {
          "priority thread in carpool and ambulance, a third worker in fifo "
          "and native), prefetch 1 per standard consumer, priority messages "
          "at 10/s for 10 s; two rounds with the modes interleaved, latencies "
-         "pooled (200 per mode), throughputs averaged. Latency is from send to the ack after "
+         "pooled (200 per mode), throughputs averaged. Latency is from send to "
+         "the ack after "
          "processing. Target: priority p99 under 5 x handler + 10 ms = "
          "%.0f ms in carpool, ambulance and native; ambulance standard "
          "throughput at least 95%% of fifo's.\n\n",
@@ -329,19 +329,21 @@ int main(void) {
   for (int i = 0; i < 4; i++) {
     const run_res *x = &res[i];
     int lanes = modes[i] == EDP_AMB_CARPOOL || modes[i] == EDP_AMB_AMBULANCE;
-    printf("| %s | %.1f | %.1f | %.1f | %.4f | %s | %.0f | %.2f | %.0f%% %s |\n",
-           edp_amb_mode_name(modes[i]), x->p50, x->p99, x->max,
-           res[0].p99 > 0 ? x->p99 / res[0].p99 : 0,
-           modes[i] == EDP_AMB_FIFO ? "(baseline)"
-           : x->p99 < target        ? "yes"
-                                    : "**no**",
-           x->std_rate, res[0].std_rate > 0 ? x->std_rate / res[0].std_rate : 0,
-           x->t0_busy * 100, lanes ? "(priority thread)" : "(a worker)");
+    printf(
+        "| %s | %.1f | %.1f | %.1f | %.4f | %s | %.0f | %.2f | %.0f%% %s |\n",
+        edp_amb_mode_name(modes[i]), x->p50, x->p99, x->max,
+        res[0].p99 > 0 ? x->p99 / res[0].p99 : 0,
+        modes[i] == EDP_AMB_FIFO ? "(baseline)"
+        : x->p99 < target        ? "yes"
+                                 : "**no**",
+        x->std_rate, res[0].std_rate > 0 ? x->std_rate / res[0].std_rate : 0,
+        x->t0_busy * 100, lanes ? "(priority thread)" : "(a worker)");
     if (x->n_lat < ROUNDS * 100)
       printf("| | only %ld of %d priority messages processed | | | | | | | |\n",
              x->n_lat, ROUNDS * 100);
   }
-  double amb_ratio = res[0].std_rate > 0 ? res[2].std_rate / res[0].std_rate : 0;
+  double amb_ratio =
+      res[0].std_rate > 0 ? res[2].std_rate / res[0].std_rate : 0;
   printf("\nAmbulance standard throughput is %.0f%% of fifo's (target 95%%: "
          "%s). Carpool's cost is its idle lane: its priority thread was busy "
          "%.1f%% of the time, so %d of %d threads did the standard work "
@@ -378,7 +380,8 @@ int main(void) {
          "priority prefetch keeps the next ones pushed ahead, and the check "
          "(one passive queue.declare when the priority lane runs dry after "
          "priority work) confirms the lane is really empty before standard "
-         "work.\n\n", HANDLER_MS);
+         "work.\n\n",
+         HANDLER_MS);
   printf("| priority prefetch | lane check | standard messages on the "
          "priority thread during the burst |\n");
   printf("|---|---|---|\n");

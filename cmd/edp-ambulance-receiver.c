@@ -38,15 +38,15 @@ static void usage(void) {
       "                         priority consumer (default 4)\n"
       "      --no-lane-check    ambulance: start standard work after priority\n"
       "                         work without asking the broker whether the\n"
-      "                         priority queue is empty (for measuring)\n"
-      CLI_COMMON_HELP);
+      "                         priority queue is empty (for "
+      "measuring)\n" CLI_COMMON_HELP);
 }
 
 /* Shared by the consumer threads; out_mu also keeps output lines whole. */
 typedef struct state {
   pthread_mutex_t mu;
   long work_ms;
-  long count;       /* -1 = no limit */
+  long count; /* -1 = no limit */
   long processed;
   long by_kind[2];
   int active;       /* handlers running */
@@ -107,9 +107,9 @@ static void on_event(void *ud, int ev, const edp_amb_job *job) {
         (json_int_t)job->start_us, "end_us", (json_int_t)job->end_us,
         "redelivered", d->redelivered);
     if (job->sent_us)
-      json_object_set_new(o, "latency_ms",
-                          json_real((double)(job->end_us - job->sent_us) /
-                                    1000.0));
+      json_object_set_new(
+          o, "latency_ms",
+          json_real((double)(job->end_us - job->sent_us) / 1000.0));
     cli_emit(o);
   }
   pthread_mutex_unlock(&S.mu);
@@ -136,8 +136,8 @@ int main(int argc, char **argv) {
   S.work_ms = 2000;
   S.count = -1;
   int opt;
-  while ((opt = getopt_long(argc, argv, "m:q:t:w:n:" CLI_COMMON_SHORTOPTS,
-                            opts, NULL)) != -1) {
+  while ((opt = getopt_long(argc, argv, "m:q:t:w:n:" CLI_COMMON_SHORTOPTS, opts,
+                            NULL)) != -1) {
     if (cli_common_opt(&app, opt, optarg, usage))
       continue;
     switch (opt) {

@@ -14,22 +14,22 @@
 static cli app;
 
 static void usage(void) {
-  printf(
-      "usage: edp-ambulance-sender [options]\n"
-      "Sends the talk's demo sequence S1 S2 S3 P1 S4 S5 S6 P2 (one message\n"
-      "every --interval ms), or with --standard/--priority a standard\n"
-      "backlog followed by priority messages at --rate per second.\n"
-      "  -m, --mode MODE        queue layout: ambulance or carpool (two lanes),\n"
-      "                         native (x-max-priority) or fifo (default\n"
-      "                         ambulance)\n"
-      "  -q, --queue BASE       queue name base (default edp.ambulance)\n"
-      "  -s, --standard N       standard messages S1..SN, sent first\n"
-      "  -p, --priority M       priority messages P1..PM, sent after them\n"
-      "  -r, --rate R           priority messages per second (default 10;\n"
-      "                         0 = as fast as possible)\n"
-      "      --interval MS      demo pace (default 500)\n"
-      "      --transient        transient messages (default persistent)\n"
-      CLI_COMMON_HELP);
+  printf("usage: edp-ambulance-sender [options]\n"
+         "Sends the talk's demo sequence S1 S2 S3 P1 S4 S5 S6 P2 (one message\n"
+         "every --interval ms), or with --standard/--priority a standard\n"
+         "backlog followed by priority messages at --rate per second.\n"
+         "  -m, --mode MODE        queue layout: ambulance or carpool (two "
+         "lanes),\n"
+         "                         native (x-max-priority) or fifo (default\n"
+         "                         ambulance)\n"
+         "  -q, --queue BASE       queue name base (default edp.ambulance)\n"
+         "  -s, --standard N       standard messages S1..SN, sent first\n"
+         "  -p, --priority M       priority messages P1..PM, sent after them\n"
+         "  -r, --rate R           priority messages per second (default 10;\n"
+         "                         0 = as fast as possible)\n"
+         "      --interval MS      demo pace (default 500)\n"
+         "      --transient        transient messages (default "
+         "persistent)\n" CLI_COMMON_HELP);
 }
 
 typedef struct run {
@@ -96,8 +96,8 @@ int main(int argc, char **argv) {
   edp_amb_sender_opts so;
   edp_amb_sender_opts_init(&so);
   int opt;
-  while ((opt = getopt_long(argc, argv, "m:q:s:p:r:" CLI_COMMON_SHORTOPTS,
-                            opts, NULL)) != -1) {
+  while ((opt = getopt_long(argc, argv, "m:q:s:p:r:" CLI_COMMON_SHORTOPTS, opts,
+                            NULL)) != -1) {
     if (cli_common_opt(&app, opt, optarg, usage))
       continue;
     switch (opt) {

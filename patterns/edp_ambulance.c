@@ -100,8 +100,8 @@ int edp_amb_queue_name(int mode, const char *base, int kind, char *out,
   if (mode < 0 || mode > 3 || !valid_base(base) || !out ||
       (kind != EDP_AMB_STANDARD && kind != EDP_AMB_PRIORITY))
     return EDP_EINVAL;
-  const char *suffix = mode == EDP_AMB_FIFO     ? "fifo"
-                       : mode == EDP_AMB_NATIVE ? "native"
+  const char *suffix = mode == EDP_AMB_FIFO       ? "fifo"
+                       : mode == EDP_AMB_NATIVE   ? "native"
                        : kind == EDP_AMB_PRIORITY ? "priority"
                                                   : "standard";
   int n = snprintf(out, out_len, "%s.%s", base, suffix);
@@ -159,8 +159,8 @@ static void sender_confirmed(void *ud, const edp_confirm *cf) {
 
 int edp_amb_sender_new(edp_conn *c, const edp_amb_sender_opts *o,
                        edp_amb_sender **out) {
-  if (!c || !o || !out || !valid_base(o->base) || o->mode < 0 ||
-      o->mode > 3 || o->confirm_window < 1)
+  if (!c || !o || !out || !valid_base(o->base) || o->mode < 0 || o->mode > 3 ||
+      o->confirm_window < 1)
     return EDP_EINVAL;
   *out = NULL;
   int rc = edp_amb_declare(c, o->mode, o->base);
@@ -372,8 +372,7 @@ static int drain(struct amb_thread *t) {
       return 0;
     if (rc)
       return rc;
-    int lane = t->ptag[0] && d.consumer_tag &&
-                       !strcmp(d.consumer_tag, t->ptag)
+    int lane = t->ptag[0] && d.consumer_tag && !strcmp(d.consumer_tag, t->ptag)
                    ? EDP_AMB_PRIORITY
                    : EDP_AMB_STANDARD;
     if ((rc = lane_push(&t->lanes[lane], &d))) {
@@ -454,8 +453,8 @@ static int process(struct amb_thread *t, edp_delivery *d, int lane) {
 
 static int await_priority(struct amb_thread *t) {
   uint32_t ready = 0;
-  int rc = edp_conn_queue_inspect(t->c, t->r->queue[EDP_AMB_PRIORITY], &ready,
-                                  NULL);
+  int rc =
+      edp_conn_queue_inspect(t->c, t->r->queue[EDP_AMB_PRIORITY], &ready, NULL);
   if (rc || !ready)
     return rc;
   int64_t deadline = edp_now_ms() + AWAIT_PRIORITY_MS;
@@ -556,8 +555,8 @@ static int setup_thread(edp_amb_receiver *r, int i, char *err, size_t err_len) {
   t->r = r;
   t->index = i;
   if (two_lanes(o->mode) && i == 0) {
-    t->role = o->mode == EDP_AMB_CARPOOL ? ROLE_PRIORITY_ONLY
-                                         : ROLE_PRIORITY_FIRST;
+    t->role =
+        o->mode == EDP_AMB_CARPOOL ? ROLE_PRIORITY_ONLY : ROLE_PRIORITY_FIRST;
     snprintf(t->name, sizeof(t->name), "priority");
   } else {
     t->role = ROLE_ONE_QUEUE;

@@ -86,10 +86,10 @@ int edp_amb_declare(edp_conn *c, int mode, const char *base);
 typedef struct edp_amb_sender edp_amb_sender;
 
 typedef struct edp_amb_sender_opts {
-  int mode;              /* layout to publish to, default EDP_AMB_AMBULANCE */
-  const char *base;      /* queue name base, required */
-  int persistent;        /* default 1 */
-  size_t confirm_window; /* unconfirmed messages in flight, default 1024 */
+  int mode;               /* layout to publish to, default EDP_AMB_AMBULANCE */
+  const char *base;       /* queue name base, required */
+  int persistent;         /* default 1 */
+  size_t confirm_window;  /* unconfirmed messages in flight, default 1024 */
   int confirm_timeout_ms; /* longest wait for the broker, default 30000 */
   /* Called for each message the broker confirmed or refused. */
   edp_confirm_fn on_confirm;
@@ -120,7 +120,7 @@ int edp_amb_send(edp_amb_sender *s, int kind, const char *message_id,
 int edp_amb_flush(edp_amb_sender *s);
 
 typedef struct edp_amb_sender_stats {
-  uint64_t sent[2];   /* by kind */
+  uint64_t sent[2]; /* by kind */
   uint64_t confirmed, refused, republished, reconnects;
 } edp_amb_sender_stats;
 
@@ -131,7 +131,7 @@ void edp_amb_sender_stats_get(const edp_amb_sender *s,
 
 /* One message handed to the handler. */
 typedef struct edp_amb_job {
-  int kind;                /* enum edp_amb_kind */
+  int kind; /* enum edp_amb_kind */
   const edp_delivery *d;
   int thread;              /* 0 = the priority thread of carpool/ambulance;
                               1..threads(+1) the others */
@@ -157,16 +157,16 @@ enum edp_amb_event {
 typedef void (*edp_amb_event_fn)(void *ud, int event, const edp_amb_job *job);
 
 typedef struct edp_amb_receiver_opts {
-  int mode;               /* default EDP_AMB_AMBULANCE */
-  const char *base;       /* queue name base, required */
-  int threads;            /* standard threads, default 1 (1..64) */
-  int standard_prefetch;  /* per consumer on standard/fifo/native queues,
-                             default 1 */
-  int priority_prefetch;  /* the priority thread's priority consumer,
-                             default 4 (see edp_ambulance.c) */
-  int check_priority_lane; /* ambulance: before standard work that follows
-                              priority work, confirm with the broker that
-                              the priority queue is empty; default 1 */
+  int mode;                  /* default EDP_AMB_AMBULANCE */
+  const char *base;          /* queue name base, required */
+  int threads;               /* standard threads, default 1 (1..64) */
+  int standard_prefetch;     /* per consumer on standard/fifo/native queues,
+                                default 1 */
+  int priority_prefetch;     /* the priority thread's priority consumer,
+                                default 4 (see edp_ambulance.c) */
+  int check_priority_lane;   /* ambulance: before standard work that follows
+                                priority work, confirm with the broker that
+                                the priority queue is empty; default 1 */
   const edp_conn_opts *conn; /* template for each thread's connection
                                 (url, log, ...); stop_fd is replaced */
   edp_amb_handler handler;   /* required */
@@ -207,7 +207,7 @@ int edp_amb_receiver_error(edp_amb_receiver *r);
 void edp_amb_receiver_destroy(edp_amb_receiver **r);
 
 typedef struct edp_amb_receiver_stats {
-  uint64_t processed[2];   /* by kind */
+  uint64_t processed[2]; /* by kind */
   uint64_t dead_lettered, redelivered, reconnects;
   int64_t busy_us_priority_thread; /* handler time of thread 0 */
 } edp_amb_receiver_stats;

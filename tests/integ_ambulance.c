@@ -54,9 +54,18 @@ static void start_receiver(t_proc *p, const char *mode, const char *base,
                            const char *threads, const char *work,
                            const char *count) {
   char *argv[] = {(char *)t_bin("edp-ambulance-receiver"),
-                  "--mode", (char *)mode, "--queue", (char *)base,
-                  "--threads", (char *)threads, "--work-ms", (char *)work,
-                  "--count", (char *)count, "--json", NULL};
+                  "--mode",
+                  (char *)mode,
+                  "--queue",
+                  (char *)base,
+                  "--threads",
+                  (char *)threads,
+                  "--work-ms",
+                  (char *)work,
+                  "--count",
+                  (char *)count,
+                  "--json",
+                  NULL};
   ck_assert_int_eq(t_spawn(p, argv, NULL), 0);
   char line[4096];
   ck_assert_int_eq(t_readline(p, line, sizeof(line), 30000), 1);
@@ -141,8 +150,7 @@ static int overtaken_by(const evs *e, const ev *p, const char *only_thread) {
   int n = 0;
   for (int i = 0; i < e->n; i++) {
     const ev *x = &e->v[i];
-    if (!x->prio && x->start_us > p->sent_us &&
-        x->start_us < p->start_us &&
+    if (!x->prio && x->start_us > p->sent_us && x->start_us < p->start_us &&
         (!only_thread || !strcmp(x->thread, only_thread)))
       n++;
   }
@@ -176,8 +184,7 @@ START_TEST(demo_order) {
 
   /* fifo: P1 waits its turn behind S1..S3; starts follow the send order. */
   const evs *f = &e[0];
-  static const char *order[] = {"S1", "S2", "S3", "P1",
-                                "S4", "S5", "S6", "P2"};
+  static const char *order[] = {"S1", "S2", "S3", "P1", "S4", "S5", "S6", "P2"};
   for (int i = 1; i < 8; i++)
     ck_assert_msg(find(f, order[i - 1])->start_us < find(f, order[i])->start_us,
                   "fifo: %s started before %s", order[i], order[i - 1]);
@@ -186,8 +193,7 @@ START_TEST(demo_order) {
    * before the standard messages that were waiting (S2, S3). */
   const evs *c = &e[1];
   for (int i = 0; i < c->n; i++)
-    ck_assert_str_eq(c->v[i].thread,
-                     c->v[i].prio ? "priority" : "standard-1");
+    ck_assert_str_eq(c->v[i].thread, c->v[i].prio ? "priority" : "standard-1");
   const ev *p1 = find(c, "P1"), *p2 = find(c, "P2");
   ck_assert_int_lt(p1->start_us - p1->sent_us, 500000);
   ck_assert_int_lt(p2->start_us - p2->sent_us, 500000);
@@ -222,9 +228,9 @@ static void backlog_run(const char *mode, evs *e) {
   memset(e, 0, sizeof(*e));
   t_proc rcv, snd;
   start_receiver(&rcv, mode, base, "2", "5", "2020");
-  char *extra[] = {"--mode", (char *)mode, "--queue", (char *)base,
-                   "--standard", "2000", "--priority", "20", "--rate", "20",
-                   NULL};
+  char *extra[] = {"--mode",     (char *)mode, "--queue",    (char *)base,
+                   "--standard", "2000",       "--priority", "20",
+                   "--rate",     "20",         NULL};
   spawn_sender(&snd, extra);
   ck_assert_int_eq(collect_both(&snd, &rcv, e, 120000), 0);
   assert_exactly_once(e, 2000, 20);
@@ -262,8 +268,10 @@ static void check_overtaking(const char *mode) {
     if (strcmp(mode, "native"))
       ck_assert_str_eq(p->thread, "priority");
   }
-  fprintf(stderr, "%s: at most %d standard message(s) started before a "
-                  "priority message\n", mode, worst);
+  fprintf(stderr,
+          "%s: at most %d standard message(s) started before a "
+          "priority message\n",
+          mode, worst);
   for (int i = 0; i < e.n; i++) {
     const ev *p = &e.v[i];
     if (p->prio && overtaken_by(&e, p, NULL) == worst && worst > 4) {
@@ -317,17 +325,28 @@ static int starvation_run(const char *prefetch, int lane_check) {
   memset(&e, 0, sizeof(e));
   t_proc rcv, snd;
   char *argv[] = {(char *)t_bin("edp-ambulance-receiver"),
-                  "--mode", "ambulance", "--queue", (char *)base,
-                  "--threads", "2", "--work-ms", "5", "--count", "1400",
-                  "--priority-prefetch", (char *)prefetch, "--json",
-                  lane_check ? NULL : "--no-lane-check", NULL};
+                  "--mode",
+                  "ambulance",
+                  "--queue",
+                  (char *)base,
+                  "--threads",
+                  "2",
+                  "--work-ms",
+                  "5",
+                  "--count",
+                  "1400",
+                  "--priority-prefetch",
+                  (char *)prefetch,
+                  "--json",
+                  lane_check ? NULL : "--no-lane-check",
+                  NULL};
   ck_assert_int_eq(t_spawn(&rcv, argv, NULL), 0);
   char line[4096];
   ck_assert_int_eq(t_readline(&rcv, line, sizeof(line), 30000), 1);
   ck_assert_msg(strstr(line, "\"ready\""), "expected ready, got %s", line);
-  char *extra[] = {"--mode", "ambulance", "--queue", (char *)base,
-                   "--standard", "1000", "--priority", "400", "--rate", "1000",
-                   NULL};
+  char *extra[] = {"--mode",     "ambulance", "--queue",    (char *)base,
+                   "--standard", "1000",      "--priority", "400",
+                   "--rate",     "1000",      NULL};
   spawn_sender(&snd, extra);
   ck_assert_int_eq(collect_both(&snd, &rcv, &e, 120000), 0);
   assert_exactly_once(&e, 1000, 400);
@@ -389,9 +408,9 @@ START_TEST(sigint_loses_nothing) {
   memset(&e, 0, sizeof(e));
   t_proc rcv, snd;
   start_receiver(&rcv, "ambulance", base, "1", "300", "1000");
-  char *extra[] = {"--mode", "ambulance", "--queue", (char *)base,
-                   "--standard", "10", "--priority", "2", "--rate", "0",
-                   NULL};
+  char *extra[] = {"--mode",     "ambulance", "--queue",    (char *)base,
+                   "--standard", "10",        "--priority", "2",
+                   "--rate",     "0",         NULL};
   spawn_sender(&snd, extra);
   ck_assert_int_eq(t_collect(&snd, 30000, ignore_json, NULL), 0);
   char line[4096];
@@ -406,9 +425,15 @@ START_TEST(sigint_loses_nothing) {
   ck_assert_int_lt(first_run, 12);
   /* A second receiver gets exactly the rest: the in-flight messages were
    * finished and acked, the prefetched ones went back to the queues. */
-  char *argv[] = {(char *)t_bin("edp-ambulance-receiver"), "--queue",
-                  (char *)base, "--work-ms", "0", "--idle-timeout", "1500",
-                  "--json", NULL};
+  char *argv[] = {(char *)t_bin("edp-ambulance-receiver"),
+                  "--queue",
+                  (char *)base,
+                  "--work-ms",
+                  "0",
+                  "--idle-timeout",
+                  "1500",
+                  "--json",
+                  NULL};
   ck_assert_int_eq(t_spawn(&rcv, argv, NULL), 0);
   ck_assert_int_eq(t_collect(&rcv, 30000, on_json, &e), 0);
   assert_exactly_once(&e, 10, 2);
@@ -427,16 +452,25 @@ START_TEST(priority_thread_reconnects) {
   memset(&e, 0, sizeof(e));
   t_proc rcv, snd;
   char *argv[] = {(char *)t_bin("edp-ambulance-receiver"),
-                  "--mode", "ambulance", "--queue", (char *)base,
-                  "--threads", "1", "--work-ms", "20", "--idle-timeout",
-                  "3000", "--json", NULL};
+                  "--mode",
+                  "ambulance",
+                  "--queue",
+                  (char *)base,
+                  "--threads",
+                  "1",
+                  "--work-ms",
+                  "20",
+                  "--idle-timeout",
+                  "3000",
+                  "--json",
+                  NULL};
   ck_assert_int_eq(t_spawn(&rcv, argv, NULL), 0);
   char line[4096];
   ck_assert_int_eq(t_readline(&rcv, line, sizeof(line), 30000), 1);
   ck_assert_msg(strstr(line, "\"ready\""), "expected ready, got %s", line);
-  char *extra[] = {"--mode", "ambulance", "--queue", (char *)base,
-                   "--standard", "300", "--priority", "30", "--rate", "20",
-                   NULL};
+  char *extra[] = {"--mode",     "ambulance", "--queue",    (char *)base,
+                   "--standard", "300",       "--priority", "30",
+                   "--rate",     "20",        NULL};
   spawn_sender(&snd, extra);
   while (e.n < 20) {
     ck_assert_int_eq(t_readline(&rcv, line, sizeof(line), 30000), 1);
@@ -459,8 +493,7 @@ START_TEST(priority_thread_reconnects) {
     int num = atoi(e.v[i].id + 1);
     int *slot = e.v[i].prio ? &seen_p[num] : &seen_s[num];
     if (*slot) {
-      ck_assert_msg(e.v[i].redelivered, "%s twice, not redelivered",
-                    e.v[i].id);
+      ck_assert_msg(e.v[i].redelivered, "%s twice, not redelivered", e.v[i].id);
       again++;
     }
     (*slot)++;
@@ -512,11 +545,11 @@ START_TEST(bad_input) {
   edp_queue_opts qo;
   edp_queue_opts_init(&qo);
   ck_assert_int_eq(edp_conn_queue_declare(c, q, &qo, NULL, 0, NULL, NULL), 0);
-  char *a8[] = {(char *)s, "--mode", "fifo", "--queue", (char *)base,
-                "--standard", "1", NULL};
+  char *a8[] = {(char *)s,    "--mode",     "fifo", "--queue",
+                (char *)base, "--standard", "1",    NULL};
   ck_assert_int_eq(run_status(a8), 65);
-  char *a9[] = {(char *)r, "--mode", "fifo", "--queue", (char *)base,
-                "--idle-timeout", "100", NULL};
+  char *a9[] = {(char *)r,    "--mode",         "fifo", "--queue",
+                (char *)base, "--idle-timeout", "100",  NULL};
   ck_assert_int_eq(run_status(a9), 65);
   edp_conn_queue_delete(c, q);
   edp_conn_destroy(&c);
@@ -582,8 +615,7 @@ END_TEST
 
 /* Counts the deliveries of each consumer that arrive within ms, acking
  * none: with prefetch limits the broker stops at the limit. */
-static void count_held(edp_conn *c, const char *tag_a, int *a, int *b,
-                       int ms) {
+static void count_held(edp_conn *c, const char *tag_a, int *a, int *b, int ms) {
   *a = *b = 0;
   long long deadline = t_now_ms() + ms;
   for (;;) {

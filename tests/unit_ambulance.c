@@ -34,9 +34,9 @@ START_TEST(queue_names) {
                                       q, sizeof(q)),
                    0);
   ck_assert_str_eq(q, "b.priority");
-  ck_assert_int_eq(edp_amb_queue_name(EDP_AMB_CARPOOL, "b", EDP_AMB_STANDARD,
-                                      q, sizeof(q)),
-                   0);
+  ck_assert_int_eq(
+      edp_amb_queue_name(EDP_AMB_CARPOOL, "b", EDP_AMB_STANDARD, q, sizeof(q)),
+      0);
   ck_assert_str_eq(q, "b.standard");
   ck_assert_int_eq(
       edp_amb_queue_name(EDP_AMB_NATIVE, "b", EDP_AMB_PRIORITY, q, sizeof(q)),
