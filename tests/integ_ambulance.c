@@ -242,7 +242,7 @@ static void backlog_run(const char *mode, evs *e) {
  * it goes to the idle priority thread, in native to the next free worker;
  * in ambulance it waits for the handler the priority thread is running
  * (5 ms here) while the two standard threads, which never take priority
- * work, start a message or two each. Measured: 0 to 3 in all modes. The
+ * work, start a message or two each. Measured: 0 to 4 in all modes. The
  * bound leaves room for scheduling stalls on a shared 2-core machine (the
  * count, unlike a time bound, does not grow when the whole machine
  * stalls); fifo's control run has over a thousand. On the ambulance
