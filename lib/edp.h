@@ -15,6 +15,7 @@
 #include "edp_url.h"
 #include "edp_util.h"
 
+#include "edp_ambulance.h"
 #include "edp_forwarding.h"
 #include "edp_watch.h"
 #include "edp_thread_delegate.h"

@@ -57,6 +57,7 @@ struct topo_op {
 struct consumer_rec {
   char *queue, *tag;
   edp_consume_opts o;
+  int prefetch; /* the qos in effect when it was created, -1 = none */
 };
 
 struct edp_conn {
@@ -708,14 +709,31 @@ static int restore_channel(edp_conn *c) {
   return 0;
 }
 
+/* basic.qos with global=false applies to the consumers created after it,
+ * so a channel can give its consumers different prefetch counts. Each
+ * consumer gets back the one it was created with, then the channel's last
+ * value is set again for consumers created later. */
+static int restore_qos(edp_conn *c, int want, int *cur) {
+  if (want < 0 || want == *cur)
+    return 0;
+  amqp_basic_qos(c->st, CHANNEL, 0, (uint16_t)want, 0);
+  int rc = rpc_result(c, amqp_get_rpc_reply(c->st));
+  if (!rc)
+    *cur = want;
+  return rc;
+}
+
 static int restore_consumers(edp_conn *c) {
+  int cur = c->prefetch; /* restore_channel set it */
   for (size_t i = 0; i < c->n_cons; i++) {
-    int rc = do_consume(c, c->cons[i].queue, c->cons[i].tag, &c->cons[i].o,
-                        NULL, 0);
+    int rc = restore_qos(c, c->cons[i].prefetch, &cur);
+    if (!rc)
+      rc = do_consume(c, c->cons[i].queue, c->cons[i].tag, &c->cons[i].o,
+                      NULL, 0);
     if (rc)
       return rc;
   }
-  return 0;
+  return restore_qos(c, c->prefetch, &cur);
 }
 
 static int reopen_channel(edp_conn *c) {
@@ -1460,6 +1478,7 @@ int edp_conn_consume(edp_conn *c, const char *queue, const edp_consume_opts *o,
   r->queue = strdup(queue);
   r->tag = strdup(tag);
   r->o = *o;
+  r->prefetch = c->prefetch;
   if (!r->queue || !r->tag) {
     free(r->queue);
     free(r->tag);
