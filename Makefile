@@ -19,7 +19,8 @@ SOMAJOR := 0
 
 PKGS := librabbitmq jansson
 DEB_PKGS := gcc g++ make pkg-config rabbitmq-server librabbitmq-dev \
-            libjansson-dev check valgrind procps binutils
+            libjansson-dev check valgrind procps binutils \
+            docker-compose python3-yaml
 
 ifeq ($(SAN),1)
 OUT := build/san

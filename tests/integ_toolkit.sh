@@ -54,4 +54,46 @@ for p in "$BIN"/edp-*; do
   [ $rc = 64 ] || fail "$p with a bad option exits $rc, not 64"
 done
 echo "ok: $(ls "$BIN"/edp-* | wc -l) programs"
+echo "-- docker-compose.yml"
+if command -v docker-compose >/dev/null; then
+  if docker-compose -f docker-compose.yml config -q 2>/dev/null; then
+    fail "compose file accepted without EDP_RABBITMQ_PASS (a default password?)"
+  fi
+  EDP_RABBITMQ_PASS=test docker-compose -f docker-compose.yml --profile forwarding \
+    --profile thread-delegate --profile ambulance --profile watch --profile supervisor \
+    --profile multi-broker config > "$tmp/compose.yml" || fail "compose file does not validate"
+  # Every program the stack runs exists in bin/ and knows every flag it
+  # is given.
+  python3 - "$tmp/compose.yml" "$BIN" <<'PY' || fail "compose runs a program or flag that does not exist"
+import os, re, shlex, subprocess, sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+bindir = sys.argv[2]
+checked = 0
+for name, svc in doc["services"].items():
+    for key in ("command", "entrypoint"):
+        cmd = svc.get(key)
+        if not cmd:
+            continue
+        words = cmd if isinstance(cmd, list) else shlex.split(cmd)
+        if words[:2] == ["sh", "-c"]:
+            words = shlex.split(words[2])
+        words = [w for w in words if w != "exec"]
+        prog = words[0]
+        if not prog.startswith("edp-"):
+            continue
+        path = os.path.join(bindir, prog)
+        if not os.access(path, os.X_OK):
+            sys.exit(f"{name}: {prog} is not in {bindir}")
+        helptext = subprocess.run([path, "--help"], capture_output=True, text=True).stdout
+        for w in words[1:]:
+            if w.startswith("--"):
+                flag = w.split("=")[0]
+                if not re.search(re.escape(flag) + r"\b", helptext):
+                    sys.exit(f"{name}: {prog} has no option {flag}")
+        checked += 1
+print(f"ok: {checked} services checked")
+PY
+else
+  fail "docker-compose is not installed (make deps installs it)"
+fi
 echo "toolkit: all passed"
