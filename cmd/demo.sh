@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The talk's demos, run against the broker in EDP_URL (make demo starts a
 # private one). Usage: cmd/demo.sh [PATTERN], PATTERN one of: forwarding,
-# thread-delegate, watch, supervisor, multi-broker (default: all). multi-broker starts
+# thread-delegate, ambulance, watch, supervisor, multi-broker (default: all). multi-broker starts
 # two more private nodes beside EDP_URL's and stops them at the end.
 set -euo pipefail
 BIN=${EDP_BIN:-bin}
@@ -114,13 +114,27 @@ demo_supervisor() {
   wait "$sup"
 }
 
+demo_ambulance() {
+  local mode q
+  for mode in fifo carpool ambulance; do
+    q="demo.ambulance.$mode.$$"
+    banner "ambulance / carpool: --mode $mode, 2 threads, 2000 ms of work each"
+    "$BIN/edp-ambulance-receiver" --mode "$mode" --queue "$q" --threads 1 \
+      --work-ms 2000 --count 8 &
+    local recv=$!
+    "$BIN/edp-ambulance-sender" --mode "$mode" --queue "$q"
+    wait "$recv"
+  done
+}
+
 pattern=${1:-all}
 case $pattern in
   forwarding) demo_forwarding ;;
   thread-delegate) demo_thread ;;
   watch) demo_watch ;;
+  ambulance) demo_ambulance ;;
   supervisor) demo_supervisor ;;
   multi-broker) demo_multi_broker ;;
-  all) demo_forwarding; demo_thread; demo_watch; demo_supervisor; demo_multi_broker ;;
-  *) echo "demo.sh: unknown pattern '$pattern' (forwarding, thread-delegate, watch, supervisor, multi-broker)" >&2; exit 64 ;;
+  all) demo_forwarding; demo_thread; demo_ambulance; demo_watch; demo_supervisor; demo_multi_broker ;;
+  *) echo "demo.sh: unknown pattern '$pattern' (forwarding, thread-delegate, ambulance, watch, supervisor, multi-broker)" >&2; exit 64 ;;
 esac
