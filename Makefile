@@ -143,13 +143,17 @@ install: all
 	install -m 644 $(OUT)/edp.pc $(DESTDIR)$(LIBDIR)/pkgconfig
 	install -m 755 $(PROGS) $(DESTDIR)$(BINDIR)
 
+# The program reference is generated from --help (and checked by a test).
+docs: all
+	tests/gen-program-docs.sh $(BIN) > docs/programs.md
+
 format:
 	clang-format -i lib/*.[ch] patterns/*.[ch] cmd/*.[ch] tests/*.[ch] bench/*.c
 
 clean:
 	rm -rf build bin
 
-.PHONY: all check tests bench demo deps install format clean FORCE
+.PHONY: all check tests bench demo deps install docs format clean FORCE
 FORCE:
 .SECONDARY:
 

@@ -54,6 +54,9 @@ for p in "$BIN"/edp-*; do
   [ $rc = 64 ] || fail "$p with a bad option exits $rc, not 64"
 done
 echo "ok: $(ls "$BIN"/edp-* | wc -l) programs"
+tests/gen-program-docs.sh "$BIN" > "$tmp/programs.md"
+diff -u docs/programs.md "$tmp/programs.md" >&2 || fail "docs/programs.md is out of date: run make docs"
+echo "ok: docs/programs.md matches every --help"
 echo "-- docker-compose.yml"
 if command -v docker-compose >/dev/null; then
   if docker-compose -f docker-compose.yml config -q 2>/dev/null; then
