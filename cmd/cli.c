@@ -158,6 +158,28 @@ edp_conn *cli_connect(const cli *c, const char *client_name) {
   return conn;
 }
 
+void cli_progress(const cli *c, uint64_t sent, size_t outstanding,
+                  int final) {
+  static int enabled = -1, printed;
+  static int64_t start, last;
+  if (enabled < 0) {
+    enabled = isatty(2);
+    start = edp_now_ms();
+  }
+  int64_t now = edp_now_ms();
+  if (!enabled || (!final && now - last < 1000) || (final && !printed))
+    return;
+  last = now;
+  printed = 1;
+  double secs = (double)(now - start) / 1000.0;
+  uint64_t confirmed = sent > outstanding ? sent - outstanding : 0;
+  fprintf(stderr,
+          "\r%s: sent %llu, confirmed %llu, outstanding %zu, %.0f msg/s   %s",
+          c->prog, (unsigned long long)sent, (unsigned long long)confirmed,
+          outstanding, secs > 0 ? (double)sent / secs : 0.0,
+          final ? "\n" : "");
+}
+
 void cli_emit(json_t *obj) {
   if (!obj) {
     /* json_pack refuses strings that are not UTF-8 (a hostile message_id,

@@ -85,6 +85,12 @@ edp_conn *cli_connect(const cli *c, const char *client_name);
 /* The log callback used by cli_connect (ud is the cli). */
 void cli_log(void *ud, int level, const char *msg);
 
+/* Progress of a long send on stderr, only when stderr is a terminal:
+ * at most once a second, "sent N, confirmed C, outstanding K, R msg/s",
+ * overwritten in place; final != 0 prints the last state and a newline
+ * (if anything was printed). */
+void cli_progress(const cli *c, uint64_t sent, size_t outstanding, int final);
+
 /* Prints obj as one compact JSON line on stdout, flushes, frees obj. */
 void cli_emit(json_t *obj);
 

@@ -36,6 +36,7 @@ typedef struct run {
   edp_conn *conn;
   edp_amb_sender *s;
   int64_t t0;
+  uint64_t sent;
 } run;
 
 static void send_one(run *r, int kind, long n) {
@@ -52,6 +53,7 @@ static void send_one(run *r, int kind, long n) {
             edp_conn_unconfirmed(r->conn));
   if (rc)
     cli_die_err(&app, r->conn, rc, "send failed");
+  cli_progress(&app, ++r->sent, edp_conn_unconfirmed(r->conn), 0);
   if (app.json)
     cli_emit(json_pack("{s:s,s:s,s:s,s:I}", "event", "sent", "kind",
                        edp_amb_kind_name(kind), "id", id, "t_ms",
@@ -181,6 +183,7 @@ int main(int argc, char **argv) {
             edp_conn_unconfirmed(r.conn));
   if (rc)
     cli_die_err(&app, r.conn, rc, "waiting for confirms failed");
+  cli_progress(&app, r.sent, edp_conn_unconfirmed(r.conn), 1);
   edp_amb_sender_stats st;
   edp_amb_sender_stats_get(r.s, &st);
   if (app.json)

@@ -96,6 +96,7 @@ static void send_one(sender_run *r, const char *body, size_t len) {
             edp_conn_unconfirmed(r->conn));
   if (rc)
     cli_die_err(&app, r->conn, rc, "send failed");
+  cli_progress(&app, r->seq, edp_conn_unconfirmed(r->conn), 0);
 }
 
 int main(int argc, char **argv) {
@@ -200,6 +201,7 @@ int main(int argc, char **argv) {
             edp_conn_unconfirmed(r.conn));
   if (rc)
     cli_die_err(&app, r.conn, rc, "waiting for confirms failed");
+  cli_progress(&app, r.seq, edp_conn_unconfirmed(r.conn), 1);
   edp_fwd_sender_stats st;
   edp_fwd_sender_stats_get(r.s, &st);
   if (app.json)

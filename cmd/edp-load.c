@@ -153,6 +153,7 @@ static void send_one(load_run *r) {
     interrupted(r);
   if (rc)
     cli_die_err(&app, r->conn, rc, "send failed");
+  cli_progress(&app, r->seq, edp_conn_unconfirmed(r->conn), 0);
   if (app.json)
     cli_emit(json_pack("{s:s,s:s,s:I,s:I}", "event", "sent", "message_id", id,
                        "seq", (json_int_t)r->seq, "sent_ms", (json_int_t)sent));
@@ -260,6 +261,7 @@ int main(int argc, char **argv) {
     interrupted(&r);
   if (rc)
     cli_die_err(&app, r.conn, rc, "waiting for confirms failed");
+  cli_progress(&app, r.seq, edp_conn_unconfirmed(r.conn), 1);
   edp_fwd_sender_stats st;
   edp_fwd_sender_stats_get(r.s, &st);
   if (app.json)

@@ -60,7 +60,7 @@ typedef struct run {
   char prefix[64];
   unsigned seed;
   long window;
-  uint64_t refused, republished, reconnects;
+  uint64_t refused, republished, reconnects, sent;
 } run;
 
 static void on_confirm(void *ud, const edp_confirm *cf) {
@@ -146,8 +146,10 @@ static void send_trade(run *r, const trade *t) {
   for (int i = 0; i < 10; i++) {
     wait_confirms(r, (size_t)r->window - 1);
     int rc = edp_conn_publish(r->conn, &m, NULL);
-    if (!rc)
+    if (!rc) {
+      cli_progress(&app, ++r->sent, edp_conn_unconfirmed(r->conn), 0);
       return;
+    }
     if (rc != EDP_ECLOSED)
       die_rc(r, rc, "publish failed");
     recover(r);
@@ -297,6 +299,7 @@ int main(int argc, char **argv) {
     free(seqs);
   }
   wait_confirms(&r, 0);
+  cli_progress(&app, r.sent, edp_conn_unconfirmed(r.conn), 1);
   fprintf(stderr,
           "edp-trade-sender: %ld trade(s) confirmed, %llu refused, %llu "
           "republished after %llu reconnect(s)\n",
