@@ -158,8 +158,7 @@ edp_conn *cli_connect(const cli *c, const char *client_name) {
   return conn;
 }
 
-void cli_progress(const cli *c, uint64_t sent, size_t outstanding,
-                  int final) {
+void cli_progress(const cli *c, uint64_t sent, size_t outstanding, int final) {
   static int enabled = -1, printed;
   static int64_t start, last;
   if (enabled < 0) {
@@ -176,8 +175,7 @@ void cli_progress(const cli *c, uint64_t sent, size_t outstanding,
   fprintf(stderr,
           "\r%s: sent %llu, confirmed %llu, outstanding %zu, %.0f msg/s   %s",
           c->prog, (unsigned long long)sent, (unsigned long long)confirmed,
-          outstanding, secs > 0 ? (double)sent / secs : 0.0,
-          final ? "\n" : "");
+          outstanding, secs > 0 ? (double)sent / secs : 0.0, final ? "\n" : "");
 }
 
 void cli_emit(json_t *obj) {

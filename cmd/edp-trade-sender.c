@@ -60,7 +60,8 @@ typedef struct run {
   char prefix[64];
   unsigned seed;
   long window;
-  uint64_t refused, republished, reconnects, sent;
+  uint64_t refused, sent;
+  edp_recovery rec; /* reconnects and republished messages */
 } run;
 
 static void on_confirm(void *ud, const edp_confirm *cf) {
@@ -98,27 +99,15 @@ static void die_rc(run *r, int rc, const char *what) {
 /* Reconnects and publishes again what the lost channel left unconfirmed
  * (a trade may then arrive twice, never zero times). */
 static void recover(run *r) {
-  int rc = edp_conn_reconnect(r->conn);
+  int rc = edp_conn_recover(r->conn, &r->rec);
   if (rc)
     die_rc(r, rc, "reconnect failed");
-  r->reconnects++;
-  size_t n = 0;
-  rc = edp_conn_republish_unconfirmed(r->conn, &n);
-  r->republished += n;
-  if (rc && rc != EDP_ECLOSED)
-    die_rc(r, rc, "republish failed");
 }
 
 static void wait_confirms(run *r, size_t max) {
-  for (int i = 0; i < 10; i++) {
-    int rc = edp_conn_wait_confirms(r->conn, max, 30000);
-    if (!rc)
-      return;
-    if (rc != EDP_ECLOSED)
-      die_rc(r, rc, "waiting for confirms failed");
-    recover(r);
-  }
-  die_rc(r, EDP_ECONNECT, "waiting for confirms failed");
+  int rc = edp_conn_wait_confirms_recover(r->conn, max, 30000, &r->rec);
+  if (rc)
+    die_rc(r, rc, "waiting for confirms failed");
 }
 
 static void send_trade(run *r, const trade *t) {
@@ -304,7 +293,8 @@ int main(int argc, char **argv) {
           "edp-trade-sender: %ld trade(s) confirmed, %llu refused, %llu "
           "republished after %llu reconnect(s)\n",
           count < 0 ? 10 : count, (unsigned long long)r.refused,
-          (unsigned long long)r.republished, (unsigned long long)r.reconnects);
+          (unsigned long long)r.rec.republished,
+          (unsigned long long)r.rec.reconnects);
   edp_conn_destroy(&r.conn);
   return r.refused ? CLI_DATAERR : CLI_OK;
 }

@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,6 +90,8 @@ struct edp_conn {
   void *on_confirm_ud;
   edp_rename_fn on_rename;
   void *on_rename_ud;
+  uint64_t sync_seq; /* edp_conn_publish_confirmed's message, 0 = none */
+  int sync_status;   /* its confirm status, -1 until it came */
 
   struct dnode *dq_head, *dq_tail;
   size_t n_dq;
@@ -223,6 +226,10 @@ static void mark_closed(edp_conn *c, const char *why) {
 }
 
 static void report_confirm(edp_conn *c, struct pending *p, int nack) {
+  if (c->sync_seq && p->seq == c->sync_seq)
+    c->sync_status = nack          ? EDP_CONFIRM_NACK
+                     : p->returned ? EDP_CONFIRM_RETURNED
+                                   : EDP_CONFIRM_ACK;
   if (c->on_confirm) {
     edp_confirm cf = {
         .seq = p->seq,
@@ -1232,38 +1239,85 @@ static char *put_str(char **cur, const char *s) {
   return d;
 }
 
-/* Deep-copies m (strings, headers, body) into one allocation. */
-static struct pending *copy_msg(const edp_msg *m) {
-  size_t size = sizeof(struct pending) + m->n_headers * sizeof(edp_header) +
-                slen(m->exchange) + slen(m->routing_key) + slen(m->message_id) +
+/* Deep-copies m (strings, headers, body) into one allocation of head
+ * bytes followed by the copied data; the edp_msg lands at msg_off inside
+ * the head. Lets the pending list and edp_msg_dup share one copier. */
+static void *copy_msg_into(const edp_msg *m, size_t head, size_t msg_off) {
+  size_t size = head + m->n_headers * sizeof(edp_header) + slen(m->exchange) +
+                slen(m->routing_key) + slen(m->message_id) +
                 slen(m->content_type) + slen(m->reply_to) +
                 slen(m->correlation_id) + slen(m->type) + m->body_len;
   for (size_t i = 0; i < m->n_headers; i++)
     size += slen(m->headers[i].key) + slen(m->headers[i].str);
-  struct pending *p = malloc(size);
-  if (!p)
+  char *block = malloc(size);
+  if (!block)
     return NULL;
-  memset(p, 0, sizeof(*p));
-  p->m = *m;
-  edp_header *h = (edp_header *)(p + 1);
+  memset(block, 0, head);
+  edp_msg *copy = (edp_msg *)(block + msg_off);
+  *copy = *m;
+  edp_header *h = (edp_header *)(block + head);
   char *cur = (char *)(h + m->n_headers);
   for (size_t i = 0; i < m->n_headers; i++) {
     h[i].key = put_str(&cur, m->headers[i].key);
     h[i].str = put_str(&cur, m->headers[i].str);
     h[i].num = m->headers[i].num;
   }
-  p->m.headers = m->n_headers ? h : NULL;
-  p->m.exchange = put_str(&cur, m->exchange);
-  p->m.routing_key = put_str(&cur, m->routing_key);
-  p->m.message_id = put_str(&cur, m->message_id);
-  p->m.content_type = put_str(&cur, m->content_type);
-  p->m.reply_to = put_str(&cur, m->reply_to);
-  p->m.correlation_id = put_str(&cur, m->correlation_id);
-  p->m.type = put_str(&cur, m->type);
+  copy->headers = m->n_headers ? h : NULL;
+  copy->exchange = put_str(&cur, m->exchange);
+  copy->routing_key = put_str(&cur, m->routing_key);
+  copy->message_id = put_str(&cur, m->message_id);
+  copy->content_type = put_str(&cur, m->content_type);
+  copy->reply_to = put_str(&cur, m->reply_to);
+  copy->correlation_id = put_str(&cur, m->correlation_id);
+  copy->type = put_str(&cur, m->type);
   if (m->body_len)
     memcpy(cur, m->body, m->body_len);
-  p->m.body = cur;
-  return p;
+  copy->body = cur;
+  return block;
+}
+
+static struct pending *copy_msg(const edp_msg *m) {
+  return copy_msg_into(m, sizeof(struct pending), offsetof(struct pending, m));
+}
+
+edp_msg *edp_msg_dup(const edp_msg *m) {
+  if (!m || (m->body_len && !m->body) || (m->n_headers && !m->headers))
+    return NULL;
+  return copy_msg_into(m, sizeof(edp_msg), 0);
+}
+
+void edp_msg_from_delivery(edp_msg *m, const edp_delivery *d) {
+  edp_msg_init(m);
+  m->body = d->body;
+  m->body_len = d->body_len;
+  m->persistent = 1;
+  m->mandatory = 1;
+  m->message_id = d->message_id;
+  m->content_type = d->content_type;
+  m->correlation_id = d->correlation_id;
+  m->reply_to = d->reply_to;
+  m->type = d->type;
+  m->priority = d->priority;
+  m->timestamp = d->timestamp;
+}
+
+edp_header *edp_headers_merge(const edp_delivery *d, const edp_header *add,
+                              size_t n_add, size_t *n_out) {
+  size_t n = 0;
+  edp_header *h = calloc(d->n_headers + n_add + 1, sizeof(*h));
+  if (!h)
+    return NULL;
+  for (size_t i = 0; i < d->n_headers; i++) {
+    int replaced = 0;
+    for (size_t k = 0; k < n_add && !replaced; k++)
+      replaced = !strcmp(d->headers[i].key, add[k].key);
+    if (!replaced)
+      h[n++] = d->headers[i];
+  }
+  for (size_t k = 0; k < n_add; k++)
+    h[n++] = add[k];
+  *n_out = n;
+  return h;
 }
 
 /* Sends one message; in confirm mode p (its copy) joins the pending list. */
@@ -1442,6 +1496,71 @@ size_t edp_conn_take_unconfirmed(edp_conn *c, edp_take_fn fn, void *ud) {
     n++;
   }
   return n;
+}
+
+int edp_conn_publish_confirmed(edp_conn *c, const edp_msg *m,
+                               int timeout_ms) {
+  if (!c)
+    return EDP_EINVAL;
+  if (!c->confirm)
+    return EDP_EINVAL;
+  uint64_t seq = 0;
+  int rc = edp_conn_publish(c, m, &seq);
+  if (rc)
+    return rc;
+  c->sync_seq = seq;
+  c->sync_status = -1;
+  int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+  while (!rc && c->sync_status < 0) {
+    int left = -1;
+    if (deadline >= 0) {
+      int64_t l = deadline - now_ms();
+      left = l > 0 ? (int)l : 0;
+    }
+    /* report_confirm() records our message's status when it comes. */
+    rc = pump(c, -1, left, NULL);
+  }
+  int status = c->sync_status;
+  c->sync_seq = 0;
+  if (rc)
+    return rc;
+  return status == EDP_CONFIRM_ACK    ? 0
+         : status == EDP_CONFIRM_NACK ? EDP_ENACKED
+                                      : EDP_ERETURNED;
+}
+
+/* Consecutive reconnects without progress before recovery gives up. */
+#define MAX_RECOVERIES 10
+
+int edp_conn_recover(edp_conn *c, edp_recovery *r) {
+  if (!c)
+    return EDP_EINVAL;
+  for (int i = 0; i < MAX_RECOVERIES; i++) {
+    int rc = edp_conn_reconnect(c);
+    if (rc)
+      return rc;
+    if (r)
+      r->reconnects++;
+    size_t n = 0;
+    rc = edp_conn_republish_unconfirmed(c, &n);
+    if (r)
+      r->republished += n;
+    if (rc != EDP_ECLOSED)
+      return rc;
+  }
+  return EDP_ECONNECT;
+}
+
+int edp_conn_wait_confirms_recover(edp_conn *c, size_t max_outstanding,
+                                   int timeout_ms, edp_recovery *r) {
+  for (int i = 0; i < MAX_RECOVERIES; i++) {
+    int rc = edp_conn_wait_confirms(c, max_outstanding, timeout_ms);
+    if (rc != EDP_ECLOSED)
+      return rc;
+    if ((rc = edp_conn_recover(c, r)))
+      return rc;
+  }
+  return EDP_ECONNECT;
 }
 
 /* ---------- consuming ---------- */

@@ -237,6 +237,35 @@ int edp_conn_republish_unconfirmed(edp_conn *c, size_t *n);
 typedef int (*edp_take_fn)(void *ud, const edp_msg *m);
 size_t edp_conn_take_unconfirmed(edp_conn *c, edp_take_fn fn, void *ud);
 
+/* Publishes m and waits up to timeout_ms for its own confirm (confirm
+ * mode required), servicing other confirms meanwhile. Returns 0 when the
+ * broker acked it, EDP_ENACKED, EDP_ERETURNED (unroutable mandatory
+ * message), EDP_ETIMEOUT, EDP_ECLOSED, EDP_EINVAL (not in confirm mode) or
+ * an error of edp_conn_publish(). For the rare message that must be safe
+ * before the caller goes on, e.g. a copy to a dead-letter queue. */
+int edp_conn_publish_confirmed(edp_conn *c, const edp_msg *m, int timeout_ms);
+
+/* What recovering a lost connection took; the caller zeroes it. */
+typedef struct edp_recovery {
+  uint64_t reconnects;  /* successful reconnects */
+  uint64_t republished; /* unconfirmed messages published again */
+} edp_recovery;
+
+/* After EDP_ECLOSED: edp_conn_reconnect() then
+ * edp_conn_republish_unconfirmed(), again if the connection drops during
+ * the republish (10 times at most). r (may be NULL) accumulates counts.
+ * Returns 0 or the reconnect's error (EDP_ECONNECT, EDP_EAUTH, ...). */
+int edp_conn_recover(edp_conn *c, edp_recovery *r);
+
+/* edp_conn_wait_confirms() that recovers a lost connection on the way
+ * (edp_conn_recover) and waits again. Errors as both. */
+int edp_conn_wait_confirms_recover(edp_conn *c, size_t max_outstanding,
+                                   int timeout_ms, edp_recovery *r);
+
+/* A deep copy of m (strings, headers and body) in one allocation, to free
+ * with free(). NULL if m is invalid or memory ran out. */
+edp_msg *edp_msg_dup(const edp_msg *m);
+
 /* ---- consuming ---- */
 
 typedef struct edp_consume_opts {
@@ -285,6 +314,18 @@ void edp_delivery_clear(edp_delivery *d);
 const char *edp_delivery_header_str(const edp_delivery *d, const char *key);
 int edp_delivery_header_int(const edp_delivery *d, const char *key,
                             int64_t *v);
+
+/* Fills *m to publish d again: its body and properties (message_id,
+ * content_type, correlation_id, reply_to, type, priority, timestamp),
+ * persistent and mandatory. The caller sets exchange, routing_key and
+ * headers; m points into d, which must outlive it. */
+void edp_msg_from_delivery(edp_msg *m, const edp_delivery *d);
+
+/* d's headers with those of add[0..n_add) replacing or joining them, as a
+ * malloc'd array (free() it) of n_out entries that point into d and add.
+ * NULL when out of memory. */
+edp_header *edp_headers_merge(const edp_delivery *d, const edp_header *add,
+                              size_t n_add, size_t *n_out);
 
 /* Number of deliveries read from the socket and not yet received. */
 size_t edp_conn_pending_deliveries(const edp_conn *c);

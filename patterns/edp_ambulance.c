@@ -190,31 +190,22 @@ void edp_amb_sender_destroy(edp_amb_sender **sp) {
   *sp = NULL;
 }
 
-/* Reconnects and publishes again what the lost channel left unconfirmed. */
+/* Recovers a lost connection (reconnect, republish) into the stats. */
 static int sender_recover(edp_amb_sender *s) {
-  for (int i = 0; i < MAX_RECOVERIES; i++) {
-    int rc = edp_conn_reconnect(s->c);
-    if (rc)
-      return rc;
-    s->st.reconnects++;
-    size_t n = 0;
-    rc = edp_conn_republish_unconfirmed(s->c, &n);
-    s->st.republished += n;
-    if (rc != EDP_ECLOSED)
-      return rc;
-  }
-  return EDP_ECONNECT;
+  edp_recovery r = {0};
+  int rc = edp_conn_recover(s->c, &r);
+  s->st.reconnects += r.reconnects;
+  s->st.republished += r.republished;
+  return rc;
 }
 
 static int sender_drain(edp_amb_sender *s, size_t max) {
-  for (int i = 0; i < MAX_RECOVERIES; i++) {
-    int rc = edp_conn_wait_confirms(s->c, max, s->o.confirm_timeout_ms);
-    if (rc != EDP_ECLOSED)
-      return rc;
-    if ((rc = sender_recover(s)))
-      return rc;
-  }
-  return EDP_ECONNECT;
+  edp_recovery r = {0};
+  int rc =
+      edp_conn_wait_confirms_recover(s->c, max, s->o.confirm_timeout_ms, &r);
+  s->st.reconnects += r.reconnects;
+  s->st.republished += r.republished;
+  return rc;
 }
 
 int edp_amb_send(edp_amb_sender *s, int kind, const char *message_id,

@@ -18,7 +18,7 @@
 
 #include "edp_idset.h"
 
-/* Consecutive reconnects without progress before we give up. */
+/* Consecutive lost connections in one call before we give up. */
 #define MAX_RECOVERIES 10
 
 int edp_fwd_declare(edp_conn *c, const char *queue) {
@@ -97,33 +97,15 @@ void edp_fwd_sender_destroy(edp_fwd_sender **sp) {
   *sp = NULL;
 }
 
-/* Reconnects and publishes again what the lost channel left unconfirmed. */
-static int sender_recover(edp_fwd_sender *s) {
-  for (int i = 0; i < MAX_RECOVERIES; i++) {
-    int rc = edp_conn_reconnect(s->c);
-    if (rc)
-      return rc;
-    s->st.reconnects++;
-    size_t n = 0;
-    rc = edp_conn_republish_unconfirmed(s->c, &n);
-    s->st.republished += n;
-    if (rc != EDP_ECLOSED)
-      return rc;
-  }
-  return EDP_ECONNECT;
-}
-
 /* Waits until at most max messages are in flight, recovering from a lost
  * connection on the way. */
 static int sender_drain(edp_fwd_sender *s, size_t max) {
-  for (int i = 0; i < MAX_RECOVERIES; i++) {
-    int rc = edp_conn_wait_confirms(s->c, max, s->o.confirm_timeout_ms);
-    if (rc != EDP_ECLOSED)
-      return rc;
-    if ((rc = sender_recover(s)))
-      return rc;
-  }
-  return EDP_ECONNECT;
+  edp_recovery r = {0};
+  int rc =
+      edp_conn_wait_confirms_recover(s->c, max, s->o.confirm_timeout_ms, &r);
+  s->st.reconnects += r.reconnects;
+  s->st.republished += r.republished;
+  return rc;
 }
 
 int edp_fwd_send(edp_fwd_sender *s, const char *message_id, const void *body,
@@ -154,7 +136,11 @@ int edp_fwd_send(edp_fwd_sender *s, const char *message_id, const void *body,
     }
     if (rc != EDP_ECLOSED)
       return rc;
-    if ((rc = sender_recover(s)))
+    edp_recovery r = {0};
+    rc = edp_conn_recover(s->c, &r);
+    s->st.reconnects += r.reconnects;
+    s->st.republished += r.republished;
+    if (rc)
       return rc;
   }
   return EDP_ECONNECT;
@@ -179,7 +165,6 @@ struct edp_fwd_receiver {
   edp_fwd_receiver_opts o;
   char *queue, *dlq;
   edp_idset *seen;
-  int copy_status; /* confirm status of the last retry/dlq copy */
   edp_fwd_receiver_stats st;
 };
 
@@ -187,11 +172,6 @@ void edp_fwd_receiver_opts_init(edp_fwd_receiver_opts *o) {
   memset(o, 0, sizeof(*o));
   o->prefetch = 32;
   o->max_retries = 3;
-}
-
-static void receiver_confirmed(void *ud, const edp_confirm *cf) {
-  edp_fwd_receiver *r = ud;
-  r->copy_status = cf->status;
 }
 
 int edp_fwd_receiver_new(edp_conn *c, const edp_fwd_receiver_opts *o,
@@ -226,7 +206,6 @@ int edp_fwd_receiver_new(edp_conn *c, const edp_fwd_receiver_opts *o,
     edp_fwd_receiver_destroy(&r);
     return rc;
   }
-  edp_conn_on_confirm(c, receiver_confirmed, r);
   *out = r;
   return 0;
 }
@@ -235,7 +214,6 @@ void edp_fwd_receiver_destroy(edp_fwd_receiver **rp) {
   if (!rp || !*rp)
     return;
   edp_fwd_receiver *r = *rp;
-  edp_conn_on_confirm(r->c, NULL, NULL);
   edp_idset_destroy(&r->seen);
   free(r->queue);
   free(r->dlq);
@@ -254,42 +232,17 @@ static void emit(edp_fwd_receiver *r, int ev, const edp_delivery *d,
 static int forward_copy(edp_fwd_receiver *r, const edp_delivery *d,
                         const char *target, int64_t retries,
                         const char *reason) {
-  size_t n = 0;
-  edp_header *h = calloc(d->n_headers + 3, sizeof(*h));
-  if (!h)
-    return EDP_ENOMEM;
-  for (size_t i = 0; i < d->n_headers; i++) {
-    const char *k = d->headers[i].key;
-    if (strcmp(k, EDP_FWD_HDR_RETRIES) && strcmp(k, EDP_FWD_HDR_REASON) &&
-        strcmp(k, EDP_FWD_HDR_QUEUE))
-      h[n++] = d->headers[i];
-  }
-  h[n++] = (edp_header){EDP_FWD_HDR_RETRIES, NULL, retries};
-  h[n++] = (edp_header){EDP_FWD_HDR_REASON, reason, 0};
-  h[n++] = (edp_header){EDP_FWD_HDR_QUEUE, r->queue, 0};
+  edp_header ours[3] = {{EDP_FWD_HDR_RETRIES, NULL, retries},
+                        {EDP_FWD_HDR_REASON, reason, 0},
+                        {EDP_FWD_HDR_QUEUE, r->queue, 0}};
   edp_msg m;
-  edp_msg_init(&m);
+  edp_msg_from_delivery(&m, d);
   m.routing_key = target;
-  m.body = d->body;
-  m.body_len = d->body_len;
-  m.persistent = 1;
-  m.mandatory = 1;
-  m.message_id = d->message_id;
-  m.content_type = d->content_type;
-  m.correlation_id = d->correlation_id;
-  m.reply_to = d->reply_to;
-  m.type = d->type;
-  m.priority = d->priority;
-  m.timestamp = d->timestamp;
-  m.headers = h;
-  m.n_headers = n;
-  r->copy_status = -1;
-  int rc = edp_conn_publish(r->c, &m, NULL);
-  free(h);
-  if (!rc)
-    rc = edp_conn_wait_confirms(r->c, 0, 30000);
-  if (!rc && r->copy_status != EDP_CONFIRM_ACK)
-    rc = EDP_ENACKED;
+  m.headers = edp_headers_merge(d, ours, 3, &m.n_headers);
+  if (!m.headers)
+    return EDP_ENOMEM;
+  int rc = edp_conn_publish_confirmed(r->c, &m, 30000);
+  free((edp_header *)m.headers);
   return rc;
 }
 

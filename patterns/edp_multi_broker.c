@@ -77,52 +77,24 @@ static uint32_t key_hash(const char *k) {
 
 struct held {
   struct held *next;
-  edp_msg m;
+  edp_msg *m; /* edp_msg_dup() copy */
 };
 
-static size_t slen(const char *s) { return s ? strlen(s) + 1 : 0; }
-
-static const char *put(char **cur, const char *s) {
-  if (!s)
-    return NULL;
-  size_t n = strlen(s) + 1;
-  memcpy(*cur, s, n);
-  *cur += n;
-  return *cur - n;
-}
-
-/* Deep copy of m in one allocation, as edp_conn keeps its unconfirmed. */
 static struct held *held_copy(const edp_msg *m) {
-  size_t size = sizeof(struct held) + m->n_headers * sizeof(edp_header) +
-                slen(m->exchange) + slen(m->routing_key) + slen(m->message_id) +
-                slen(m->content_type) + slen(m->reply_to) +
-                slen(m->correlation_id) + slen(m->type) + m->body_len;
-  for (size_t i = 0; i < m->n_headers; i++)
-    size += slen(m->headers[i].key) + slen(m->headers[i].str);
-  struct held *h = malloc(size);
+  struct held *h = malloc(sizeof(*h));
   if (!h)
     return NULL;
   h->next = NULL;
-  h->m = *m;
-  edp_header *hd = (edp_header *)(h + 1);
-  char *cur = (char *)(hd + m->n_headers);
-  for (size_t i = 0; i < m->n_headers; i++) {
-    hd[i].key = put(&cur, m->headers[i].key);
-    hd[i].str = put(&cur, m->headers[i].str);
-    hd[i].num = m->headers[i].num;
+  if (!(h->m = edp_msg_dup(m))) {
+    free(h);
+    return NULL;
   }
-  h->m.headers = m->n_headers ? hd : NULL;
-  h->m.exchange = put(&cur, m->exchange);
-  h->m.routing_key = put(&cur, m->routing_key);
-  h->m.message_id = put(&cur, m->message_id);
-  h->m.content_type = put(&cur, m->content_type);
-  h->m.reply_to = put(&cur, m->reply_to);
-  h->m.correlation_id = put(&cur, m->correlation_id);
-  h->m.type = put(&cur, m->type);
-  if (m->body_len)
-    memcpy(cur, m->body, m->body_len);
-  h->m.body = cur;
   return h;
+}
+
+static void held_free(struct held *h) {
+  free(h->m);
+  free(h);
 }
 
 /* ---------- producer ---------- */
@@ -283,7 +255,7 @@ static int send_kept(edp_multi_producer *p, struct pbroker *b) {
   b->st.published += n;
   while (!rc && b->h_head) {
     struct held *h = b->h_head;
-    rc = edp_conn_publish(b->c, &h->m, NULL);
+    rc = edp_conn_publish(b->c, h->m, NULL);
     if (rc)
       break;
     b->h_head = h->next;
@@ -291,7 +263,7 @@ static int send_kept(edp_multi_producer *p, struct pbroker *b) {
       b->h_tail = NULL;
     b->n_held--;
     b->st.published++;
-    free(h);
+    held_free(h);
     n++;
   }
   if (n)
@@ -555,7 +527,7 @@ void edp_multi_producer_destroy(edp_multi_producer **pp) {
     while (b->h_head) {
       struct held *h = b->h_head;
       b->h_head = h->next;
-      free(h);
+      held_free(h);
     }
     free(b->url);
   }

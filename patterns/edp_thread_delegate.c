@@ -75,7 +75,6 @@ struct edp_td {
   atomic_int stopping;
   int stopped;
   int need_reconnect;
-  int copy_status;
   edp_td_stats st;
 };
 
@@ -252,11 +251,6 @@ static void emit(edp_td *td, int type, const td_task *t, const char *reason) {
   td->o.on_event(td->o.ud, &ev);
 }
 
-static void td_confirmed(void *ud, const edp_confirm *cf) {
-  edp_td *td = ud;
-  td->copy_status = cf->status;
-}
-
 /* Copies a failed message to the .dlq with the reason and waits for the
  * broker's confirm, then acks the original. Returns 0 when both happened,
  * EDP_ESTALE if the original's channel is gone (it will be redelivered
@@ -266,42 +260,19 @@ static int dead_letter(edp_td *td, td_task *t, const char *reason) {
   edp_delivery *d = &t->d;
   if (d->epoch != edp_conn_epoch(td->c) || !edp_conn_is_open(td->c))
     return EDP_ESTALE;
-  edp_header *h = calloc(d->n_headers + 4, sizeof(*h));
-  if (!h)
-    return EDP_ENOMEM;
-  size_t n = 0;
-  for (size_t i = 0; i < d->n_headers; i++) {
-    const char *k = d->headers[i].key;
-    if (strcmp(k, EDP_FWD_HDR_RETRIES) && strcmp(k, EDP_FWD_HDR_REASON) &&
-        strcmp(k, EDP_FWD_HDR_QUEUE) && strcmp(k, EDP_TD_HDR_CONTEXT))
-      h[n++] = d->headers[i];
-  }
-  h[n++] = (edp_header){EDP_FWD_HDR_RETRIES, NULL,
-                        t->attempts > 0 ? t->attempts - 1 : 0};
-  h[n++] = (edp_header){EDP_FWD_HDR_REASON, reason, 0};
-  h[n++] = (edp_header){EDP_FWD_HDR_QUEUE, td->queue, 0};
-  h[n++] = (edp_header){EDP_TD_HDR_CONTEXT, t->ctx, 0};
+  edp_header ours[4] = {
+      {EDP_FWD_HDR_RETRIES, NULL, t->attempts > 0 ? t->attempts - 1 : 0},
+      {EDP_FWD_HDR_REASON, reason, 0},
+      {EDP_FWD_HDR_QUEUE, td->queue, 0},
+      {EDP_TD_HDR_CONTEXT, t->ctx, 0}};
   edp_msg m;
-  edp_msg_init(&m);
+  edp_msg_from_delivery(&m, d);
   m.routing_key = td->dlq;
-  m.body = d->body;
-  m.body_len = d->body_len;
-  m.persistent = 1;
-  m.mandatory = 1;
-  m.message_id = d->message_id;
-  m.content_type = d->content_type;
-  m.correlation_id = d->correlation_id;
-  m.type = d->type;
-  m.timestamp = d->timestamp;
-  m.headers = h;
-  m.n_headers = n;
-  td->copy_status = -1;
-  int rc = edp_conn_publish(td->c, &m, NULL);
-  free(h);
-  if (!rc)
-    rc = edp_conn_wait_confirms(td->c, 0, 30000);
-  if (!rc && td->copy_status != EDP_CONFIRM_ACK)
-    rc = EDP_ENACKED;
+  m.headers = edp_headers_merge(d, ours, 4, &m.n_headers);
+  if (!m.headers)
+    return EDP_ENOMEM;
+  int rc = edp_conn_publish_confirmed(td->c, &m, 30000);
+  free((edp_header *)m.headers);
   if (!rc)
     rc = edp_conn_ack(td->c, d->epoch, d->tag, 0);
   return rc;
@@ -553,11 +524,9 @@ int edp_td_new(edp_conn *c, const edp_td_opts *o, edp_td **out) {
     rc = edp_conn_qos(c, td->o.prefetch);
   if (!rc)
     rc = edp_conn_confirm_select(c);
-  if (!rc) {
-    edp_conn_on_confirm(c, td_confirmed, td);
+  if (!rc)
     rc = edp_conn_consume(c, td->queue, NULL, td->consumer_tag,
                           sizeof(td->consumer_tag));
-  }
   if (!rc)
     sync_epoch(td);
   if (rc) {
@@ -627,8 +596,6 @@ void edp_td_destroy(edp_td **tdp) {
       edp_handoff_destroy(&td->w[i].verdict);
     }
   }
-  if (td->c)
-    edp_conn_on_confirm(td->c, NULL, NULL);
   edp_handoff_destroy(&td->done);
   edp_allocmap_destroy(&td->map);
   if (td->abort_fd >= 0)

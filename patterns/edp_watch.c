@@ -308,16 +308,7 @@ static int publish_json(edp_watch_server *s, const char *queue,
 /* Waits for every confirm, reconnecting and republishing if the
  * connection drops; then removes the watches whose queue was gone. */
 static int settle_confirms(edp_watch_server *s) {
-  int rc;
-  for (int i = 0; i < 10; i++) {
-    rc = edp_conn_wait_confirms(s->c, 0, CONFIRM_TIMEOUT_MS);
-    if (rc != EDP_ECLOSED)
-      break;
-    if ((rc = edp_conn_reconnect(s->c)) ||
-        (rc = edp_conn_republish_unconfirmed(s->c, NULL)))
-      if (rc != EDP_ECLOSED)
-        break;
-  }
+  int rc = edp_conn_wait_confirms_recover(s->c, 0, CONFIRM_TIMEOUT_MS, NULL);
   int removed = 0;
   for (size_t i = 0; i < s->n_gone; i++) {
     struct watch *w = find_watch(s, s->gone[i]);

@@ -254,6 +254,67 @@ START_TEST(file_never_torn_by_a_crash) {
 }
 END_TEST
 
+START_TEST(msg_dup_is_deep) {
+  char body[] = "payload";
+  char key[] = "k", val[] = "v", id[] = "m-1";
+  edp_header h[2] = {{key, val, 0}, {"n", NULL, 42}};
+  edp_msg m;
+  edp_msg_init(&m);
+  m.routing_key = "q";
+  m.body = body;
+  m.body_len = 7;
+  m.message_id = id;
+  m.headers = h;
+  m.n_headers = 2;
+  edp_msg *d = edp_msg_dup(&m);
+  ck_assert_ptr_nonnull(d);
+  /* changing the original leaves the copy alone */
+  body[0] = key[0] = val[0] = id[0] = 'X';
+  ck_assert_int_eq(memcmp(d->body, "payload", 7), 0);
+  ck_assert_str_eq(d->message_id, "m-1");
+  ck_assert_str_eq(d->routing_key, "q");
+  ck_assert_str_eq(d->exchange, "");
+  ck_assert_uint_eq(d->n_headers, 2);
+  ck_assert_str_eq(d->headers[0].key, "k");
+  ck_assert_str_eq(d->headers[0].str, "v");
+  ck_assert_ptr_null(d->headers[1].str);
+  ck_assert_int_eq(d->headers[1].num, 42);
+  ck_assert_ptr_null(d->content_type);
+  free(d);
+  m.body = NULL; /* body_len 7 without a body */
+  ck_assert_ptr_null(edp_msg_dup(&m));
+}
+END_TEST
+
+START_TEST(headers_merge_replaces_and_adds) {
+  edp_header dh[3] = {{"a", "1", 0}, {"retries", NULL, 1}, {"b", "2", 0}};
+  edp_delivery d;
+  memset(&d, 0, sizeof(d));
+  d.headers = dh;
+  d.n_headers = 3;
+  d.message_id = "id";
+  d.priority = 3;
+  edp_header add[2] = {{"retries", NULL, 2}, {"reason", "boom", 0}};
+  size_t n = 0;
+  edp_header *h = edp_headers_merge(&d, add, 2, &n);
+  ck_assert_ptr_nonnull(h);
+  ck_assert_uint_eq(n, 4);
+  ck_assert_str_eq(h[0].key, "a");
+  ck_assert_str_eq(h[1].key, "b");
+  ck_assert_str_eq(h[2].key, "retries");
+  ck_assert_int_eq(h[2].num, 2);
+  ck_assert_str_eq(h[3].str, "boom");
+  free(h);
+  edp_msg m;
+  edp_msg_from_delivery(&m, &d);
+  ck_assert_str_eq(m.message_id, "id");
+  ck_assert_int_eq(m.priority, 3);
+  ck_assert_int_eq(m.persistent, 1);
+  ck_assert_int_eq(m.mandatory, 1);
+  ck_assert_uint_eq(m.n_headers, 0);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("core");
   TCase *tc = tcase_create("core");
@@ -267,6 +328,8 @@ int main(void) {
   tcase_add_test(tc, errors_have_text);
   tcase_add_test(tc, idset_bounded);
   tcase_add_test(tc, conn_open_bad_args);
+  tcase_add_test(tc, msg_dup_is_deep);
+  tcase_add_test(tc, headers_merge_replaces_and_adds);
   tcase_add_test(tc, file_atomic_write_and_read);
   tcase_add_test(tc, file_never_torn_by_a_crash);
   tcase_set_timeout(tc, 120);
