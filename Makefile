@@ -114,7 +114,7 @@ check: deps all tests
 	    CK_FORK=no valgrind -q --error-exitcode=1 --leak-check=full \
 	      --errors-for-leak-kinds=definite,indirect $$t >/dev/null || exit 1; \
 	  done; fi
-	EDP_BIN=$(BIN) tests/run-integration.sh $(INTEG_BINS) $(wildcard tests/integ_*.sh)
+	EDP_BIN=$(BIN) EDP_SANFLAGS='$(SANFLAGS)' tests/run-integration.sh $(INTEG_BINS) $(wildcard tests/integ_*.sh)
 
 # Each bench program prints one markdown section; bench.sh runs them all
 # against one private node (multi-broker starts its own) and writes

@@ -21,7 +21,8 @@ echo "ok: $n symbols, all edp_"
 
 echo "-- headers as C++"
 printf '#include "edp.h"\nint main() { edp_conn *c = nullptr; edp_conn_destroy(&c); return 0; }\n' > "$tmp/t.cc"
-g++ -std=c++11 -Wall -Wextra -Werror -Ilib -Ipatterns -o "$tmp/cxx" "$tmp/t.cc" "$OUT/libedp.a" \
+# shellcheck disable=SC2086 # EDP_SANFLAGS: make check SAN=1's flags
+g++ -std=c++11 -Wall -Wextra -Werror ${EDP_SANFLAGS:-} -Ilib -Ipatterns -o "$tmp/cxx" "$tmp/t.cc" "$OUT/libedp.a" \
   $(pkg-config --libs librabbitmq jansson) -lpthread || fail "headers do not compile as C++"
 "$tmp/cxx" || fail "C++ program failed"
 echo "ok"
