@@ -63,6 +63,8 @@ int main(int argc, char **argv) {
   }
   if (optind < argc)
     cli_die(&app, CLI_USAGE, "unexpected argument '%s'", argv[optind]);
+  if (keys_arg && !keys_arg[strspn(keys_arg, ",")])
+    cli_die(&app, CLI_USAGE, "--keys: no key given (omit --keys to watch all)");
   const char *keys[EDP_WATCH_MAX_KEYS];
   size_t n_keys = 0;
   for (char *k = keys_arg ? strtok(keys_arg, ",") : NULL; k;
