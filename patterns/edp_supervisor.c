@@ -310,7 +310,8 @@ static void *consumer_main(void *arg) {
      * waiting in the queue: a backlog. Tell the supervisor now rather than
      * at its next reading (it rate-limits the extra readings). */
     if (rc > 0 && (rc & EDP_READY_DELIVERY) && acked_us >= 0 &&
-        s->o.hint_ms > 0 && now_us() - acked_us <= EDP_SUP_HINT_GAP_US)
+        s->o.hint_ms > 0 && s->o.supervise &&
+        now_us() - acked_us <= EDP_SUP_HINT_GAP_US)
       poke(s->hint_efd);
     acked_us = -1;
     if (rc == EDP_ESTOPPED || rc == 0 || rc == EDP_ECHANNEL)
@@ -518,6 +519,7 @@ static void tick(edp_sup *s) {
 static void *sup_main(void *arg) {
   edp_sup *s = arg;
   int64_t next = edp_now_ms(), last = next - s->o.interval_ms;
+  int deaf = 0; /* hints ignored until the next reading (at max) */
   for (;;) {
     int64_t now = edp_now_ms();
     if (now < next) {
@@ -527,7 +529,7 @@ static void *sup_main(void *arg) {
        * hint_efd brings the next reading forward; once it is as early as
        * the rate limit allows, further hints change nothing, so the wait
        * stops listening to them (no wake-up per delivery in a burst). */
-      int wake = s->o.hint_ms > 0 && next > last + s->o.hint_ms
+      int wake = s->o.hint_ms > 0 && !deaf && next > last + s->o.hint_ms
                      ? s->hint_efd
                      : -1;
       int rc = edp_conn_is_open(s->c)
@@ -537,7 +539,16 @@ static void *sup_main(void *arg) {
         break;
       if (rc > 0 && (rc & EDP_READY_WAKE)) {
         drain_efd(s->hint_efd);
-        next = edp_sup_next_reading(last, next, 1, s->o.hint_ms);
+        /* At max a reading can start nothing: a backlog draining at full
+         * strength would otherwise cost a reading every hint_ms. */
+        int active, live;
+        pthread_mutex_lock(&s->mu);
+        count_locked(s, &active, &live);
+        pthread_mutex_unlock(&s->mu);
+        if (live < s->o.policy.max)
+          next = edp_sup_next_reading(last, next, 1, s->o.hint_ms);
+        else
+          deaf = 1;
         continue;
       }
       if (rc == EDP_ECLOSED) {
@@ -555,6 +566,7 @@ static void *sup_main(void *arg) {
     next = now + s->o.interval_ms;
     /* Hints written before this reading are answered by it. */
     drain_efd(s->hint_efd);
+    deaf = 0;
     tick(s);
   }
   return NULL;

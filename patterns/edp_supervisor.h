@@ -93,7 +93,9 @@ int64_t edp_sup_next_reading(int64_t last_ms, int64_t next_ms, int hinted,
 typedef int (*edp_sup_handler)(void *ud, int consumer, const edp_delivery *d);
 
 enum edp_sup_event_type {
-  EDP_SUP_SCALE = 0,      /* one per interval, after the decision */
+  EDP_SUP_SCALE = 0,      /* one per depth reading (every interval, and
+                             the extra readings hints ask for), after the
+                             decision */
   EDP_SUP_START = 1,      /* a consumer was started */
   EDP_SUP_RETIRE = 2,     /* a consumer was asked to retire */
   EDP_SUP_STOPPED = 3,    /* a consumer closed (retired, stopped, failed) */
@@ -128,8 +130,10 @@ typedef struct edp_sup_opts {
   int hint_ms;       /* a consumer that finds its next message already
                         waiting right after its ack (a backlog) wakes the
                         supervisor for an extra reading, at most one per
-                        hint_ms after the previous reading; >= 0, 0 = no
-                        hints (readings only every interval); default 20 */
+                        hint_ms after the previous reading, and none while
+                        max consumers are alive; only when supervise is
+                        on; >= 0, 0 = no hints (readings only every
+                        interval); default 20 */
   int supervise;     /* default 1; 0 = static: always policy.min
                         consumers (the baseline) */
   edp_sup_policy policy;
