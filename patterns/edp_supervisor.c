@@ -94,7 +94,7 @@ int edp_sup_policy_decide(const edp_sup_policy *p, edp_sup_policy_state *s,
 }
 
 int64_t edp_sup_next_reading(int64_t last_ms, int64_t next_ms, int hinted,
-                              int hint_ms) {
+                             int hint_ms) {
   if (!hinted || hint_ms <= 0)
     return next_ms;
   int64_t early = last_ms + hint_ms;
@@ -587,8 +587,8 @@ int edp_sup_new(const edp_sup_opts *o, edp_sup **out, char *err_text,
   *out = NULL;
   if (!o || !o->queue || !o->queue[0] || strlen(o->queue) > 200 ||
       !o->handler || o->prefetch < 1 || o->prefetch > 65535 ||
-      o->interval_ms < 10 || o->hint_ms < 0 || edp_sup_policy_check(&o->policy) ||
-      (o->name && strlen(o->name) > 200))
+      o->interval_ms < 10 || o->hint_ms < 0 ||
+      edp_sup_policy_check(&o->policy) || (o->name && strlen(o->name) > 200))
     return set_err(err_text, err_len, EDP_EINVAL, "invalid options");
   edp_sup *s = calloc(1, sizeof(*s));
   if (!s)

@@ -381,17 +381,9 @@ START_TEST(backlog_hint_scales_up_before_the_interval) {
   /* Readings every 20 s only: without the consumers' hint the first
    * rise could not come before 20 s after the start. Max 4 is reached in
    * the first hinted reading (300 queued want 60). */
-  const char *extra[] = {"--per-consumer",
-                         "5",
-                         "--interval-ms",
-                         "20000",
-                         "--hint-ms",
-                         "20",
-                         "--keep-alive-ms",
-                         "60000",
-                         "--work-ms",
-                         "10",
-                         NULL};
+  const char *extra[] = {
+      "--per-consumer",  "5",     "--interval-ms", "20000", "--hint-ms", "20",
+      "--keep-alive-ms", "60000", "--work-ms",     "10",    NULL};
   sup_watch w;
   long long t_start = t_now_ms();
   watch_start(&w, q, name, 1, 4, extra);
