@@ -35,6 +35,9 @@ static void usage(void) {
          "      --per-consumer N    queued messages per consumer: wants\n"
          "                          ceil(depth / N) consumers (default 10)\n"
          "      --interval-ms MS    depth reading period (default 1000)\n"
+         "      --hint-ms MS        a consumer that finds a backlog asks for\n"
+         "                          an extra reading, at most one per MS\n"
+         "                          (default 20; 0 = every interval only)\n"
          "      --keep-alive-ms MS  retire surplus consumers only after the\n"
          "                          demand stayed lower this long (default "
          "5000)\n"
@@ -151,6 +154,7 @@ int main(int argc, char **argv) {
       {"max", required_argument, NULL, 'M'},
       {"per-consumer", required_argument, NULL, 'N'},
       {"interval-ms", required_argument, NULL, 'I'},
+      {"hint-ms", required_argument, NULL, 'H'},
       {"keep-alive-ms", required_argument, NULL, 'K'},
       {"work-ms", required_argument, NULL, 'W'},
       {"prefetch", required_argument, NULL, 'p'},
@@ -186,6 +190,9 @@ int main(int argc, char **argv) {
       break;
     case 'I':
       so.interval_ms = (int)cli_int(&app, "interval-ms", optarg, 10, 3600000L);
+      break;
+    case 'H':
+      so.hint_ms = (int)cli_int(&app, "hint-ms", optarg, 0, 3600000L);
       break;
     case 'K':
       so.policy.keep_alive_ms =

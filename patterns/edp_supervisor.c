@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "edp_util.h"
@@ -92,6 +93,14 @@ int edp_sup_policy_decide(const edp_sup_policy *p, edp_sup_policy_state *s,
   return target;
 }
 
+int64_t edp_sup_next_reading(int64_t last_ms, int64_t next_ms, int hinted,
+                             int hint_ms) {
+  if (!hinted || hint_ms <= 0)
+    return next_ms;
+  int64_t early = last_ms + hint_ms;
+  return early < next_ms ? early : next_ms;
+}
+
 /* ---------- service ---------- */
 
 struct consumer {
@@ -111,6 +120,7 @@ struct edp_sup {
   char *url, *queue, *name;
   edp_conn *c; /* the supervisor's connection */
   int stop_efd;
+  int hint_efd; /* consumers write it when they find a backlog */
   pthread_t th;
   int th_started;
   int stopped;
@@ -129,6 +139,7 @@ void edp_sup_opts_init(edp_sup_opts *o) {
   o->name = "edp-sup";
   o->prefetch = 1;
   o->interval_ms = 1000;
+  o->hint_ms = 20;
   o->supervise = 1;
   edp_sup_policy_init(&o->policy);
   o->heartbeat_s = 10;
@@ -161,6 +172,17 @@ static void conn_opts(edp_sup *s, edp_conn_opts *co, const char *client,
   co->stop_fd = stop_fd;
   co->log = s->o.log;
   co->log_ud = s->o.log_ud;
+}
+
+/* A next delivery that arrives this soon after the ack was already in the
+ * queue: a loopback round trip is well under a millisecond, a message
+ * that had to be published first is rarely that punctual. */
+#define EDP_SUP_HINT_GAP_US 1500
+
+static int64_t now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static void poke(int efd) {
@@ -275,9 +297,23 @@ static void *consumer_main(void *arg) {
     err = edp_conn_qos(c, s->o.prefetch);
   if (!err)
     err = edp_conn_consume(c, s->queue, NULL, tag, sizeof(tag));
+  if (!err)
+    slog(s, EDP_LOG_DEBUG, "consumer %d consuming %lld ms after its start",
+         k->id, (long long)(edp_now_ms() - k->started_ms));
+  /* When the last ack went out; -1 while nothing was acked yet. */
+  int64_t acked_us = -1;
   while (!err && !atomic_load(&k->retire)) {
     /* The timeout only bounds the wait; the eventfd (stop_fd) ends it. */
     int rc = edp_conn_wait(c, -1, 1000);
+    /* With prefetch 1 the broker sends the next message when it got the
+     * ack; if that message is here within one round trip it was already
+     * waiting in the queue: a backlog. Tell the supervisor now rather than
+     * at its next reading (it rate-limits the extra readings). */
+    if (rc > 0 && (rc & EDP_READY_DELIVERY) && acked_us >= 0 &&
+        s->o.hint_ms > 0 && s->o.supervise &&
+        now_us() - acked_us <= EDP_SUP_HINT_GAP_US)
+      poke(s->hint_efd);
+    acked_us = -1;
     if (rc == EDP_ESTOPPED || rc == 0 || rc == EDP_ECHANNEL)
       continue;
     if (rc == EDP_ECLOSED) {
@@ -293,6 +329,7 @@ static void *consumer_main(void *arg) {
     if (rc == 0) {
       rc = handle(k, c, &d);
       edp_delivery_clear(&d);
+      acked_us = now_us();
     }
     if (rc == EDP_ECLOSED)
       err = consumer_reconnect(k, c);
@@ -481,18 +518,39 @@ static void tick(edp_sup *s) {
 
 static void *sup_main(void *arg) {
   edp_sup *s = arg;
-  int64_t next = edp_now_ms();
+  int64_t next = edp_now_ms(), last = next - s->o.interval_ms;
+  int deaf = 0; /* hints ignored until the next reading (at max) */
   for (;;) {
     int64_t now = edp_now_ms();
     if (now < next) {
       int left = (int)(next - now);
       /* Waiting on the connection services its heartbeats; the stop
-       * eventfd is its stop_fd and ends the wait. */
+       * eventfd is its stop_fd and ends the wait. A consumer's hint on
+       * hint_efd brings the next reading forward; once it is as early as
+       * the rate limit allows, further hints change nothing, so the wait
+       * stops listening to them (no wake-up per delivery in a burst). */
+      int wake = s->o.hint_ms > 0 && !deaf && next > last + s->o.hint_ms
+                     ? s->hint_efd
+                     : -1;
       int rc = edp_conn_is_open(s->c)
-                   ? edp_conn_wait(s->c, -1, left)
+                   ? edp_conn_wait(s->c, wake, left)
                    : (edp_sleep_ms(left, s->stop_efd) ? EDP_ESTOPPED : 0);
       if (rc == EDP_ESTOPPED)
         break;
+      if (rc > 0 && (rc & EDP_READY_WAKE)) {
+        drain_efd(s->hint_efd);
+        /* At max a reading can start nothing: a backlog draining at full
+         * strength would otherwise cost a reading every hint_ms. */
+        int active, live;
+        pthread_mutex_lock(&s->mu);
+        count_locked(s, &active, &live);
+        pthread_mutex_unlock(&s->mu);
+        if (live < s->o.policy.max)
+          next = edp_sup_next_reading(last, next, 1, s->o.hint_ms);
+        else
+          deaf = 1;
+        continue;
+      }
       if (rc == EDP_ECLOSED) {
         if (sup_reconnect(s) == EDP_ESTOPPED)
           break;
@@ -502,9 +560,13 @@ static void *sup_main(void *arg) {
       }
       continue;
     }
-    next += s->o.interval_ms;
-    if (next <= now)
-      next = now + s->o.interval_ms; /* we fell behind: don't burst */
+    /* The next regular reading is one interval after this one, whether
+     * this one was regular or brought forward by a hint. */
+    last = now;
+    next = now + s->o.interval_ms;
+    /* Hints written before this reading are answered by it. */
+    drain_efd(s->hint_efd);
+    deaf = 0;
     tick(s);
   }
   return NULL;
@@ -525,14 +587,15 @@ int edp_sup_new(const edp_sup_opts *o, edp_sup **out, char *err_text,
   *out = NULL;
   if (!o || !o->queue || !o->queue[0] || strlen(o->queue) > 200 ||
       !o->handler || o->prefetch < 1 || o->prefetch > 65535 ||
-      o->interval_ms < 10 || edp_sup_policy_check(&o->policy) ||
-      (o->name && strlen(o->name) > 200))
+      o->interval_ms < 10 || o->hint_ms < 0 ||
+      edp_sup_policy_check(&o->policy) || (o->name && strlen(o->name) > 200))
     return set_err(err_text, err_len, EDP_EINVAL, "invalid options");
   edp_sup *s = calloc(1, sizeof(*s));
   if (!s)
     return EDP_ENOMEM;
   s->o = *o;
   s->stop_efd = -1;
+  s->hint_efd = -1;
   pthread_mutex_init(&s->mu, NULL);
   edp_sup_policy_state_init(&s->pst);
   s->st.depth = -1;
@@ -550,7 +613,8 @@ int edp_sup_new(const edp_sup_opts *o, edp_sup **out, char *err_text,
   s->o.queue = s->queue;
   s->o.name = s->name;
   s->stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (s->stop_efd < 0) {
+  s->hint_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (s->stop_efd < 0 || s->hint_efd < 0) {
     edp_sup_destroy(&s);
     return set_err(err_text, err_len, EDP_EIO, "eventfd failed");
   }
@@ -622,6 +686,8 @@ void edp_sup_destroy(edp_sup **sp) {
   edp_sup_stop(s);
   if (s->stop_efd >= 0)
     close(s->stop_efd);
+  if (s->hint_efd >= 0)
+    close(s->hint_efd);
   pthread_mutex_destroy(&s->mu);
   free(s->url);
   free(s->queue);

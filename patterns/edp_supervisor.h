@@ -76,6 +76,14 @@ int edp_sup_policy_want(const edp_sup_policy *p, uint64_t depth);
 int edp_sup_policy_decide(const edp_sup_policy *p, edp_sup_policy_state *s,
                           int current, uint64_t depth, int64_t now_ms);
 
+/* When the supervisor reads the depth next: next_ms is the regular
+ * reading (one interval after the last one, last_ms); a consumer's hint
+ * (hinted != 0) that the queue has a backlog brings it forward to
+ * last_ms + hint_ms, never later than next_ms. hint_ms <= 0: hints are
+ * ignored. Pure, like the policy. */
+int64_t edp_sup_next_reading(int64_t last_ms, int64_t next_ms, int hinted,
+                             int hint_ms);
+
 /* ---- the service ---- */
 
 /* Called on a consumer thread for each delivery. Return 0 when the message
@@ -85,7 +93,9 @@ int edp_sup_policy_decide(const edp_sup_policy *p, edp_sup_policy_state *s,
 typedef int (*edp_sup_handler)(void *ud, int consumer, const edp_delivery *d);
 
 enum edp_sup_event_type {
-  EDP_SUP_SCALE = 0,      /* one per interval, after the decision */
+  EDP_SUP_SCALE = 0,      /* one per depth reading (every interval, and
+                             the extra readings hints ask for), after the
+                             decision */
   EDP_SUP_START = 1,      /* a consumer was started */
   EDP_SUP_RETIRE = 2,     /* a consumer was asked to retire */
   EDP_SUP_STOPPED = 3,    /* a consumer closed (retired, stopped, failed) */
@@ -117,6 +127,13 @@ typedef struct edp_sup_opts {
                         "<name>-consumer-<id>"; default "edp-sup" */
   int prefetch;      /* per consumer, >= 1, default 1 */
   int interval_ms;   /* depth reading period, >= 10, default 1000 */
+  int hint_ms;       /* a consumer that finds its next message already
+                        waiting right after its ack (a backlog) wakes the
+                        supervisor for an extra reading, at most one per
+                        hint_ms after the previous reading, and none while
+                        max consumers are alive; only when supervise is
+                        on; >= 0, 0 = no hints (readings only every
+                        interval); default 20 */
   int supervise;     /* default 1; 0 = static: always policy.min
                         consumers (the baseline) */
   edp_sup_policy policy;

@@ -374,6 +374,46 @@ END_TEST
 
 static int static_done(sup_watch *w) { return w->processed >= w->expected; }
 
+static int risen(sup_watch *w) { return w->consumers > w->min; }
+
+START_TEST(backlog_hint_scales_up_before_the_interval) {
+  const char *q = t_unique("sup.hint"), *name = t_unique("sup-hint");
+  /* Readings every 20 s only: without the consumers' hint the first
+   * rise could not come before 20 s after the start. Max 4 is reached in
+   * the first hinted reading (300 queued want 60). */
+  const char *extra[] = {
+      "--per-consumer",  "5",     "--interval-ms", "20000", "--hint-ms", "20",
+      "--keep-alive-ms", "60000", "--work-ms",     "10",    NULL};
+  sup_watch w;
+  long long t_start = t_now_ms();
+  watch_start(&w, q, name, 1, 4, extra);
+  snprintf(w.prefix, sizeof(w.prefix), "%s", t_unique("H"));
+  w.expected = 300;
+  t_proc load;
+  long long t0 = t_now_ms();
+  long scales0 = w.scale_events;
+  spawn_load(&load, q, w.prefix, "--rate", "3000", "--duration", "100ms");
+  ck_assert_msg(watch_until(&w, risen, 15000),
+                "no scale-up within 15 s (interval 20 s)");
+  ck_assert_int_lt(w.t_first_rise - t_start, 15000);
+  ck_assert_int_le(w.t_first_rise - t0, 5000);
+  ck_assert_int_le(w.max_live, 4);
+  ck_assert_int_eq(w.lag, 0);
+  ck_assert(watch_until(&w, static_done, 60000));
+  /* 300 queued want 60, clamped to max 4 in one reading; at max, further
+   * hints are ignored until the next interval, so draining the backlog
+   * (about 0.75 s, a hint per delivery) takes a handful of readings, not
+   * one per hint_ms. */
+  if (t_now_ms() - t_start < 19000)
+    ck_assert_int_le(w.scale_events - scales0, 10);
+  ck_assert_int_eq(t_wait(&load, 30000), 0);
+  watch_stop(&w);
+  expect_exactly_once(&w);
+  expect_queue_empty(q);
+  watch_free(&w);
+}
+END_TEST
+
 START_TEST(static_baseline_keeps_its_count) {
   const char *q = t_unique("sup.static"), *name = t_unique("sup-static");
   const char *extra[] = {"--no-supervisor",
@@ -497,6 +537,7 @@ int main(void) {
   tcase_add_test(tc, exactly_once_through_scale_cycles);
   tcase_add_test(tc, supervisor_connection_lost);
   tcase_add_test(tc, static_baseline_keeps_its_count);
+  tcase_add_test(tc, backlog_hint_scales_up_before_the_interval);
   tcase_add_test(tc, stop_finishes_in_flight_work);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);

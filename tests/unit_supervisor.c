@@ -31,6 +31,7 @@ START_TEST(defaults_are_valid) {
   edp_sup_opts_init(&o);
   ck_assert_int_eq(o.prefetch, 1);
   ck_assert_int_eq(o.interval_ms, 1000);
+  ck_assert_int_eq(o.hint_ms, 20);
   ck_assert_int_eq(o.supervise, 1);
 }
 END_TEST
@@ -180,6 +181,22 @@ static int nop_handler(void *ud, int consumer, const edp_delivery *d) {
   return 0;
 }
 
+START_TEST(hint_brings_reading_forward) {
+  /* Last reading at 1000, next regular one at 2000. */
+  ck_assert_int_eq(edp_sup_next_reading(1000, 2000, 0, 20), 2000);
+  ck_assert_int_eq(edp_sup_next_reading(1000, 2000, 1, 20), 1020);
+  /* Rate limit: never sooner than hint_ms after the last reading, even
+   * when the hint comes right after it. */
+  ck_assert_int_eq(edp_sup_next_reading(1000, 1020, 1, 20), 1020);
+  /* Never later than the regular reading. */
+  ck_assert_int_eq(edp_sup_next_reading(1000, 1010, 1, 20), 1010);
+  ck_assert_int_eq(edp_sup_next_reading(1000, 1500, 1, 800), 1500);
+  /* Hints off. */
+  ck_assert_int_eq(edp_sup_next_reading(1000, 2000, 1, 0), 2000);
+  ck_assert_int_eq(edp_sup_next_reading(1000, 2000, 1, -5), 2000);
+}
+END_TEST
+
 START_TEST(new_rejects_bad_options) {
   edp_sup *s = (edp_sup *)1;
   edp_sup_opts o;
@@ -194,6 +211,9 @@ START_TEST(new_rejects_bad_options) {
   o.interval_ms = 5;
   ck_assert_int_eq(edp_sup_new(&o, &s, NULL, 0), EDP_EINVAL);
   o.interval_ms = 1000;
+  o.hint_ms = -1;
+  ck_assert_int_eq(edp_sup_new(&o, &s, NULL, 0), EDP_EINVAL);
+  o.hint_ms = 20;
   o.prefetch = 0;
   ck_assert_int_eq(edp_sup_new(&o, &s, NULL, 0), EDP_EINVAL);
   o.prefetch = 1;
@@ -237,6 +257,7 @@ int main(void) {
   tcase_add_test(tc, no_keep_alive);
   tcase_add_test(tc, decide_is_deterministic);
   tcase_add_test(tc, policy_check);
+  tcase_add_test(tc, hint_brings_reading_forward);
   tcase_add_test(tc, new_rejects_bad_options);
   tcase_add_test(tc, new_reports_unreachable_broker);
   suite_add_tcase(s, tc);
