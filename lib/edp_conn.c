@@ -129,7 +129,7 @@ static char *dup_bytes(amqp_bytes_t b) {
 static void set_reply(edp_conn *c, int code, amqp_bytes_t text) {
   c->reply_code = code;
   size_t n = text.len < sizeof(c->reply_text) - 1 ? text.len
-                                                   : sizeof(c->reply_text) - 1;
+                                                  : sizeof(c->reply_text) - 1;
   if (n)
     memcpy(c->reply_text, text.bytes, n);
   c->reply_text[n] = '\0';
@@ -302,8 +302,8 @@ static void handle_return(edp_conn *c, const amqp_basic_return_t *r,
     snprintf(hit->reply_text, sizeof(hit->reply_text), "%.*s",
              (int)r->reply_text.len, (const char *)r->reply_text.bytes);
   }
-  logf_(c, EDP_LOG_DEBUG, "message %s returned: %d %.*s",
-        mid ? mid : "(no id)", r->reply_code, (int)r->reply_text.len,
+  logf_(c, EDP_LOG_DEBUG, "message %s returned: %d %.*s", mid ? mid : "(no id)",
+        r->reply_code, (int)r->reply_text.len,
         (const char *)r->reply_text.bytes);
   free(mid);
 }
@@ -507,8 +507,8 @@ static int process_frame(edp_conn *c, const amqp_frame_t *f) {
     for (size_t i = 0; tag && i < c->n_cons; i++) {
       if (strcmp(c->cons[i].tag, tag))
         continue;
-      logf_(c, EDP_LOG_WARN, "broker cancelled consumer %s on queue %s",
-            tag, c->cons[i].queue);
+      logf_(c, EDP_LOG_WARN, "broker cancelled consumer %s on queue %s", tag,
+            c->cons[i].queue);
       free(c->cons[i].queue);
       free(c->cons[i].tag);
       c->cons[i] = c->cons[--c->n_cons];
@@ -614,8 +614,7 @@ static int check_open(edp_conn *c) {
 }
 
 /* Builds x-arguments of a queue declare into entries (at most 7). */
-static amqp_table_t queue_args(const edp_queue_opts *o,
-                               amqp_table_entry_t *e) {
+static amqp_table_t queue_args(const edp_queue_opts *o, amqp_table_entry_t *e) {
   int n = 0;
   if (o->dead_letter_exchange) {
     e[n].key = amqp_cstring_bytes("x-dead-letter-exchange");
@@ -658,12 +657,12 @@ static amqp_table_t queue_args(const edp_queue_opts *o,
 
 static int do_queue_declare(edp_conn *c, const char *name,
                             const edp_queue_opts *o, int passive,
-                            char *name_out, size_t name_out_len,
-                            uint32_t *msgs, uint32_t *consumers) {
+                            char *name_out, size_t name_out_len, uint32_t *msgs,
+                            uint32_t *consumers) {
   amqp_table_entry_t e[7];
-  amqp_queue_declare_ok_t *ok = amqp_queue_declare(
-      c->st, CHANNEL, bytes_of(name), passive, o->durable, o->exclusive,
-      o->auto_delete, queue_args(o, e));
+  amqp_queue_declare_ok_t *ok =
+      amqp_queue_declare(c->st, CHANNEL, bytes_of(name), passive, o->durable,
+                         o->exclusive, o->auto_delete, queue_args(o, e));
   int rc = rpc_result(c, amqp_get_rpc_reply(c->st));
   if (rc)
     return rc;
@@ -735,8 +734,8 @@ static int restore_consumers(edp_conn *c) {
   for (size_t i = 0; i < c->n_cons; i++) {
     int rc = restore_qos(c, c->cons[i].prefetch, &cur);
     if (!rc)
-      rc = do_consume(c, c->cons[i].queue, c->cons[i].tag, &c->cons[i].o,
-                      NULL, 0);
+      rc = do_consume(c, c->cons[i].queue, c->cons[i].tag, &c->cons[i].o, NULL,
+                      0);
     if (rc)
       return rc;
   }
@@ -810,16 +809,15 @@ static int connect_once(edp_conn *c, char *err_text, size_t err_len) {
                         (c->o.rpc_timeout_ms % 1000) * 1000};
   amqp_set_rpc_timeout(c->st, &rpc);
 
-  amqp_table_entry_t caps[1] = {
-      {amqp_cstring_bytes("consumer_cancel_notify"),
-       {AMQP_FIELD_KIND_BOOLEAN, {.boolean = 1}}}};
+  amqp_table_entry_t caps[1] = {{amqp_cstring_bytes("consumer_cancel_notify"),
+                                 {AMQP_FIELD_KIND_BOOLEAN, {.boolean = 1}}}};
   amqp_table_entry_t props[2] = {
       {amqp_cstring_bytes("capabilities"),
        {AMQP_FIELD_KIND_TABLE, {.table = {1, caps}}}},
       {amqp_cstring_bytes("connection_name"),
        {AMQP_FIELD_KIND_UTF8,
-        {.bytes = amqp_cstring_bytes(c->client_name ? c->client_name
-                                                    : "edp")}}}};
+        {.bytes =
+             amqp_cstring_bytes(c->client_name ? c->client_name : "edp")}}}};
   amqp_table_t ptable = {2, props};
   int hb = c->url.heartbeat_s >= 0 ? c->url.heartbeat_s : c->o.heartbeat_s;
   c->url.heartbeat_s = hb;
@@ -879,8 +877,8 @@ int edp_conn_open(const edp_conn_opts *o, edp_conn **out, char *err_text,
   c->o.url = c->url_raw;
   c->o.client_name = c->client_name;
   c->prefetch = -1;
-  c->rand_state = (unsigned)now_ms() ^ (unsigned)getpid() ^
-                  (unsigned)(uintptr_t)c;
+  c->rand_state =
+      (unsigned)now_ms() ^ (unsigned)getpid() ^ (unsigned)(uintptr_t)c;
   if (!c->url_raw || (o->client_name && !c->client_name)) {
     edp_conn_destroy(&c);
     return EDP_ENOMEM;
@@ -1019,8 +1017,7 @@ int edp_conn_queue_declare(edp_conn *c, const char *name,
   if (!name)
     name = "";
   char actual[256];
-  rc = do_queue_declare(c, name, o, 0, actual, sizeof(actual), msgs,
-                        consumers);
+  rc = do_queue_declare(c, name, o, 0, actual, sizeof(actual), msgs, consumers);
   if (rc)
     return rc;
   if (name_out && name_out_len)
@@ -1218,7 +1215,6 @@ static int restore_topology(edp_conn *c) {
   return 0;
 }
 
-
 /* ---------- publishing ---------- */
 
 void edp_msg_init(edp_msg *m) {
@@ -1370,10 +1366,10 @@ static int send_msg(edp_conn *c, const edp_msg *m, struct pending *p,
     props.headers.entries = entries;
   }
   amqp_bytes_t body = {m->body_len, (void *)m->body};
-  int res = amqp_basic_publish(
-      c->st, CHANNEL, bytes_of(m->exchange ? m->exchange : ""),
-      bytes_of(m->routing_key ? m->routing_key : ""), m->mandatory, 0, &props,
-      body);
+  int res = amqp_basic_publish(c->st, CHANNEL,
+                               bytes_of(m->exchange ? m->exchange : ""),
+                               bytes_of(m->routing_key ? m->routing_key : ""),
+                               m->mandatory, 0, &props, body);
   if (entries != stack_entries)
     free(entries);
   if (res < 0)
@@ -1498,8 +1494,7 @@ size_t edp_conn_take_unconfirmed(edp_conn *c, edp_take_fn fn, void *ud) {
   return n;
 }
 
-int edp_conn_publish_confirmed(edp_conn *c, const edp_msg *m,
-                               int timeout_ms) {
+int edp_conn_publish_confirmed(edp_conn *c, const edp_msg *m, int timeout_ms) {
   if (!c)
     return EDP_EINVAL;
   if (!c->confirm)
@@ -1754,10 +1749,12 @@ int edp_conn_reconnect(edp_conn *c) {
       return rc;
     /* Full jitter over the upper half keeps many clients from coming back
      * in lockstep after a broker restart. */
-    int wait = delay / 2 + (int)(rand_r(&c->rand_state) % (unsigned)(delay / 2 + 1));
+    int wait =
+        delay / 2 + (int)(rand_r(&c->rand_state) % (unsigned)(delay / 2 + 1));
     if (now_ms() - start + wait > c->o.reconnect_max_ms) {
-      logf_(c, EDP_LOG_ERROR, "giving up reconnecting to %s after %d attempts: %s",
-            c->masked, attempt, why);
+      logf_(c, EDP_LOG_ERROR,
+            "giving up reconnecting to %s after %d attempts: %s", c->masked,
+            attempt, why);
       return rc == EDP_ECLOSED ? EDP_ECONNECT : rc;
     }
     logf_(c, EDP_LOG_WARN, "reconnect attempt %d failed: %s; retrying in %d ms",

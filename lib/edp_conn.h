@@ -49,20 +49,20 @@ typedef struct edp_conn edp_conn;
 typedef void (*edp_reconnect_fn)(void *ud, edp_conn *c);
 
 typedef struct edp_conn_opts {
-  const char *url;           /* NULL means EDP_URL_DEFAULT; copied */
-  int heartbeat_s;           /* default 10; the URL's ?heartbeat= wins */
-  int connect_timeout_ms;    /* TCP connect + login, default 5000 */
-  int rpc_timeout_ms;        /* each synchronous AMQP call, default 10000 */
-  int frame_max;             /* default 131072 */
-  int reconnect_max_ms;      /* edp_conn_reconnect gives up after, 30000 */
-  int backoff_initial_ms;    /* first retry delay, default 100 */
-  int backoff_max_ms;        /* retry delay cap, default 5000 */
-  size_t max_body;           /* publish refuses bigger bodies with
-                                EDP_ETOOBIG; default 128 MiB, RabbitMQ's
-                                default max_message_size; 0 = no check */
-  int stop_fd;               /* readable = stop waiting (EDP_ESTOPPED); -1 */
-  const char *client_name;   /* shown in the management UI; copied */
-  edp_log_fn log;            /* NULL: silent */
+  const char *url;         /* NULL means EDP_URL_DEFAULT; copied */
+  int heartbeat_s;         /* default 10; the URL's ?heartbeat= wins */
+  int connect_timeout_ms;  /* TCP connect + login, default 5000 */
+  int rpc_timeout_ms;      /* each synchronous AMQP call, default 10000 */
+  int frame_max;           /* default 131072 */
+  int reconnect_max_ms;    /* edp_conn_reconnect gives up after, 30000 */
+  int backoff_initial_ms;  /* first retry delay, default 100 */
+  int backoff_max_ms;      /* retry delay cap, default 5000 */
+  size_t max_body;         /* publish refuses bigger bodies with
+                              EDP_ETOOBIG; default 128 MiB, RabbitMQ's
+                              default max_message_size; 0 = no check */
+  int stop_fd;             /* readable = stop waiting (EDP_ESTOPPED); -1 */
+  const char *client_name; /* shown in the management UI; copied */
+  edp_log_fn log;          /* NULL: silent */
   void *log_ud;
   edp_reconnect_fn on_reconnect;
   void *on_reconnect_ud;
@@ -105,16 +105,16 @@ int edp_conn_fd(const edp_conn *c);
 /* ---- topology (recorded and replayed after a reconnect) ---- */
 
 typedef struct edp_queue_opts {
-  int durable;                     /* default 1 */
-  int exclusive;                   /* default 0 */
-  int auto_delete;                 /* default 0 */
+  int durable;                         /* default 1 */
+  int exclusive;                       /* default 0 */
+  int auto_delete;                     /* default 0 */
   const char *dead_letter_exchange;    /* x-dead-letter-exchange */
   const char *dead_letter_routing_key; /* x-dead-letter-routing-key */
-  int max_priority;                /* x-max-priority, 0 = none */
-  const char *queue_type;          /* x-queue-type: classic, quorum; NULL */
-  long message_ttl_ms;             /* x-message-ttl, -1 = none */
-  long max_length;                 /* x-max-length, -1 = none */
-  const char *overflow;            /* x-overflow: drop-head, reject-publish */
+  int max_priority;                    /* x-max-priority, 0 = none */
+  const char *queue_type;              /* x-queue-type: classic, quorum; NULL */
+  long message_ttl_ms;                 /* x-message-ttl, -1 = none */
+  long max_length;                     /* x-max-length, -1 = none */
+  const char *overflow; /* x-overflow: drop-head, reject-publish */
 } edp_queue_opts;
 
 void edp_queue_opts_init(edp_queue_opts *o);
@@ -174,11 +174,11 @@ typedef struct edp_msg {
   const char *routing_key; /* queue name on the default exchange */
   const void *body;
   size_t body_len;
-  int persistent;          /* delivery_mode 2 */
-  int mandatory;           /* unroutable -> basic.return */
+  int persistent; /* delivery_mode 2 */
+  int mandatory;  /* unroutable -> basic.return */
   const char *message_id, *content_type, *reply_to, *correlation_id, *type;
-  int priority;            /* 0..255, -1 = not set */
-  int64_t timestamp;       /* seconds since the epoch, 0 = not set */
+  int priority;      /* 0..255, -1 = not set */
+  int64_t timestamp; /* seconds since the epoch, 0 = not set */
   const edp_header *headers;
   size_t n_headers;
 } edp_msg;
@@ -192,18 +192,18 @@ void edp_msg_init(edp_msg *m);
 int edp_conn_publish(edp_conn *c, const edp_msg *m, uint64_t *seq);
 
 enum edp_confirm_status {
-  EDP_CONFIRM_ACK = 0,      /* the broker took responsibility */
-  EDP_CONFIRM_NACK = 1,     /* the broker refused it */
-  EDP_CONFIRM_RETURNED = 2  /* unroutable mandatory message, then acked */
+  EDP_CONFIRM_ACK = 0,     /* the broker took responsibility */
+  EDP_CONFIRM_NACK = 1,    /* the broker refused it */
+  EDP_CONFIRM_RETURNED = 2 /* unroutable mandatory message, then acked */
 };
 
 typedef struct edp_confirm {
   uint64_t seq;
-  int status;               /* enum edp_confirm_status */
-  const char *message_id;   /* NULL if the message had none */
-  int reply_code;           /* for RETURNED: e.g. 312 NO_ROUTE */
+  int status;             /* enum edp_confirm_status */
+  const char *message_id; /* NULL if the message had none */
+  int reply_code;         /* for RETURNED: e.g. 312 NO_ROUTE */
   const char *reply_text;
-  const edp_msg *msg;       /* the message as published */
+  const edp_msg *msg; /* the message as published */
 } edp_confirm;
 
 /* Called for each confirmed message, in the thread that pumps. The
@@ -218,8 +218,7 @@ size_t edp_conn_unconfirmed(const edp_conn *c);
  * reporting each through the confirm callback. Deliveries that arrive
  * meanwhile are queued for edp_conn_receive(). Returns 0, EDP_ETIMEOUT,
  * EDP_ESTOPPED, EDP_ECLOSED or EDP_ECHANNEL. */
-int edp_conn_wait_confirms(edp_conn *c, size_t max_outstanding,
-                           int timeout_ms);
+int edp_conn_wait_confirms(edp_conn *c, size_t max_outstanding, int timeout_ms);
 
 /* After a reconnect or a channel error, the messages the lost channel left
  * unconfirmed are held; this publishes them again in their original order
@@ -269,9 +268,9 @@ edp_msg *edp_msg_dup(const edp_msg *m);
 /* ---- consuming ---- */
 
 typedef struct edp_consume_opts {
-  int no_ack;     /* default 0: manual acks */
-  int exclusive;  /* default 0 */
-  int priority;   /* x-priority consumer argument, default 0 */
+  int no_ack;    /* default 0: manual acks */
+  int exclusive; /* default 0 */
+  int priority;  /* x-priority consumer argument, default 0 */
 } edp_consume_opts;
 
 void edp_consume_opts_init(edp_consume_opts *o);
@@ -285,17 +284,17 @@ int edp_conn_consume(edp_conn *c, const char *queue, const edp_consume_opts *o,
 int edp_conn_cancel(edp_conn *c, const char *tag);
 
 typedef struct edp_delivery {
-  uint64_t tag;         /* delivery tag on the channel of epoch */
-  uint32_t epoch;       /* see edp_conn_epoch() */
+  uint64_t tag;   /* delivery tag on the channel of epoch */
+  uint32_t epoch; /* see edp_conn_epoch() */
   int redelivered;
   char *exchange, *routing_key, *consumer_tag;
-  void *body;           /* NUL-terminated copy for convenience */
+  void *body; /* NUL-terminated copy for convenience */
   size_t body_len;
   char *message_id, *content_type, *reply_to, *correlation_id, *type;
-  int priority;         /* -1 if not set */
-  int64_t timestamp;    /* 0 if not set */
+  int priority;      /* -1 if not set */
+  int64_t timestamp; /* 0 if not set */
   int persistent;
-  edp_header *headers;  /* string and integer headers; others skipped */
+  edp_header *headers; /* string and integer headers; others skipped */
   size_t n_headers;
 } edp_delivery;
 
@@ -312,8 +311,7 @@ void edp_delivery_clear(edp_delivery *d);
 /* A header's string value or NULL / an integer header into *v (0 or
  * EDP_ENOTFOUND). */
 const char *edp_delivery_header_str(const edp_delivery *d, const char *key);
-int edp_delivery_header_int(const edp_delivery *d, const char *key,
-                            int64_t *v);
+int edp_delivery_header_int(const edp_delivery *d, const char *key, int64_t *v);
 
 /* Fills *m to publish d again: its body and properties (message_id,
  * content_type, correlation_id, reply_to, type, priority, timestamp),
