@@ -17,9 +17,9 @@
 
 #include "edp_ambulance.h"
 #include "edp_forwarding.h"
-#include "edp_watch.h"
-#include "edp_thread_delegate.h"
-#include "edp_supervisor.h"
 #include "edp_multi_broker.h"
+#include "edp_supervisor.h"
+#include "edp_thread_delegate.h"
+#include "edp_watch.h"
 
 #endif
