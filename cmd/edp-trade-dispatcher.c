@@ -84,12 +84,6 @@ static int handler(void *ud, int worker, const char *context,
   return 0;
 }
 
-static long long now_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static void on_event(void *ud, const edp_td_event *ev) {
   (void)ud;
   static const char *names[] = {"processed", "dead_lettered", "requeued"};
@@ -103,7 +97,7 @@ static void on_event(void *ud, const edp_td_event *ev) {
         "end_us", (json_int_t)ev->finished_us);
     /* When the outcome was settled with the broker, on the same clock as
      * start_us/end_us. */
-    json_object_set_new(o, "settled_us", json_integer(now_us()));
+    json_object_set_new(o, "settled_us", json_integer(edp_now_us()));
     if (ev->reason[0])
       json_object_set_new(o, "reason", json_string(ev->reason));
     cli_emit(o);

@@ -393,8 +393,6 @@ static int fill_delivery(edp_delivery *d, const amqp_basic_deliver_t *dv,
 
 /* ---------- frame pump ---------- */
 
-static int64_t now_ms(void) { return edp_now_ms(); }
-
 static int lib_error(edp_conn *c, int status) {
   mark_closed(c, amqp_error_string2(status));
   return EDP_ECLOSED;
@@ -541,14 +539,14 @@ static int buffered(edp_conn *c) {
  * half the heartbeat interval so rabbitmq-c can send heartbeats and notice
  * a silent broker even when no frame comes. */
 static int pump(edp_conn *c, int wake_fd, int timeout_ms, int *woke) {
-  int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+  int64_t deadline = timeout_ms < 0 ? -1 : edp_now_ms() + timeout_ms;
   for (;;) {
     if (!c->open || !c->st)
       return EDP_ECLOSED;
     if (!buffered(c)) {
       int slice = c->url.heartbeat_s > 0 ? c->url.heartbeat_s * 500 : 60000;
       if (deadline >= 0) {
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - edp_now_ms();
         if (left < 0)
           left = 0;
         if (left < slice)
@@ -579,7 +577,7 @@ static int pump(edp_conn *c, int wake_fd, int timeout_ms, int *woke) {
     }
     if (res != AMQP_STATUS_TIMEOUT)
       return lib_error(c, res);
-    if (deadline >= 0 && now_ms() >= deadline)
+    if (deadline >= 0 && edp_now_ms() >= deadline)
       return EDP_ETIMEOUT;
   }
 }
@@ -878,7 +876,7 @@ int edp_conn_open(const edp_conn_opts *o, edp_conn **out, char *err_text,
   c->o.client_name = c->client_name;
   c->prefetch = -1;
   c->rand_state =
-      (unsigned)now_ms() ^ (unsigned)getpid() ^ (unsigned)(uintptr_t)c;
+      (unsigned)edp_now_ms() ^ (unsigned)getpid() ^ (unsigned)(uintptr_t)c;
   if (!c->url_raw || (o->client_name && !c->client_name)) {
     edp_conn_destroy(&c);
     return EDP_ENOMEM;
@@ -1429,11 +1427,11 @@ int edp_conn_wait_confirms(edp_conn *c, size_t max_outstanding,
                            int timeout_ms) {
   if (!c)
     return EDP_EINVAL;
-  int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+  int64_t deadline = timeout_ms < 0 ? -1 : edp_now_ms() + timeout_ms;
   while (c->n_pend > max_outstanding) {
     int left = -1;
     if (deadline >= 0) {
-      int64_t l = deadline - now_ms();
+      int64_t l = deadline - edp_now_ms();
       left = l > 0 ? (int)l : 0;
     }
     int rc = pump(c, -1, left, NULL);
@@ -1505,11 +1503,11 @@ int edp_conn_publish_confirmed(edp_conn *c, const edp_msg *m, int timeout_ms) {
     return rc;
   c->sync_seq = seq;
   c->sync_status = -1;
-  int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+  int64_t deadline = timeout_ms < 0 ? -1 : edp_now_ms() + timeout_ms;
   while (!rc && c->sync_status < 0) {
     int left = -1;
     if (deadline >= 0) {
-      int64_t l = deadline - now_ms();
+      int64_t l = deadline - edp_now_ms();
       left = l > 0 ? (int)l : 0;
     }
     /* report_confirm() records our message's status when it comes. */
@@ -1627,7 +1625,7 @@ size_t edp_conn_pending_deliveries(const edp_conn *c) {
 int edp_conn_wait(edp_conn *c, int wake_fd, int timeout_ms) {
   if (!c)
     return EDP_EINVAL;
-  int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+  int64_t deadline = timeout_ms < 0 ? -1 : edp_now_ms() + timeout_ms;
   for (;;) {
     if (c->dq_head)
       return EDP_READY_DELIVERY;
@@ -1637,7 +1635,7 @@ int edp_conn_wait(edp_conn *c, int wake_fd, int timeout_ms) {
     }
     int left = -1;
     if (deadline >= 0) {
-      int64_t l = deadline - now_ms();
+      int64_t l = deadline - edp_now_ms();
       left = l > 0 ? (int)l : 0;
     }
     int woke = 0;
@@ -1723,7 +1721,7 @@ int edp_conn_reconnect(edp_conn *c) {
     return EDP_EINVAL;
   if (c->st)
     mark_closed(c, "reconnecting");
-  int64_t start = now_ms();
+  int64_t start = edp_now_ms();
   int delay = c->o.backoff_initial_ms > 0 ? c->o.backoff_initial_ms : 1;
   for (int attempt = 1;; attempt++) {
     char why[600] = "";
@@ -1751,7 +1749,7 @@ int edp_conn_reconnect(edp_conn *c) {
      * in lockstep after a broker restart. */
     int wait =
         delay / 2 + (int)(rand_r(&c->rand_state) % (unsigned)(delay / 2 + 1));
-    if (now_ms() - start + wait > c->o.reconnect_max_ms) {
+    if (edp_now_ms() - start + wait > c->o.reconnect_max_ms) {
       logf_(c, EDP_LOG_ERROR,
             "giving up reconnecting to %s after %d attempts: %s", c->masked,
             attempt, why);

@@ -81,12 +81,6 @@ const char *edp_amb_kind_name(int kind) {
   return kind == EDP_AMB_PRIORITY ? "priority" : "standard";
 }
 
-int64_t edp_amb_wall_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static int valid_base(const char *base) {
   return base && base[0] && strlen(base) <= MAX_BASE;
 }
@@ -234,7 +228,7 @@ int edp_amb_send(edp_amb_sender *s, int kind, const char *message_id,
     if (!rc) {
       /* Stamped after any wait for the window, so that latency counts
        * from the moment the message really left. */
-      h[1].num = edp_amb_wall_us();
+      h[1].num = edp_wall_us();
       rc = edp_conn_publish(s->c, &m, NULL);
     }
     if (!rc) {
@@ -407,11 +401,11 @@ static int process(struct amb_thread *t, edp_delivery *d, int lane) {
   int64_t sent = 0;
   if (!edp_delivery_header_int(d, EDP_AMB_HDR_SENT_US, &sent))
     job.sent_us = sent;
-  job.start_us = edp_amb_wall_us();
+  job.start_us = edp_wall_us();
   int failed = r->o.handler(r->o.ud, &job) != 0;
   int rc = failed ? edp_conn_nack(t->c, d->epoch, d->tag, 0, 0)
                   : edp_conn_ack(t->c, d->epoch, d->tag, 0);
-  job.end_us = edp_amb_wall_us();
+  job.end_us = edp_wall_us();
   if (rc == EDP_ESTALE)
     return 0; /* its channel is gone: the broker redelivers it */
   if (rc)

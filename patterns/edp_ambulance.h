@@ -136,7 +136,7 @@ typedef struct edp_amb_job {
   int thread;              /* 0 = the priority thread of carpool/ambulance;
                               1..threads(+1) the others */
   const char *thread_name; /* "priority", "standard-N" or "worker-N" */
-  int64_t sent_us;         /* sender's wall clock, 0 if not stamped */
+  int64_t sent_us;         /* sender's edp_wall_us(), 0 if not stamped */
   int64_t start_us;        /* wall clock when the handler was called */
   int64_t end_us;          /* wall clock after the ack (events only) */
 } edp_amb_job;
@@ -215,9 +215,6 @@ typedef struct edp_amb_receiver_stats {
 /* A consistent snapshot of the counters; callable from any thread. */
 void edp_amb_receiver_stats_get(edp_amb_receiver *r,
                                 edp_amb_receiver_stats *out);
-
-/* Microseconds since the Unix epoch, the clock of sent_us/start_us. */
-int64_t edp_amb_wall_us(void);
 
 #ifdef __cplusplus
 }

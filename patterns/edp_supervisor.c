@@ -179,12 +179,6 @@ static void conn_opts(edp_sup *s, edp_conn_opts *co, const char *client,
  * that had to be published first is rarely that punctual. */
 #define EDP_SUP_HINT_GAP_US 1500
 
-static int64_t now_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static void poke(int efd) {
   uint64_t one = 1;
   /* The counter cannot overflow with our few writes; EAGAIN would only
@@ -311,7 +305,7 @@ static void *consumer_main(void *arg) {
      * at its next reading (it rate-limits the extra readings). */
     if (rc > 0 && (rc & EDP_READY_DELIVERY) && acked_us >= 0 &&
         s->o.hint_ms > 0 && s->o.supervise &&
-        now_us() - acked_us <= EDP_SUP_HINT_GAP_US)
+        edp_now_us() - acked_us <= EDP_SUP_HINT_GAP_US)
       poke(s->hint_efd);
     acked_us = -1;
     if (rc == EDP_ESTOPPED || rc == 0 || rc == EDP_ECHANNEL)
@@ -329,7 +323,7 @@ static void *consumer_main(void *arg) {
     if (rc == 0) {
       rc = handle(k, c, &d);
       edp_delivery_clear(&d);
-      acked_us = now_us();
+      acked_us = edp_now_us();
     }
     if (rc == EDP_ECLOSED)
       err = consumer_reconnect(k, c);

@@ -162,12 +162,6 @@ int edp_td_context(int from, const char *key, const edp_delivery *d, char *out,
 
 /* ---------- workers ---------- */
 
-static int64_t now_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static void run_task(td_worker *w, td_task *t) {
   edp_td *td = w->td;
   for (int attempt = 1;; attempt++) {
@@ -179,10 +173,10 @@ static void run_task(td_worker *w, td_task *t) {
     }
     t->attempts = attempt;
     t->reason[0] = '\0';
-    t->started_us = now_us();
+    t->started_us = edp_now_us();
     int rc = td->o.handler(td->o.ud, w->idx, t->ctx, &t->d, attempt, t->reason,
                            sizeof(t->reason));
-    t->finished_us = now_us();
+    t->finished_us = edp_now_us();
     if (rc == 0) {
       t->outcome = OUT_OK;
       return;

@@ -6,6 +6,8 @@
 #define _DEFAULT_SOURCE
 #include "testlib.h"
 
+#include "edp_util.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -18,11 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
-long long t_now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+long long t_now_ms(void) { return edp_now_ms(); }
 
 static const char *need_env(const char *name) {
   const char *v = getenv(name);
