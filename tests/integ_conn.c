@@ -258,11 +258,48 @@ START_TEST(take_unconfirmed_after_loss) {
 }
 END_TEST
 
+/* The one-message confirm used for dead-letter copies: each outcome the
+ * broker can give maps to its own code, and other confirms in flight are
+ * still reported to the callback. */
+START_TEST(publish_confirmed_outcomes) {
+  edp_conn *c = open_named("t-pubconf", NULL);
+  edp_msg m;
+  edp_msg_init(&m);
+  m.routing_key = t_unique("conn.nowhere");
+  m.body = "x";
+  m.body_len = 1;
+  m.mandatory = 1;
+  ck_assert_int_eq(edp_conn_publish_confirmed(c, &m, 5000), EDP_EINVAL);
+  confirms cf = {0};
+  edp_conn_on_confirm(c, on_confirm, &cf);
+  ck_assert_int_eq(edp_conn_confirm_select(c), 0);
+  ck_assert_int_eq(edp_conn_publish_confirmed(c, &m, 5000), EDP_ERETURNED);
+  const char *q = t_unique("conn.one");
+  edp_queue_opts qo;
+  edp_queue_opts_init(&qo);
+  qo.max_length = 1;
+  qo.overflow = "reject-publish";
+  ck_assert_int_eq(edp_conn_queue_declare(c, q, &qo, NULL, 0, NULL, NULL), 0);
+  m.routing_key = q;
+  publish(c, q, "in-flight", 0); /* fills the queue, confirmed meanwhile */
+  ck_assert_int_eq(edp_conn_publish_confirmed(c, &m, 5000), EDP_ENACKED);
+  ck_assert_int_eq(edp_conn_queue_purge(c, q, NULL), 0);
+  ck_assert_int_eq(edp_conn_publish_confirmed(c, &m, 5000), 0);
+  ck_assert_int_eq(cf.ack, 2);      /* in-flight, then the last one */
+  ck_assert_int_eq(cf.nack, 1);
+  ck_assert_int_eq(cf.returned, 1);
+  ck_assert_uint_eq(edp_conn_unconfirmed(c), 0);
+  ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
+  edp_conn_destroy(&c);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("conn");
   TCase *tc = tcase_create("conn");
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, confirm_ack_nack_return);
+  tcase_add_test(tc, publish_confirmed_outcomes);
   tcase_add_test(tc, heartbeats_keep_idle_connection);
   tcase_add_test(tc, channel_error_keeps_connection);
   tcase_add_test(tc, reconnect_restores_consumer_and_topology);
