@@ -132,18 +132,11 @@ static void send_trade(run *r, const trade *t) {
   m.headers = h;
   m.n_headers = 2;
   cli_say(&app, "sending: (%ld) %s\n", t->seq, body);
-  for (int i = 0; i < 10; i++) {
-    wait_confirms(r, (size_t)r->window - 1);
-    int rc = edp_conn_publish(r->conn, &m, NULL);
-    if (!rc) {
-      cli_progress(&app, ++r->sent, edp_conn_unconfirmed(r->conn), 0);
-      return;
-    }
-    if (rc != EDP_ECLOSED)
-      die_rc(r, rc, "publish failed");
-    recover(r);
-  }
-  die_rc(r, EDP_ECONNECT, "publish failed");
+  int rc =
+      edp_conn_publish_window(r->conn, &m, (size_t)r->window, 30000, &r->rec);
+  if (rc)
+    die_rc(r, rc, "publish failed");
+  cli_progress(&app, ++r->sent, edp_conn_unconfirmed(r->conn), 0);
 }
 
 /* Paces to rate trades per second, servicing the connection meanwhile. */

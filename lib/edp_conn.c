@@ -1544,6 +1544,22 @@ int edp_conn_recover(edp_conn *c, edp_recovery *r) {
   return EDP_ECONNECT;
 }
 
+int edp_conn_publish_window(edp_conn *c, const edp_msg *m, size_t window,
+                            int timeout_ms, edp_recovery *r) {
+  for (int i = 0; i < MAX_RECOVERIES; i++) {
+    int rc = window
+                 ? edp_conn_wait_confirms_recover(c, window - 1, timeout_ms, r)
+                 : 0;
+    if (!rc)
+      rc = edp_conn_publish(c, m, NULL);
+    if (rc != EDP_ECLOSED)
+      return rc;
+    if ((rc = edp_conn_recover(c, r)))
+      return rc;
+  }
+  return EDP_ECONNECT;
+}
+
 int edp_conn_wait_confirms_recover(edp_conn *c, size_t max_outstanding,
                                    int timeout_ms, edp_recovery *r) {
   for (int i = 0; i < MAX_RECOVERIES; i++) {

@@ -261,6 +261,14 @@ int edp_conn_recover(edp_conn *c, edp_recovery *r);
 int edp_conn_wait_confirms_recover(edp_conn *c, size_t max_outstanding,
                                    int timeout_ms, edp_recovery *r);
 
+/* Publishes m once at most window - 1 messages are unconfirmed (window 0:
+ * no wait, e.g. without confirm mode), recovering a lost connection on the
+ * way: edp_conn_recover() publishes the unconfirmed messages again before
+ * m. r (may be NULL) accumulates counts. Errors as edp_conn_publish() and
+ * edp_conn_wait_confirms_recover(). */
+int edp_conn_publish_window(edp_conn *c, const edp_msg *m, size_t window,
+                            int timeout_ms, edp_recovery *r);
+
 /* A deep copy of m (strings, headers and body) in one allocation, to free
  * with free(). NULL if m is invalid or memory ran out. */
 edp_msg *edp_msg_dup(const edp_msg *m);

@@ -184,15 +184,6 @@ void edp_amb_sender_destroy(edp_amb_sender **sp) {
   *sp = NULL;
 }
 
-/* Recovers a lost connection (reconnect, republish) into the stats. */
-static int sender_recover(edp_amb_sender *s) {
-  edp_recovery r = {0};
-  int rc = edp_conn_recover(s->c, &r);
-  s->st.reconnects += r.reconnects;
-  s->st.republished += r.republished;
-  return rc;
-}
-
 static int sender_drain(edp_amb_sender *s, size_t max) {
   edp_recovery r = {0};
   int rc =
@@ -223,24 +214,21 @@ int edp_amb_send(edp_amb_sender *s, int kind, const char *message_id,
     m.priority = kind == EDP_AMB_PRIORITY ? EDP_AMB_MAX_PRIORITY : 0;
   m.headers = h;
   m.n_headers = 2;
-  for (int i = 0; i < MAX_RECOVERIES; i++) {
-    int rc = sender_drain(s, s->o.confirm_window - 1);
-    if (!rc) {
-      /* Stamped after any wait for the window, so that latency counts
-       * from the moment the message really left. */
-      h[1].num = edp_wall_us();
-      rc = edp_conn_publish(s->c, &m, NULL);
-    }
-    if (!rc) {
-      s->st.sent[kind]++;
-      return 0;
-    }
-    if (rc != EDP_ECLOSED)
-      return rc;
-    if ((rc = sender_recover(s)))
-      return rc;
-  }
-  return EDP_ECONNECT;
+  /* Stamped after the wait for the window, so that latency counts from
+   * the moment the message really left (a reconnect in between makes it
+   * a little early). */
+  int rc = sender_drain(s, s->o.confirm_window - 1);
+  if (rc)
+    return rc;
+  h[1].num = edp_wall_us();
+  edp_recovery r = {0};
+  rc = edp_conn_publish_window(s->c, &m, s->o.confirm_window,
+                               s->o.confirm_timeout_ms, &r);
+  s->st.reconnects += r.reconnects;
+  s->st.republished += r.republished;
+  if (!rc)
+    s->st.sent[kind]++;
+  return rc;
 }
 
 int edp_amb_flush(edp_amb_sender *s) {

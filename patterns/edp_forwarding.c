@@ -124,26 +124,14 @@ int edp_fwd_send(edp_fwd_sender *s, const char *message_id, const void *body,
   m.message_id = message_id;
   m.content_type = content_type;
   m.timestamp = (int64_t)time(NULL);
-  for (int i = 0; i < MAX_RECOVERIES; i++) {
-    int rc = 0;
-    if (s->o.confirm_window)
-      rc = sender_drain(s, s->o.confirm_window - 1);
-    if (!rc)
-      rc = edp_conn_publish(s->c, &m, NULL);
-    if (!rc) {
-      s->st.sent++;
-      return 0;
-    }
-    if (rc != EDP_ECLOSED)
-      return rc;
-    edp_recovery r = {0};
-    rc = edp_conn_recover(s->c, &r);
-    s->st.reconnects += r.reconnects;
-    s->st.republished += r.republished;
-    if (rc)
-      return rc;
-  }
-  return EDP_ECONNECT;
+  edp_recovery r = {0};
+  int rc = edp_conn_publish_window(s->c, &m, s->o.confirm_window,
+                                   s->o.confirm_timeout_ms, &r);
+  s->st.reconnects += r.reconnects;
+  s->st.republished += r.republished;
+  if (!rc)
+    s->st.sent++;
+  return rc;
 }
 
 int edp_fwd_flush(edp_fwd_sender *s) {
