@@ -1,18 +1,24 @@
 /*
- * edp_conn.c - one broker connection with one channel over rabbitmq-c 0.11.
+ * edp_conn.c - one broker connection with one channel over rabbitmq-c 0.11:
+ * opening and closing it, the frame pump, and recovery.
  *
  * rabbitmq-c 0.11 gives us frames but no publisher-confirm helper and no
  * reconnection, so this module owns both: it reads every frame itself
- * (pump), routes basic.deliver to a delivery queue, basic.ack/nack/return
+ * (pump), routes basic.deliver to the delivery queue, basic.ack/nack/return
  * to the confirm tracker, and channel.close/connection.close to the error
- * path. Everything the caller declared is recorded so that a lost
- * connection can be rebuilt in the order the broker needs: connection,
- * channel, qos, confirm mode, topology, consumers.
+ * path.
+ *
+ * Recovery is one explicit sequence (restore_session): channel -> qos and
+ * confirm mode -> topology -> consumers -> republish, after a new
+ * connection or after the broker closed the channel. Nothing in it
+ * recurses: a close met inside a call only records that the channel is
+ * closed, and the sequence runs at the boundary of the public call
+ * (edp__ready before it, edp__settle after it). A step the broker refuses
+ * closes the fresh channel again; the step is settled (skipped, dropped and
+ * reported, or its queue declared anew) and the sequence goes on from there
+ * on the next channel, so it ends after at most one retry per step.
  */
 
-#include "edp_conn.h"
-
-#include <amqp.h>
 #include <amqp_tcp_socket.h>
 #include <errno.h>
 #include <poll.h>
@@ -22,84 +28,19 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "edp_conn_internal.h"
 #include "edp_util.h"
 
-#define CHANNEL 1
-
-/* A published, not yet confirmed message: a deep copy in one allocation so
- * that it can be published again after a reconnect. */
-struct pending {
-  struct pending *next;
-  uint64_t seq;
-  int returned;
-  int reply_code;
-  char reply_text[128];
-  edp_msg m; /* points into the same allocation */
-};
-
-struct dnode {
-  struct dnode *next;
-  edp_delivery d;
-};
-
-enum op_kind { OP_EXCHANGE, OP_QUEUE, OP_BIND };
-
-struct topo_op {
-  int kind;
-  char *name, *exchange, *key; /* queue or exchange, bind exchange, key/type */
-  int durable;
-  int server_named;
-  edp_queue_opts qo; /* strings owned */
-};
-
-struct consumer_rec {
-  char *queue, *tag;
-  edp_consume_opts o;
-  int prefetch; /* the qos in effect when it was created, -1 = none */
-};
-
-struct edp_conn {
-  edp_conn_opts o;
-  char *url_raw, *client_name;
-  edp_url url;
-  char masked[512];
-
-  amqp_connection_state_t st;
-  int open;       /* connection and channel usable */
-  uint32_t epoch; /* channel openings */
-  unsigned rand_state;
-
-  int reply_code;
-  char reply_text[256];
-
-  int prefetch; /* -1 = never set */
-  int confirm;
-  struct topo_op *ops;
-  size_t n_ops, cap_ops;
-  struct consumer_rec *cons;
-  size_t n_cons, cap_cons;
-  int broker_cancelled;
-
-  uint64_t next_seq;
-  struct pending *pend_head, *pend_tail, *lost_head, *lost_tail;
-  size_t n_pend, n_lost;
-  edp_confirm_fn on_confirm;
-  void *on_confirm_ud;
-  edp_rename_fn on_rename;
-  void *on_rename_ud;
-  uint64_t sync_seq; /* edp_conn_publish_confirmed's message, 0 = none */
-  int sync_status;   /* its confirm status, -1 until it came */
-
-  struct dnode *dq_head, *dq_tail;
-  size_t n_dq;
-};
+/* Channel closes in a row with unconfirmed messages and no ack between
+ * them: the messages themselves close the channel (a poison publish), so
+ * they are reported nacked instead of being published a fourth time. */
+#define POISON_CLOSES 3
 
 /* ---------- small helpers ---------- */
 
-static void logf_(edp_conn *c, int level, const char *fmt, ...) {
+void edp__log(edp_conn *c, int level, const char *fmt, ...) {
   if (!c->o.log)
     return;
   char buf[512];
@@ -110,13 +51,51 @@ static void logf_(edp_conn *c, int level, const char *fmt, ...) {
   c->o.log(c->o.log_ud, level, buf);
 }
 
+static void event_full(edp_conn *c, int type, const char *queue,
+                       const char *tag, uint64_t republished) {
+  if (!c->on_event)
+    return;
+  edp_conn_event ev = {
+      .type = type,
+      .reply_code = type == EDP_CONN_UNBLOCKED ? 0 : c->reply_code,
+      .reason = type == EDP_CONN_UNBLOCKED ? "" : c->reply_text,
+      .queue = queue,
+      .tag = tag,
+      .republished = republished,
+  };
+  c->on_event(c->on_event_ud, &ev);
+}
+
+void edp__event(edp_conn *c, int type, const char *queue, const char *tag) {
+  event_full(c, type, queue, tag, 0);
+}
+
+const char *edp_conn_event_name(int type) {
+  switch (type) {
+  case EDP_CONN_LOST:
+    return "connection_lost";
+  case EDP_CONN_RECONNECTED:
+    return "reconnected";
+  case EDP_CONN_CHANNEL_RESTORED:
+    return "channel_restored";
+  case EDP_CONN_CONSUMER_CANCELLED:
+    return "consumer_cancelled";
+  case EDP_CONN_BLOCKED:
+    return "blocked";
+  case EDP_CONN_UNBLOCKED:
+    return "unblocked";
+  default:
+    return "unknown";
+  }
+}
+
 static char *dupstr(const char *s) { return s ? strdup(s) : NULL; }
 
-static amqp_bytes_t bytes_of(const char *s) {
+amqp_bytes_t edp__bytes_of(const char *s) {
   return s ? amqp_cstring_bytes(s) : amqp_empty_bytes;
 }
 
-static char *dup_bytes(amqp_bytes_t b) {
+char *edp__dup_bytes(amqp_bytes_t b) {
   char *s = malloc(b.len + 1);
   if (s) {
     if (b.len)
@@ -126,6 +105,11 @@ static char *dup_bytes(amqp_bytes_t b) {
   return s;
 }
 
+int edp__bytes_eq(amqp_bytes_t b, const char *s) {
+  s = s ? s : "";
+  return b.len == strlen(s) && (b.len == 0 || !memcmp(b.bytes, s, b.len));
+}
+
 static void set_reply(edp_conn *c, int code, amqp_bytes_t text) {
   c->reply_code = code;
   size_t n = text.len < sizeof(c->reply_text) - 1 ? text.len
@@ -133,6 +117,11 @@ static void set_reply(edp_conn *c, int code, amqp_bytes_t text) {
   if (n)
     memcpy(c->reply_text, text.bytes, n);
   c->reply_text[n] = '\0';
+}
+
+static void set_reply_text(edp_conn *c, int code, const char *text) {
+  c->reply_code = code;
+  snprintf(c->reply_text, sizeof(c->reply_text), "%s", text);
 }
 
 /* Maps an AMQP reply code (channel or connection close) to our codes. */
@@ -153,48 +142,7 @@ static int code_to_err(int code, const char *text) {
   }
 }
 
-/* ---------- delivery queue and confirm tracking ---------- */
-
-void edp_delivery_clear(edp_delivery *d) {
-  if (!d)
-    return;
-  free(d->exchange);
-  free(d->routing_key);
-  free(d->consumer_tag);
-  free(d->body);
-  free(d->message_id);
-  free(d->content_type);
-  free(d->reply_to);
-  free(d->correlation_id);
-  free(d->type);
-  for (size_t i = 0; i < d->n_headers; i++) {
-    free((char *)d->headers[i].key);
-    free((char *)d->headers[i].str);
-  }
-  free(d->headers);
-  memset(d, 0, sizeof(*d));
-}
-
-static void drop_deliveries(edp_conn *c) {
-  while (c->dq_head) {
-    struct dnode *n = c->dq_head;
-    c->dq_head = n->next;
-    edp_delivery_clear(&n->d);
-    free(n);
-  }
-  c->dq_tail = NULL;
-  c->n_dq = 0;
-}
-
-static void append_pending(struct pending **head, struct pending **tail,
-                           struct pending *p) {
-  p->next = NULL;
-  if (*tail)
-    (*tail)->next = p;
-  else
-    *head = p;
-  *tail = p;
-}
+/* ---------- losing a channel or the connection ---------- */
 
 /* The channel is gone: its delivery tags and confirm sequence numbers mean
  * nothing any more. Unconfirmed messages move to the lost list (for
@@ -211,211 +159,121 @@ static void channel_lost(edp_conn *c) {
   }
   c->pend_head = c->pend_tail = NULL;
   c->n_pend = 0;
-  drop_deliveries(c);
+  edp__drop_deliveries(c);
   c->open = 0;
 }
 
-static void mark_closed(edp_conn *c, const char *why) {
-  if (c->open)
-    logf_(c, EDP_LOG_WARN, "connection to %s lost: %s", c->masked, why);
+void edp__mark_closed(edp_conn *c, const char *why) {
+  int was_up = c->st != NULL;
+  if (was_up)
+    edp__log(c, EDP_LOG_WARN, "connection to %s lost: %s", c->masked, why);
   channel_lost(c);
+  c->chan_closed = 0;
+  c->blocked = 0;
   if (c->st) {
     amqp_destroy_connection(c->st);
     c->st = NULL;
   }
-}
-
-static void report_confirm(edp_conn *c, struct pending *p, int nack) {
-  if (c->sync_seq && p->seq == c->sync_seq)
-    c->sync_status = nack          ? EDP_CONFIRM_NACK
-                     : p->returned ? EDP_CONFIRM_RETURNED
-                                   : EDP_CONFIRM_ACK;
-  if (c->on_confirm) {
-    edp_confirm cf = {
-        .seq = p->seq,
-        .status = nack          ? EDP_CONFIRM_NACK
-                  : p->returned ? EDP_CONFIRM_RETURNED
-                                : EDP_CONFIRM_ACK,
-        .message_id = p->m.message_id,
-        .reply_code = p->reply_code,
-        .reply_text = p->reply_text,
-        .msg = &p->m,
-    };
-    c->on_confirm(c->on_confirm_ud, &cf);
+  if (was_up && c->on_event) {
+    edp_conn_event ev = {
+        .type = EDP_CONN_LOST, .reply_code = c->reply_code, .reason = why};
+    c->on_event(c->on_event_ud, &ev);
   }
 }
 
-static void handle_ack(edp_conn *c, uint64_t tag, int multiple, int nack) {
-  if (multiple) {
-    while (c->pend_head && c->pend_head->seq <= tag) {
-      struct pending *p = c->pend_head;
-      c->pend_head = p->next;
-      if (!c->pend_head)
-        c->pend_tail = NULL;
-      c->n_pend--;
-      report_confirm(c, p, nack);
-      free(p);
-    }
-    return;
-  }
-  struct pending *prev = NULL;
-  for (struct pending *p = c->pend_head; p; prev = p, p = p->next) {
-    if (p->seq != tag)
-      continue;
-    if (prev)
-      prev->next = p->next;
-    else
-      c->pend_head = p->next;
-    if (c->pend_tail == p)
-      c->pend_tail = prev;
-    c->n_pend--;
-    report_confirm(c, p, nack);
-    free(p);
-    return;
-  }
-}
-
-static int bytes_eq(amqp_bytes_t b, const char *s) {
-  s = s ? s : "";
-  return b.len == strlen(s) && (b.len == 0 || !memcmp(b.bytes, s, b.len));
-}
-
-/* A basic.return carries the message but no sequence number; the broker
- * sends it just before the ack of that message. So it belongs to the
- * oldest unreturned mandatory message with the same exchange, routing key
- * and (if any) message_id. */
-static void handle_return(edp_conn *c, const amqp_basic_return_t *r,
-                          const amqp_message_t *msg) {
-  char *mid = (msg->properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG)
-                  ? dup_bytes(msg->properties.message_id)
-                  : NULL;
-  struct pending *hit = NULL;
-  for (struct pending *p = c->pend_head; p && !hit; p = p->next)
-    if (!p->returned && p->m.mandatory &&
-        bytes_eq(r->exchange, p->m.exchange) &&
-        bytes_eq(r->routing_key, p->m.routing_key) &&
-        (!mid || (p->m.message_id && !strcmp(p->m.message_id, mid))))
-      hit = p;
-  if (hit) {
-    hit->returned = 1;
-    hit->reply_code = r->reply_code;
-    snprintf(hit->reply_text, sizeof(hit->reply_text), "%.*s",
-             (int)r->reply_text.len, (const char *)r->reply_text.bytes);
-  }
-  logf_(c, EDP_LOG_DEBUG, "message %s returned: %d %.*s", mid ? mid : "(no id)",
-        r->reply_code, (int)r->reply_text.len,
-        (const char *)r->reply_text.bytes);
-  free(mid);
-}
-
-static int int_kind(const amqp_field_value_t *v, int64_t *out) {
-  switch (v->kind) {
-  case AMQP_FIELD_KIND_I8:
-    *out = v->value.i8;
-    return 1;
-  case AMQP_FIELD_KIND_U8:
-    *out = v->value.u8;
-    return 1;
-  case AMQP_FIELD_KIND_I16:
-    *out = v->value.i16;
-    return 1;
-  case AMQP_FIELD_KIND_U16:
-    *out = v->value.u16;
-    return 1;
-  case AMQP_FIELD_KIND_I32:
-    *out = v->value.i32;
-    return 1;
-  case AMQP_FIELD_KIND_U32:
-    *out = v->value.u32;
-    return 1;
-  case AMQP_FIELD_KIND_I64:
-    *out = v->value.i64;
-    return 1;
-  case AMQP_FIELD_KIND_U64:
-    *out = (int64_t)v->value.u64;
-    return 1;
-  default:
-    return 0;
-  }
-}
-
-static int fill_delivery(edp_delivery *d, const amqp_basic_deliver_t *dv,
-                         amqp_message_t *msg, uint32_t epoch) {
-  const amqp_basic_properties_t *p = &msg->properties;
-  memset(d, 0, sizeof(*d));
-  d->tag = dv->delivery_tag;
-  d->epoch = epoch;
-  d->redelivered = dv->redelivered;
-  d->priority = -1;
-  d->exchange = dup_bytes(dv->exchange);
-  d->routing_key = dup_bytes(dv->routing_key);
-  d->consumer_tag = dup_bytes(dv->consumer_tag);
-  d->body = dup_bytes(msg->body);
-  d->body_len = msg->body.len;
-  if (!d->exchange || !d->routing_key || !d->consumer_tag || !d->body)
-    return EDP_ENOMEM;
-#define EDP__PROP(flag, field)                                                 \
-  if (p->_flags & flag) {                                                      \
-    if (!(d->field = dup_bytes(p->field)))                                     \
-      return EDP_ENOMEM;                                                       \
-  }
-  EDP__PROP(AMQP_BASIC_MESSAGE_ID_FLAG, message_id)
-  EDP__PROP(AMQP_BASIC_CONTENT_TYPE_FLAG, content_type)
-  EDP__PROP(AMQP_BASIC_REPLY_TO_FLAG, reply_to)
-  EDP__PROP(AMQP_BASIC_CORRELATION_ID_FLAG, correlation_id)
-  EDP__PROP(AMQP_BASIC_TYPE_FLAG, type)
-#undef EDP__PROP
-  if (p->_flags & AMQP_BASIC_PRIORITY_FLAG)
-    d->priority = p->priority;
-  if (p->_flags & AMQP_BASIC_TIMESTAMP_FLAG)
-    d->timestamp = (int64_t)p->timestamp;
-  if (p->_flags & AMQP_BASIC_DELIVERY_MODE_FLAG)
-    d->persistent = p->delivery_mode == AMQP_DELIVERY_PERSISTENT;
-  if ((p->_flags & AMQP_BASIC_HEADERS_FLAG) && p->headers.num_entries > 0) {
-    d->headers = calloc((size_t)p->headers.num_entries, sizeof(edp_header));
-    if (!d->headers)
-      return EDP_ENOMEM;
-    for (int i = 0; i < p->headers.num_entries; i++) {
-      const amqp_table_entry_t *e = &p->headers.entries[i];
-      edp_header *h = &d->headers[d->n_headers];
-      if (e->value.kind == AMQP_FIELD_KIND_UTF8 ||
-          e->value.kind == AMQP_FIELD_KIND_BYTES) {
-        h->str = dup_bytes(e->value.value.bytes);
-      } else if (!int_kind(&e->value, &h->num)) {
-        continue;
-      }
-      h->key = dup_bytes(e->key);
-      d->n_headers++;
-    }
-  }
-  return 0;
-}
-
-/* ---------- frame pump ---------- */
-
-static int lib_error(edp_conn *c, int status) {
-  mark_closed(c, amqp_error_string2(status));
+int edp__lib_error(edp_conn *c, int status) {
+  edp__mark_closed(c, amqp_error_string2(status));
   return EDP_ECLOSED;
 }
 
-/* Handles a server-initiated channel.close: acknowledges it, restores the
- * channel (with qos, confirm mode and consumers) and returns the mapped
- * error of the close. */
-static int reopen_channel(edp_conn *c);
+/* "NOT_FOUND - no exchange 'x' in vhost '/'": a publish to a missing
+ * exchange. Those messages can't succeed until someone declares it. */
+static int pick_exchange(const edp_msg *m, const void *arg) {
+  return !strcmp(m->exchange ? m->exchange : "", (const char *)arg);
+}
 
-static int on_channel_close(edp_conn *c, const amqp_channel_close_t *m) {
+/* "... message size 5000000 is larger than configured max size 4194304". */
+static int pick_bigger(const edp_msg *m, const void *arg) {
+  return m->body_len > *(const size_t *)arg;
+}
+
+/* Messages that closed the channel would close it again when published
+ * once more: report them refused instead, by what the close names. */
+static void refuse_poison(edp_conn *c) {
+  const char *t = c->reply_text;
+  const char *ex = strstr(t, "no exchange '");
+  if (c->reply_code == 404 && ex) {
+    char name[256];
+    ex += strlen("no exchange '");
+    const char *end = strchr(ex, '\'');
+    if (end && (size_t)(end - ex) < sizeof(name)) {
+      memcpy(name, ex, (size_t)(end - ex));
+      name[end - ex] = '\0';
+      edp__refuse_pending(c, pick_exchange, name);
+    }
+    return;
+  }
+  const char *mx = strstr(t, "max size ");
+  if (c->reply_code == 406 && mx) {
+    size_t max = (size_t)strtoull(mx + strlen("max size "), NULL, 10);
+    edp__refuse_pending(c, pick_bigger, &max);
+  }
+}
+
+/* Frames rabbitmq-c queued for the closing channel while it waited for
+ * an RPC reply came before the close: a basic.ack among them is a real
+ * confirm (applied now, so the message isn't republished for nothing), a
+ * basic.return a real return; deliveries are dropped (the broker requeues
+ * them with the channel). Only queued frames are read, never the socket. */
+static void drain_closed_channel(edp_conn *c, amqp_channel_t ch) {
+  while (c->st && amqp_frames_enqueued(c->st)) {
+    amqp_frame_t f;
+    struct timeval zero = {0, 0};
+    if (amqp_simple_wait_frame_noblock(c->st, &f, &zero) != AMQP_STATUS_OK)
+      return;
+    if (f.channel != ch || f.frame_type != AMQP_FRAME_METHOD)
+      continue;
+    void *m = f.payload.method.decoded;
+    if (f.payload.method.id == AMQP_BASIC_ACK_METHOD) {
+      amqp_basic_ack_t *a = m;
+      edp__handle_ack(c, a->delivery_tag, a->multiple, 0);
+    } else if (f.payload.method.id == AMQP_BASIC_NACK_METHOD) {
+      amqp_basic_nack_t *a = m;
+      edp__handle_ack(c, a->delivery_tag, a->multiple, 1);
+    } else if (f.payload.method.id == AMQP_BASIC_RETURN_METHOD) {
+      amqp_basic_return_t r = *(amqp_basic_return_t *)m;
+      amqp_message_t msg;
+      amqp_rpc_reply_t rr = amqp_read_message(c->st, ch, &msg, 0);
+      if (rr.reply_type != AMQP_RESPONSE_NORMAL)
+        return;
+      edp__handle_return(c, &r, &msg);
+      amqp_destroy_message(&msg);
+    }
+  }
+}
+
+/* A server-initiated channel.close: answer it, settle what the old channel
+ * left, and leave the channel closed for edp__ready/edp__settle to restore
+ * (never here: this runs inside other calls). Returns the close's error. */
+static int on_channel_close(edp_conn *c, amqp_channel_t ch,
+                            const amqp_channel_close_t *m) {
   set_reply(c, m->reply_code, m->reply_text);
-  logf_(c, EDP_LOG_WARN, "channel closed by broker: %d %s", c->reply_code,
-        c->reply_text);
+  edp__log(c, EDP_LOG_WARN, "channel closed by broker: %d %s", c->reply_code,
+           c->reply_text);
   int err = code_to_err(c->reply_code, c->reply_text);
+  drain_closed_channel(c, ch);
   amqp_channel_close_ok_t ok = {0};
-  if (amqp_send_method(c->st, CHANNEL, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok) < 0) {
-    mark_closed(c, "send channel.close-ok failed");
+  if (!c->st ||
+      amqp_send_method(c->st, ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok) < 0) {
+    edp__mark_closed(c, "send channel.close-ok failed");
     return EDP_ECLOSED;
   }
+  int in_flight = c->pend_head || c->lost_head;
+  refuse_poison(c);
+  c->closes_without_ack = in_flight ? c->closes_without_ack + 1 : 0;
   channel_lost(c);
-  int rc = reopen_channel(c);
-  return rc ? rc : err;
+  c->chan_closed = 1;
+  return err;
 }
 
 static int on_connection_close(edp_conn *c, const amqp_connection_close_t *m) {
@@ -425,42 +283,100 @@ static int on_connection_close(edp_conn *c, const amqp_connection_close_t *m) {
   char why[320];
   snprintf(why, sizeof(why), "closed by broker: %d %s", c->reply_code,
            c->reply_text);
-  mark_closed(c, why);
+  edp__mark_closed(c, why);
   return EDP_ECLOSED;
 }
 
+int edp__rpc_result(edp_conn *c, amqp_rpc_reply_t r) {
+  switch (r.reply_type) {
+  case AMQP_RESPONSE_NORMAL:
+    return 0;
+  case AMQP_RESPONSE_SERVER_EXCEPTION:
+    if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD)
+      return on_channel_close(c, c->chan, r.reply.decoded);
+    if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
+      on_connection_close(c, r.reply.decoded);
+      int e = code_to_err(c->reply_code, c->reply_text);
+      return e == EDP_ECHANNEL ? EDP_ECLOSED : e;
+    }
+    return edp__lib_error(c, AMQP_STATUS_UNEXPECTED_STATE);
+  case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+    return edp__lib_error(c, r.library_error);
+  default:
+    return edp__lib_error(c, AMQP_STATUS_UNEXPECTED_STATE);
+  }
+}
+
+/* ---------- frame pump ---------- */
+
 static int read_content(edp_conn *c, amqp_message_t *msg) {
-  amqp_rpc_reply_t r = amqp_read_message(c->st, CHANNEL, msg, 0);
+  amqp_rpc_reply_t r = amqp_read_message(c->st, c->chan, msg, 0);
   if (r.reply_type == AMQP_RESPONSE_NORMAL)
     return 0;
   if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION) {
     if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD)
-      return on_channel_close(c, r.reply.decoded);
+      return on_channel_close(c, c->chan, r.reply.decoded);
     if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD)
       return on_connection_close(c, r.reply.decoded);
   }
-  return lib_error(c, r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION
-                          ? r.library_error
-                          : AMQP_STATUS_UNEXPECTED_STATE);
+  return edp__lib_error(c, r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION
+                               ? r.library_error
+                               : AMQP_STATUS_UNEXPECTED_STATE);
+}
+
+static void on_blocked(edp_conn *c, int blocked, amqp_bytes_t reason) {
+  if (blocked == c->blocked)
+    return;
+  c->blocked = blocked;
+  if (blocked) {
+    set_reply(c, 0, reason);
+    edp__log(c, EDP_LOG_WARN,
+             "broker blocked publishing (resource alarm): %s; publishing "
+             "waits",
+             c->reply_text);
+  } else {
+    edp__log(c, EDP_LOG_INFO, "broker unblocked publishing");
+  }
+  edp__event(c, blocked ? EDP_CONN_BLOCKED : EDP_CONN_UNBLOCKED, NULL, NULL);
 }
 
 static int process_frame(edp_conn *c, const amqp_frame_t *f) {
   if (f->frame_type != AMQP_FRAME_METHOD)
-    return 0; /* stray content of a cancelled read; nothing to do */
+    return 0; /* content of a frame we skipped, e.g. an old channel's */
   void *m = f->payload.method.decoded;
-  switch (f->payload.method.id) {
-  case AMQP_CONNECTION_CLOSE_METHOD:
-    return on_connection_close(c, m);
+  amqp_method_number_t id = f->payload.method.id;
+  if (f->channel == 0) {
+    switch (id) {
+    case AMQP_CONNECTION_CLOSE_METHOD:
+      return on_connection_close(c, m);
+    case AMQP_CONNECTION_BLOCKED_METHOD:
+      on_blocked(c, 1, ((amqp_connection_blocked_t *)m)->reason);
+      return 0;
+    case AMQP_CONNECTION_UNBLOCKED_METHOD:
+      on_blocked(c, 0, amqp_empty_bytes);
+      return 0;
+    default:
+      return 0;
+    }
+  }
+  if (f->channel != c->chan || c->chan_closed) {
+    /* A frame of a channel closed before: its tags and sequence numbers
+     * belong to no live channel. */
+    edp__log(c, EDP_LOG_DEBUG, "dropped method 0x%08x of old channel %u",
+             (unsigned)id, (unsigned)f->channel);
+    return 0;
+  }
+  switch (id) {
   case AMQP_CHANNEL_CLOSE_METHOD:
-    return on_channel_close(c, m);
+    return on_channel_close(c, f->channel, m);
   case AMQP_BASIC_ACK_METHOD: {
     amqp_basic_ack_t *a = m;
-    handle_ack(c, a->delivery_tag, a->multiple, 0);
+    edp__handle_ack(c, a->delivery_tag, a->multiple, 0);
     return 0;
   }
   case AMQP_BASIC_NACK_METHOD: {
     amqp_basic_nack_t *a = m;
-    handle_ack(c, a->delivery_tag, a->multiple, 1);
+    edp__handle_ack(c, a->delivery_tag, a->multiple, 1);
     return 0;
   }
   case AMQP_BASIC_RETURN_METHOD: {
@@ -469,7 +385,7 @@ static int process_frame(edp_conn *c, const amqp_frame_t *f) {
     int rc = read_content(c, &msg);
     if (rc)
       return rc;
-    handle_return(c, &r, &msg);
+    edp__handle_return(c, &r, &msg);
     amqp_destroy_message(&msg);
     return 0;
   }
@@ -479,52 +395,15 @@ static int process_frame(edp_conn *c, const amqp_frame_t *f) {
     int rc = read_content(c, &msg);
     if (rc)
       return rc;
-    struct dnode *n = calloc(1, sizeof(*n));
-    rc = n ? fill_delivery(&n->d, &dv, &msg, c->epoch) : EDP_ENOMEM;
+    rc = edp__queue_delivery(c, &dv, &msg);
     amqp_destroy_message(&msg);
-    if (rc) {
-      if (n)
-        edp_delivery_clear(&n->d);
-      free(n);
-      /* Without memory we cannot hand the message over; rejecting it with
-       * requeue gives it back to the broker instead of losing it. */
-      amqp_basic_reject(c->st, CHANNEL, dv.delivery_tag, 1);
-      return rc;
-    }
-    if (c->dq_tail)
-      c->dq_tail->next = n;
-    else
-      c->dq_head = n;
-    c->dq_tail = n;
-    c->n_dq++;
-    return 0;
+    return rc;
   }
-  case AMQP_BASIC_CANCEL_METHOD: {
-    amqp_basic_cancel_t *cn = m;
-    char *tag = dup_bytes(cn->consumer_tag);
-    for (size_t i = 0; tag && i < c->n_cons; i++) {
-      if (strcmp(c->cons[i].tag, tag))
-        continue;
-      logf_(c, EDP_LOG_WARN, "broker cancelled consumer %s on queue %s", tag,
-            c->cons[i].queue);
-      free(c->cons[i].queue);
-      free(c->cons[i].tag);
-      c->cons[i] = c->cons[--c->n_cons];
-      break;
-    }
-    free(tag);
-    c->broker_cancelled = 1;
-    return 0;
-  }
-  case AMQP_CONNECTION_BLOCKED_METHOD:
-    logf_(c, EDP_LOG_WARN, "broker blocked publishing (resource alarm)");
-    return 0;
-  case AMQP_CONNECTION_UNBLOCKED_METHOD:
-    logf_(c, EDP_LOG_INFO, "broker unblocked publishing");
+  case AMQP_BASIC_CANCEL_METHOD:
+    edp__broker_cancel(c, ((amqp_basic_cancel_t *)m)->consumer_tag);
     return 0;
   default:
-    logf_(c, EDP_LOG_DEBUG, "ignored method 0x%08x",
-          (unsigned)f->payload.method.id);
+    edp__log(c, EDP_LOG_DEBUG, "ignored method 0x%08x", (unsigned)id);
     return 0;
   }
 }
@@ -534,14 +413,16 @@ static int buffered(edp_conn *c) {
 }
 
 /* Reads and handles frames until one arrived (returns 0), wake_fd became
- * readable (*woke = 1, returns 0), stop_fd became readable (EDP_ESTOPPED) or
+ * readable (*woke = 1, returns 0), the socket takes data (with writable:
+ * *writable = 1, returns 0), stop_fd became readable (EDP_ESTOPPED) or
  * timeout_ms passed (EDP_ETIMEOUT; -1 waits forever). Polls in slices of
  * half the heartbeat interval so rabbitmq-c can send heartbeats and notice
  * a silent broker even when no frame comes. */
-static int pump(edp_conn *c, int wake_fd, int timeout_ms, int *woke) {
+int edp__pump(edp_conn *c, int wake_fd, int timeout_ms, int *woke,
+              int *writable) {
   int64_t deadline = timeout_ms < 0 ? -1 : edp_now_ms() + timeout_ms;
   for (;;) {
-    if (!c->open || !c->st)
+    if (!c->st)
       return EDP_ECLOSED;
     if (!buffered(c)) {
       int slice = c->url.heartbeat_s > 0 ? c->url.heartbeat_s * 500 : 60000;
@@ -552,17 +433,23 @@ static int pump(edp_conn *c, int wake_fd, int timeout_ms, int *woke) {
         if (left < slice)
           slice = (int)left;
       }
-      struct pollfd fds[3] = {{amqp_get_sockfd(c->st), POLLIN, 0},
+      struct pollfd fds[3] = {{amqp_get_sockfd(c->st),
+                               (short)(POLLIN | (writable ? POLLOUT : 0)), 0},
                               {c->o.stop_fd, POLLIN, 0},
                               {wake_fd, POLLIN, 0}};
       int n = poll(fds, 3, slice);
       if (n < 0 && errno != EINTR)
-        return lib_error(c, AMQP_STATUS_SOCKET_ERROR);
+        return edp__lib_error(c, AMQP_STATUS_SOCKET_ERROR);
       if (n > 0 && (fds[1].revents & POLLIN))
         return EDP_ESTOPPED;
       if (n > 0 && (fds[2].revents & POLLIN)) {
         if (woke)
           *woke = 1;
+        return 0;
+      }
+      if (n > 0 && writable && (fds[0].revents & POLLOUT) &&
+          !(fds[0].revents & POLLIN)) {
+        *writable = 1;
         return 0;
       }
     }
@@ -576,178 +463,117 @@ static int pump(edp_conn *c, int wake_fd, int timeout_ms, int *woke) {
       return rc;
     }
     if (res != AMQP_STATUS_TIMEOUT)
-      return lib_error(c, res);
+      return edp__lib_error(c, res);
     if (deadline >= 0 && edp_now_ms() >= deadline)
       return EDP_ETIMEOUT;
   }
 }
 
-/* ---------- synchronous calls ---------- */
+/* ---------- the recovery sequence ---------- */
 
-/* Turns an RPC reply into our error code, handling closes. */
-static int rpc_result(edp_conn *c, amqp_rpc_reply_t r) {
-  switch (r.reply_type) {
-  case AMQP_RESPONSE_NORMAL:
-    return 0;
-  case AMQP_RESPONSE_SERVER_EXCEPTION:
-    if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD)
-      return on_channel_close(c, r.reply.decoded);
-    if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
-      on_connection_close(c, r.reply.decoded);
-      int e = code_to_err(c->reply_code, c->reply_text);
-      return e == EDP_ECHANNEL ? EDP_ECLOSED : e;
-    }
-    return lib_error(c, AMQP_STATUS_UNEXPECTED_STATE);
-  case AMQP_RESPONSE_LIBRARY_EXCEPTION:
-    return lib_error(c, r.library_error);
-  default:
-    return lib_error(c, AMQP_STATUS_UNEXPECTED_STATE);
-  }
-}
-
-static int check_open(edp_conn *c) {
-  if (!c)
-    return EDP_EINVAL;
-  return c->open ? 0 : EDP_ECLOSED;
-}
-
-/* Builds x-arguments of a queue declare into entries (at most 7). */
-static amqp_table_t queue_args(const edp_queue_opts *o, amqp_table_entry_t *e) {
-  int n = 0;
-  if (o->dead_letter_exchange) {
-    e[n].key = amqp_cstring_bytes("x-dead-letter-exchange");
-    e[n].value.kind = AMQP_FIELD_KIND_UTF8;
-    e[n++].value.value.bytes = amqp_cstring_bytes(o->dead_letter_exchange);
-  }
-  if (o->dead_letter_routing_key) {
-    e[n].key = amqp_cstring_bytes("x-dead-letter-routing-key");
-    e[n].value.kind = AMQP_FIELD_KIND_UTF8;
-    e[n++].value.value.bytes = amqp_cstring_bytes(o->dead_letter_routing_key);
-  }
-  if (o->max_priority > 0) {
-    e[n].key = amqp_cstring_bytes("x-max-priority");
-    e[n].value.kind = AMQP_FIELD_KIND_I32;
-    e[n++].value.value.i32 = o->max_priority;
-  }
-  if (o->queue_type) {
-    e[n].key = amqp_cstring_bytes("x-queue-type");
-    e[n].value.kind = AMQP_FIELD_KIND_UTF8;
-    e[n++].value.value.bytes = amqp_cstring_bytes(o->queue_type);
-  }
-  if (o->message_ttl_ms >= 0) {
-    e[n].key = amqp_cstring_bytes("x-message-ttl");
-    e[n].value.kind = AMQP_FIELD_KIND_I64;
-    e[n++].value.value.i64 = o->message_ttl_ms;
-  }
-  if (o->max_length >= 0) {
-    e[n].key = amqp_cstring_bytes("x-max-length");
-    e[n].value.kind = AMQP_FIELD_KIND_I64;
-    e[n++].value.value.i64 = o->max_length;
-  }
-  if (o->overflow) {
-    e[n].key = amqp_cstring_bytes("x-overflow");
-    e[n].value.kind = AMQP_FIELD_KIND_UTF8;
-    e[n++].value.value.bytes = amqp_cstring_bytes(o->overflow);
-  }
-  amqp_table_t t = {n, e};
-  return t;
-}
-
-static int do_queue_declare(edp_conn *c, const char *name,
-                            const edp_queue_opts *o, int passive,
-                            char *name_out, size_t name_out_len, uint32_t *msgs,
-                            uint32_t *consumers) {
-  amqp_table_entry_t e[7];
-  amqp_queue_declare_ok_t *ok =
-      amqp_queue_declare(c->st, CHANNEL, bytes_of(name), passive, o->durable,
-                         o->exclusive, o->auto_delete, queue_args(o, e));
-  int rc = rpc_result(c, amqp_get_rpc_reply(c->st));
-  if (rc)
-    return rc;
-  if (name_out && name_out_len)
-    snprintf(name_out, name_out_len, "%.*s", (int)ok->queue.len,
-             (const char *)ok->queue.bytes);
-  if (msgs)
-    *msgs = ok->message_count;
-  if (consumers)
-    *consumers = ok->consumer_count;
-  return 0;
-}
-
-static int do_consume(edp_conn *c, const char *queue, const char *tag,
-                      const edp_consume_opts *o, char *tag_out,
-                      size_t tag_len) {
-  amqp_table_entry_t e = {amqp_cstring_bytes("x-priority"),
-                          {AMQP_FIELD_KIND_I32, {.i32 = o->priority}}};
-  amqp_table_t args = {o->priority ? 1 : 0, &e};
-  amqp_basic_consume_ok_t *ok =
-      amqp_basic_consume(c->st, CHANNEL, amqp_cstring_bytes(queue),
-                         bytes_of(tag), 0, o->no_ack, o->exclusive, args);
-  int rc = rpc_result(c, amqp_get_rpc_reply(c->st));
-  if (!rc && tag_out && tag_len)
-    snprintf(tag_out, tag_len, "%.*s", (int)ok->consumer_tag.len,
-             (const char *)ok->consumer_tag.bytes);
-  return rc;
-}
-
-/* Opens channel 1 and replays the channel state: qos, confirm mode and the
- * consumers. The topology lives on the broker and survives a channel. */
-static int restore_channel(edp_conn *c) {
-  amqp_channel_open(c->st, CHANNEL);
-  int rc = rpc_result(c, amqp_get_rpc_reply(c->st));
+/* Opens the next channel number and sets qos and confirm mode on it. */
+static int open_channel(edp_conn *c) {
+  amqp_channel_t ch = (amqp_channel_t)(c->chan % EDP__CHANNELS + 1);
+  int chmax = amqp_get_channel_max(c->st);
+  if (chmax > 0 && ch > chmax)
+    ch = 1;
+  c->chan = ch;
+  c->chan_closed = 0;
+  amqp_channel_open(c->st, ch);
+  int rc = edp__rpc_result(c, amqp_get_rpc_reply(c->st));
   if (rc)
     return rc;
   c->epoch++;
   c->open = 1;
   c->next_seq = 1;
   if (c->prefetch >= 0) {
-    amqp_basic_qos(c->st, CHANNEL, 0, (uint16_t)c->prefetch, 0);
-    if ((rc = rpc_result(c, amqp_get_rpc_reply(c->st))))
+    amqp_basic_qos(c->st, ch, 0, (uint16_t)c->prefetch, 0);
+    if ((rc = edp__rpc_result(c, amqp_get_rpc_reply(c->st))))
       return rc;
   }
   if (c->confirm) {
-    amqp_confirm_select(c->st, CHANNEL);
-    if ((rc = rpc_result(c, amqp_get_rpc_reply(c->st))))
+    amqp_confirm_select(c->st, ch);
+    if ((rc = edp__rpc_result(c, amqp_get_rpc_reply(c->st))))
       return rc;
   }
   return 0;
 }
 
-/* basic.qos with global=false applies to the consumers created after it,
- * so a channel can give its consumers different prefetch counts. Each
- * consumer gets back the one it was created with, then the channel's last
- * value is set again for consumers created later. */
-static int restore_qos(edp_conn *c, int want, int *cur) {
-  if (want < 0 || want == *cur)
-    return 0;
-  amqp_basic_qos(c->st, CHANNEL, 0, (uint16_t)want, 0);
-  int rc = rpc_result(c, amqp_get_rpc_reply(c->st));
-  if (!rc)
-    *cur = want;
+/* Restores the session on the live connection: channel, qos and confirm
+ * mode, topology, consumers, then the unconfirmed messages. Each pass
+ * either finishes or settles one step the broker refused (the step's
+ * code closed the channel), so passes are bounded by the recorded steps.
+ * Returns 0 or EDP_ECLOSED (the connection is gone then). */
+static int restore_session(edp_conn *c, int fresh_connection) {
+  size_t topo_next = 0;
+  size_t passes = 0, max_passes = 2 * c->n_ops + c->n_cons + 3;
+  for (;;) {
+    if (!c->st)
+      return EDP_ECLOSED;
+    if (passes++ > max_passes) {
+      edp__mark_closed(c, "channel could not be restored");
+      return EDP_ECLOSED;
+    }
+    int rc = open_channel(c);
+    if (rc && c->st) {
+      /* Refusing a bare channel, qos or confirm mode leaves nothing to
+       * settle: the connection is of no use. */
+      edp__mark_closed(c, "channel could not be opened");
+      return EDP_ECLOSED;
+    }
+    if (!rc)
+      rc = edp__restore_topology(c, &topo_next, fresh_connection);
+    if (!rc)
+      rc = edp__restore_consumers(c);
+    if (rc == EDP_ENOMEM && c->st) {
+      edp__mark_closed(c, "out of memory restoring the channel");
+      return EDP_ECLOSED;
+    }
+    if (!rc)
+      break;
+  }
+  if (c->closes_without_ack >= POISON_CLOSES && c->lost_head) {
+    edp__log(c, EDP_LOG_ERROR,
+             "%zu unconfirmed messages closed the channel %d times in a "
+             "row: reported nacked, not published again",
+             c->n_lost, c->closes_without_ack);
+    edp__refuse_pending(c, NULL, NULL);
+    c->closes_without_ack = 0;
+  }
+  size_t n = 0;
+  int rc = edp__republish_lost(c, &n);
+  c->republished += n;
   return rc;
 }
 
-static int restore_consumers(edp_conn *c) {
-  int cur = c->prefetch; /* restore_channel set it */
-  for (size_t i = 0; i < c->n_cons; i++) {
-    int rc = restore_qos(c, c->cons[i].prefetch, &cur);
-    if (!rc)
-      rc = do_consume(c, c->cons[i].queue, c->cons[i].tag, &c->cons[i].o, NULL,
-                      0);
+/* Restores a channel the broker closed, on the live connection. */
+static int restore_channel(edp_conn *c) {
+  uint64_t before = c->republished;
+  int rc = restore_session(c, 0);
+  if (rc)
+    return rc;
+  edp__log(c, EDP_LOG_INFO, "channel restored (epoch %u, %llu republished)",
+           (unsigned)c->epoch, (unsigned long long)(c->republished - before));
+  event_full(c, EDP_CONN_CHANNEL_RESTORED, NULL, NULL, c->republished - before);
+  return 0;
+}
+
+int edp__ready(edp_conn *c) {
+  if (!c)
+    return EDP_EINVAL;
+  if (c->st && c->chan_closed) {
+    int rc = restore_channel(c);
     if (rc)
       return rc;
   }
-  return restore_qos(c, c->prefetch, &cur);
+  return c->open ? 0 : EDP_ECLOSED;
 }
 
-static int reopen_channel(edp_conn *c) {
-  int rc = restore_channel(c);
-  if (!rc)
-    rc = restore_consumers(c);
-  if (rc && c->st) {
-    /* A channel we cannot restore leaves the connection useless. */
-    mark_closed(c, "channel could not be restored");
-    return EDP_ECLOSED;
+int edp__settle(edp_conn *c, int rc) {
+  if (c->st && c->chan_closed) {
+    int r = restore_channel(c);
+    if (r)
+      return r;
   }
   return rc;
 }
@@ -765,9 +591,10 @@ void edp_conn_opts_init(edp_conn_opts *o) {
   o->backoff_max_ms = 5000;
   o->max_body = (size_t)128 << 20;
   o->stop_fd = -1;
+  o->blocked_timeout_ms = -1;
 }
 
-/* One attempt: TCP connect, login, channel. Fills err_text. */
+/* One attempt: TCP connect and login, no channel. Fills err_text. */
 static int connect_once(edp_conn *c, char *err_text, size_t err_len) {
   char dummy[8];
   if (!err_text) {
@@ -807,11 +634,15 @@ static int connect_once(edp_conn *c, char *err_text, size_t err_len) {
                         (c->o.rpc_timeout_ms % 1000) * 1000};
   amqp_set_rpc_timeout(c->st, &rpc);
 
-  amqp_table_entry_t caps[1] = {{amqp_cstring_bytes("consumer_cancel_notify"),
+  /* connection.blocked: without it the broker never tells us it stopped
+   * reading, and a publish would hang in a write. */
+  amqp_table_entry_t caps[2] = {{amqp_cstring_bytes("consumer_cancel_notify"),
+                                 {AMQP_FIELD_KIND_BOOLEAN, {.boolean = 1}}},
+                                {amqp_cstring_bytes("connection.blocked"),
                                  {AMQP_FIELD_KIND_BOOLEAN, {.boolean = 1}}}};
   amqp_table_entry_t props[2] = {
       {amqp_cstring_bytes("capabilities"),
-       {AMQP_FIELD_KIND_TABLE, {.table = {1, caps}}}},
+       {AMQP_FIELD_KIND_TABLE, {.table = {2, caps}}}},
       {amqp_cstring_bytes("connection_name"),
        {AMQP_FIELD_KIND_UTF8,
         {.bytes =
@@ -847,13 +678,9 @@ static int connect_once(edp_conn *c, char *err_text, size_t err_len) {
     c->st = NULL;
     return rc;
   }
-  rc = restore_channel(c);
-  if (rc) {
-    snprintf(err_text, err_len, "%s: channel open failed: %s", c->masked,
-             edp_strerror(rc));
-    mark_closed(c, "channel open failed");
-  }
-  return rc;
+  c->chan = 0; /* a new connection numbers its channels from 1 */
+  c->blocked = 0;
+  return 0;
 }
 
 int edp_conn_open(const edp_conn_opts *o, edp_conn **out, char *err_text,
@@ -894,55 +721,48 @@ int edp_conn_open(const edp_conn_opts *o, edp_conn **out, char *err_text,
   }
   edp_url_format_masked(&c->url, c->masked, sizeof(c->masked));
   rc = connect_once(c, err_text, err_len);
+  if (!rc && (rc = open_channel(c)) && err_text && err_len)
+    snprintf(err_text, err_len, "%s: channel open failed: %s", c->masked,
+             edp_strerror(rc));
   if (rc) {
     edp_conn_destroy(&c);
     return rc;
   }
-  logf_(c, EDP_LOG_INFO, "connected to %s", c->masked);
+  edp__log(c, EDP_LOG_INFO, "connected to %s", c->masked);
   *out = c;
   return 0;
 }
 
-static void free_pending_list(struct pending *p) {
-  while (p) {
-    struct pending *n = p->next;
-    free(p);
-    p = n;
-  }
-}
-
-static void free_qo(edp_queue_opts *q) {
-  free((char *)q->dead_letter_exchange);
-  free((char *)q->dead_letter_routing_key);
-  free((char *)q->queue_type);
-  free((char *)q->overflow);
+/* Non-zero if the socket takes a write now: a close handshake must not
+ * hang on a broker that stopped reading (blocked, stalled network). */
+static int socket_writable(edp_conn *c) {
+  struct pollfd p = {amqp_get_sockfd(c->st), POLLOUT, 0};
+  return poll(&p, 1, 0) == 1 && (p.revents & POLLOUT) &&
+         !(p.revents & (POLLERR | POLLHUP));
 }
 
 void edp_conn_destroy(edp_conn **cp) {
   if (!cp || !*cp)
     return;
   edp_conn *c = *cp;
-  if (c->st && c->open) {
-    amqp_channel_close(c->st, CHANNEL, AMQP_REPLY_SUCCESS);
+  if (c->st && !c->blocked && socket_writable(c)) {
+    /* Graceful, but bounded: a broker that does not answer within 2 s
+     * gets the TCP close instead (it requeues our unacked deliveries
+     * either way). */
+    int ms = c->o.rpc_timeout_ms < 2000 ? c->o.rpc_timeout_ms : 2000;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    amqp_set_rpc_timeout(c->st, &tv);
+    if (c->open)
+      amqp_channel_close(c->st, c->chan, AMQP_REPLY_SUCCESS);
     amqp_connection_close(c->st, AMQP_REPLY_SUCCESS);
   }
   if (c->st)
     amqp_destroy_connection(c->st);
-  drop_deliveries(c);
-  free_pending_list(c->pend_head);
-  free_pending_list(c->lost_head);
-  for (size_t i = 0; i < c->n_ops; i++) {
-    free(c->ops[i].name);
-    free(c->ops[i].exchange);
-    free(c->ops[i].key);
-    free_qo(&c->ops[i].qo);
-  }
-  free(c->ops);
-  for (size_t i = 0; i < c->n_cons; i++) {
-    free(c->cons[i].queue);
-    free(c->cons[i].tag);
-  }
-  free(c->cons);
+  edp__drop_deliveries(c);
+  edp__free_pending_list(c->pend_head);
+  edp__free_pending_list(c->lost_head);
+  edp__free_topology(c);
+  edp__free_consumers(c);
   free(c->url_raw);
   free(c->client_name);
   free(c);
@@ -951,7 +771,7 @@ void edp_conn_destroy(edp_conn **cp) {
 
 void edp_conn_abandon(edp_conn *c) {
   if (c && c->st)
-    mark_closed(c, "abandoned");
+    edp__mark_closed(c, "abandoned");
 }
 
 int edp_conn_reply_code(const edp_conn *c) { return c ? c->reply_code : 0; }
@@ -959,456 +779,19 @@ const char *edp_conn_reply_text(const edp_conn *c) {
   return c ? c->reply_text : "";
 }
 const char *edp_conn_url(const edp_conn *c) { return c ? c->masked : ""; }
-int edp_conn_is_open(const edp_conn *c) { return c && c->open; }
+int edp_conn_is_open(const edp_conn *c) {
+  return c && c->st && (c->open || c->chan_closed);
+}
 uint32_t edp_conn_epoch(const edp_conn *c) { return c ? c->epoch : 0; }
 int edp_conn_fd(const edp_conn *c) {
   return c && c->st ? amqp_get_sockfd(c->st) : -1;
 }
+int edp_conn_is_blocked(const edp_conn *c) { return c && c->blocked; }
 
-/* ---------- topology ---------- */
-
-void edp_queue_opts_init(edp_queue_opts *o) {
-  memset(o, 0, sizeof(*o));
-  o->durable = 1;
-  o->message_ttl_ms = -1;
-  o->max_length = -1;
-}
-
-static struct topo_op *add_op(edp_conn *c) {
-  if (c->n_ops == c->cap_ops) {
-    size_t cap = c->cap_ops ? c->cap_ops * 2 : 8;
-    struct topo_op *n = realloc(c->ops, cap * sizeof(*n));
-    if (!n)
-      return NULL;
-    c->ops = n;
-    c->cap_ops = cap;
-  }
-  struct topo_op *op = &c->ops[c->n_ops++];
-  memset(op, 0, sizeof(*op));
-  return op;
-}
-
-static struct topo_op *find_op(edp_conn *c, int kind, const char *name,
-                               const char *exchange, const char *key) {
-  for (size_t i = 0; i < c->n_ops; i++) {
-    struct topo_op *op = &c->ops[i];
-    if (op->kind == kind && !strcmp(op->name, name) &&
-        (!exchange || !strcmp(op->exchange, exchange)) &&
-        (!key || !strcmp(op->key, key)))
-      return op;
-  }
-  return NULL;
-}
-
-int edp_conn_queue_declare(edp_conn *c, const char *name,
-                           const edp_queue_opts *o, char *name_out,
-                           size_t name_out_len, uint32_t *msgs,
-                           uint32_t *consumers) {
-  int rc = check_open(c);
-  if (rc)
-    return rc;
-  edp_queue_opts defaults;
-  if (!o) {
-    edp_queue_opts_init(&defaults);
-    o = &defaults;
-  }
-  if (!name)
-    name = "";
-  char actual[256];
-  rc = do_queue_declare(c, name, o, 0, actual, sizeof(actual), msgs, consumers);
-  if (rc)
-    return rc;
-  if (name_out && name_out_len)
-    snprintf(name_out, name_out_len, "%s", actual);
-  if (find_op(c, OP_QUEUE, actual, NULL, NULL))
-    return 0;
-  struct topo_op *op = add_op(c);
-  if (!op)
-    return EDP_ENOMEM;
-  op->kind = OP_QUEUE;
-  op->name = strdup(actual);
-  op->server_named = name[0] == '\0';
-  op->qo = *o;
-  op->qo.dead_letter_exchange = dupstr(o->dead_letter_exchange);
-  op->qo.dead_letter_routing_key = dupstr(o->dead_letter_routing_key);
-  op->qo.queue_type = dupstr(o->queue_type);
-  op->qo.overflow = dupstr(o->overflow);
-  if (!op->name) {
-    c->n_ops--;
-    return EDP_ENOMEM;
-  }
-  return 0;
-}
-
-int edp_conn_queue_inspect(edp_conn *c, const char *name, uint32_t *msgs,
-                           uint32_t *consumers) {
-  int rc = check_open(c);
-  if (rc)
-    return rc;
-  if (!name || !name[0])
-    return EDP_EINVAL;
-  edp_queue_opts o;
-  edp_queue_opts_init(&o);
-  return do_queue_declare(c, name, &o, 1, NULL, 0, msgs, consumers);
-}
-
-int edp_conn_queue_delete(edp_conn *c, const char *name) {
-  int rc = check_open(c);
-  if (rc)
-    return rc;
-  if (!name)
-    return EDP_EINVAL;
-  amqp_queue_delete(c->st, CHANNEL, amqp_cstring_bytes(name), 0, 0);
-  rc = rpc_result(c, amqp_get_rpc_reply(c->st));
-  struct topo_op *op = find_op(c, OP_QUEUE, name, NULL, NULL);
-  if (!rc && op) {
-    free(op->name);
-    free_qo(&op->qo);
-    *op = c->ops[--c->n_ops];
-  }
-  return rc;
-}
-
-int edp_conn_queue_purge(edp_conn *c, const char *name, uint32_t *purged) {
-  int rc = check_open(c);
-  if (rc)
-    return rc;
-  if (!name)
-    return EDP_EINVAL;
-  amqp_queue_purge_ok_t *ok =
-      amqp_queue_purge(c->st, CHANNEL, amqp_cstring_bytes(name));
-  rc = rpc_result(c, amqp_get_rpc_reply(c->st));
-  if (!rc && purged)
-    *purged = ok->message_count;
-  return rc;
-}
-
-int edp_conn_exchange_declare(edp_conn *c, const char *name, const char *type,
-                              int durable) {
-  int rc = check_open(c);
-  if (rc)
-    return rc;
-  if (!name || !type)
-    return EDP_EINVAL;
-  amqp_exchange_declare(c->st, CHANNEL, amqp_cstring_bytes(name),
-                        amqp_cstring_bytes(type), 0, durable, 0, 0,
-                        amqp_empty_table);
-  rc = rpc_result(c, amqp_get_rpc_reply(c->st));
-  if (rc || find_op(c, OP_EXCHANGE, name, NULL, NULL))
-    return rc;
-  struct topo_op *op = add_op(c);
-  if (!op)
-    return EDP_ENOMEM;
-  op->kind = OP_EXCHANGE;
-  op->name = strdup(name);
-  op->key = strdup(type);
-  op->durable = durable;
-  return op->name && op->key ? 0 : EDP_ENOMEM;
-}
-
-int edp_conn_exchange_delete(edp_conn *c, const char *name) {
-  int rc = check_open(c);
-  if (rc)
-    return rc;
-  amqp_exchange_delete(c->st, CHANNEL, amqp_cstring_bytes(name), 0);
-  return rpc_result(c, amqp_get_rpc_reply(c->st));
-}
-
-int edp_conn_queue_bind(edp_conn *c, const char *queue, const char *exchange,
-                        const char *routing_key) {
-  int rc = check_open(c);
-  if (rc)
-    return rc;
-  if (!queue || !exchange || !routing_key)
-    return EDP_EINVAL;
-  amqp_queue_bind(c->st, CHANNEL, amqp_cstring_bytes(queue),
-                  amqp_cstring_bytes(exchange), amqp_cstring_bytes(routing_key),
-                  amqp_empty_table);
-  rc = rpc_result(c, amqp_get_rpc_reply(c->st));
-  if (rc || find_op(c, OP_BIND, queue, exchange, routing_key))
-    return rc;
-  struct topo_op *op = add_op(c);
-  if (!op)
-    return EDP_ENOMEM;
-  op->kind = OP_BIND;
-  op->name = strdup(queue);
-  op->exchange = strdup(exchange);
-  op->key = strdup(routing_key);
-  return op->name && op->exchange && op->key ? 0 : EDP_ENOMEM;
-}
-
-int edp_conn_qos(edp_conn *c, int prefetch) {
-  int rc = check_open(c);
-  if (rc)
-    return rc;
-  if (prefetch < 0 || prefetch > 65535)
-    return EDP_EINVAL;
-  amqp_basic_qos(c->st, CHANNEL, 0, (uint16_t)prefetch, 0);
-  rc = rpc_result(c, amqp_get_rpc_reply(c->st));
-  if (!rc)
-    c->prefetch = prefetch;
-  return rc;
-}
-
-int edp_conn_confirm_select(edp_conn *c) {
-  int rc = check_open(c);
-  if (rc)
-    return rc;
-  if (c->confirm)
-    return 0;
-  amqp_confirm_select(c->st, CHANNEL);
-  rc = rpc_result(c, amqp_get_rpc_reply(c->st));
-  if (!rc) {
-    c->confirm = 1;
-    c->next_seq = 1;
-  }
-  return rc;
-}
-
-/* Replays the recorded topology on a fresh channel. A server-named queue
- * gets a new name; bindings and consumers that used the old one follow. */
-static int restore_topology(edp_conn *c) {
-  for (size_t i = 0; i < c->n_ops; i++) {
-    struct topo_op *op = &c->ops[i];
-    int rc = 0;
-    if (op->kind == OP_EXCHANGE) {
-      amqp_exchange_declare(c->st, CHANNEL, amqp_cstring_bytes(op->name),
-                            amqp_cstring_bytes(op->key), 0, op->durable, 0, 0,
-                            amqp_empty_table);
-      rc = rpc_result(c, amqp_get_rpc_reply(c->st));
-    } else if (op->kind == OP_QUEUE) {
-      char actual[256];
-      rc = do_queue_declare(c, op->server_named ? "" : op->name, &op->qo, 0,
-                            actual, sizeof(actual), NULL, NULL);
-      if (!rc && op->server_named && strcmp(actual, op->name)) {
-        char *old = op->name;
-        char *fresh = strdup(actual);
-        if (!fresh)
-          return EDP_ENOMEM;
-        for (size_t j = 0; j < c->n_ops; j++)
-          if (j != i && c->ops[j].kind == OP_BIND &&
-              !strcmp(c->ops[j].name, old)) {
-            free(c->ops[j].name);
-            c->ops[j].name = strdup(fresh);
-          }
-        for (size_t j = 0; j < c->n_cons; j++)
-          if (!strcmp(c->cons[j].queue, old)) {
-            free(c->cons[j].queue);
-            c->cons[j].queue = strdup(fresh);
-          }
-        op->name = fresh;
-        if (c->on_rename)
-          c->on_rename(c->on_rename_ud, old, fresh);
-        free(old);
-      }
-    } else {
-      amqp_queue_bind(c->st, CHANNEL, amqp_cstring_bytes(op->name),
-                      amqp_cstring_bytes(op->exchange),
-                      amqp_cstring_bytes(op->key), amqp_empty_table);
-      rc = rpc_result(c, amqp_get_rpc_reply(c->st));
-    }
-    if (rc)
-      return rc;
-  }
-  return 0;
-}
-
-/* ---------- publishing ---------- */
-
-void edp_msg_init(edp_msg *m) {
-  memset(m, 0, sizeof(*m));
-  m->exchange = "";
-  m->priority = -1;
-}
-
-static size_t slen(const char *s) { return s ? strlen(s) + 1 : 0; }
-
-static char *put_str(char **cur, const char *s) {
-  if (!s)
-    return NULL;
-  size_t n = strlen(s) + 1;
-  char *d = *cur;
-  memcpy(d, s, n);
-  *cur += n;
-  return d;
-}
-
-/* Deep-copies m (strings, headers, body) into one allocation of head
- * bytes followed by the copied data; the edp_msg lands at msg_off inside
- * the head. Lets the pending list and edp_msg_dup share one copier. */
-static void *copy_msg_into(const edp_msg *m, size_t head, size_t msg_off) {
-  size_t size = head + m->n_headers * sizeof(edp_header) + slen(m->exchange) +
-                slen(m->routing_key) + slen(m->message_id) +
-                slen(m->content_type) + slen(m->reply_to) +
-                slen(m->correlation_id) + slen(m->type) + m->body_len;
-  for (size_t i = 0; i < m->n_headers; i++)
-    size += slen(m->headers[i].key) + slen(m->headers[i].str);
-  char *block = malloc(size);
-  if (!block)
-    return NULL;
-  memset(block, 0, head);
-  edp_msg *copy = (edp_msg *)(block + msg_off);
-  *copy = *m;
-  edp_header *h = (edp_header *)(block + head);
-  char *cur = (char *)(h + m->n_headers);
-  for (size_t i = 0; i < m->n_headers; i++) {
-    h[i].key = put_str(&cur, m->headers[i].key);
-    h[i].str = put_str(&cur, m->headers[i].str);
-    h[i].num = m->headers[i].num;
-  }
-  copy->headers = m->n_headers ? h : NULL;
-  copy->exchange = put_str(&cur, m->exchange);
-  copy->routing_key = put_str(&cur, m->routing_key);
-  copy->message_id = put_str(&cur, m->message_id);
-  copy->content_type = put_str(&cur, m->content_type);
-  copy->reply_to = put_str(&cur, m->reply_to);
-  copy->correlation_id = put_str(&cur, m->correlation_id);
-  copy->type = put_str(&cur, m->type);
-  if (m->body_len)
-    memcpy(cur, m->body, m->body_len);
-  copy->body = cur;
-  return block;
-}
-
-static struct pending *copy_msg(const edp_msg *m) {
-  return copy_msg_into(m, sizeof(struct pending), offsetof(struct pending, m));
-}
-
-edp_msg *edp_msg_dup(const edp_msg *m) {
-  if (!m || (m->body_len && !m->body) || (m->n_headers && !m->headers))
-    return NULL;
-  return copy_msg_into(m, sizeof(edp_msg), 0);
-}
-
-void edp_msg_from_delivery(edp_msg *m, const edp_delivery *d) {
-  edp_msg_init(m);
-  m->body = d->body;
-  m->body_len = d->body_len;
-  m->persistent = 1;
-  m->mandatory = 1;
-  m->message_id = d->message_id;
-  m->content_type = d->content_type;
-  m->correlation_id = d->correlation_id;
-  m->reply_to = d->reply_to;
-  m->type = d->type;
-  m->priority = d->priority;
-  m->timestamp = d->timestamp;
-}
-
-edp_header *edp_headers_merge(const edp_delivery *d, const edp_header *add,
-                              size_t n_add, size_t *n_out) {
-  size_t n = 0;
-  edp_header *h = calloc(d->n_headers + n_add + 1, sizeof(*h));
-  if (!h)
-    return NULL;
-  for (size_t i = 0; i < d->n_headers; i++) {
-    int replaced = 0;
-    for (size_t k = 0; k < n_add && !replaced; k++)
-      replaced = !strcmp(d->headers[i].key, add[k].key);
-    if (!replaced)
-      h[n++] = d->headers[i];
-  }
-  for (size_t k = 0; k < n_add; k++)
-    h[n++] = add[k];
-  *n_out = n;
-  return h;
-}
-
-/* Sends one message; in confirm mode p (its copy) joins the pending list. */
-static int send_msg(edp_conn *c, const edp_msg *m, struct pending *p,
-                    uint64_t *seq) {
-  amqp_basic_properties_t props;
-  memset(&props, 0, sizeof(props));
-  props._flags = AMQP_BASIC_DELIVERY_MODE_FLAG;
-  props.delivery_mode =
-      m->persistent ? AMQP_DELIVERY_PERSISTENT : AMQP_DELIVERY_NONPERSISTENT;
-#define EDP__SETPROP(flag, field)                                              \
-  if (m->field) {                                                              \
-    props._flags |= flag;                                                      \
-    props.field = amqp_cstring_bytes(m->field);                                \
-  }
-  EDP__SETPROP(AMQP_BASIC_MESSAGE_ID_FLAG, message_id)
-  EDP__SETPROP(AMQP_BASIC_CONTENT_TYPE_FLAG, content_type)
-  EDP__SETPROP(AMQP_BASIC_REPLY_TO_FLAG, reply_to)
-  EDP__SETPROP(AMQP_BASIC_CORRELATION_ID_FLAG, correlation_id)
-  EDP__SETPROP(AMQP_BASIC_TYPE_FLAG, type)
-#undef EDP__SETPROP
-  if (m->priority >= 0) {
-    props._flags |= AMQP_BASIC_PRIORITY_FLAG;
-    props.priority = (uint8_t)m->priority;
-  }
-  if (m->timestamp > 0) {
-    props._flags |= AMQP_BASIC_TIMESTAMP_FLAG;
-    props.timestamp = (uint64_t)m->timestamp;
-  }
-  amqp_table_entry_t stack_entries[8];
-  amqp_table_entry_t *entries = stack_entries;
-  if (m->n_headers > 8) {
-    entries = calloc(m->n_headers, sizeof(*entries));
-    if (!entries)
-      return EDP_ENOMEM;
-  }
-  if (m->n_headers) {
-    for (size_t i = 0; i < m->n_headers; i++) {
-      entries[i].key = amqp_cstring_bytes(m->headers[i].key);
-      if (m->headers[i].str) {
-        entries[i].value.kind = AMQP_FIELD_KIND_UTF8;
-        entries[i].value.value.bytes = amqp_cstring_bytes(m->headers[i].str);
-      } else {
-        entries[i].value.kind = AMQP_FIELD_KIND_I64;
-        entries[i].value.value.i64 = m->headers[i].num;
-      }
-    }
-    props._flags |= AMQP_BASIC_HEADERS_FLAG;
-    props.headers.num_entries = (int)m->n_headers;
-    props.headers.entries = entries;
-  }
-  amqp_bytes_t body = {m->body_len, (void *)m->body};
-  int res = amqp_basic_publish(c->st, CHANNEL,
-                               bytes_of(m->exchange ? m->exchange : ""),
-                               bytes_of(m->routing_key ? m->routing_key : ""),
-                               m->mandatory, 0, &props, body);
-  if (entries != stack_entries)
-    free(entries);
-  if (res < 0)
-    return lib_error(c, res);
-  if (p) {
-    p->seq = c->next_seq++;
-    p->returned = 0;
-    append_pending(&c->pend_head, &c->pend_tail, p);
-    c->n_pend++;
-    if (seq)
-      *seq = p->seq;
-  } else if (seq) {
-    *seq = 0;
-  }
-  return 0;
-}
-
-int edp_conn_publish(edp_conn *c, const edp_msg *m, uint64_t *seq) {
-  int rc = check_open(c);
-  if (rc)
-    return rc;
-  if (!m || (m->body_len && !m->body) || (m->n_headers && !m->headers))
-    return EDP_EINVAL;
-  if (c->o.max_body && m->body_len > c->o.max_body)
-    return EDP_ETOOBIG;
-  for (size_t i = 0; i < m->n_headers; i++)
-    if (!m->headers[i].key)
-      return EDP_EINVAL;
-  struct pending *p = NULL;
-  if (c->confirm && !(p = copy_msg(m)))
-    return EDP_ENOMEM;
-  rc = send_msg(c, m, p, seq);
-  if (rc)
-    free(p);
-  return rc;
-}
-
-void edp_conn_on_confirm(edp_conn *c, edp_confirm_fn fn, void *ud) {
+void edp_conn_on_event(edp_conn *c, edp_conn_event_fn fn, void *ud) {
   if (c) {
-    c->on_confirm = fn;
-    c->on_confirm_ud = ud;
+    c->on_event = fn;
+    c->on_event_ud = ud;
   }
 }
 
@@ -1419,345 +802,37 @@ void edp_conn_on_queue_renamed(edp_conn *c, edp_rename_fn fn, void *ud) {
   }
 }
 
-size_t edp_conn_unconfirmed(const edp_conn *c) {
-  return c ? c->n_pend + c->n_lost : 0;
-}
-
-int edp_conn_wait_confirms(edp_conn *c, size_t max_outstanding,
-                           int timeout_ms) {
-  if (!c)
-    return EDP_EINVAL;
-  int64_t deadline = timeout_ms < 0 ? -1 : edp_now_ms() + timeout_ms;
-  while (c->n_pend > max_outstanding) {
-    int left = -1;
-    if (deadline >= 0) {
-      int64_t l = deadline - edp_now_ms();
-      left = l > 0 ? (int)l : 0;
-    }
-    int rc = pump(c, -1, left, NULL);
-    if (rc == EDP_ETIMEOUT && c->n_pend <= max_outstanding)
-      break;
-    if (rc)
-      return rc;
-  }
-  return 0;
-}
-
-int edp_conn_republish_unconfirmed(edp_conn *c, size_t *n) {
-  if (n)
-    *n = 0;
-  int rc = check_open(c);
-  if (rc)
-    return rc;
-  while (c->lost_head) {
-    struct pending *p = c->lost_head;
-    c->lost_head = p->next;
-    if (!c->lost_head)
-      c->lost_tail = NULL;
-    c->n_lost--;
-    if (!c->confirm) {
-      free(p);
-      continue;
-    }
-    rc = send_msg(c, &p->m, p, NULL);
-    if (rc) {
-      /* The connection dropped again: keep the message for next time,
-       * at the head so the order holds. */
-      p->next = c->lost_head;
-      c->lost_head = p;
-      if (!c->lost_tail)
-        c->lost_tail = p;
-      c->n_lost++;
-      return rc;
-    }
-    if (n)
-      (*n)++;
-  }
-  return 0;
-}
-
-size_t edp_conn_take_unconfirmed(edp_conn *c, edp_take_fn fn, void *ud) {
-  size_t n = 0;
-  if (!c || !fn)
-    return 0;
-  while (c->lost_head && fn(ud, &c->lost_head->m) == 0) {
-    struct pending *p = c->lost_head;
-    c->lost_head = p->next;
-    if (!c->lost_head)
-      c->lost_tail = NULL;
-    c->n_lost--;
-    free(p);
-    n++;
-  }
-  return n;
-}
-
-int edp_conn_publish_confirmed(edp_conn *c, const edp_msg *m, int timeout_ms) {
-  if (!c)
-    return EDP_EINVAL;
-  if (!c->confirm)
-    return EDP_EINVAL;
-  uint64_t seq = 0;
-  int rc = edp_conn_publish(c, m, &seq);
-  if (rc)
-    return rc;
-  c->sync_seq = seq;
-  c->sync_status = -1;
-  int64_t deadline = timeout_ms < 0 ? -1 : edp_now_ms() + timeout_ms;
-  while (!rc && c->sync_status < 0) {
-    int left = -1;
-    if (deadline >= 0) {
-      int64_t l = deadline - edp_now_ms();
-      left = l > 0 ? (int)l : 0;
-    }
-    /* report_confirm() records our message's status when it comes. */
-    rc = pump(c, -1, left, NULL);
-  }
-  int status = c->sync_status;
-  c->sync_seq = 0;
-  if (rc)
-    return rc;
-  return status == EDP_CONFIRM_ACK    ? 0
-         : status == EDP_CONFIRM_NACK ? EDP_ENACKED
-                                      : EDP_ERETURNED;
-}
-
-/* Consecutive reconnects without progress before recovery gives up. */
-#define MAX_RECOVERIES 10
-
-int edp_conn_recover(edp_conn *c, edp_recovery *r) {
-  if (!c)
-    return EDP_EINVAL;
-  for (int i = 0; i < MAX_RECOVERIES; i++) {
-    int rc = edp_conn_reconnect(c);
-    if (rc)
-      return rc;
-    if (r)
-      r->reconnects++;
-    size_t n = 0;
-    rc = edp_conn_republish_unconfirmed(c, &n);
-    if (r)
-      r->republished += n;
-    if (rc != EDP_ECLOSED)
-      return rc;
-  }
-  return EDP_ECONNECT;
-}
-
-int edp_conn_publish_window(edp_conn *c, const edp_msg *m, size_t window,
-                            int timeout_ms, edp_recovery *r) {
-  for (int i = 0; i < MAX_RECOVERIES; i++) {
-    int rc = window
-                 ? edp_conn_wait_confirms_recover(c, window - 1, timeout_ms, r)
-                 : 0;
-    if (!rc)
-      rc = edp_conn_publish(c, m, NULL);
-    if (rc != EDP_ECLOSED)
-      return rc;
-    if ((rc = edp_conn_recover(c, r)))
-      return rc;
-  }
-  return EDP_ECONNECT;
-}
-
-int edp_conn_wait_confirms_recover(edp_conn *c, size_t max_outstanding,
-                                   int timeout_ms, edp_recovery *r) {
-  for (int i = 0; i < MAX_RECOVERIES; i++) {
-    int rc = edp_conn_wait_confirms(c, max_outstanding, timeout_ms);
-    if (rc != EDP_ECLOSED)
-      return rc;
-    if ((rc = edp_conn_recover(c, r)))
-      return rc;
-  }
-  return EDP_ECONNECT;
-}
-
-/* ---------- consuming ---------- */
-
-void edp_consume_opts_init(edp_consume_opts *o) { memset(o, 0, sizeof(*o)); }
-
-int edp_conn_consume(edp_conn *c, const char *queue, const edp_consume_opts *o,
-                     char *tag_out, size_t tag_len) {
-  int rc = check_open(c);
-  if (rc)
-    return rc;
-  if (!queue || !queue[0])
-    return EDP_EINVAL;
-  edp_consume_opts defaults;
-  if (!o) {
-    edp_consume_opts_init(&defaults);
-    o = &defaults;
-  }
-  char tag[256];
-  rc = do_consume(c, queue, NULL, o, tag, sizeof(tag));
-  if (rc)
-    return rc;
-  if (tag_out && tag_len)
-    snprintf(tag_out, tag_len, "%s", tag);
-  if (c->n_cons == c->cap_cons) {
-    size_t cap = c->cap_cons ? c->cap_cons * 2 : 4;
-    struct consumer_rec *n = realloc(c->cons, cap * sizeof(*n));
-    if (!n)
-      return EDP_ENOMEM;
-    c->cons = n;
-    c->cap_cons = cap;
-  }
-  struct consumer_rec *r = &c->cons[c->n_cons];
-  r->queue = strdup(queue);
-  r->tag = strdup(tag);
-  r->o = *o;
-  r->prefetch = c->prefetch;
-  if (!r->queue || !r->tag) {
-    free(r->queue);
-    free(r->tag);
-    return EDP_ENOMEM;
-  }
-  c->n_cons++;
-  return 0;
-}
-
-int edp_conn_cancel(edp_conn *c, const char *tag) {
-  int rc = check_open(c);
-  if (rc)
-    return rc;
-  if (!tag)
-    return EDP_EINVAL;
-  for (size_t i = 0; i < c->n_cons; i++) {
-    if (strcmp(c->cons[i].tag, tag))
-      continue;
-    free(c->cons[i].queue);
-    free(c->cons[i].tag);
-    c->cons[i] = c->cons[--c->n_cons];
-    break;
-  }
-  amqp_basic_cancel(c->st, CHANNEL, amqp_cstring_bytes(tag));
-  return rpc_result(c, amqp_get_rpc_reply(c->st));
-}
-
-size_t edp_conn_pending_deliveries(const edp_conn *c) {
-  return c ? c->n_dq : 0;
-}
-
-int edp_conn_wait(edp_conn *c, int wake_fd, int timeout_ms) {
-  if (!c)
-    return EDP_EINVAL;
-  int64_t deadline = timeout_ms < 0 ? -1 : edp_now_ms() + timeout_ms;
-  for (;;) {
-    if (c->dq_head)
-      return EDP_READY_DELIVERY;
-    if (c->broker_cancelled) {
-      c->broker_cancelled = 0;
-      return EDP_ENOTFOUND;
-    }
-    int left = -1;
-    if (deadline >= 0) {
-      int64_t l = deadline - edp_now_ms();
-      left = l > 0 ? (int)l : 0;
-    }
-    int woke = 0;
-    int rc = pump(c, wake_fd, left, &woke);
-    if (woke)
-      return c->dq_head ? EDP_READY_DELIVERY | EDP_READY_WAKE : EDP_READY_WAKE;
-    if (rc == EDP_ETIMEOUT)
-      return c->dq_head ? EDP_READY_DELIVERY : 0;
-    if (rc)
-      return rc;
-  }
-}
-
-int edp_conn_receive(edp_conn *c, edp_delivery *d, int timeout_ms) {
-  if (!c || !d)
-    return EDP_EINVAL;
-  memset(d, 0, sizeof(*d));
-  int rc = edp_conn_wait(c, -1, timeout_ms);
-  if (rc < 0)
-    return rc;
-  if (!(rc & EDP_READY_DELIVERY))
-    return EDP_ETIMEOUT;
-  struct dnode *n = c->dq_head;
-  c->dq_head = n->next;
-  if (!c->dq_head)
-    c->dq_tail = NULL;
-  c->n_dq--;
-  *d = n->d;
-  free(n);
-  return 0;
-}
-
-const char *edp_delivery_header_str(const edp_delivery *d, const char *key) {
-  for (size_t i = 0; d && key && i < d->n_headers; i++)
-    if (d->headers[i].str && !strcmp(d->headers[i].key, key))
-      return d->headers[i].str;
-  return NULL;
-}
-
-int edp_delivery_header_int(const edp_delivery *d, const char *key,
-                            int64_t *v) {
-  for (size_t i = 0; d && key && i < d->n_headers; i++)
-    if (!d->headers[i].str && !strcmp(d->headers[i].key, key)) {
-      if (v)
-        *v = d->headers[i].num;
-      return 0;
-    }
-  return EDP_ENOTFOUND;
-}
-
-static int ack_common(edp_conn *c, uint32_t epoch, uint64_t tag, int multiple,
-                      int nack, int requeue) {
-  int rc = check_open(c);
-  if (rc)
-    return rc;
-  if (epoch != c->epoch)
-    return EDP_ESTALE;
-  int res = nack ? amqp_basic_nack(c->st, CHANNEL, tag, multiple, requeue)
-                 : amqp_basic_ack(c->st, CHANNEL, tag, multiple);
-  return res < 0 ? lib_error(c, res) : 0;
-}
-
-int edp_conn_ack(edp_conn *c, uint32_t epoch, uint64_t tag, int multiple) {
-  return ack_common(c, epoch, tag, multiple, 0, 0);
-}
-
-int edp_conn_nack(edp_conn *c, uint32_t epoch, uint64_t tag, int multiple,
-                  int requeue) {
-  return ack_common(c, epoch, tag, multiple, 1, requeue);
-}
-
 /* ---------- reconnection ---------- */
-
-static int restore_all(edp_conn *c) {
-  int rc = restore_topology(c);
-  if (!rc)
-    rc = restore_consumers(c);
-  return rc;
-}
 
 int edp_conn_reconnect(edp_conn *c) {
   if (!c)
     return EDP_EINVAL;
   if (c->st)
-    mark_closed(c, "reconnecting");
+    edp__mark_closed(c, "reconnecting");
   int64_t start = edp_now_ms();
   int delay = c->o.backoff_initial_ms > 0 ? c->o.backoff_initial_ms : 1;
   for (int attempt = 1;; attempt++) {
     char why[600] = "";
+    uint64_t before = c->republished;
     int rc = connect_once(c, why, sizeof(why));
     if (!rc) {
-      rc = restore_all(c);
+      rc = restore_session(c, 1);
       if (!rc) {
-        logf_(c, EDP_LOG_INFO,
-              "reconnected to %s (attempt %d, %zu unconfirmed to resend)",
-              c->masked, attempt, c->n_lost);
+        uint64_t n = c->republished - before;
+        edp__log(c, EDP_LOG_INFO,
+                 "reconnected to %s (attempt %d, %llu unconfirmed published "
+                 "again)",
+                 c->masked, attempt, (unsigned long long)n);
+        set_reply_text(c, 0, "reconnected");
+        event_full(c, EDP_CONN_RECONNECTED, NULL, NULL, n);
         if (c->o.on_reconnect)
           c->o.on_reconnect(c->o.on_reconnect_ud, c);
         return 0;
       }
-      snprintf(why, sizeof(why), "restoring topology: %s (%d %s)",
+      snprintf(why, sizeof(why), "restoring the session: %s (%d %s)",
                edp_strerror(rc), c->reply_code, c->reply_text);
       if (c->st)
-        mark_closed(c, why);
-      if (rc != EDP_ECLOSED && rc != EDP_ETIMEOUT)
-        return rc;
+        edp__mark_closed(c, why);
     }
     if (rc == EDP_EAUTH || rc == EDP_EACCESS || rc == EDP_ENOMEM)
       return rc;
@@ -1766,13 +841,14 @@ int edp_conn_reconnect(edp_conn *c) {
     int wait =
         delay / 2 + (int)(rand_r(&c->rand_state) % (unsigned)(delay / 2 + 1));
     if (edp_now_ms() - start + wait > c->o.reconnect_max_ms) {
-      logf_(c, EDP_LOG_ERROR,
-            "giving up reconnecting to %s after %d attempts: %s", c->masked,
-            attempt, why);
+      edp__log(c, EDP_LOG_ERROR,
+               "giving up reconnecting to %s after %d attempts: %s", c->masked,
+               attempt, why);
       return rc == EDP_ECLOSED ? EDP_ECONNECT : rc;
     }
-    logf_(c, EDP_LOG_WARN, "reconnect attempt %d failed: %s; retrying in %d ms",
-          attempt, why, wait);
+    edp__log(c, EDP_LOG_WARN,
+             "reconnect attempt %d failed: %s; retrying in %d ms", attempt, why,
+             wait);
     if (edp_sleep_ms(wait, c->o.stop_fd))
       return EDP_ESTOPPED;
     delay = delay > c->o.backoff_max_ms / 2 ? c->o.backoff_max_ms : delay * 2;

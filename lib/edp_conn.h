@@ -14,9 +14,23 @@
  * Errors: functions return 0 or a negative EDP_E* code (edp_error.h). The
  * broker's last reply code and text stay readable through
  * edp_conn_reply_code() and edp_conn_reply_text(). After EDP_ECLOSED the
- * connection is gone: call edp_conn_reconnect(), which opens a new
- * connection and channel and replays qos, confirm mode, topology and
- * consumers in that order.
+ * connection is gone: call edp_conn_reconnect() (or edp_conn_recover()).
+ *
+ * Recovery is one sequence, the same after a lost connection and after a
+ * channel the broker closed (a channel error: 404 in a passive declare,
+ * 406 after consumer_timeout, a publish to a missing exchange): connection
+ * (only if lost) -> channel -> qos and confirm mode -> topology ->
+ * consumers -> the unconfirmed messages published again. A channel close
+ * is restored inside the call that met it, which still returns the close's
+ * own error (EDP_ENOTFOUND for a missing queue ...); edp_conn_wait() and
+ * edp_conn_receive() return EDP_ECHANNEL. Either way edp_conn_epoch()
+ * changed, deliveries of the old channel can no longer be acked
+ * (EDP_ESTALE: the broker redelivers them) and the event callback heard
+ * EDP_CONN_CHANNEL_RESTORED. A step the broker refuses is settled, never
+ * retried in a loop: a consumer whose queue is gone is dropped and reported
+ * (EDP_CONN_CONSUMER_CANCELLED, then EDP_ENOTFOUND from the next wait), a
+ * server-named queue that is gone is declared anew (edp_rename_fn), and
+ * messages that keep closing the channel are reported nacked.
  */
 #ifndef EDP_CONN_H
 #define EDP_CONN_H
@@ -48,6 +62,35 @@ typedef struct edp_conn edp_conn;
  * connection, e.g. to register a new server-named queue somewhere. */
 typedef void (*edp_reconnect_fn)(void *ud, edp_conn *c);
 
+/* What happened to a connection, for logs, --json events and metrics. */
+enum edp_conn_event_type {
+  EDP_CONN_LOST = 1,               /* the connection is gone (reason) */
+  EDP_CONN_RECONNECTED = 2,        /* a new connection, all restored */
+  EDP_CONN_CHANNEL_RESTORED = 3,   /* the broker closed the channel
+                                      (reply_code, reason); reopened */
+  EDP_CONN_CONSUMER_CANCELLED = 4, /* queue, tag: cancelled by the broker
+                                      or not restorable; not retried */
+  EDP_CONN_BLOCKED = 5,            /* resource alarm: publishing waits */
+  EDP_CONN_UNBLOCKED = 6
+};
+
+typedef struct edp_conn_event {
+  int type;             /* enum edp_conn_event_type */
+  int reply_code;       /* the broker's code where it gave one, else 0 */
+  const char *reason;   /* one line, never NULL */
+  const char *queue;    /* CONSUMER_CANCELLED: its queue, else NULL */
+  const char *tag;      /* CONSUMER_CANCELLED: its consumer tag, else NULL */
+  uint64_t republished; /* RECONNECTED, CHANNEL_RESTORED: messages
+                           published again */
+} edp_conn_event;
+
+/* Called on the owner thread; the strings live until it returns. */
+typedef void (*edp_conn_event_fn)(void *ud, const edp_conn_event *ev);
+
+/* "connection_lost", "reconnected", "channel_restored",
+ * "consumer_cancelled", "blocked", "unblocked"; "unknown" otherwise. */
+const char *edp_conn_event_name(int type);
+
 typedef struct edp_conn_opts {
   const char *url;         /* NULL means EDP_URL_DEFAULT; copied */
   int heartbeat_s;         /* default 10; the URL's ?heartbeat= wins */
@@ -61,6 +104,10 @@ typedef struct edp_conn_opts {
                               EDP_ETOOBIG; default 128 MiB, RabbitMQ's
                               default max_message_size; 0 = no check */
   int stop_fd;             /* readable = stop waiting (EDP_ESTOPPED); -1 */
+  int blocked_timeout_ms;  /* publishing waits while the broker blocks the
+                              connection (resource alarm); -1, the default,
+                              until unblocked or stop_fd, else EDP_ETIMEOUT
+                              after this long */
   const char *client_name; /* shown in the management UI; copied */
   edp_log_fn log;          /* NULL: silent */
   void *log_ud;
@@ -101,6 +148,12 @@ uint32_t edp_conn_epoch(const edp_conn *c);
 
 /* The socket, for diagnostics; use edp_conn_wait() to wait on it. */
 int edp_conn_fd(const edp_conn *c);
+
+/* Receives the connection's events (edp_conn_event); NULL to stop. */
+void edp_conn_on_event(edp_conn *c, edp_conn_event_fn fn, void *ud);
+
+/* Non-zero while the broker blocks this connection's publishing. */
+int edp_conn_is_blocked(const edp_conn *c);
 
 /* ---- topology (recorded and replayed after a reconnect) ---- */
 
@@ -188,7 +241,12 @@ void edp_msg_init(edp_msg *m);
 
 /* Publishes one message. In confirm mode a copy is kept until confirmed
  * and *seq (may be NULL) receives its sequence number, else 0. Does not
- * wait. Errors: EDP_ETOOBIG (over max_body), EDP_ECLOSED, EDP_EINVAL. */
+ * wait for the confirm. While the broker blocks the connection (a memory
+ * or disk alarm) it waits to write, servicing the connection, until
+ * unblocked, stop_fd (EDP_ESTOPPED) or blocked_timeout_ms (EDP_ETIMEOUT):
+ * a blocked broker no longer reads, and a write would hang. Errors:
+ * EDP_ETOOBIG (over max_body), EDP_ECLOSED, EDP_EINVAL, EDP_ESTOPPED,
+ * EDP_ETIMEOUT. */
 int edp_conn_publish(edp_conn *c, const edp_msg *m, uint64_t *seq);
 
 enum edp_confirm_status {
@@ -214,16 +272,20 @@ void edp_conn_on_confirm(edp_conn *c, edp_confirm_fn fn, void *ud);
 /* Messages published in confirm mode and not confirmed yet. */
 size_t edp_conn_unconfirmed(const edp_conn *c);
 
-/* Reads frames until at most max_outstanding messages are unconfirmed,
+/* Reads frames until at most max_outstanding messages are unconfirmed
+ * (counting those a lost channel left, see edp_conn_unconfirmed()),
  * reporting each through the confirm callback. Deliveries that arrive
- * meanwhile are queued for edp_conn_receive(). Returns 0, EDP_ETIMEOUT,
- * EDP_ESTOPPED, EDP_ECLOSED or EDP_ECHANNEL. */
+ * meanwhile are queued for edp_conn_receive(). A channel the broker closes
+ * meanwhile is restored and its unconfirmed messages published again.
+ * Returns 0, EDP_ETIMEOUT, EDP_ESTOPPED or EDP_ECLOSED (the connection is
+ * lost: recover, see edp_conn_wait_confirms_recover()). */
 int edp_conn_wait_confirms(edp_conn *c, size_t max_outstanding, int timeout_ms);
 
-/* After a reconnect or a channel error, the messages the lost channel left
- * unconfirmed are held; this publishes them again in their original order
- * (new sequence numbers, same message_id). *n (may be NULL) receives how
- * many. Returns 0 or an error of edp_conn_publish(). */
+/* The messages a lost connection left unconfirmed are held until the
+ * reconnect publishes them again (new sequence numbers, same message_id,
+ * original order). This publishes any still held, e.g. when a reconnect
+ * was interrupted in the middle; *n (may be NULL) receives how many.
+ * Returns 0 or an error of edp_conn_publish(). */
 int edp_conn_republish_unconfirmed(edp_conn *c, size_t *n);
 
 /* Hands the messages a lost channel left unconfirmed (those
@@ -308,8 +370,11 @@ typedef struct edp_delivery {
 
 /* Takes the next delivery, waiting up to timeout_ms (0 = don't wait,
  * -1 = forever, until stop_fd). Heartbeats and confirms are serviced while
- * waiting. Returns 0, EDP_ETIMEOUT, EDP_ESTOPPED, EDP_ECLOSED, EDP_ECHANNEL
- * or EDP_ENOTFOUND (the broker cancelled a consumer: its queue is gone).
+ * waiting. Returns 0, EDP_ETIMEOUT, EDP_ESTOPPED, EDP_ECLOSED,
+ * EDP_ECHANNEL (the broker closed the channel; it was restored with its
+ * consumers, deliveries taken before it can't be acked any more) or
+ * EDP_ENOTFOUND (a consumer was cancelled, by the broker or because its
+ * queue was gone at a restore; the event callback says which).
  * The caller owns *d and frees it with edp_delivery_clear(). */
 int edp_conn_receive(edp_conn *c, edp_delivery *d, int timeout_ms);
 
@@ -355,8 +420,8 @@ int edp_conn_nack(edp_conn *c, uint32_t epoch, uint64_t tag, int multiple,
 
 /* Opens a new connection with exponential backoff and jitter, then
  * restores channel, qos, confirm mode, topology and consumers in that
- * order, keeps the unconfirmed messages for
- * edp_conn_republish_unconfirmed(), and calls on_reconnect. Gives up after
+ * order, publishes the unconfirmed messages again, and calls on_reconnect
+ * (and the event callback: EDP_CONN_RECONNECTED). Gives up after
  * reconnect_max_ms (EDP_ECONNECT or the last error), at once on EDP_EAUTH
  * or EDP_EACCESS, or on stop_fd (EDP_ESTOPPED). */
 int edp_conn_reconnect(edp_conn *c);

@@ -1,0 +1,447 @@
+/*
+ * edp_consume.c - consumers, deliveries and acks on an edp_conn.
+ *
+ * The frame pump queues each basic.deliver as an edp_delivery stamped with
+ * the channel's epoch; edp_conn_receive() hands them out in order, and an
+ * ack names the epoch so that a delivery of a channel that is gone is
+ * never acked on its successor (the broker redelivers it instead).
+ * Consumers are recorded with the prefetch they were created with, so the
+ * recovery sequence can start them again. A consumer that cannot be
+ * started again (its queue is gone, another connection holds it
+ * exclusively) is dropped and reported once, never retried.
+ */
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "edp_conn_internal.h"
+#include "edp_util.h"
+
+/* ---------- deliveries ---------- */
+
+void edp_delivery_clear(edp_delivery *d) {
+  if (!d)
+    return;
+  free(d->exchange);
+  free(d->routing_key);
+  free(d->consumer_tag);
+  free(d->body);
+  free(d->message_id);
+  free(d->content_type);
+  free(d->reply_to);
+  free(d->correlation_id);
+  free(d->type);
+  for (size_t i = 0; i < d->n_headers; i++) {
+    free((char *)d->headers[i].key);
+    free((char *)d->headers[i].str);
+  }
+  free(d->headers);
+  memset(d, 0, sizeof(*d));
+}
+
+void edp__drop_deliveries(edp_conn *c) {
+  while (c->dq_head) {
+    struct edp__dnode *n = c->dq_head;
+    c->dq_head = n->next;
+    edp_delivery_clear(&n->d);
+    free(n);
+  }
+  c->dq_tail = NULL;
+  c->n_dq = 0;
+}
+
+static int int_kind(const amqp_field_value_t *v, int64_t *out) {
+  switch (v->kind) {
+  case AMQP_FIELD_KIND_I8:
+    *out = v->value.i8;
+    return 1;
+  case AMQP_FIELD_KIND_U8:
+    *out = v->value.u8;
+    return 1;
+  case AMQP_FIELD_KIND_I16:
+    *out = v->value.i16;
+    return 1;
+  case AMQP_FIELD_KIND_U16:
+    *out = v->value.u16;
+    return 1;
+  case AMQP_FIELD_KIND_I32:
+    *out = v->value.i32;
+    return 1;
+  case AMQP_FIELD_KIND_U32:
+    *out = v->value.u32;
+    return 1;
+  case AMQP_FIELD_KIND_I64:
+    *out = v->value.i64;
+    return 1;
+  case AMQP_FIELD_KIND_U64:
+    *out = (int64_t)v->value.u64;
+    return 1;
+  default:
+    return 0;
+  }
+}
+
+static int fill_delivery(edp_delivery *d, const amqp_basic_deliver_t *dv,
+                         amqp_message_t *msg, uint32_t epoch) {
+  const amqp_basic_properties_t *p = &msg->properties;
+  memset(d, 0, sizeof(*d));
+  d->tag = dv->delivery_tag;
+  d->epoch = epoch;
+  d->redelivered = dv->redelivered;
+  d->priority = -1;
+  d->exchange = edp__dup_bytes(dv->exchange);
+  d->routing_key = edp__dup_bytes(dv->routing_key);
+  d->consumer_tag = edp__dup_bytes(dv->consumer_tag);
+  d->body = edp__dup_bytes(msg->body);
+  d->body_len = msg->body.len;
+  if (!d->exchange || !d->routing_key || !d->consumer_tag || !d->body)
+    return EDP_ENOMEM;
+#define EDP__PROP(flag, field)                                                 \
+  if (p->_flags & flag) {                                                      \
+    if (!(d->field = edp__dup_bytes(p->field)))                                \
+      return EDP_ENOMEM;                                                       \
+  }
+  EDP__PROP(AMQP_BASIC_MESSAGE_ID_FLAG, message_id)
+  EDP__PROP(AMQP_BASIC_CONTENT_TYPE_FLAG, content_type)
+  EDP__PROP(AMQP_BASIC_REPLY_TO_FLAG, reply_to)
+  EDP__PROP(AMQP_BASIC_CORRELATION_ID_FLAG, correlation_id)
+  EDP__PROP(AMQP_BASIC_TYPE_FLAG, type)
+#undef EDP__PROP
+  if (p->_flags & AMQP_BASIC_PRIORITY_FLAG)
+    d->priority = p->priority;
+  if (p->_flags & AMQP_BASIC_TIMESTAMP_FLAG)
+    d->timestamp = (int64_t)p->timestamp;
+  if (p->_flags & AMQP_BASIC_DELIVERY_MODE_FLAG)
+    d->persistent = p->delivery_mode == AMQP_DELIVERY_PERSISTENT;
+  if ((p->_flags & AMQP_BASIC_HEADERS_FLAG) && p->headers.num_entries > 0) {
+    d->headers = calloc((size_t)p->headers.num_entries, sizeof(edp_header));
+    if (!d->headers)
+      return EDP_ENOMEM;
+    for (int i = 0; i < p->headers.num_entries; i++) {
+      const amqp_table_entry_t *e = &p->headers.entries[i];
+      edp_header *h = &d->headers[d->n_headers];
+      if (e->value.kind == AMQP_FIELD_KIND_UTF8 ||
+          e->value.kind == AMQP_FIELD_KIND_BYTES) {
+        if (!(h->str = edp__dup_bytes(e->value.value.bytes)))
+          return EDP_ENOMEM;
+      } else if (!int_kind(&e->value, &h->num)) {
+        continue;
+      }
+      d->n_headers++; /* counted before the key so a failure frees str */
+      if (!(h->key = edp__dup_bytes(e->key)))
+        return EDP_ENOMEM;
+    }
+  }
+  return 0;
+}
+
+int edp__queue_delivery(edp_conn *c, const amqp_basic_deliver_t *dv,
+                        amqp_message_t *msg) {
+  struct edp__dnode *n = calloc(1, sizeof(*n));
+  int rc = n ? fill_delivery(&n->d, dv, msg, c->epoch) : EDP_ENOMEM;
+  if (rc) {
+    if (n)
+      edp_delivery_clear(&n->d);
+    free(n);
+    /* Without memory we cannot hand the message over; rejecting it with
+     * requeue gives it back to the broker instead of losing it. */
+    amqp_basic_reject(c->st, c->chan, dv->delivery_tag, 1);
+    return rc;
+  }
+  if (c->dq_tail)
+    c->dq_tail->next = n;
+  else
+    c->dq_head = n;
+  c->dq_tail = n;
+  c->n_dq++;
+  return 0;
+}
+
+/* ---------- consumers ---------- */
+
+static void remove_consumer(edp_conn *c, size_t i) {
+  free(c->cons[i].queue);
+  free(c->cons[i].tag);
+  c->cons[i] = c->cons[--c->n_cons];
+}
+
+void edp__free_consumers(edp_conn *c) {
+  for (size_t i = 0; i < c->n_cons; i++) {
+    free(c->cons[i].queue);
+    free(c->cons[i].tag);
+  }
+  free(c->cons);
+  c->cons = NULL;
+  c->n_cons = c->cap_cons = 0;
+}
+
+/* A consumer ends: reported once through the event callback and the next
+ * edp_conn_wait (EDP_ENOTFOUND), then forgotten. */
+static void consumer_gone(edp_conn *c, size_t i, const char *why) {
+  edp__log(c, EDP_LOG_WARN, "consumer %s on queue %s ended: %s", c->cons[i].tag,
+           c->cons[i].queue, why);
+  edp__event(c, EDP_CONN_CONSUMER_CANCELLED, c->cons[i].queue, c->cons[i].tag);
+  remove_consumer(c, i);
+  c->consumer_lost = 1;
+}
+
+void edp__broker_cancel(edp_conn *c, amqp_bytes_t tag) {
+  for (size_t i = 0; i < c->n_cons; i++) {
+    if (!edp__bytes_eq(tag, c->cons[i].tag))
+      continue;
+    c->reply_code = 0;
+    snprintf(c->reply_text, sizeof(c->reply_text),
+             "cancelled by the broker (queue deleted or unavailable)");
+    consumer_gone(c, i, c->reply_text);
+    return;
+  }
+}
+
+static int do_consume(edp_conn *c, const char *queue, const char *tag,
+                      const edp_consume_opts *o, char *tag_out,
+                      size_t tag_len) {
+  amqp_table_entry_t e = {amqp_cstring_bytes("x-priority"),
+                          {AMQP_FIELD_KIND_I32, {.i32 = o->priority}}};
+  amqp_table_t args = {o->priority ? 1 : 0, &e};
+  amqp_basic_consume_ok_t *ok =
+      amqp_basic_consume(c->st, c->chan, amqp_cstring_bytes(queue),
+                         edp__bytes_of(tag), 0, o->no_ack, o->exclusive, args);
+  int rc = edp__rpc_result(c, amqp_get_rpc_reply(c->st));
+  if (!rc && tag_out && tag_len)
+    snprintf(tag_out, tag_len, "%.*s", (int)ok->consumer_tag.len,
+             (const char *)ok->consumer_tag.bytes);
+  return rc;
+}
+
+/* basic.qos with global=false applies to the consumers created after it,
+ * so a channel can give its consumers different prefetch counts. Each
+ * consumer gets back the one it was created with, then the channel's last
+ * value is set again for consumers created later. */
+static int restore_qos(edp_conn *c, int want, int *cur) {
+  if (want < 0 || want == *cur)
+    return 0;
+  amqp_basic_qos(c->st, c->chan, 0, (uint16_t)want, 0);
+  int rc = edp__rpc_result(c, amqp_get_rpc_reply(c->st));
+  if (!rc)
+    *cur = want;
+  return rc;
+}
+
+int edp__restore_consumers(edp_conn *c) {
+  int cur = c->prefetch; /* open_channel set it */
+  for (size_t i = 0; i < c->n_cons; i++) {
+    int rc = restore_qos(c, c->cons[i].prefetch, &cur);
+    if (rc)
+      return rc;
+    rc =
+        do_consume(c, c->cons[i].queue, c->cons[i].tag, &c->cons[i].o, NULL, 0);
+    if (rc && c->st) {
+      /* Its queue is gone, or someone else holds it exclusively: the
+       * channel closed on it. Drop it; the caller opens a new channel and
+       * starts the others again. */
+      char why[300];
+      snprintf(why, sizeof(why), "cannot be restored: %d %s", c->reply_code,
+               c->reply_text);
+      consumer_gone(c, i, why);
+    }
+    if (rc)
+      return rc;
+  }
+  return restore_qos(c, c->prefetch, &cur);
+}
+
+void edp_consume_opts_init(edp_consume_opts *o) { memset(o, 0, sizeof(*o)); }
+
+int edp_conn_consume(edp_conn *c, const char *queue, const edp_consume_opts *o,
+                     char *tag_out, size_t tag_len) {
+  int rc = edp__ready(c);
+  if (rc)
+    return rc;
+  if (!queue || !queue[0])
+    return EDP_EINVAL;
+  edp_consume_opts defaults;
+  if (!o) {
+    edp_consume_opts_init(&defaults);
+    o = &defaults;
+  }
+  if (c->n_cons == c->cap_cons) {
+    size_t cap = c->cap_cons ? c->cap_cons * 2 : 4;
+    struct edp__consumer *n = realloc(c->cons, cap * sizeof(*n));
+    if (!n)
+      return EDP_ENOMEM;
+    c->cons = n;
+    c->cap_cons = cap;
+  }
+  struct edp__consumer *r = &c->cons[c->n_cons];
+  r->queue = strdup(queue);
+  r->tag = NULL;
+  if (!r->queue)
+    return EDP_ENOMEM;
+  char tag[256];
+  rc = do_consume(c, queue, NULL, o, tag, sizeof(tag));
+  if (rc) {
+    free(r->queue);
+    return edp__settle(c, rc);
+  }
+  if (!(r->tag = strdup(tag))) {
+    /* Without a record it would not be restored: cancel it now. */
+    free(r->queue);
+    amqp_basic_cancel(c->st, c->chan, amqp_cstring_bytes(tag));
+    edp__settle(c, edp__rpc_result(c, amqp_get_rpc_reply(c->st)));
+    return EDP_ENOMEM;
+  }
+  r->o = *o;
+  r->prefetch = c->prefetch;
+  c->n_cons++;
+  if (tag_out && tag_len)
+    snprintf(tag_out, tag_len, "%s", tag);
+  return 0;
+}
+
+int edp_conn_cancel(edp_conn *c, const char *tag) {
+  int rc = edp__ready(c);
+  if (rc)
+    return rc;
+  if (!tag)
+    return EDP_EINVAL;
+  for (size_t i = 0; i < c->n_cons; i++)
+    if (!strcmp(c->cons[i].tag, tag)) {
+      remove_consumer(c, i);
+      break;
+    }
+  amqp_basic_cancel(c->st, c->chan, amqp_cstring_bytes(tag));
+  return edp__settle(c, edp__rpc_result(c, amqp_get_rpc_reply(c->st)));
+}
+
+size_t edp_conn_pending_deliveries(const edp_conn *c) {
+  return c ? c->n_dq : 0;
+}
+
+int edp_conn_wait(edp_conn *c, int wake_fd, int timeout_ms) {
+  if (!c)
+    return EDP_EINVAL;
+  int64_t deadline = timeout_ms < 0 ? -1 : edp_now_ms() + timeout_ms;
+  for (;;) {
+    if (c->dq_head)
+      return EDP_READY_DELIVERY;
+    if (c->consumer_lost) {
+      c->consumer_lost = 0;
+      return EDP_ENOTFOUND;
+    }
+    int left = -1;
+    if (deadline >= 0) {
+      int64_t l = deadline - edp_now_ms();
+      left = l > 0 ? (int)l : 0;
+    }
+    int woke = 0;
+    int rc = edp__pump(c, wake_fd, left, &woke, NULL);
+    if (woke)
+      return c->dq_head ? EDP_READY_DELIVERY | EDP_READY_WAKE : EDP_READY_WAKE;
+    if (rc == EDP_ETIMEOUT)
+      return c->dq_head ? EDP_READY_DELIVERY : 0;
+    if (!rc)
+      continue;
+    /* The broker closed the channel: restore it with its consumers. The
+     * caller learns its earlier deliveries are void. */
+    if (c->chan_closed)
+      return edp__settle(c, EDP_ECHANNEL);
+    return rc;
+  }
+}
+
+int edp_conn_receive(edp_conn *c, edp_delivery *d, int timeout_ms) {
+  if (!c || !d)
+    return EDP_EINVAL;
+  memset(d, 0, sizeof(*d));
+  int rc = edp_conn_wait(c, -1, timeout_ms);
+  if (rc < 0)
+    return rc;
+  if (!(rc & EDP_READY_DELIVERY))
+    return EDP_ETIMEOUT;
+  struct edp__dnode *n = c->dq_head;
+  c->dq_head = n->next;
+  if (!c->dq_head)
+    c->dq_tail = NULL;
+  c->n_dq--;
+  *d = n->d;
+  free(n);
+  return 0;
+}
+
+const char *edp_delivery_header_str(const edp_delivery *d, const char *key) {
+  for (size_t i = 0; d && key && i < d->n_headers; i++)
+    if (d->headers[i].str && !strcmp(d->headers[i].key, key))
+      return d->headers[i].str;
+  return NULL;
+}
+
+int edp_delivery_header_int(const edp_delivery *d, const char *key,
+                            int64_t *v) {
+  for (size_t i = 0; d && key && i < d->n_headers; i++)
+    if (!d->headers[i].str && !strcmp(d->headers[i].key, key)) {
+      if (v)
+        *v = d->headers[i].num;
+      return 0;
+    }
+  return EDP_ENOTFOUND;
+}
+
+void edp_msg_from_delivery(edp_msg *m, const edp_delivery *d) {
+  edp_msg_init(m);
+  m->body = d->body;
+  m->body_len = d->body_len;
+  m->persistent = 1;
+  m->mandatory = 1;
+  m->message_id = d->message_id;
+  m->content_type = d->content_type;
+  m->correlation_id = d->correlation_id;
+  m->reply_to = d->reply_to;
+  m->type = d->type;
+  m->priority = d->priority;
+  m->timestamp = d->timestamp;
+}
+
+edp_header *edp_headers_merge(const edp_delivery *d, const edp_header *add,
+                              size_t n_add, size_t *n_out) {
+  size_t n = 0;
+  edp_header *h = calloc(d->n_headers + n_add + 1, sizeof(*h));
+  if (!h)
+    return NULL;
+  for (size_t i = 0; i < d->n_headers; i++) {
+    int replaced = 0;
+    for (size_t k = 0; k < n_add && !replaced; k++)
+      replaced = !strcmp(d->headers[i].key, add[k].key);
+    if (!replaced)
+      h[n++] = d->headers[i];
+  }
+  for (size_t k = 0; k < n_add; k++)
+    h[n++] = add[k];
+  *n_out = n;
+  return h;
+}
+
+static int ack_common(edp_conn *c, uint32_t epoch, uint64_t tag, int multiple,
+                      int nack, int requeue) {
+  if (!c)
+    return EDP_EINVAL;
+  if (!c->st)
+    return EDP_ECLOSED;
+  /* A delivery of a channel that is gone (or closed and not yet restored)
+   * is the broker's again: acking it on another channel would ack a
+   * different message. */
+  if (epoch != c->epoch || c->chan_closed || !c->open)
+    return EDP_ESTALE;
+  int res = nack ? amqp_basic_nack(c->st, c->chan, tag, multiple, requeue)
+                 : amqp_basic_ack(c->st, c->chan, tag, multiple);
+  return res < 0 ? edp__lib_error(c, res) : 0;
+}
+
+int edp_conn_ack(edp_conn *c, uint32_t epoch, uint64_t tag, int multiple) {
+  return ack_common(c, epoch, tag, multiple, 0, 0);
+}
+
+int edp_conn_nack(edp_conn *c, uint32_t epoch, uint64_t tag, int multiple,
+                  int requeue) {
+  return ack_common(c, epoch, tag, multiple, 1, requeue);
+}

@@ -1,0 +1,581 @@
+/*
+ * edp_publish.c - publishing and publisher confirms on an edp_conn.
+ *
+ * rabbitmq-c 0.11 has no confirm helper: in confirm mode every published
+ * message is copied into the pending list with its sequence number, and
+ * basic.ack/nack (honouring `multiple`) and basic.return, read by the
+ * frame pump, settle it there. A lost channel moves the pending list to
+ * the lost list, which the recovery sequence publishes again.
+ *
+ * A blocked broker (resource alarm) stops reading the socket, and a write
+ * into it would hang inside rabbitmq-c where no timeout or stop fd
+ * reaches. So publishing looks at the socket every few milliseconds (a
+ * clock read per message, a poll() per interval): it reads what came
+ * (connection.blocked among it) and, while blocked or while the socket
+ * takes nothing, waits with the stop fd and a deadline instead of writing.
+ */
+
+#include <poll.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "edp_conn_internal.h"
+#include "edp_util.h"
+
+/* How often a publish looks at the socket, in ms. */
+#define IO_CHECK_MS 2
+
+/* Consecutive reconnects without progress before recovery gives up. */
+#define MAX_RECOVERIES 10
+
+void edp_msg_init(edp_msg *m) {
+  memset(m, 0, sizeof(*m));
+  m->exchange = "";
+  m->priority = -1;
+}
+
+static size_t slen(const char *s) { return s ? strlen(s) + 1 : 0; }
+
+static char *put_str(char **cur, const char *s) {
+  if (!s)
+    return NULL;
+  size_t n = strlen(s) + 1;
+  char *d = *cur;
+  memcpy(d, s, n);
+  *cur += n;
+  return d;
+}
+
+/* Deep-copies m (strings, headers, body) into one allocation of head
+ * bytes followed by the copied data; the edp_msg lands at msg_off inside
+ * the head. Lets the pending list and edp_msg_dup share one copier. */
+static void *copy_msg_into(const edp_msg *m, size_t head, size_t msg_off) {
+  size_t size = head + m->n_headers * sizeof(edp_header) + slen(m->exchange) +
+                slen(m->routing_key) + slen(m->message_id) +
+                slen(m->content_type) + slen(m->reply_to) +
+                slen(m->correlation_id) + slen(m->type) + m->body_len;
+  for (size_t i = 0; i < m->n_headers; i++)
+    size += slen(m->headers[i].key) + slen(m->headers[i].str);
+  char *block = malloc(size);
+  if (!block)
+    return NULL;
+  memset(block, 0, head);
+  edp_msg *copy = (edp_msg *)(block + msg_off);
+  *copy = *m;
+  edp_header *h = (edp_header *)(block + head);
+  char *cur = (char *)(h + m->n_headers);
+  for (size_t i = 0; i < m->n_headers; i++) {
+    h[i].key = put_str(&cur, m->headers[i].key);
+    h[i].str = put_str(&cur, m->headers[i].str);
+    h[i].num = m->headers[i].num;
+  }
+  copy->headers = m->n_headers ? h : NULL;
+  copy->exchange = put_str(&cur, m->exchange);
+  copy->routing_key = put_str(&cur, m->routing_key);
+  copy->message_id = put_str(&cur, m->message_id);
+  copy->content_type = put_str(&cur, m->content_type);
+  copy->reply_to = put_str(&cur, m->reply_to);
+  copy->correlation_id = put_str(&cur, m->correlation_id);
+  copy->type = put_str(&cur, m->type);
+  if (m->body_len)
+    memcpy(cur, m->body, m->body_len);
+  copy->body = cur;
+  return block;
+}
+
+static struct edp__pending *copy_msg(const edp_msg *m) {
+  return copy_msg_into(m, sizeof(struct edp__pending),
+                       offsetof(struct edp__pending, m));
+}
+
+edp_msg *edp_msg_dup(const edp_msg *m) {
+  if (!m || (m->body_len && !m->body) || (m->n_headers && !m->headers))
+    return NULL;
+  return copy_msg_into(m, sizeof(edp_msg), 0);
+}
+
+void edp__free_pending_list(struct edp__pending *p) {
+  while (p) {
+    struct edp__pending *n = p->next;
+    free(p);
+    p = n;
+  }
+}
+
+static void append_pending(struct edp__pending **head,
+                           struct edp__pending **tail, struct edp__pending *p) {
+  p->next = NULL;
+  if (*tail)
+    (*tail)->next = p;
+  else
+    *head = p;
+  *tail = p;
+}
+
+/* ---------- confirms ---------- */
+
+static void report_confirm(edp_conn *c, struct edp__pending *p, int nack) {
+  int status = nack          ? EDP_CONFIRM_NACK
+               : p->returned ? EDP_CONFIRM_RETURNED
+                             : EDP_CONFIRM_ACK;
+  if (c->sync_seq && p->seq == c->sync_seq)
+    c->sync_status = status;
+  if (c->on_confirm) {
+    edp_confirm cf = {
+        .seq = p->seq,
+        .status = status,
+        .message_id = p->m.message_id,
+        .reply_code = p->reply_code,
+        .reply_text = p->reply_text,
+        .msg = &p->m,
+    };
+    c->on_confirm(c->on_confirm_ud, &cf);
+  }
+}
+
+void edp__handle_ack(edp_conn *c, uint64_t tag, int multiple, int nack) {
+  if (!nack)
+    c->closes_without_ack = 0;
+  if (multiple) {
+    while (c->pend_head && c->pend_head->seq <= tag) {
+      struct edp__pending *p = c->pend_head;
+      c->pend_head = p->next;
+      if (!c->pend_head)
+        c->pend_tail = NULL;
+      c->n_pend--;
+      report_confirm(c, p, nack);
+      free(p);
+    }
+    return;
+  }
+  struct edp__pending *prev = NULL;
+  for (struct edp__pending *p = c->pend_head; p; prev = p, p = p->next) {
+    if (p->seq != tag)
+      continue;
+    if (prev)
+      prev->next = p->next;
+    else
+      c->pend_head = p->next;
+    if (c->pend_tail == p)
+      c->pend_tail = prev;
+    c->n_pend--;
+    report_confirm(c, p, nack);
+    free(p);
+    return;
+  }
+}
+
+/* A basic.return carries the message but no sequence number; the broker
+ * sends it just before the ack of that message, and in publish order. So
+ * it belongs to the oldest unreturned mandatory message with the same
+ * exchange, routing key, message_id (or none) and body. */
+void edp__handle_return(edp_conn *c, const amqp_basic_return_t *r,
+                        const amqp_message_t *msg) {
+  char *mid = (msg->properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG)
+                  ? edp__dup_bytes(msg->properties.message_id)
+                  : NULL;
+  struct edp__pending *hit = NULL;
+  for (struct edp__pending *p = c->pend_head; p && !hit; p = p->next)
+    if (!p->returned && p->m.mandatory &&
+        edp__bytes_eq(r->exchange, p->m.exchange) &&
+        edp__bytes_eq(r->routing_key, p->m.routing_key) &&
+        (mid ? p->m.message_id && !strcmp(p->m.message_id, mid)
+             : !p->m.message_id) &&
+        msg->body.len == p->m.body_len &&
+        (!p->m.body_len || !memcmp(msg->body.bytes, p->m.body, p->m.body_len)))
+      hit = p;
+  if (hit) {
+    hit->returned = 1;
+    hit->reply_code = r->reply_code;
+    snprintf(hit->reply_text, sizeof(hit->reply_text), "%.*s",
+             (int)r->reply_text.len, (const char *)r->reply_text.bytes);
+  }
+  edp__log(c, EDP_LOG_DEBUG, "message %s returned: %d %.*s",
+           mid ? mid : "(no id)", r->reply_code, (int)r->reply_text.len,
+           (const char *)r->reply_text.bytes);
+  free(mid);
+}
+
+/* Moves the picked messages of one list out (NULL pick: all of them). */
+static void refuse_list(edp_conn *c, struct edp__pending **head,
+                        struct edp__pending **tail, size_t *count,
+                        int (*pick)(const edp_msg *, const void *),
+                        const void *arg) {
+  struct edp__pending *keep = NULL, *keep_tail = NULL, *p = *head;
+  size_t kept = 0;
+  while (p) {
+    struct edp__pending *next = p->next;
+    if (!pick || pick(&p->m, arg)) {
+      p->reply_code = c->reply_code;
+      snprintf(p->reply_text, sizeof(p->reply_text), "%.127s", c->reply_text);
+      edp__log(c, EDP_LOG_ERROR, "message %s refused: %d %s",
+               p->m.message_id ? p->m.message_id : "(no id)", c->reply_code,
+               c->reply_text);
+      report_confirm(c, p, 1);
+      free(p);
+    } else {
+      append_pending(&keep, &keep_tail, p);
+      kept++;
+    }
+    p = next;
+  }
+  *head = keep;
+  *tail = keep_tail;
+  *count = kept;
+}
+
+void edp__refuse_pending(edp_conn *c,
+                         int (*pick)(const edp_msg *m, const void *arg),
+                         const void *arg) {
+  refuse_list(c, &c->pend_head, &c->pend_tail, &c->n_pend, pick, arg);
+  refuse_list(c, &c->lost_head, &c->lost_tail, &c->n_lost, pick, arg);
+}
+
+/* ---------- publishing ---------- */
+
+/* Sends one message; in confirm mode p (its copy) joins the pending list. */
+int edp__send(edp_conn *c, const edp_msg *m, struct edp__pending *p,
+              uint64_t *seq) {
+  amqp_basic_properties_t props;
+  memset(&props, 0, sizeof(props));
+  props._flags = AMQP_BASIC_DELIVERY_MODE_FLAG;
+  props.delivery_mode =
+      m->persistent ? AMQP_DELIVERY_PERSISTENT : AMQP_DELIVERY_NONPERSISTENT;
+#define EDP__SETPROP(flag, field)                                              \
+  if (m->field) {                                                              \
+    props._flags |= flag;                                                      \
+    props.field = amqp_cstring_bytes(m->field);                                \
+  }
+  EDP__SETPROP(AMQP_BASIC_MESSAGE_ID_FLAG, message_id)
+  EDP__SETPROP(AMQP_BASIC_CONTENT_TYPE_FLAG, content_type)
+  EDP__SETPROP(AMQP_BASIC_REPLY_TO_FLAG, reply_to)
+  EDP__SETPROP(AMQP_BASIC_CORRELATION_ID_FLAG, correlation_id)
+  EDP__SETPROP(AMQP_BASIC_TYPE_FLAG, type)
+#undef EDP__SETPROP
+  if (m->priority >= 0) {
+    props._flags |= AMQP_BASIC_PRIORITY_FLAG;
+    props.priority = (uint8_t)m->priority;
+  }
+  if (m->timestamp > 0) {
+    props._flags |= AMQP_BASIC_TIMESTAMP_FLAG;
+    props.timestamp = (uint64_t)m->timestamp;
+  }
+  amqp_table_entry_t stack_entries[8];
+  amqp_table_entry_t *entries = stack_entries;
+  if (m->n_headers > 8) {
+    entries = calloc(m->n_headers, sizeof(*entries));
+    if (!entries)
+      return EDP_ENOMEM;
+  }
+  if (m->n_headers) {
+    for (size_t i = 0; i < m->n_headers; i++) {
+      entries[i].key = amqp_cstring_bytes(m->headers[i].key);
+      if (m->headers[i].str) {
+        entries[i].value.kind = AMQP_FIELD_KIND_UTF8;
+        entries[i].value.value.bytes = amqp_cstring_bytes(m->headers[i].str);
+      } else {
+        entries[i].value.kind = AMQP_FIELD_KIND_I64;
+        entries[i].value.value.i64 = m->headers[i].num;
+      }
+    }
+    props._flags |= AMQP_BASIC_HEADERS_FLAG;
+    props.headers.num_entries = (int)m->n_headers;
+    props.headers.entries = entries;
+  }
+  amqp_bytes_t body = {m->body_len, (void *)m->body};
+  int res = amqp_basic_publish(
+      c->st, c->chan, edp__bytes_of(m->exchange ? m->exchange : ""),
+      edp__bytes_of(m->routing_key ? m->routing_key : ""), m->mandatory, 0,
+      &props, body);
+  if (entries != stack_entries)
+    free(entries);
+  if (res < 0)
+    return edp__lib_error(c, res);
+  if (p) {
+    p->seq = c->next_seq++;
+    p->returned = 0;
+    append_pending(&c->pend_head, &c->pend_tail, p);
+    c->n_pend++;
+    if (seq)
+      *seq = p->seq;
+  } else if (seq) {
+    *seq = 0;
+  }
+  return 0;
+}
+
+/* Reads the frames that already arrived, without waiting. */
+static int read_arrived(edp_conn *c) {
+  for (;;) {
+    struct pollfd p = {amqp_get_sockfd(c->st), POLLIN, 0};
+    if (!amqp_frames_enqueued(c->st) && !amqp_data_in_buffer(c->st) &&
+        !(poll(&p, 1, 0) == 1 && (p.revents & (POLLIN | POLLHUP | POLLERR))))
+      return 0;
+    int rc = edp__pump(c, -1, 0, NULL, NULL);
+    if (rc && rc != EDP_ETIMEOUT)
+      return rc;
+  }
+}
+
+/* Before a write: every IO_CHECK_MS, reads what arrived; then, while the
+ * broker blocks us or the socket takes nothing, waits (servicing frames)
+ * for unblocked and writable, stop_fd or blocked_timeout_ms. Channel
+ * closes met meanwhile are left for the caller's edp__settle. */
+static int publish_gate(edp_conn *c) {
+  int64_t now = edp_now_ms();
+  if (!c->blocked && now < c->next_io_check_ms)
+    return 0;
+  c->next_io_check_ms = now + IO_CHECK_MS;
+  int rc = read_arrived(c);
+  if (rc)
+    return rc;
+  int64_t deadline =
+      c->o.blocked_timeout_ms < 0 ? -1 : now + c->o.blocked_timeout_ms;
+  for (;;) {
+    if (!c->st)
+      return EDP_ECLOSED;
+    if (c->chan_closed)
+      return EDP_ECHANNEL;
+    int writable = 0;
+    if (!c->blocked) {
+      struct pollfd p = {amqp_get_sockfd(c->st), POLLOUT, 0};
+      writable = poll(&p, 1, 0) == 1 && (p.revents & POLLOUT);
+      if (writable)
+        return 0;
+    }
+    int left = -1;
+    if (deadline >= 0) {
+      int64_t l = deadline - edp_now_ms();
+      if (l <= 0)
+        return EDP_ETIMEOUT;
+      left = (int)l;
+    }
+    rc = edp__pump(c, -1, left, NULL, c->blocked ? NULL : &writable);
+    if (rc && rc != EDP_ETIMEOUT)
+      return rc;
+  }
+}
+
+int edp_conn_publish(edp_conn *c, const edp_msg *m, uint64_t *seq) {
+  int rc = edp__ready(c);
+  if (rc)
+    return rc;
+  if (!m || (m->body_len && !m->body) || (m->n_headers && !m->headers))
+    return EDP_EINVAL;
+  if (c->o.max_body && m->body_len > c->o.max_body)
+    return EDP_ETOOBIG;
+  for (size_t i = 0; i < m->n_headers; i++)
+    if (!m->headers[i].key)
+      return EDP_EINVAL;
+  for (int i = 0; i < 3; i++) {
+    rc = publish_gate(c);
+    if (rc != EDP_ECHANNEL)
+      break;
+    /* The broker closed the channel while we looked: restore it (the
+     * unconfirmed messages go out again) and look once more. */
+    if ((rc = edp__settle(c, 0)))
+      return rc;
+    rc = EDP_ECHANNEL;
+  }
+  if (rc)
+    return rc;
+  struct edp__pending *p = NULL;
+  if (c->confirm && !(p = copy_msg(m)))
+    return EDP_ENOMEM;
+  rc = edp__send(c, m, p, seq);
+  if (rc)
+    free(p);
+  return rc;
+}
+
+void edp_conn_on_confirm(edp_conn *c, edp_confirm_fn fn, void *ud) {
+  if (c) {
+    c->on_confirm = fn;
+    c->on_confirm_ud = ud;
+  }
+}
+
+size_t edp_conn_unconfirmed(const edp_conn *c) {
+  return c ? c->n_pend + c->n_lost : 0;
+}
+
+int edp_conn_wait_confirms(edp_conn *c, size_t max_outstanding,
+                           int timeout_ms) {
+  if (!c)
+    return EDP_EINVAL;
+  int64_t deadline = timeout_ms < 0 ? -1 : edp_now_ms() + timeout_ms;
+  while (c->n_pend + c->n_lost > max_outstanding) {
+    /* Restores a channel the broker closed and publishes its unconfirmed
+     * messages again; a lost connection is the caller's to recover. */
+    int rc = edp__ready(c);
+    if (!rc && c->n_lost)
+      rc = edp__republish_lost(c, NULL);
+    if (rc)
+      return rc;
+    int left = -1;
+    if (deadline >= 0) {
+      int64_t l = deadline - edp_now_ms();
+      left = l > 0 ? (int)l : 0;
+    }
+    rc = edp__pump(c, -1, left, NULL, NULL);
+    if (rc == EDP_ETIMEOUT && c->n_pend + c->n_lost <= max_outstanding)
+      break;
+    if (rc == EDP_ETIMEOUT || rc == EDP_ESTOPPED || rc == EDP_ECLOSED)
+      return rc;
+    /* Other errors are channel closes: the next pass restores. */
+  }
+  return 0;
+}
+
+int edp__republish_lost(edp_conn *c, size_t *n) {
+  if (n)
+    *n = 0;
+  while (c->lost_head) {
+    struct edp__pending *p = c->lost_head;
+    c->lost_head = p->next;
+    if (!c->lost_head)
+      c->lost_tail = NULL;
+    c->n_lost--;
+    if (!c->confirm) {
+      free(p);
+      continue;
+    }
+    int rc = edp__send(c, &p->m, p, NULL);
+    if (rc) {
+      /* The connection dropped again: keep the message for next time,
+       * at the head so the order holds. The failed send moved the pending
+       * list behind the lost list already. */
+      p->next = c->lost_head;
+      c->lost_head = p;
+      if (!c->lost_tail)
+        c->lost_tail = p;
+      c->n_lost++;
+      return rc;
+    }
+    if (n)
+      (*n)++;
+  }
+  return 0;
+}
+
+int edp_conn_republish_unconfirmed(edp_conn *c, size_t *n) {
+  if (n)
+    *n = 0;
+  int rc = edp__ready(c);
+  if (rc)
+    return rc;
+  size_t k = 0;
+  rc = edp__republish_lost(c, &k);
+  c->republished += k;
+  if (n)
+    *n = k;
+  return rc;
+}
+
+size_t edp_conn_take_unconfirmed(edp_conn *c, edp_take_fn fn, void *ud) {
+  size_t n = 0;
+  if (!c || !fn)
+    return 0;
+  while (c->lost_head && fn(ud, &c->lost_head->m) == 0) {
+    struct edp__pending *p = c->lost_head;
+    c->lost_head = p->next;
+    if (!c->lost_head)
+      c->lost_tail = NULL;
+    c->n_lost--;
+    free(p);
+    n++;
+  }
+  return n;
+}
+
+int edp_conn_publish_confirmed(edp_conn *c, const edp_msg *m, int timeout_ms) {
+  if (!c)
+    return EDP_EINVAL;
+  if (!c->confirm)
+    return EDP_EINVAL;
+  uint64_t seq = 0;
+  int rc = edp_conn_publish(c, m, &seq);
+  if (rc)
+    return rc;
+  uint32_t epoch = c->epoch;
+  c->sync_seq = seq;
+  c->sync_status = -1;
+  int64_t deadline = timeout_ms < 0 ? -1 : edp_now_ms() + timeout_ms;
+  while (!rc && c->sync_status < 0) {
+    if (c->epoch != epoch) {
+      /* The channel went and came back: the message was published again
+       * under another number. Not knowing its fate is an error to this
+       * caller (never a confirm); it may come twice. */
+      rc = EDP_ECHANNEL;
+      break;
+    }
+    int left = -1;
+    if (deadline >= 0) {
+      int64_t l = deadline - edp_now_ms();
+      left = l > 0 ? (int)l : 0;
+    }
+    /* report_confirm() records our message's status when it comes. */
+    rc = edp__pump(c, -1, left, NULL, NULL);
+  }
+  /* A channel close (a publish to a missing exchange is one) is restored
+   * here; its error says why. */
+  if (c->chan_closed)
+    rc = edp__settle(c, rc ? rc : EDP_ECHANNEL);
+  int status = c->sync_status;
+  c->sync_seq = 0;
+  if (rc)
+    return rc;
+  return status == EDP_CONFIRM_ACK    ? 0
+         : status == EDP_CONFIRM_NACK ? EDP_ENACKED
+                                      : EDP_ERETURNED;
+}
+
+/* ---------- recovery for publishers ---------- */
+
+int edp_conn_recover(edp_conn *c, edp_recovery *r) {
+  if (!c)
+    return EDP_EINVAL;
+  for (int i = 0; i < MAX_RECOVERIES; i++) {
+    uint64_t before = c->republished;
+    int rc = edp_conn_reconnect(c);
+    if (r && !rc)
+      r->reconnects++;
+    if (!rc)
+      rc = edp_conn_republish_unconfirmed(c, NULL);
+    if (r)
+      r->republished += c->republished - before;
+    if (rc != EDP_ECLOSED)
+      return rc;
+  }
+  return EDP_ECONNECT;
+}
+
+int edp_conn_wait_confirms_recover(edp_conn *c, size_t max_outstanding,
+                                   int timeout_ms, edp_recovery *r) {
+  for (int i = 0; i < MAX_RECOVERIES; i++) {
+    int rc = edp_conn_wait_confirms(c, max_outstanding, timeout_ms);
+    if (rc != EDP_ECLOSED)
+      return rc;
+    if ((rc = edp_conn_recover(c, r)))
+      return rc;
+  }
+  return EDP_ECONNECT;
+}
+
+int edp_conn_publish_window(edp_conn *c, const edp_msg *m, size_t window,
+                            int timeout_ms, edp_recovery *r) {
+  for (int i = 0; i < MAX_RECOVERIES; i++) {
+    int rc = window
+                 ? edp_conn_wait_confirms_recover(c, window - 1, timeout_ms, r)
+                 : 0;
+    if (!rc)
+      rc = edp_conn_publish(c, m, NULL);
+    if (rc != EDP_ECLOSED)
+      return rc;
+    if ((rc = edp_conn_recover(c, r)))
+      return rc;
+  }
+  return EDP_ECONNECT;
+}
