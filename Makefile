@@ -47,7 +47,8 @@ CMD_COMMON := cmd/cli.c
 PROGS := $(patsubst cmd/edp-%.c,$(BIN)/edp-%,$(wildcard cmd/edp-*.c))
 UNIT_SRC := $(wildcard tests/unit_*.c)
 INTEG_SRC := $(wildcard tests/integ_*.c)
-TEST_COMMON := tests/testlib.c
+TEST_COMMON := tests/testlib.c tests/faultproxy.c
+TEST_OBJ := $(patsubst %.c,$(OUT)/obj/%.o,$(TEST_COMMON))
 UNIT_BINS := $(patsubst tests/%.c,$(OUT)/tests/%,$(UNIT_SRC))
 INTEG_BINS := $(patsubst tests/%.c,$(OUT)/tests/%,$(INTEG_SRC))
 
@@ -82,11 +83,11 @@ $(OUT)/bench/edp-bench-%: $(OUT)/obj/bench/edp-bench-%.o $(OUT)/obj/cmd/cli.o $(
 	@mkdir -p $(dir $@)
 	$(CC) $(SANFLAGS) -o $@ $^ $(LDLIBS_ALL)
 
-$(OUT)/tests/unit_%: $(OUT)/obj/tests/unit_%.o $(OUT)/obj/tests/testlib.o $(STATIC)
+$(OUT)/tests/unit_%: $(OUT)/obj/tests/unit_%.o $(TEST_OBJ) $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(SANFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS_ALL)
 
-$(OUT)/tests/integ_%: $(OUT)/obj/tests/integ_%.o $(OUT)/obj/tests/testlib.o $(STATIC)
+$(OUT)/tests/integ_%: $(OUT)/obj/tests/integ_%.o $(TEST_OBJ) $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(SANFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS_ALL)
 

@@ -77,6 +77,7 @@ struct edp_conn {
 
   int blocked;                /* connection.blocked seen, not unblocked */
   int64_t next_io_check_ms;   /* publishing looks at the socket then */
+  size_t blind_bytes;         /* written since it last looked */
   int closes_without_ack;     /* channel closes with messages in flight
                                  and no ack in between: a poison message */
   edp_conn_event_fn on_event; /* may be NULL */

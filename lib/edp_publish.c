@@ -15,17 +15,26 @@
  * takes nothing, waits with the stop fd and a deadline instead of writing.
  */
 
+#include <linux/sockios.h>
 #include <poll.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 
 #include "edp_conn_internal.h"
 #include "edp_util.h"
 
-/* How often a publish looks at the socket, in ms. */
+/* How often a publish looks at the socket, in ms, and how many bytes it
+ * writes at most without looking (a quarter of a small send buffer). */
 #define IO_CHECK_MS 2
+#define BLIND_BYTES (64 * 1024)
+/* Re-check interval while the send buffer is too full to take a frame:
+ * the kernel has no event for "this much room", so this one wait looks
+ * again (frames are serviced meanwhile). Only a slow broker gets here. */
+#define WAIT_SLICE_MS 10
 
 /* Consecutive reconnects without progress before recovery gives up. */
 #define MAX_RECOVERIES 10
@@ -306,6 +315,18 @@ int edp__send(edp_conn *c, const edp_msg *m, struct edp__pending *p,
   return 0;
 }
 
+/* Bytes a message takes on the wire, near enough: the body is split into
+ * frames of frame_max with 8 bytes of framing each; properties, headers
+ * and the method frame are bounded by a few hundred bytes plus names. */
+static size_t frame_size(const edp_conn *c, const edp_msg *m) {
+  size_t fm = (size_t)(c->url.frame_max > 0 ? c->url.frame_max : 131072);
+  size_t n = m->body_len + 8 * (m->body_len / fm + 1) + 512;
+  for (size_t i = 0; i < m->n_headers; i++)
+    n += (m->headers[i].key ? strlen(m->headers[i].key) : 0) +
+         (m->headers[i].str ? strlen(m->headers[i].str) : 0) + 16;
+  return n;
+}
+
 /* Reads the frames that already arrived, without waiting. */
 static int read_arrived(edp_conn *c) {
   for (;;) {
@@ -319,15 +340,36 @@ static int read_arrived(edp_conn *c) {
   }
 }
 
-/* Before a write: every IO_CHECK_MS, reads what arrived; then, while the
- * broker blocks us or the socket takes nothing, waits (servicing frames)
- * for unblocked and writable, stop_fd or blocked_timeout_ms. Channel
- * closes met meanwhile are left for the caller's edp__settle. */
-static int publish_gate(edp_conn *c) {
+/* Non-zero if a frame of about need bytes fits into the socket's send
+ * buffer now, so that writing it cannot block even if the broker stopped
+ * reading this instant. An empty buffer always takes the write: a message
+ * bigger than half the buffer has no better moment (the residual risk:
+ * written just as the broker blocks, it waits for the broker to read). */
+static int fits_socket(edp_conn *c, size_t need) {
+  int fd = amqp_get_sockfd(c->st);
+  int outq = 0, sndbuf = 0;
+  socklen_t len = sizeof(sndbuf);
+  if (ioctl(fd, SIOCOUTQ, &outq) < 0 ||
+      getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) < 0)
+    return 1; /* no way to tell: write as rabbitmq-c would */
+  return outq == 0 || (size_t)outq + 2 * need <= (size_t)sndbuf;
+}
+
+/* Before a write of about need bytes. Every IO_CHECK_MS, or when the
+ * bytes written since the last look could fill a quarter of a default
+ * socket buffer, it reads what arrived (connection.blocked among it) and
+ * makes sure the frame fits the send buffer. While the broker blocks us it
+ * waits for connection.unblocked; while the buffer is too full (a slow
+ * broker) it re-checks every WAIT_SLICE_MS as frames come; both with the
+ * stop fd and blocked_timeout_ms. Channel closes met meanwhile are left for
+ * the caller's edp__settle. */
+static int publish_gate(edp_conn *c, size_t need) {
   int64_t now = edp_now_ms();
-  if (!c->blocked && now < c->next_io_check_ms)
+  c->blind_bytes += need;
+  if (!c->blocked && now < c->next_io_check_ms && c->blind_bytes <= BLIND_BYTES)
     return 0;
   c->next_io_check_ms = now + IO_CHECK_MS;
+  c->blind_bytes = need;
   int rc = read_arrived(c);
   if (rc)
     return rc;
@@ -338,13 +380,8 @@ static int publish_gate(edp_conn *c) {
       return EDP_ECLOSED;
     if (c->chan_closed)
       return EDP_ECHANNEL;
-    int writable = 0;
-    if (!c->blocked) {
-      struct pollfd p = {amqp_get_sockfd(c->st), POLLOUT, 0};
-      writable = poll(&p, 1, 0) == 1 && (p.revents & POLLOUT);
-      if (writable)
-        return 0;
-    }
+    if (!c->blocked && fits_socket(c, need))
+      return 0;
     int left = -1;
     if (deadline >= 0) {
       int64_t l = deadline - edp_now_ms();
@@ -352,7 +389,9 @@ static int publish_gate(edp_conn *c) {
         return EDP_ETIMEOUT;
       left = (int)l;
     }
-    rc = edp__pump(c, -1, left, NULL, c->blocked ? NULL : &writable);
+    if (!c->blocked && (left < 0 || left > WAIT_SLICE_MS))
+      left = WAIT_SLICE_MS;
+    rc = edp__pump(c, -1, left, NULL, NULL);
     if (rc && rc != EDP_ETIMEOUT)
       return rc;
   }
@@ -370,7 +409,7 @@ int edp_conn_publish(edp_conn *c, const edp_msg *m, uint64_t *seq) {
     if (!m->headers[i].key)
       return EDP_EINVAL;
   for (int i = 0; i < 3; i++) {
-    rc = publish_gate(c);
+    rc = publish_gate(c, frame_size(c, m));
     if (rc != EDP_ECHANNEL)
       break;
     /* The broker closed the channel while we looked: restore it (the
