@@ -107,20 +107,6 @@ static void on_rename(void *ud, const char *old_name, const char *new_name) {
   snprintf(l->renamed_to, sizeof(l->renamed_to), "%s", new_name);
 }
 
-/* ---------- the matrix ---------- */
-
-static void matrix_row(const char *pattern, const char *fault,
-                       const char *moment, const char *outcome, long long ms) {
-  const char *path = getenv("EDP_FAULTS_REPORT");
-  if (!path || !*path)
-    return;
-  FILE *f = fopen(path, "a");
-  if (!f)
-    return;
-  fprintf(f, "%s|%s|%s|%s|%lld\n", pattern, fault, moment, outcome, ms);
-  fclose(f);
-}
-
 /* ---------- helpers ---------- */
 
 static edp_conn *open_url(const char *url, const char *name, ledger *l,
@@ -254,7 +240,7 @@ START_TEST(channel_error_with_confirms_in_flight) {
            "recovered: %d/%d confirmed once, %u in queue (%u dup), unroutable "
            "returned not acked",
            n, n, d, d - n);
-  matrix_row("core (edp_conn)", "channel error in a sync call",
+  t_fault_row("core (edp_conn)", "channel error in a sync call",
              "confirms in flight", outcome, t_now_ms() - t0);
   ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
   edp_conn_destroy(&c);
@@ -313,7 +299,7 @@ START_TEST(channel_error_with_deliveries_in_flight) {
            "recovered: %d/%d processed once, old delivery ack refused "
            "(ESTALE), no 406",
            processed, n);
-  matrix_row("core (edp_conn)", "channel error in a sync call",
+  t_fault_row("core (edp_conn)", "channel error in a sync call",
              "deliveries in flight", outcome, t_now_ms() - t0);
   edp_delivery_clear(&held);
   ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
@@ -355,7 +341,7 @@ START_TEST(channel_error_deletes_autodelete_queue) {
   ck_assert_str_eq(d.message_id, "m1");
   ck_assert_int_eq(edp_conn_ack(c, d.epoch, d.tag, 0), 0);
   edp_delivery_clear(&d);
-  matrix_row("core (edp_conn)", "channel error in a sync call",
+  t_fault_row("core (edp_conn)", "channel error in a sync call",
              "consumer on an auto-delete queue",
              "recovered: queue declared anew, consumer follows, 1 rename, "
              "<= 3 channel openings",
@@ -393,7 +379,7 @@ START_TEST(consumer_queue_deleted_while_down) {
   ck_assert_str_eq(d.message_id, "m7");
   ck_assert_int_eq(edp_conn_ack(c, d.epoch, d.tag, 0), 0);
   edp_delivery_clear(&d);
-  matrix_row("core (edp_conn)", "queue deleted", "while disconnected",
+  t_fault_row("core (edp_conn)", "queue deleted", "while disconnected",
              "consumer dropped and reported once (event + ENOTFOUND), "
              "other consumer restored",
              t_now_ms() - t0);
@@ -424,7 +410,7 @@ START_TEST(queue_deleted_under_consumer) {
   ck_assert_int_eq(edp_conn_receive(c, &d, 300), EDP_ETIMEOUT);
   ck_assert_int_eq(edp_conn_reconnect(c), 0);
   ck_assert_int_eq(l->events[EDP_CONN_CONSUMER_CANCELLED], 1);
-  matrix_row("core (edp_conn)", "queue deleted", "under a consumer",
+  t_fault_row("core (edp_conn)", "queue deleted", "under a consumer",
              "reported once (event consumer_cancelled + ENOTFOUND), not "
              "restored",
              t_now_ms() - t0);
@@ -458,7 +444,7 @@ START_TEST(wait_confirms_after_loss) {
   for (int i = 0; i < 5; i++)
     ck_assert_int_eq(l->ack[i], 1);
   ck_assert_uint_ge(depth(c, q), 5);
-  matrix_row("core (edp_conn)", "connection lost", "confirms in flight",
+  t_fault_row("core (edp_conn)", "connection lost", "confirms in flight",
              "wait_confirms returns ECLOSED; recover republishes 5/5, all "
              "confirmed",
              t_now_ms() - t0);
@@ -501,7 +487,7 @@ START_TEST(publish_to_missing_exchange) {
            "%d to the missing exchange nacked, 90/90 others confirmed, %d "
            "channel restores",
            bad, l->events[EDP_CONN_CHANNEL_RESTORED]);
-  matrix_row("core (edp_conn)", "poison publish (404 exchange)",
+  t_fault_row("core (edp_conn)", "poison publish (404 exchange)",
              "publish burst", outcome, t_now_ms() - t0);
   ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
   edp_conn_destroy(&c);
@@ -576,7 +562,7 @@ START_TEST(memory_alarm_blocks_publisher) {
            "in %lld ms (ESTOPPED), destroy %lld ms; after the alarm 10/10 "
            "confirmed",
            sent, stop_ms, destroy_ms);
-  matrix_row("core (edp_conn)", "memory alarm", "publish burst", outcome,
+  t_fault_row("core (edp_conn)", "memory alarm", "publish burst", outcome,
              blocked_ms);
   ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
   edp_conn_destroy(&c);
@@ -625,7 +611,7 @@ START_TEST(memory_alarm_deadline_then_resume) {
            "ETIMEOUT after blocked_timeout_ms; after unblock %d/%d "
            "confirmed, exactly once",
            i + 10, i + 10);
-  matrix_row("core (edp_conn)", "memory alarm", "deadline, then cleared",
+  t_fault_row("core (edp_conn)", "memory alarm", "deadline, then cleared",
              outcome, t_now_ms() - t0);
   ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
   edp_conn_destroy(&c);
@@ -705,7 +691,7 @@ static void publish_burst_through(const char *fault_name, burst *b,
            "reconnect(s), %llu republished",
            b->n, b->n, total - b->n, (unsigned long long)r.reconnects,
            (unsigned long long)r.republished);
-  matrix_row("core (edp_conn)", fault_name, "publish burst, confirms in flight",
+  t_fault_row("core (edp_conn)", fault_name, "publish burst, confirms in flight",
              outcome, ms);
   (void)t0;
   fp_stop(&p);
@@ -760,7 +746,7 @@ START_TEST(stalled_network_found_by_heartbeat) {
            "dead peer found by heartbeat in %lld ms (hb 2 s); 20/20 confirmed "
            "after the network came back",
            detect_ms);
-  matrix_row("core (edp_conn)", "network stall (half-open)",
+  t_fault_row("core (edp_conn)", "network stall (half-open)",
              "confirms in flight", outcome, detect_ms);
   fp_stop(&p);
   free(l);
@@ -822,7 +808,7 @@ START_TEST(tcp_reset_under_consumer) {
            "recovered: %d/%d acked after processing, %d acks of the dead "
            "connection refused, 1 reconnect",
            n, n, stale);
-  matrix_row("core (edp_conn)", "TCP reset (RST)", "consumer, acks in flight",
+  t_fault_row("core (edp_conn)", "TCP reset (RST)", "consumer, acks in flight",
              outcome, t_now_ms() - t_fault);
   ck_assert_int_eq(edp_conn_queue_delete(pub, q), 0);
   edp_conn_destroy(&c);
@@ -860,7 +846,7 @@ START_TEST(consumer_timeout_recovered) {
   ck_assert_int_eq(edp_conn_ack(c, held.epoch, held.tag, 0), EDP_ESTALE);
   ck_assert_int_eq(edp_conn_ack(c, again.epoch, again.tag, 0), 0);
   ck_assert_uint_eq(depth(c, q), 0);
-  matrix_row("core (edp_conn)", "consumer_timeout (406)", "inside a handler",
+  t_fault_row("core (edp_conn)", "consumer_timeout (406)", "inside a handler",
              "channel restored, message redelivered once, late ack refused "
              "(ESTALE), no exit",
              t_now_ms() - t0);

@@ -244,3 +244,15 @@ int t_collect(t_proc *p, int timeout_ms, void (*fn)(void *ud, json_t *ev),
   long long left = deadline - t_now_ms();
   return t_wait(p, left > 1000 ? (int)left : 1000);
 }
+
+void t_fault_row(const char *pattern, const char *fault, const char *moment,
+                 const char *outcome, long long ms) {
+  const char *path = getenv("EDP_FAULTS_REPORT");
+  if (!path || !*path)
+    return;
+  FILE *f = fopen(path, "a");
+  if (!f)
+    return;
+  fprintf(f, "%s|%s|%s|%s|%lld\n", pattern, fault, moment, outcome, ms);
+  fclose(f);
+}

@@ -69,6 +69,13 @@ void t_signal(t_proc *p, int sig);
 int t_collect(t_proc *p, int timeout_ms, void (*fn)(void *ud, json_t *ev),
               void *ud);
 
+/* Appends one row of the fault matrix (docs/faults.md, written by
+ * `make faults`) to the file named by EDP_FAULTS_REPORT, if set: which
+ * pattern met which fault at which moment, the accounted outcome, and the
+ * time the recovery (or detection) took. */
+void t_fault_row(const char *pattern, const char *fault, const char *moment,
+                 const char *outcome, long long ms);
+
 /* Milliseconds on the monotonic clock. */
 long long t_now_ms(void);
 
