@@ -150,6 +150,8 @@ edp_conn *cli_connect(const cli *c, const char *client_name) {
   o.client_name = client_name ? client_name : c->prog;
   o.log = cli_log;
   o.log_ud = (void *)c;
+  o.on_event = cli_conn_event;
+  o.on_event_ud = (void *)c;
   edp_conn *conn = NULL;
   char why[600];
   int rc = edp_conn_open(&o, &conn, why, sizeof(why));
@@ -179,23 +181,48 @@ void cli_progress(const cli *c, uint64_t sent, size_t outstanding, int final) {
 }
 
 void cli_emit(json_t *obj) {
+  /* Events come from several threads (supervisor consumers, broker
+   * threads): one line each, never interleaved. */
+  flockfile(stdout);
   if (!obj) {
     /* json_pack refuses strings that are not UTF-8 (a hostile message_id,
      * say); say so rather than drop the event silently. */
     fputs("{\"event\":\"error\",\"reason\":\"event not encodable as "
           "JSON (invalid UTF-8)\"}\n",
           stdout);
-    fflush(stdout);
-    return;
-  }
-  char *s = json_dumps(obj, JSON_COMPACT);
-  if (s) {
-    fputs(s, stdout);
-    fputc('\n', stdout);
-    free(s);
+  } else {
+    char *s = json_dumps(obj, JSON_COMPACT);
+    if (s) {
+      fputs(s, stdout);
+      fputc('\n', stdout);
+      free(s);
+    }
+    json_decref(obj);
   }
   fflush(stdout);
-  json_decref(obj);
+  funlockfile(stdout);
+}
+
+void cli_conn_event(void *ud, const edp_conn_event *ev) {
+  const cli *c = ud;
+  /* The library logged it to stderr already; --json makes it an event. */
+  if (!c || !c->json)
+    return;
+  json_t *o =
+      json_pack("{s:s, s:s, s:s, s:s}", "event", edp_conn_event_name(ev->type),
+                "reason", ev->reason, "url", ev->url ? ev->url : "",
+                "connection", ev->client_name ? ev->client_name : "");
+  if (o && ev->reply_code)
+    json_object_set_new(o, "reply_code", json_integer(ev->reply_code));
+  if (o && ev->queue)
+    json_object_set_new(o, "queue", json_string(ev->queue));
+  if (o && ev->tag)
+    json_object_set_new(o, "consumer_tag", json_string(ev->tag));
+  if (o && (ev->type == EDP_CONN_RECONNECTED ||
+            ev->type == EDP_CONN_CHANNEL_RESTORED))
+    json_object_set_new(o, "republished",
+                        json_integer((json_int_t)ev->republished));
+  cli_emit(o);
 }
 
 void cli_say(const cli *c, const char *fmt, ...) {

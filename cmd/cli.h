@@ -91,8 +91,17 @@ void cli_log(void *ud, int level, const char *msg);
  * (if anything was printed). */
 void cli_progress(const cli *c, uint64_t sent, size_t outstanding, int final);
 
-/* Prints obj as one compact JSON line on stdout, flushes, frees obj. */
+/* Prints obj as one compact JSON line on stdout, flushes, frees obj.
+ * Thread-safe: lines from different threads never interleave. */
 void cli_emit(json_t *obj);
+
+/* The connection event callback cli_connect installs (ud is the cli):
+ * with --json each event becomes a line {"event":"blocked"|"unblocked"|
+ * "reconnected"|"channel_restored"|"consumer_cancelled"|
+ * "connection_lost", "reason", "url", "connection", ...}; the library's
+ * log line on stderr says it in human text. Give it to patterns that open
+ * their own connections. */
+void cli_conn_event(void *ud, const edp_conn_event *ev);
 
 /* Prints a human line on stdout and flushes, unless --json. */
 void cli_say(const cli *c, const char *fmt, ...)

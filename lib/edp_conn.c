@@ -62,6 +62,8 @@ static void event_full(edp_conn *c, int type, const char *queue,
       .queue = queue,
       .tag = tag,
       .republished = republished,
+      .url = c->masked,
+      .client_name = c->client_name ? c->client_name : "edp",
   };
   c->on_event(c->on_event_ud, &ev);
 }
@@ -702,6 +704,8 @@ int edp_conn_open(const edp_conn_opts *o, edp_conn **out, char *err_text,
   c->o.url = c->url_raw;
   c->o.client_name = c->client_name;
   c->prefetch = -1;
+  c->on_event = o->on_event;
+  c->on_event_ud = o->on_event_ud;
   c->rand_state =
       (unsigned)edp_now_ms() ^ (unsigned)getpid() ^ (unsigned)(uintptr_t)c;
   if (!c->url_raw || (o->client_name && !c->client_name)) {

@@ -75,13 +75,15 @@ enum edp_conn_event_type {
 };
 
 typedef struct edp_conn_event {
-  int type;             /* enum edp_conn_event_type */
-  int reply_code;       /* the broker's code where it gave one, else 0 */
-  const char *reason;   /* one line, never NULL */
-  const char *queue;    /* CONSUMER_CANCELLED: its queue, else NULL */
-  const char *tag;      /* CONSUMER_CANCELLED: its consumer tag, else NULL */
-  uint64_t republished; /* RECONNECTED, CHANNEL_RESTORED: messages
-                           published again */
+  int type;                /* enum edp_conn_event_type */
+  int reply_code;          /* the broker's code where it gave one, else 0 */
+  const char *reason;      /* one line, never NULL */
+  const char *queue;       /* CONSUMER_CANCELLED: its queue, else NULL */
+  const char *tag;         /* CONSUMER_CANCELLED: its consumer tag, else NULL */
+  uint64_t republished;    /* RECONNECTED, CHANNEL_RESTORED: messages
+                              published again */
+  const char *url;         /* the connection's URL, password masked */
+  const char *client_name; /* its connection_name, or "edp" */
 } edp_conn_event;
 
 /* Called on the owner thread; the strings live until it returns. */
@@ -113,6 +115,8 @@ typedef struct edp_conn_opts {
   void *log_ud;
   edp_reconnect_fn on_reconnect;
   void *on_reconnect_ud;
+  edp_conn_event_fn on_event; /* NULL: none; see edp_conn_on_event() */
+  void *on_event_ud;
 } edp_conn_opts;
 
 /* Fills *o with the defaults above. */

@@ -16,6 +16,7 @@
  */
 #include <check.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -241,7 +242,7 @@ START_TEST(channel_error_with_confirms_in_flight) {
            "returned not acked",
            n, n, d, d - n);
   t_fault_row("core (edp_conn)", "channel error in a sync call",
-             "confirms in flight", outcome, t_now_ms() - t0);
+              "confirms in flight", outcome, t_now_ms() - t0);
   ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
   edp_conn_destroy(&c);
   free(l);
@@ -300,7 +301,7 @@ START_TEST(channel_error_with_deliveries_in_flight) {
            "(ESTALE), no 406",
            processed, n);
   t_fault_row("core (edp_conn)", "channel error in a sync call",
-             "deliveries in flight", outcome, t_now_ms() - t0);
+              "deliveries in flight", outcome, t_now_ms() - t0);
   edp_delivery_clear(&held);
   ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
   edp_conn_destroy(&c);
@@ -342,10 +343,10 @@ START_TEST(channel_error_deletes_autodelete_queue) {
   ck_assert_int_eq(edp_conn_ack(c, d.epoch, d.tag, 0), 0);
   edp_delivery_clear(&d);
   t_fault_row("core (edp_conn)", "channel error in a sync call",
-             "consumer on an auto-delete queue",
-             "recovered: queue declared anew, consumer follows, 1 rename, "
-             "<= 3 channel openings",
-             t_now_ms() - t0);
+              "consumer on an auto-delete queue",
+              "recovered: queue declared anew, consumer follows, 1 rename, "
+              "<= 3 channel openings",
+              t_now_ms() - t0);
   edp_conn_destroy(&c);
   free(l);
 }
@@ -380,9 +381,9 @@ START_TEST(consumer_queue_deleted_while_down) {
   ck_assert_int_eq(edp_conn_ack(c, d.epoch, d.tag, 0), 0);
   edp_delivery_clear(&d);
   t_fault_row("core (edp_conn)", "queue deleted", "while disconnected",
-             "consumer dropped and reported once (event + ENOTFOUND), "
-             "other consumer restored",
-             t_now_ms() - t0);
+              "consumer dropped and reported once (event + ENOTFOUND), "
+              "other consumer restored",
+              t_now_ms() - t0);
   ck_assert_int_eq(edp_conn_queue_delete(admin, stays), 0);
   edp_conn_destroy(&c);
   edp_conn_destroy(&admin);
@@ -411,9 +412,9 @@ START_TEST(queue_deleted_under_consumer) {
   ck_assert_int_eq(edp_conn_reconnect(c), 0);
   ck_assert_int_eq(l->events[EDP_CONN_CONSUMER_CANCELLED], 1);
   t_fault_row("core (edp_conn)", "queue deleted", "under a consumer",
-             "reported once (event consumer_cancelled + ENOTFOUND), not "
-             "restored",
-             t_now_ms() - t0);
+              "reported once (event consumer_cancelled + ENOTFOUND), not "
+              "restored",
+              t_now_ms() - t0);
   edp_conn_destroy(&c);
   edp_conn_destroy(&admin);
   free(l);
@@ -445,9 +446,9 @@ START_TEST(wait_confirms_after_loss) {
     ck_assert_int_eq(l->ack[i], 1);
   ck_assert_uint_ge(depth(c, q), 5);
   t_fault_row("core (edp_conn)", "connection lost", "confirms in flight",
-             "wait_confirms returns ECLOSED; recover republishes 5/5, all "
-             "confirmed",
-             t_now_ms() - t0);
+              "wait_confirms returns ECLOSED; recover republishes 5/5, all "
+              "confirmed",
+              t_now_ms() - t0);
   ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
   edp_conn_destroy(&c);
   free(l);
@@ -488,7 +489,7 @@ START_TEST(publish_to_missing_exchange) {
            "channel restores",
            bad, l->events[EDP_CONN_CHANNEL_RESTORED]);
   t_fault_row("core (edp_conn)", "poison publish (404 exchange)",
-             "publish burst", outcome, t_now_ms() - t0);
+              "publish burst", outcome, t_now_ms() - t0);
   ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
   edp_conn_destroy(&c);
   free(l);
@@ -563,7 +564,7 @@ START_TEST(memory_alarm_blocks_publisher) {
            "confirmed",
            sent, stop_ms, destroy_ms);
   t_fault_row("core (edp_conn)", "memory alarm", "publish burst", outcome,
-             blocked_ms);
+              blocked_ms);
   ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
   edp_conn_destroy(&c);
   close(stop);
@@ -612,10 +613,56 @@ START_TEST(memory_alarm_deadline_then_resume) {
            "confirmed, exactly once",
            i + 10, i + 10);
   t_fault_row("core (edp_conn)", "memory alarm", "deadline, then cleared",
-             outcome, t_now_ms() - t0);
+              outcome, t_now_ms() - t0);
   ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
   edp_conn_destroy(&c);
   free(l);
+}
+END_TEST
+
+/* The program, not just the library: edp-forward-sender under a memory
+ * alarm says "blocked" as a --json event and honours SIGTERM within 2 s
+ * (exit 130), where the old one hung in a write. */
+START_TEST(forward_sender_sigterm_while_blocked) {
+  const char *q = t_unique("faults.prog");
+  ck_assert_int_eq(ctl("set_vm_memory_high_watermark 0"), 0);
+  char *argv[] = {(char *)t_bin("edp-forward-sender"),
+                  "--url",
+                  (char *)t_url(),
+                  "--queue",
+                  (char *)q,
+                  "--count",
+                  "1000000",
+                  "--json",
+                  NULL};
+  t_proc p;
+  ck_assert_int_eq(t_spawn(&p, argv, NULL), 0);
+  char line[4096];
+  int blocked = 0;
+  long long t0 = t_now_ms();
+  while (!blocked && t_now_ms() - t0 < 30000 &&
+         t_readline(&p, line, sizeof(line), 30000) == 1)
+    blocked = strstr(line, "\"event\":\"blocked\"") != NULL;
+  ck_assert_msg(blocked, "no blocked event; last line: %s", line);
+  long long t_term = t_now_ms();
+  t_signal(&p, SIGTERM);
+  /* Drain its output so a full pipe can't hold it up, bounded. */
+  while (t_readline(&p, line, sizeof(line), 3000) == 1)
+    ;
+  int code = t_wait(&p, 3000);
+  long long exit_ms = t_now_ms() - t_term;
+  ck_assert_int_eq(ctl("set_vm_memory_high_watermark 0.4"), 0);
+  ck_assert_int_eq(code, 130);
+  ck_assert_int_lt(exit_ms, 2000);
+  char outcome[160];
+  snprintf(outcome, sizeof(outcome),
+           "{\"event\":\"blocked\"} emitted; SIGTERM -> exit 130 in %lld ms",
+           exit_ms);
+  t_fault_row("forwarding (edp-forward-sender)", "memory alarm",
+              "publish burst, then SIGTERM", outcome, exit_ms);
+  edp_conn *c = open_conn("f-prog-cleanup", NULL, -1);
+  edp_conn_queue_delete(c, q);
+  edp_conn_destroy(&c);
 }
 END_TEST
 
@@ -691,8 +738,8 @@ static void publish_burst_through(const char *fault_name, burst *b,
            "reconnect(s), %llu republished",
            b->n, b->n, total - b->n, (unsigned long long)r.reconnects,
            (unsigned long long)r.republished);
-  t_fault_row("core (edp_conn)", fault_name, "publish burst, confirms in flight",
-             outcome, ms);
+  t_fault_row("core (edp_conn)", fault_name,
+              "publish burst, confirms in flight", outcome, ms);
   (void)t0;
   fp_stop(&p);
   free(counts);
@@ -747,7 +794,7 @@ START_TEST(stalled_network_found_by_heartbeat) {
            "after the network came back",
            detect_ms);
   t_fault_row("core (edp_conn)", "network stall (half-open)",
-             "confirms in flight", outcome, detect_ms);
+              "confirms in flight", outcome, detect_ms);
   fp_stop(&p);
   free(l);
 }
@@ -809,7 +856,7 @@ START_TEST(tcp_reset_under_consumer) {
            "connection refused, 1 reconnect",
            n, n, stale);
   t_fault_row("core (edp_conn)", "TCP reset (RST)", "consumer, acks in flight",
-             outcome, t_now_ms() - t_fault);
+              outcome, t_now_ms() - t_fault);
   ck_assert_int_eq(edp_conn_queue_delete(pub, q), 0);
   edp_conn_destroy(&c);
   edp_conn_destroy(&pub);
@@ -847,9 +894,9 @@ START_TEST(consumer_timeout_recovered) {
   ck_assert_int_eq(edp_conn_ack(c, again.epoch, again.tag, 0), 0);
   ck_assert_uint_eq(depth(c, q), 0);
   t_fault_row("core (edp_conn)", "consumer_timeout (406)", "inside a handler",
-             "channel restored, message redelivered once, late ack refused "
-             "(ESTALE), no exit",
-             t_now_ms() - t0);
+              "channel restored, message redelivered once, late ack refused "
+              "(ESTALE), no exit",
+              t_now_ms() - t0);
   ctl("eval 'application:set_env(rabbit, consumer_timeout, 1800000).'");
   edp_delivery_clear(&held);
   edp_delivery_clear(&again);
@@ -872,6 +919,7 @@ Suite *faults_suite(void) {
   tcase_add_test(tc, publish_to_missing_exchange);
   tcase_add_test(tc, memory_alarm_blocks_publisher);
   tcase_add_test(tc, memory_alarm_deadline_then_resume);
+  tcase_add_test(tc, forward_sender_sigterm_while_blocked);
   tcase_add_test(tc, tcp_reset_in_publish_burst);
   tcase_add_test(tc, tcp_cut_mid_frame_in_publish_burst);
   tcase_add_test(tc, stalled_network_found_by_heartbeat);
