@@ -5,6 +5,7 @@
 #   make check SAN=1  the same, built with ASan and UBSan (objects in build/san)
 #   make demo         the event forwarding demo on a private broker
 #   make bench        benchmarks, written to docs/BENCHMARKS.md
+#   make faults       the whole fault matrix, written to docs/faults.md
 #   make deps         installs missing Debian packages (as root)
 #   make install      PREFIX=/usr/local DESTDIR=
 
@@ -120,6 +121,19 @@ check: deps all tests
 # Each bench program prints one markdown section; bench.sh runs them all
 # against one private node (multi-broker starts its own) and writes
 # docs/BENCHMARKS.md.
+# The whole fault matrix, slow faults included (consumer_timeout alone
+# takes a minute: the broker checks it once a minute), written to
+# docs/faults.md. make check runs the representative tier of the same
+# suite.
+FAULT_SUITES := $(OUT)/tests/integ_faults $(OUT)/tests/integ_watch \
+                $(OUT)/tests/integ_multi_broker $(OUT)/tests/integ_forwarding \
+                $(OUT)/tests/integ_supervisor $(OUT)/tests/integ_ambulance
+faults: deps all tests
+	rm -f $(OUT)/faults.rows
+	EDP_BIN=$(BIN) EDP_FAULTS_FULL=1 EDP_FAULTS_REPORT=$(CURDIR)/$(OUT)/faults.rows \
+	  tests/run-integration.sh $(FAULT_SUITES)
+	tests/faults-report.sh $(OUT)/faults.rows > docs/faults.md
+
 bench: deps all $(BENCH_BINS)
 	EDP_BIN=$(BIN) tests/with-broker.sh tests/bench.sh $(BENCH_BINS)
 
@@ -154,7 +168,7 @@ format:
 clean:
 	rm -rf build bin
 
-.PHONY: all check tests bench demo deps install docs format clean FORCE
+.PHONY: all check tests bench faults demo deps install docs format clean FORCE
 FORCE:
 .SECONDARY:
 

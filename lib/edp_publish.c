@@ -335,6 +335,8 @@ static int read_arrived(edp_conn *c) {
         !(poll(&p, 1, 0) == 1 && (p.revents & (POLLIN | POLLHUP | POLLERR))))
       return 0;
     int rc = edp__pump(c, -1, 0, NULL, NULL);
+    if (c->chan_closed)
+      return EDP_ECHANNEL; /* whatever the close's own code */
     if (rc && rc != EDP_ETIMEOUT)
       return rc;
   }
@@ -392,6 +394,8 @@ static int publish_gate(edp_conn *c, size_t need) {
     if (!c->blocked && (left < 0 || left > WAIT_SLICE_MS))
       left = WAIT_SLICE_MS;
     rc = edp__pump(c, -1, left, NULL, NULL);
+    if (c->chan_closed)
+      return EDP_ECHANNEL;
     if (rc && rc != EDP_ETIMEOUT)
       return rc;
   }
