@@ -84,13 +84,19 @@ static int handler(void *ud, const edp_amb_job *job) {
    * in-flight work); it is bounded by --work-ms. */
   if (S.work_ms > 0)
     edp_sleep_ms((int)S.work_ms, -1);
+  /* Counted down here, not in on_event: a message whose ack is refused
+   * (its connection was lost meanwhile) gets no event, and would keep
+   * the receiver from ever going idle. */
+  pthread_mutex_lock(&S.mu);
+  S.active--;
+  S.last_ms = edp_now_ms();
+  pthread_mutex_unlock(&S.mu);
   return 0;
 }
 
 static void on_event(void *ud, int ev, const edp_amb_job *job) {
   (void)ud;
   pthread_mutex_lock(&S.mu);
-  S.active--;
   S.last_ms = edp_now_ms();
   if (ev == EDP_AMB_PROCESSED)
     S.by_kind[job->kind]++;

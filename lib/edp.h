@@ -14,6 +14,7 @@
 #include "edp_idset.h"
 #include "edp_url.h"
 #include "edp_util.h"
+#include "edp_worker.h"
 
 #include "edp_ambulance.h"
 #include "edp_forwarding.h"

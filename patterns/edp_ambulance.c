@@ -40,6 +40,12 @@
  * qos last, so the replayed value is the priority prefetch for both, which
  * keeps the priority guarantee and lets the thread hold a few more
  * standard messages.
+ *
+ * Handlers run on a worker thread per consumer thread (edp_worker): while
+ * one runs, the consumer thread keeps servicing its connection, so
+ * heartbeats flow however long the handler takes, and the deliveries that
+ * arrive meanwhile wait in the worker until the next drain moves them
+ * into the lanes, where the priority choice is made as before.
  */
 #include "edp_ambulance.h"
 
@@ -53,6 +59,7 @@
 #include <unistd.h>
 
 #include "edp_util.h"
+#include "edp_worker.h"
 
 /* Consecutive recoveries without progress before a thread gives up. */
 #define MAX_RECOVERIES 10
@@ -260,6 +267,7 @@ struct amb_thread {
   pthread_t tid;
   int running;
   edp_conn *c;
+  edp_worker *w; /* runs the handler while the thread services c */
   int index, role;
   char name[32];
   char ptag[256], stag[256]; /* consumer tags of the lanes, "" = none */
@@ -340,7 +348,7 @@ static int kind_of(const struct amb_thread *t, const edp_delivery *d,
 static int drain(struct amb_thread *t) {
   for (;;) {
     edp_delivery d;
-    int rc = edp_conn_receive(t->c, &d, 0);
+    int rc = edp_worker_receive(t->w, t->c, &d, 0);
     if (rc == EDP_ETIMEOUT)
       return 0;
     if (rc)
@@ -377,6 +385,17 @@ static int recover(struct amb_thread *t, int rc) {
   return rc;
 }
 
+/* One handler call, as the thread's worker runs it. */
+typedef struct handler_call {
+  edp_amb_receiver *r;
+  const edp_amb_job *job;
+} handler_call;
+
+static int call_handler(void *ud) {
+  handler_call *hc = ud;
+  return hc->r->o.handler(hc->r->o.ud, hc->job);
+}
+
 /* Runs the handler on one delivery, then acks it (or rejects it to the
  * .dlq) and reports it. Returns 0 or a connection error. */
 static int process(struct amb_thread *t, edp_delivery *d, int lane) {
@@ -390,7 +409,16 @@ static int process(struct amb_thread *t, edp_delivery *d, int lane) {
   if (!edp_delivery_header_int(d, EDP_AMB_HDR_SENT_US, &sent))
     job.sent_us = sent;
   job.start_us = edp_wall_us();
-  int failed = r->o.handler(r->o.ud, &job) != 0;
+  /* The handler runs on the worker while this thread services the
+   * connection, holding what arrives meanwhile for the next drain(). A
+   * lost connection then refuses the ack below (and the caller
+   * reconnects); a channel or consumer error comes back from the next
+   * drain(), which makes the caller drop the lanes of the old channel. */
+  handler_call hc = {r, &job};
+  int h = -1;
+  if (edp_worker_run(t->w, t->c, call_handler, &hc, &h) == EDP_EINVAL)
+    return EDP_EINVAL; /* the handler did not run: leave it unacked */
+  int failed = h != 0;
   int rc = failed ? edp_conn_nack(t->c, d->epoch, d->tag, 0, 0)
                   : edp_conn_ack(t->c, d->epoch, d->tag, 0);
   job.end_us = edp_wall_us();
@@ -437,7 +465,7 @@ static int await_priority(struct amb_thread *t) {
     int64_t left = deadline - edp_now_ms();
     if (left <= 0)
       return 0;
-    rc = edp_conn_wait(t->c, -1, (int)left);
+    rc = edp_worker_wait(t->w, t->c, -1, (int)left);
     if (rc < 0)
       return rc;
   }
@@ -481,7 +509,7 @@ static void *thread_main(void *arg) {
       if (lane < 0) {
         /* Nothing held: block until a delivery on either consumer (or
          * stop). The timeout only bounds the wait; no polling. */
-        rc = edp_conn_wait(t->c, -1, 5000);
+        rc = edp_worker_wait(t->w, t->c, -1, 5000);
         if (rc > 0)
           rc = 0;
         if (!rc)
@@ -546,7 +574,14 @@ static int setup_thread(edp_amb_receiver *r, int i, char *err, size_t err_len) {
   char cname[64];
   snprintf(cname, sizeof(cname), "edp-ambulance %s", t->name);
   co.client_name = cname;
-  int rc = edp_conn_open(&co, &t->c, err, err_len);
+  int rc = edp_worker_new(&t->w);
+  if (rc) {
+    if (err && err_len)
+      snprintf(err, err_len, "thread %s: no worker thread: %s", t->name,
+               edp_strerror(rc));
+    return rc;
+  }
+  rc = edp_conn_open(&co, &t->c, err, err_len);
   if (rc)
     return rc;
   rc = edp_amb_declare(t->c, o->mode, r->base);
@@ -682,6 +717,7 @@ void edp_amb_receiver_destroy(edp_amb_receiver **rp) {
       pthread_join(r->t[i].tid, NULL);
     else
       edp_conn_destroy(&r->t[i].c); /* set up but never started */
+    edp_worker_destroy(&r->t[i].w);
     free(r->t[i].lanes[0].v);
     free(r->t[i].lanes[1].v);
   }

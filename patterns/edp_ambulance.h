@@ -23,7 +23,9 @@
  *
  * Every mode runs threads + 1 consumer threads (in carpool and ambulance
  * the +1 is the priority thread), so modes compare at equal thread counts.
- * Each thread owns its own connection and channel. Messages are acked only
+ * Each thread owns its own connection and channel, and runs the handler on
+ * a worker thread of its own (edp_worker.h) while it keeps servicing the
+ * connection, so handlers may take minutes. Messages are acked only
  * after the handler returned; a handler failure rejects the message to the
  * dead-letter queue "<base>.dlq". A lost connection is reconnected; the
  * messages that were unacked on it come back and may be processed twice
@@ -141,11 +143,15 @@ typedef struct edp_amb_job {
   int64_t end_us;          /* wall clock after the ack (events only) */
 } edp_amb_job;
 
-/* Processes one message on a consumer thread; several threads call it at
- * once. Return 0 when done (the message is then acked), anything else to
- * reject it to "<base>.dlq". Must return well within the heartbeat
- * interval (10 s by default): the thread does not service its connection
- * while the handler runs. */
+/* Processes one message; it runs on the worker thread of a consumer
+ * thread, one message at a time per consumer thread, several at once in
+ * all. Return 0 when done (the message is then acked), anything else to
+ * reject it to "<base>.dlq". It may take as long as it needs: the consumer
+ * thread services its connection (heartbeats, deliveries) meanwhile. It
+ * must not touch AMQP. After edp_amb_receiver_stop() the handler in
+ * progress finishes, but its connection is no longer serviced, so one
+ * that goes on for more than two heartbeat intervals after the stop loses
+ * its ack and the message comes back redelivered. */
 typedef int (*edp_amb_handler)(void *ud, const edp_amb_job *job);
 
 enum edp_amb_event {
@@ -153,7 +159,8 @@ enum edp_amb_event {
   EDP_AMB_DEAD_LETTERED = 1 /* handler failed, rejected to the .dlq */
 };
 
-/* Reported on the consumer thread after the ack or reject went out. */
+/* Reported on the consumer thread (not the worker) after the ack or
+ * reject went out. */
 typedef void (*edp_amb_event_fn)(void *ud, int event, const edp_amb_job *job);
 
 typedef struct edp_amb_receiver_opts {

@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "edp_idset.h"
+#include "edp_worker.h"
 
 /* Consecutive lost connections in one call before we give up. */
 #define MAX_RECOVERIES 10
@@ -150,6 +151,7 @@ void edp_fwd_sender_stats_get(const edp_fwd_sender *s,
 
 struct edp_fwd_receiver {
   edp_conn *c;
+  edp_worker *w; /* runs the handler while we service c */
   edp_fwd_receiver_opts o;
   char *queue, *dlq;
   edp_idset *seen;
@@ -183,6 +185,8 @@ int edp_fwd_receiver_new(edp_conn *c, const edp_fwd_receiver_opts *o,
   if (!rc && o->dedup_window)
     rc = edp_idset_new(o->dedup_window, &r->seen);
   if (!rc)
+    rc = edp_worker_new(&r->w);
+  if (!rc)
     rc = edp_fwd_declare(c, o->queue);
   if (!rc)
     rc = edp_conn_qos(c, o->prefetch);
@@ -202,6 +206,7 @@ void edp_fwd_receiver_destroy(edp_fwd_receiver **rp) {
   if (!rp || !*rp)
     return;
   edp_fwd_receiver *r = *rp;
+  edp_worker_destroy(&r->w);
   edp_idset_destroy(&r->seen);
   free(r->queue);
   free(r->dlq);
@@ -252,6 +257,19 @@ static int settle(edp_fwd_receiver *r, const edp_delivery *d, int ack) {
   return rc == EDP_ESTALE ? 0 : rc;
 }
 
+/* One handler call, as the worker thread runs it. */
+typedef struct handler_call {
+  edp_fwd_receiver *r;
+  const edp_delivery *d;
+  char *reason;
+  size_t reason_len;
+} handler_call;
+
+static int call_handler(void *ud) {
+  handler_call *hc = ud;
+  return hc->r->o.handler(hc->r->o.ud, hc->d, hc->reason, hc->reason_len);
+}
+
 static int handle(edp_fwd_receiver *r, const edp_delivery *d) {
   if (d->redelivered)
     r->st.redelivered++;
@@ -263,7 +281,18 @@ static int handle(edp_fwd_receiver *r, const edp_delivery *d) {
   int64_t retries = 0;
   edp_delivery_header_int(d, EDP_FWD_HDR_RETRIES, &retries);
   char reason[256] = "";
-  if (r->o.handler(r->o.ud, d, reason, sizeof(reason)) == 0) {
+  /* The handler runs on the worker while this thread services the
+   * connection. Whatever happened to the connection meanwhile, the
+   * settling below meets it: a lost connection refuses the ack (the
+   * broker redelivers the message), a channel or consumer error comes back
+   * from the next edp_worker_receive(), and a stop stays readable on the
+   * stop fd. Only a handler that never ran must not be settled. */
+  handler_call hc = {r, d, reason, sizeof(reason)};
+  int h = -1;
+  int wrc = edp_worker_run(r->w, r->c, call_handler, &hc, &h);
+  if (wrc == EDP_EINVAL)
+    return wrc;
+  if (h == 0) {
     int rc = settle(r, d, 1);
     if (!rc && r->seen && d->message_id &&
         edp_idset_add(r->seen, d->message_id) < 0)
@@ -296,7 +325,7 @@ int edp_fwd_receive(edp_fwd_receiver *r, int timeout_ms) {
     return EDP_EINVAL;
   for (int i = 0; i < MAX_RECOVERIES; i++) {
     edp_delivery d;
-    int rc = edp_conn_receive(r->c, &d, timeout_ms);
+    int rc = edp_worker_receive(r->w, r->c, &d, timeout_ms);
     if (rc == EDP_ECLOSED) {
       if ((rc = receiver_recover(r)))
         return rc;

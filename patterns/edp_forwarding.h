@@ -15,7 +15,10 @@
  * dedup drops message_ids seen in a bounded window.
  *
  * Both sides take an open edp_conn that they use from the calling thread
- * only, and reconnect it themselves when it is lost.
+ * only, and reconnect it themselves when it is lost. The receiver runs the
+ * handler on a worker thread of its own (edp_worker.h) while the calling
+ * thread keeps servicing the connection (heartbeats, confirms,
+ * deliveries), so a handler may take minutes.
  */
 #ifndef EDP_FORWARDING_H
 #define EDP_FORWARDING_H
@@ -91,7 +94,11 @@ void edp_fwd_sender_stats_get(const edp_fwd_sender *s,
 /* ---- receiver ---- */
 
 /* The message handler. Return 0 when the message is done (it is then
- * acked), anything else to fail it: write a one-line reason to reason. */
+ * acked), anything else to fail it: write a one-line reason to reason.
+ * It runs on the receiver's worker thread, one message at a time, while
+ * the thread in edp_fwd_receive() services the connection: it may take as
+ * long as it needs, and must not touch the connection. d and reason stay
+ * valid until it returns. on_event runs on the calling thread. */
 typedef int (*edp_fwd_handler)(void *ud, const edp_delivery *d, char *reason,
                                size_t reason_len);
 
@@ -132,7 +139,13 @@ void edp_fwd_receiver_destroy(edp_fwd_receiver **r);
 /* Takes and handles one message, waiting up to timeout_ms (-1 forever).
  * Returns 0 when one was handled, EDP_ETIMEOUT when none came, or
  * EDP_ESTOPPED / a reconnect error. A lost connection is reconnected;
- * messages in flight then come back redelivered. */
+ * messages in flight then come back redelivered. A stop (the connection's
+ * stop_fd) while the handler runs lets the handler finish; a success is
+ * then acked, a failure goes back to the queue (its retry copy can't be
+ * confirmed once stopped), and the next call returns EDP_ESTOPPED. The
+ * connection is not serviced after the stop, so a handler that goes on
+ * for more than two heartbeat intervals after it loses the ack and its
+ * message comes back redelivered. */
 int edp_fwd_receive(edp_fwd_receiver *r, int timeout_ms);
 
 typedef struct edp_fwd_receiver_stats {

@@ -6,11 +6,16 @@
  * Ownership: every consumer thread opens and owns its own connection; the
  * supervisor thread owns the supervisor's connection (opened by
  * edp_sup_new and handed over before the thread starts, handed back after
- * it was joined). No AMQP state is ever shared. The only cross-thread
- * signals are an eventfd per consumer ("retire") and one for the
- * supervisor ("stop"); each thread gives its eventfd to its connection as
- * stop_fd, so a signal ends the connection's wait (and any reconnect
- * backoff) at once, and nobody polls a flag on a timer.
+ * it was joined). No AMQP state is ever shared: each consumer runs its
+ * handler on a worker thread (edp_worker) that never sees the connection,
+ * while the consumer thread services it. Besides that handoff, the only
+ * cross-thread signals are an eventfd per consumer ("retire") and one for
+ * the supervisor ("stop"); each thread gives its eventfd to its connection
+ * as stop_fd, so a signal ends the connection's wait (and any reconnect
+ * backoff) at once, and nobody polls a flag on a timer. A retire that
+ * comes while a handler runs is cleared from the eventfd and kept in the
+ * consumer's flag, so the connection is still serviced until the handler
+ * is done and its message acked.
  *
  * The list of consumers, the counters and the policy state are guarded by
  * one mutex that is never held while user callbacks run.
@@ -29,6 +34,7 @@
 #include <unistd.h>
 
 #include "edp_util.h"
+#include "edp_worker.h"
 
 /* Highest max accepted: a thread and a connection per consumer. */
 #define EDP_SUP_MAX_CEILING 10000
@@ -210,12 +216,44 @@ static void count_locked(edp_sup *s, int *active, int *live) {
 
 /* ---------- consumer thread ---------- */
 
-/* Runs the handler on one delivery and settles it. A lost connection
- * after the handler means the broker redelivers the message: the one case
+/* One handler call, as the consumer's worker thread runs it. */
+typedef struct handler_call {
+  struct consumer *k;
+  const edp_delivery *d;
+} handler_call;
+
+static int call_handler(void *ud) {
+  handler_call *hc = ud;
+  edp_sup *s = hc->k->s;
+  return s->o.handler(s->o.ud, hc->k->id, hc->d);
+}
+
+/* A retire request (the consumer's eventfd, which is also its connection's
+ * stop_fd) that comes while the handler runs: the flag keeps it, and the
+ * loop acts on it after this message, so clear the fd and go on servicing
+ * the connection; else a handler that outlives two heartbeat intervals
+ * would lose the connection, and a scale-down would duplicate its
+ * message. */
+static int retire_later(void *ud) {
+  struct consumer *k = ud;
+  drain_efd(k->efd);
+  return 0;
+}
+
+/* Runs the handler on one delivery and settles it. The handler runs on
+ * the worker while this thread services the connection; a connection lost
+ * meanwhile shows in the ack (EDP_ECLOSED, reconnected by the caller), a
+ * channel or consumer error comes back from the next edp_worker_wait().
+ * A lost connection means the broker redelivers the message: the one case
  * where a message is processed twice, and it is not a scale-down. */
-static int handle(struct consumer *k, edp_conn *c, edp_delivery *d) {
+static int handle(struct consumer *k, edp_worker *w, edp_conn *c,
+                  edp_delivery *d) {
   edp_sup *s = k->s;
-  int h = s->o.handler(s->o.ud, k->id, d);
+  handler_call hc = {k, d};
+  int h = -1;
+  int wrc = edp_worker_run(w, c, call_handler, &hc, &h);
+  if (wrc == EDP_EINVAL)
+    return wrc; /* the handler did not run: leave the message unacked */
   int rc = h == 0 ? edp_conn_ack(c, d->epoch, d->tag, 0)
                   : edp_conn_nack(c, d->epoch, d->tag, 0, 1);
   pthread_mutex_lock(&s->mu);
@@ -259,7 +297,8 @@ static int consumer_reconnect(struct consumer *k, edp_conn *c) {
  * the broker sent before its cancel-ok is already read (rabbitmq-c queues
  * it while waiting for the reply), so it is processed and acked here
  * rather than requeued. Then the connection closes. */
-static int consumer_finish(struct consumer *k, edp_conn *c, const char *tag) {
+static int consumer_finish(struct consumer *k, edp_worker *w, edp_conn *c,
+                           const char *tag) {
   drain_efd(k->efd); /* else every wait below would return EDP_ESTOPPED */
   int rc = edp_conn_cancel(c, tag);
   if (rc == EDP_ECHANNEL)
@@ -267,8 +306,8 @@ static int consumer_finish(struct consumer *k, edp_conn *c, const char *tag) {
   if (rc)
     return rc == EDP_ECLOSED ? 0 : rc; /* unacked ones go back unprocessed */
   edp_delivery d;
-  while ((rc = edp_conn_receive(c, &d, 0)) == 0) {
-    rc = handle(k, c, &d);
+  while ((rc = edp_worker_receive(w, c, &d, 0)) == 0) {
+    rc = handle(k, w, c, &d);
     edp_delivery_clear(&d);
     if (rc)
       break;
@@ -284,9 +323,15 @@ static void *consumer_main(void *arg) {
   edp_conn_opts co;
   conn_opts(s, &co, client, k->efd);
   edp_conn *c = NULL;
+  edp_worker *w = NULL;
   int err = edp_conn_open(&co, &c, why, sizeof(why));
   if (err)
     slog(s, EDP_LOG_ERROR, "consumer %d: %s", k->id, why);
+  if (!err && (err = edp_worker_new(&w)))
+    slog(s, EDP_LOG_ERROR, "consumer %d: no worker thread: %s", k->id,
+         edp_strerror(err));
+  if (!err)
+    edp_worker_on_stop(w, retire_later, k);
   if (!err)
     err = edp_conn_qos(c, s->o.prefetch);
   if (!err)
@@ -298,7 +343,7 @@ static void *consumer_main(void *arg) {
   int64_t acked_us = -1;
   while (!err && !atomic_load(&k->retire)) {
     /* The timeout only bounds the wait; the eventfd (stop_fd) ends it. */
-    int rc = edp_conn_wait(c, -1, 1000);
+    int rc = edp_worker_wait(w, c, -1, 1000);
     /* With prefetch 1 the broker sends the next message when it got the
      * ack; if that message is here within one round trip it was already
      * waiting in the queue: a backlog. Tell the supervisor now rather than
@@ -319,9 +364,9 @@ static void *consumer_main(void *arg) {
       break;
     }
     edp_delivery d;
-    rc = edp_conn_receive(c, &d, 0);
+    rc = edp_worker_receive(w, c, &d, 0);
     if (rc == 0) {
-      rc = handle(k, c, &d);
+      rc = handle(k, w, c, &d);
       edp_delivery_clear(&d);
       acked_us = edp_now_us();
     }
@@ -333,10 +378,11 @@ static void *consumer_main(void *arg) {
   if (err && err != EDP_ESTOPPED)
     slog(s, EDP_LOG_ERROR, "consumer %d stops: %s", k->id, edp_strerror(err));
   if (c && edp_conn_is_open(c) && tag[0]) {
-    int rc = consumer_finish(k, c, tag);
+    int rc = consumer_finish(k, w, c, tag);
     if (rc && !err)
       err = rc;
   }
+  edp_worker_destroy(&w);
   edp_conn_destroy(&c);
   pthread_mutex_lock(&s->mu);
   k->done = 1;

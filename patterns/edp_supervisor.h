@@ -17,10 +17,13 @@
  * delivered to it before the cancel-ok, and closes. A scale-down therefore
  * never requeues, loses or duplicates a message.
  *
- * Threads: the handler and the event callback run on the consumer and
- * supervisor threads, concurrently; they must be thread-safe. A handler
- * runs on its consumer's connection thread, so it must return well within
- * two heartbeat intervals (20 s by default).
+ * Threads: the handler and the event callback run on several threads at
+ * once; they must be thread-safe. Each consumer runs its handler on a
+ * worker thread of its own (edp_worker.h) while the consumer thread keeps
+ * servicing the connection (heartbeats, deliveries), so a handler may take
+ * minutes; it must not touch AMQP. A retire or stop that comes while a
+ * handler runs waits for it, with the connection still serviced. The event
+ * callback runs on the consumer and supervisor threads.
  */
 #ifndef EDP_SUPERVISOR_H
 #define EDP_SUPERVISOR_H
@@ -86,10 +89,11 @@ int64_t edp_sup_next_reading(int64_t last_ms, int64_t next_ms, int hinted,
 
 /* ---- the service ---- */
 
-/* Called on a consumer thread for each delivery. Return 0 when the message
- * is done (it is then acked); anything else gives it back to the queue
- * (nack with requeue, it comes back redelivered). consumer is the id of
- * the consumer (1, 2, ... in order of starting). */
+/* Called on the consumer's worker thread for each delivery, one at a time
+ * per consumer, while the consumer thread services the connection. Return
+ * 0 when the message is done (it is then acked); anything else gives it
+ * back to the queue (nack with requeue, it comes back redelivered).
+ * consumer is the id of the consumer (1, 2, ... in order of starting). */
 typedef int (*edp_sup_handler)(void *ud, int consumer, const edp_delivery *d);
 
 enum edp_sup_event_type {

@@ -4,7 +4,9 @@
  * priority messages overtaking a 2,000-message backlog in ambulance,
  * carpool and native mode (and not in fifo, the control); standard work
  * flowing while the priority lane is never empty; SIGINT losing nothing;
- * bad input; a failing handler's message in the dead-letter queue.
+ * bad input; a failing handler's message in the dead-letter queue; a
+ * handler that outlasts several heartbeat intervals keeping its
+ * connection (issue 11).
  */
 #include <check.h>
 #include <poll.h>
@@ -14,6 +16,7 @@
 #include <string.h>
 
 #include "edp.h"
+#include "t_calls.h"
 #include "testlib.h"
 
 #define MAX_EV 4096
@@ -676,6 +679,104 @@ START_TEST(reconnect_keeps_per_consumer_prefetch) {
 }
 END_TEST
 
+/* ---- the library: a handler longer than two heartbeat intervals ---- */
+
+typedef struct amb_slow_log {
+  t_calls log;
+  int on_priority_thread; /* calls that ran for thread 0 */
+  int priority_kind;      /* calls of kind priority */
+} amb_slow_log;
+
+static int amb_slow(void *ud, const edp_amb_job *job) {
+  amb_slow_log *l = ud;
+  pthread_mutex_lock(&l->log.mu);
+  l->on_priority_thread += job->thread == 0;
+  l->priority_kind += job->kind == EDP_AMB_PRIORITY;
+  pthread_mutex_unlock(&l->log.mu);
+  return t_calls_work(&l->log, job->d);
+}
+
+static void amb_event(void *ud, int event, const edp_amb_job *job) {
+  (void)job;
+  amb_slow_log *l = ud;
+  if (event == EDP_AMB_PROCESSED)
+    t_calls_event(&l->log, 0);
+}
+
+/* Ambulance mode, heartbeat=1 on every receiver connection, a 4 s
+ * handler. Before the handler ran on a worker, the priority thread lost
+ * its connection during the handler, got the message again, lost it
+ * again: forever. Now the priority message is processed once, not
+ * redelivered, on one channel, and a second priority message published
+ * while the handler runs (held by the thread, prefetch 4) is processed
+ * after it by the same thread. */
+START_TEST(long_handler_keeps_connection) {
+  const char *base = t_unique("amb.hb");
+  char url[600];
+  edp_conn_opts co;
+  edp_conn_opts_init(&co);
+  co.url = t_hb_url(url, sizeof(url), 1);
+  amb_slow_log l = {0};
+  t_calls_init(&l.log, 4000);
+  edp_amb_receiver_opts ro;
+  edp_amb_receiver_opts_init(&ro);
+  ro.mode = EDP_AMB_AMBULANCE;
+  ro.base = base;
+  ro.conn = &co;
+  ro.handler = amb_slow;
+  ro.on_event = amb_event;
+  ro.ud = &l;
+  edp_amb_receiver *r = NULL;
+  char err[300] = "";
+  ck_assert_msg(edp_amb_receiver_start(&ro, &r, err, sizeof(err)) == 0, "%s",
+                err);
+  char pq[256];
+  ck_assert_int_eq(edp_amb_queue_name(EDP_AMB_AMBULANCE, base, EDP_AMB_PRIORITY,
+                                      pq, sizeof(pq)),
+                   0);
+  long long t0 = t_now_ms();
+  ck_assert_int_eq(t_publish_one(pq, "P1"), 0);
+  ck_assert_msg(t_calls_await(&l.log, &l.log.n, 1, 20000), "P1 never started");
+  ck_assert_int_eq(t_publish_one(pq, "P2"), 0);
+  long long published2 = t_now_ms();
+  ck_assert_msg(t_calls_await(&l.log, &l.log.events, 2, 30000),
+                "only %d of 2 processed", l.log.events);
+  long long took = t_now_ms() - t0;
+  edp_amb_receiver_stats st;
+  edp_amb_receiver_stats_get(r, &st);
+  int thread_err = edp_amb_receiver_error(r);
+  edp_amb_receiver_destroy(&r);
+
+  t_call a = t_calls_get(&l.log, 0), b = t_calls_get(&l.log, 1);
+  ck_assert_int_eq(l.log.n, 2);
+  ck_assert_str_eq(a.id, "P1");
+  ck_assert_str_eq(b.id, "P2");
+  ck_assert_int_eq(a.redelivered, 0);
+  ck_assert_int_eq(b.redelivered, 0);
+  ck_assert_int_eq(l.on_priority_thread, 2);
+  ck_assert_int_eq(l.priority_kind, 2);
+  ck_assert_int_ge(a.end_ms - a.start_ms, 4000);
+  ck_assert_int_lt(published2, a.end_ms);
+  ck_assert_int_ge(b.start_ms, a.end_ms);
+  ck_assert_uint_eq(a.epoch, b.epoch);
+  ck_assert(!pthread_equal(a.thread, pthread_self()));
+  ck_assert(pthread_equal(a.thread, b.thread));
+  ck_assert_uint_eq(st.processed[EDP_AMB_PRIORITY], 2);
+  ck_assert_uint_eq(st.processed[EDP_AMB_STANDARD], 0);
+  ck_assert_uint_eq(st.dead_lettered, 0);
+  ck_assert_uint_eq(st.redelivered, 0);
+  ck_assert_uint_eq(st.reconnects, 0);
+  ck_assert_int_eq(thread_err, 0);
+  fprintf(stderr,
+          "amb long_handler_keeps_connection: 2 x %d ms handlers at "
+          "heartbeat=1 in %lld ms, 0 reconnects\n",
+          l.log.work_ms, took);
+  /* Both were acked: closing the connections gave nothing back. */
+  ck_assert_int_eq(t_depth(pq), 0);
+  t_calls_free(&l.log);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("ambulance");
   TCase *tc = tcase_create("broker");
@@ -692,6 +793,7 @@ int main(void) {
   tcase_add_test(tc, ambulance_starvation_control);
   tcase_add_test(tc, sigint_loses_nothing);
   tcase_add_test(tc, priority_thread_reconnects);
+  tcase_add_test(tc, long_handler_keeps_connection);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

@@ -3,7 +3,8 @@
  * harness's private broker, through the real programs: nothing lost on a
  * receiver crash, a broker-closed connection or a broker restart; poison
  * messages dead-lettered with their reason; bad input answered with the
- * documented exit codes.
+ * documented exit codes. Through the library: a handler that outlasts
+ * several heartbeat intervals keeps its connection (issue 11).
  */
 #include <check.h>
 #include <signal.h>
@@ -12,6 +13,7 @@
 #include <string.h>
 
 #include "edp.h"
+#include "t_calls.h"
 #include "testlib.h"
 
 /* Counts events per message id; ids are PREFIX-SEQ with SEQ in 1..n. */
@@ -416,6 +418,99 @@ START_TEST(bad_input_exit_codes) {
 }
 END_TEST
 
+/* ---- the library: a handler longer than two heartbeat intervals ---- */
+
+static int fwd_slow(void *ud, const edp_delivery *d, char *reason,
+                    size_t reason_len) {
+  (void)reason;
+  (void)reason_len;
+  return t_calls_work(ud, d);
+}
+
+static void fwd_event(void *ud, int ev, const edp_delivery *d,
+                      const char *reason) {
+  (void)d;
+  (void)reason;
+  if (ev == EDP_FWD_PROCESSED)
+    t_calls_event(ud, 0);
+}
+
+/* heartbeat=1 and a 4 s handler: before the handler ran on a worker, the
+ * broker dropped the silent connection and the message came again. Now
+ * the receiving thread services the connection while the handler works:
+ * each message is processed once, nothing is redelivered, the connection
+ * (and its channel epoch) is the one we opened, and a message published
+ * while the handler runs waits its turn and is processed after it. */
+START_TEST(long_handler_keeps_connection) {
+  const char *q = t_unique("fwd.hb");
+  char url[600];
+  edp_conn_opts co;
+  edp_conn_opts_init(&co);
+  co.url = t_hb_url(url, sizeof(url), 1);
+  edp_conn *c = NULL;
+  ck_assert_int_eq(edp_conn_open(&co, &c, NULL, 0), 0);
+  uint32_t epoch0 = edp_conn_epoch(c);
+  t_calls log;
+  t_calls_init(&log, 4000);
+  edp_fwd_receiver_opts ro;
+  edp_fwd_receiver_opts_init(&ro);
+  ro.queue = q;
+  ro.handler = fwd_slow;
+  ro.on_event = fwd_event;
+  ro.ud = &log;
+  edp_fwd_receiver *r = NULL;
+  ck_assert_int_eq(edp_fwd_receiver_new(c, &ro, &r), 0);
+  ck_assert_int_eq(t_publish_one(q, "hb-1"), 0);
+  t_later later;
+  ck_assert_int_eq(t_later_start(&later, &log, 1, q, "hb-2"), 0);
+
+  long long t0 = t_now_ms();
+  ck_assert_int_eq(edp_fwd_receive(r, 20000), 0);
+  ck_assert_int_eq(edp_fwd_receive(r, 20000), 0);
+  long long took = t_now_ms() - t0;
+  pthread_join(later.th, NULL);
+  ck_assert_int_eq(later.rc, 0);
+  /* Nothing comes again. */
+  ck_assert_int_eq(edp_fwd_receive(r, 2500), EDP_ETIMEOUT);
+
+  ck_assert_int_eq(log.n, 2);
+  ck_assert_int_eq(log.events, 2);
+  t_call a = t_calls_get(&log, 0), b = t_calls_get(&log, 1);
+  ck_assert_str_eq(a.id, "hb-1");
+  ck_assert_str_eq(b.id, "hb-2");
+  ck_assert_int_eq(a.redelivered, 0);
+  ck_assert_int_eq(b.redelivered, 0);
+  ck_assert_int_ge(a.end_ms - a.start_ms, 4000);
+  /* hb-2 was published while hb-1's handler ran, and started after it. */
+  ck_assert_int_lt(later.at_ms, a.end_ms);
+  ck_assert_int_ge(b.start_ms, a.end_ms);
+  /* Both ran on the receiver's one worker thread, not on ours. */
+  ck_assert(!pthread_equal(a.thread, pthread_self()));
+  ck_assert(pthread_equal(a.thread, b.thread));
+  ck_assert_uint_eq(a.epoch, epoch0);
+  ck_assert_uint_eq(b.epoch, epoch0);
+
+  edp_fwd_receiver_stats st;
+  edp_fwd_receiver_stats_get(r, &st);
+  ck_assert_uint_eq(st.processed, 2);
+  ck_assert_uint_eq(st.redelivered, 0);
+  ck_assert_uint_eq(st.retried, 0);
+  ck_assert_uint_eq(st.dead_lettered, 0);
+  ck_assert_uint_eq(st.reconnects, 0);
+  ck_assert(edp_conn_is_open(c));
+  ck_assert_uint_eq(edp_conn_epoch(c), epoch0);
+  fprintf(stderr,
+          "long_handler_keeps_connection: 2 x %d ms handlers at heartbeat=1 "
+          "in %lld ms, 0 reconnects\n",
+          log.work_ms, took);
+  edp_fwd_receiver_destroy(&r);
+  edp_conn_destroy(&c);
+  /* Both were acked: closing the channel gave nothing back. */
+  ck_assert_int_eq(t_depth(q), 0);
+  t_calls_free(&log);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("forwarding");
   TCase *tc = tcase_create("forwarding");
@@ -427,6 +522,7 @@ int main(void) {
   tcase_add_test(tc, poison_message_dead_lettered);
   tcase_add_test(tc, broker_closes_connection_mid_send);
   tcase_add_test(tc, persistent_survive_restart_transient_do_not);
+  tcase_add_test(tc, long_handler_keeps_connection);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

@@ -11,7 +11,9 @@
  * once (ids) and none is requeued by a scale-down, over several scale
  * cycles with a prefetch above 1; the supervisor survives the broker
  * closing its connection while the consumers keep working; the static
- * baseline keeps its count; bad options exit 64.
+ * baseline keeps its count; bad options exit 64. Through the library: a
+ * handler that outlasts several heartbeat intervals keeps its consumer's
+ * connection, also when the consumer is stopped while it runs (issue 11).
  */
 #define _DEFAULT_SOURCE
 #include <check.h>
@@ -22,6 +24,7 @@
 
 #include "edp.h"
 #include "edp_idset.h"
+#include "t_calls.h"
 #include "testlib.h"
 
 typedef struct sup_watch {
@@ -528,6 +531,126 @@ START_TEST(bad_options_exit_64) {
 }
 END_TEST
 
+/* ---- the library: handlers longer than two heartbeat intervals ---- */
+
+static int sup_slow(void *ud, int consumer, const edp_delivery *d) {
+  (void)consumer;
+  return t_calls_work(ud, d);
+}
+
+static void sup_event(void *ud, const edp_sup_event *ev) {
+  if (ev->type == EDP_SUP_PROCESSED || ev->type == EDP_SUP_RECONNECTED)
+    t_calls_event(ud, ev->type == EDP_SUP_RECONNECTED);
+}
+
+/* One static consumer (prefetch 2, so the second message reaches it while
+ * the first one's handler runs) on connections with heartbeat=1, and a
+ * 4 s handler. */
+static edp_sup *start_slow_sup(const char *q, t_calls *log, char *url,
+                               size_t url_len) {
+  edp_sup_opts o;
+  edp_sup_opts_init(&o);
+  o.url = t_hb_url(url, url_len, 1);
+  o.queue = q;
+  o.name = t_unique("sup-hb");
+  o.prefetch = 2;
+  o.supervise = 0;
+  o.policy.min = 1;
+  o.policy.max = 1;
+  o.handler = sup_slow;
+  o.on_event = sup_event;
+  o.ud = log;
+  edp_sup *s = NULL;
+  char err[300] = "";
+  ck_assert_msg(edp_sup_new(&o, &s, err, sizeof(err)) == 0, "%s", err);
+  return s;
+}
+
+/* Before the handler ran on a worker, the silent consumer connection was
+ * dropped by the broker and the message came again. Now: each message is
+ * processed once, not redelivered, on one channel (the same epoch), no
+ * connection is restored, and a message published while the handler runs
+ * is processed after it. */
+START_TEST(long_handler_keeps_connection) {
+  const char *q = t_unique("sup.hb");
+  char url[600];
+  t_calls log;
+  t_calls_init(&log, 4000);
+  edp_sup *s = start_slow_sup(q, &log, url, sizeof(url));
+  long long t0 = t_now_ms();
+  ck_assert_int_eq(t_publish_one(q, "hb-1"), 0);
+  ck_assert_msg(t_calls_await(&log, &log.n, 1, 20000), "hb-1 never started");
+  ck_assert_int_eq(t_publish_one(q, "hb-2"), 0);
+  long long published2 = t_now_ms();
+  ck_assert_msg(t_calls_await(&log, &log.events, 2, 30000),
+                "only %d of 2 processed", log.events);
+  long long took = t_now_ms() - t0;
+  edp_sup_stats st;
+  edp_sup_stats_get(s, &st);
+  edp_sup_destroy(&s);
+
+  t_call a = t_calls_get(&log, 0), b = t_calls_get(&log, 1);
+  ck_assert_int_eq(log.n, 2);
+  ck_assert_str_eq(a.id, "hb-1");
+  ck_assert_str_eq(b.id, "hb-2");
+  ck_assert_int_eq(a.redelivered, 0);
+  ck_assert_int_eq(b.redelivered, 0);
+  ck_assert_int_ge(a.end_ms - a.start_ms, 4000);
+  ck_assert_int_lt(published2, a.end_ms);
+  ck_assert_int_ge(b.start_ms, a.end_ms);
+  ck_assert_uint_eq(a.epoch, b.epoch);
+  ck_assert(!pthread_equal(a.thread, pthread_self()));
+  ck_assert(pthread_equal(a.thread, b.thread));
+  ck_assert_uint_eq(st.processed, 2);
+  ck_assert_uint_eq(st.failed, 0);
+  ck_assert_uint_eq(st.started, 1);
+  ck_assert_uint_eq(st.consumer_reconnects, 0);
+  ck_assert_uint_eq(st.sup_reconnects, 0);
+  ck_assert_int_eq(log.reconnect, 0);
+  fprintf(stderr,
+          "sup long_handler_keeps_connection: 2 x %d ms handlers at "
+          "heartbeat=1 in %lld ms, 0 reconnects\n",
+          log.work_ms, took);
+  expect_queue_empty(q);
+  t_calls_free(&log);
+}
+END_TEST
+
+/* A stop (a retire of every consumer) while a 4 s handler runs at
+ * heartbeat=1: the consumer clears its retire signal and keeps servicing
+ * the connection, so the finished message is acked, not requeued. */
+START_TEST(stop_during_long_handler_keeps_connection) {
+  const char *q = t_unique("sup.hbstop");
+  char url[600];
+  t_calls log;
+  t_calls_init(&log, 4000);
+  edp_sup *s = start_slow_sup(q, &log, url, sizeof(url));
+  ck_assert_int_eq(t_publish_one(q, "hs-1"), 0);
+  ck_assert_msg(t_calls_await(&log, &log.n, 1, 20000), "hs-1 never started");
+  long long t0 = t_now_ms();
+  edp_sup_stop(s);
+  long long took = t_now_ms() - t0;
+  edp_sup_stats st;
+  edp_sup_stats_get(s, &st);
+  edp_sup_destroy(&s);
+  t_call a = t_calls_get(&log, 0);
+  /* The stop waited for the handler. */
+  ck_assert_int_gt(a.end_ms, 0);
+  ck_assert_int_le(a.end_ms, t0 + took);
+  ck_assert_int_eq(log.n, 1);
+  ck_assert_int_eq(log.events, 1);
+  ck_assert_uint_eq(st.processed, 1);
+  ck_assert_uint_eq(st.consumer_reconnects, 0);
+  ck_assert_int_eq(log.reconnect, 0);
+  fprintf(stderr,
+          "stop_during_long_handler_keeps_connection: stop took %lld ms\n",
+          took);
+  /* Acked on the live connection: nothing went back to the queue. */
+  expect_queue_empty(q);
+  t_calls_free(&log);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("supervisor-integration");
   TCase *tc = tcase_create("supervisor");
@@ -539,6 +662,8 @@ int main(void) {
   tcase_add_test(tc, static_baseline_keeps_its_count);
   tcase_add_test(tc, backlog_hint_scales_up_before_the_interval);
   tcase_add_test(tc, stop_finishes_in_flight_work);
+  tcase_add_test(tc, long_handler_keeps_connection);
+  tcase_add_test(tc, stop_during_long_handler_keeps_connection);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
