@@ -205,6 +205,8 @@ int main(int argc, char **argv) {
   co.url = app.url;
   co.log = cli_log;
   co.log_ud = &app;
+  co.on_event = cli_conn_event;
+  co.on_event_ud = &app;
   ro.conn = &co;
   ro.handler = handler;
   ro.on_event = on_event;

@@ -243,6 +243,8 @@ int main(int argc, char **argv) {
   so.on_event = on_event;
   so.log = log_locked;
   so.log_ud = &app;
+  so.on_conn_event = cli_conn_event;
+  so.on_conn_event_ud = &app;
   edp_sup *s = NULL;
   char why[700] = "";
   int rc = edp_sup_new(&so, &s, why, sizeof(why));

@@ -178,6 +178,8 @@ static void conn_opts(edp_sup *s, edp_conn_opts *co, const char *client,
   co->stop_fd = stop_fd;
   co->log = s->o.log;
   co->log_ud = s->o.log_ud;
+  co->on_event = s->o.on_conn_event;
+  co->on_event_ud = s->o.on_conn_event_ud;
 }
 
 /* A next delivery that arrives this soon after the ack was already in the

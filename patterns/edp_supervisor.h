@@ -147,6 +147,10 @@ typedef struct edp_sup_opts {
   void *ud;                  /* for handler and on_event */
   edp_log_fn log;            /* NULL: silent; called on any thread */
   void *log_ud;
+  edp_conn_event_fn on_conn_event; /* every connection's events (lost,
+                                      reconnected, blocked ...); NULL:
+                                      none; called on any thread */
+  void *on_conn_event_ud;
 } edp_sup_opts;
 
 /* Fills *o with the defaults above. */
