@@ -146,6 +146,13 @@ static void log_locked(void *ud, int level, const char *msg) {
   pthread_mutex_unlock(&out_mu);
 }
 
+/* The connections' events as --json lines, but for "reconnected": the
+ * supervisor reports that itself, per consumer. */
+static void conn_event(void *ud, const edp_conn_event *ev) {
+  if (ev->type != EDP_CONN_RECONNECTED)
+    cli_conn_event(ud, ev);
+}
+
 int main(int argc, char **argv) {
   cli_init(&app, "edp-supervisor");
   static const struct option opts[] = {
@@ -243,7 +250,7 @@ int main(int argc, char **argv) {
   so.on_event = on_event;
   so.log = log_locked;
   so.log_ud = &app;
-  so.on_conn_event = cli_conn_event;
+  so.on_conn_event = conn_event;
   so.on_conn_event_ud = &app;
   edp_sup *s = NULL;
   char why[700] = "";
