@@ -27,7 +27,9 @@ static void usage(void) {
       "  -p, --prefetch N       unacked messages per broker (default 200)\n"
       "      --quorum           declare the queue as a quorum queue\n"
       "Events (--json): processed (broker, message_id, key, kseq,\n"
-      "redelivered), broker_up, broker_down, summary.\n" CLI_COMMON_HELP);
+      "redelivered), broker_up, broker_down, consumer_cancelled (the queue\n"
+      "was deleted; declared again, then broker_up), "
+      "summary.\n" CLI_COMMON_HELP);
 }
 
 typedef struct run {
@@ -66,7 +68,9 @@ static void on_event(void *ud, int broker, int ev, size_t count) {
   (void)count;
   if (app.json)
     cli_emit(json_pack("{s:s,s:i,s:I}", "event",
-                       ev == EDP_MULTI_UP ? "broker_up" : "broker_down",
+                       ev == EDP_MULTI_UP          ? "broker_up"
+                       : ev == EDP_MULTI_CANCELLED ? "consumer_cancelled"
+                                                   : "broker_down",
                        "broker", broker, "t_ms", (json_int_t)edp_wall_ms()));
 }
 
@@ -195,9 +199,11 @@ int main(int argc, char **argv) {
     edp_multi_consumer_stats_get(mc, i, &st);
     total += st.processed;
     json_array_append_new(
-        per, json_pack("{s:I,s:I,s:I}", "processed", (json_int_t)st.processed,
-                       "redelivered", (json_int_t)st.redelivered, "downs",
-                       (json_int_t)st.downs));
+        per, json_pack("{s:I,s:I,s:I,s:I,s:i}", "processed",
+                       (json_int_t)st.processed, "redelivered",
+                       (json_int_t)st.redelivered, "downs",
+                       (json_int_t)st.downs, "cancels", (json_int_t)st.cancels,
+                       "error", edp_multi_consumer_error(mc, i)));
     fprintf(stderr, "edp-multi-receiver: broker %zu: %llu processed\n", i,
             (unsigned long long)st.processed);
   }

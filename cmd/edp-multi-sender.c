@@ -55,6 +55,8 @@ static const char *event_name(int ev) {
     return "broker_down";
   case EDP_MULTI_REROUTED:
     return "rerouted";
+  case EDP_MULTI_CANCELLED:
+    return "consumer_cancelled"; /* consumers only */
   default:
     return "held";
   }

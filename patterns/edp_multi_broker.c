@@ -110,6 +110,7 @@ struct pbroker {
   int delay;
   struct held *h_head, *h_tail;
   size_t n_held;
+  size_t resent; /* published again by edp_conn's own recovery, not logged */
   edp_multi_broker_stats st;
 };
 
@@ -168,6 +169,17 @@ static void p_confirmed(void *ud, const edp_confirm *cf) {
     b->p->o.on_confirm(b->p->o.ud, b->idx, cf);
 }
 
+/* A reconnect or a restored channel publishes the messages its broker
+ * left unconfirmed again by itself (edp_conn's recovery sequence): they
+ * are publishes on this broker too. */
+static void p_conn_event(void *ud, const edp_conn_event *ev) {
+  struct pbroker *b = ud;
+  if (ev->type == EDP_CONN_RECONNECTED || ev->type == EDP_CONN_CHANNEL_RESTORED)
+    b->st.published += ev->republished;
+  if (ev->type == EDP_CONN_RECONNECTED) /* by try_up: send_kept logs it */
+    b->resent += ev->republished;
+}
+
 static int retry_delay(edp_multi_producer *p, struct pbroker *b) {
   /* Jitter over the upper half, so producers do not return in lockstep. */
   int d = b->delay / 2 +
@@ -222,6 +234,7 @@ static int p_open(edp_multi_producer *p, struct pbroker *b, char *why,
   if (rc)
     return rc;
   edp_conn_on_confirm(c, p_confirmed, b);
+  edp_conn_on_event(c, p_conn_event, b);
   rc = edp_conn_confirm_select(c);
   if (!rc)
     rc = edp_conn_queue_declare(c, p->queue, p->has_qo ? &p->qo : NULL, NULL, 0,
@@ -248,11 +261,15 @@ static void mark_up(edp_multi_producer *p, struct pbroker *b) {
 }
 
 /* Publishes what a broker kept while it was down, in order: first the
- * messages its lost channel left unconfirmed, then the held ones. */
+ * messages its lost channel left unconfirmed (the reconnect published
+ * those again already; any left come from an interrupted one), then the
+ * held ones. */
 static int send_kept(edp_multi_producer *p, struct pbroker *b) {
   size_t n = 0;
   int rc = edp_conn_republish_unconfirmed(b->c, &n);
   b->st.published += n;
+  n += b->resent;
+  b->resent = 0;
   while (!rc && b->h_head) {
     struct held *h = b->h_head;
     rc = edp_conn_publish(b->c, h->m, NULL);
@@ -366,6 +383,14 @@ static void reroute(edp_multi_producer *p) {
   }
 }
 
+/* Whether edp_conn_wait's result means the broker is lost. EDP_ECHANNEL
+ * is not: the broker closed the channel (e.g. a publish to a missing
+ * exchange) and the call restored it, its unconfirmed messages published
+ * again and the poison ones reported nacked. */
+static int lost(int rc) {
+  return rc < 0 && rc != EDP_ESTOPPED && rc != EDP_ECHANNEL;
+}
+
 /* Retries, stall detection and rerouting; cheap enough for every call. */
 static void service(edp_multi_producer *p) {
   int64_t now = edp_now_ms();
@@ -379,7 +404,7 @@ static void service(edp_multi_producer *p) {
     struct pbroker *b = &p->b[i];
     if (pump_all && b->live) {
       int rc = edp_conn_wait(b->c, -1, 0);
-      if (rc < 0 && rc != EDP_ESTOPPED)
+      if (lost(rc))
         broker_down(p, b, edp_strerror(rc));
     }
     if (!b->live && now >= b->next_retry) {
@@ -390,7 +415,7 @@ static void service(edp_multi_producer *p) {
       /* The caller may simply not have called us for a while: read what
        * is there before calling the broker stalled. */
       int rc = edp_conn_wait(b->c, -1, 0);
-      if (rc < 0)
+      if (lost(rc))
         broker_down(p, b, edp_strerror(rc));
       else if (edp_conn_unconfirmed(b->c) &&
                edp_now_ms() - b->last_progress > p->o.confirm_timeout_ms)
@@ -439,7 +464,7 @@ static int wait_any(edp_multi_producer *p, int timeout_ms) {
     int rc = edp_conn_wait(b->c, -1, 0);
     if (rc == EDP_ESTOPPED)
       return rc;
-    if (rc < 0)
+    if (lost(rc))
       broker_down(p, b, edp_strerror(rc));
   }
   service(p);
@@ -716,6 +741,9 @@ static void c_event(struct cbroker *b, int ev) {
   if (ev == EDP_MULTI_UP) {
     b->st.live = 1;
     b->st.ups++;
+  } else if (ev == EDP_MULTI_CANCELLED) {
+    b->st.live = 0;
+    b->st.cancels++;
   } else {
     b->st.live = 0;
     b->st.downs++;
@@ -730,6 +758,18 @@ static int c_setup(edp_multi_consumer *mc, edp_conn *c) {
   if (!rc)
     rc = edp_conn_queue_declare(c, mc->queue, mc->has_qo ? &mc->qo : NULL, NULL,
                                 0, NULL, NULL);
+  if (!rc)
+    rc = edp_conn_consume(c, mc->queue, NULL, NULL, 0);
+  return rc;
+}
+
+/* After the broker cancelled the consumer (its queue was deleted): the
+ * thread declares the queue again and consumes it, as at the start. The
+ * queue declare is recorded already; the consumer record is gone with the
+ * cancel, so this consume makes a new one. */
+static int c_resubscribe(edp_multi_consumer *mc, edp_conn *c) {
+  int rc = edp_conn_queue_declare(c, mc->queue, mc->has_qo ? &mc->qo : NULL,
+                                  NULL, 0, NULL, NULL);
   if (!rc)
     rc = edp_conn_consume(c, mc->queue, NULL, NULL, 0);
   return rc;
@@ -815,6 +855,11 @@ static int c_drain(struct cbroker *b, edp_conn *c) {
   return 0;
 }
 
+/* Attempts in a row to consume the queue again after a cancel before the
+ * thread reports the broker failed: a consumer that can't be restored is
+ * reported, not retried forever. */
+#define RESUBSCRIBE_TRIES 5
+
 static void *c_thread(void *arg) {
   struct cbroker *b = arg;
   edp_multi_consumer *mc = b->mc;
@@ -822,25 +867,79 @@ static void *c_thread(void *arg) {
   int rc = c_connect(b, &c);
   if (!rc)
     c_event(b, EDP_MULTI_UP);
+  int consuming = 1, tries = 0, delay = mc->o.retry_initial_ms;
   while (!rc) {
-    rc = edp_conn_wait(c, -1, 1000);
-    if (rc > 0 && (rc & EDP_READY_DELIVERY))
-      rc = c_drain(b, c);
-    if (rc > 0 || rc == EDP_ETIMEOUT)
-      rc = 0;
-    if (rc == 0 || rc == EDP_ESTOPPED)
-      continue;
-    /* Lost (or the queue vanished): reconnect; edp_conn_reconnect replays
-     * qos, the queue and the consumer. It gives up after
-     * reconnect_max_ms; a broker may be down for longer, so try again. */
+    if (!consuming) {
+      rc = c_resubscribe(mc, c);
+      if (!rc) {
+        consuming = 1;
+        tries = 0;
+        delay = mc->o.retry_initial_ms;
+        mlog(mc->o.log, mc->o.log_ud, EDP_LOG_INFO,
+             "broker %d: queue %s declared again; consuming", b->idx,
+             mc->queue);
+        c_event(b, EDP_MULTI_UP);
+        continue;
+      }
+      if (rc == EDP_ESTOPPED)
+        break;
+      if (rc != EDP_ECLOSED) {
+        if (fatal(rc) || ++tries >= RESUBSCRIBE_TRIES) {
+          mlog(mc->o.log, mc->o.log_ud, EDP_LOG_ERROR,
+               "broker %d: cannot consume queue %s again: %s (%d %s); "
+               "giving up on this broker",
+               b->idx, mc->queue, edp_strerror(rc), edp_conn_reply_code(c),
+               edp_conn_reply_text(c));
+          break;
+        }
+        mlog(mc->o.log, mc->o.log_ud, EDP_LOG_WARN,
+             "broker %d: cannot consume queue %s again: %s; retrying in %d ms",
+             b->idx, mc->queue, edp_strerror(rc), delay);
+        if (edp_sleep_ms(delay, mc->stop_pipe[0])) {
+          rc = EDP_ESTOPPED;
+          break;
+        }
+        delay = delay > mc->o.retry_max_ms / 2 ? mc->o.retry_max_ms : delay * 2;
+        rc = 0;
+        continue;
+      }
+      /* The connection is gone: reconnect below, then try again. */
+    } else {
+      rc = edp_conn_wait(c, -1, 1000);
+      if (rc > 0 && (rc & EDP_READY_DELIVERY))
+        rc = c_drain(b, c);
+      /* EDP_ECHANNEL: the broker closed the channel and the wait restored
+       * it with the consumer; only deliveries taken before are void (the
+       * broker redelivers them). */
+      if (rc > 0 || rc == EDP_ETIMEOUT || rc == EDP_ECHANNEL)
+        rc = 0;
+      if (rc == EDP_ENOTFOUND) {
+        /* The broker cancelled the consumer (queue deleted) and edp_conn
+         * dropped it: the connection is fine, the consumer is not. We own
+         * the queue on this broker, so declare it again and consume. */
+        mlog(mc->o.log, mc->o.log_ud, EDP_LOG_WARN,
+             "broker %d: consumer of queue %s cancelled by the broker (%s); "
+             "declaring it again",
+             b->idx, mc->queue, edp_conn_reply_text(c));
+        consuming = 0;
+        c_event(b, EDP_MULTI_CANCELLED);
+        rc = 0;
+        continue;
+      }
+      if (rc == 0 || rc == EDP_ESTOPPED)
+        continue;
+    }
+    /* Lost: reconnect; edp_conn_reconnect replays qos, the queue and the
+     * consumer (if there is one). It gives up after reconnect_max_ms; a
+     * broker may be down for longer, so try again. */
     mlog(mc->o.log, mc->o.log_ud, EDP_LOG_WARN,
          "broker %d lost (%s); reconnecting", b->idx, edp_strerror(rc));
     c_event(b, EDP_MULTI_DOWN);
     do
       rc = edp_conn_reconnect(c);
     while (rc && !fatal(rc) && rc != EDP_ESTOPPED);
-    if (!rc)
-      c_event(b, EDP_MULTI_UP);
+    if (!rc && consuming)
+      c_event(b, EDP_MULTI_UP); /* else UP once it consumes again */
   }
   if (rc != EDP_ESTOPPED) {
     pthread_mutex_lock(&mc->mu);

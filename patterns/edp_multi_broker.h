@@ -19,7 +19,10 @@
  * same queue name and calling one handler (serialized by a mutex, so the
  * handler never runs twice at once); the ack follows on the connection's
  * own thread after the handler returned. A lost broker is reconnected with
- * backoff by its thread while the others keep draining.
+ * backoff by its thread while the others keep draining. A queue deleted
+ * under its consumer is declared again and consumed (the consumer owns
+ * the queue, as it declared it); if the broker refuses that, the broker
+ * is reported failed, never left silently idle.
  *
  * Guarantee: at least once. A message counts as sent when a broker
  * confirmed it; a message resent after a broker loss may be delivered
@@ -45,12 +48,17 @@ enum edp_multi_mode {
 
 /* Events reported through on_event; count is the number of messages
  * concerned (unconfirmed ones for DOWN, moved ones for REROUTED, held ones
- * for HELD and UP). */
+ * for HELD and UP; 0 from the consumer). */
 enum edp_multi_event {
-  EDP_MULTI_UP = 0,       /* connected (again); in rotation */
+  EDP_MULTI_UP = 0,       /* connected (again) / consuming (again) */
   EDP_MULTI_DOWN = 1,     /* lost or unreachable; out of rotation */
   EDP_MULTI_REROUTED = 2, /* its unconfirmed messages went to other brokers */
-  EDP_MULTI_HELD = 3      /* key mode: a message is held for a down broker */
+  EDP_MULTI_HELD = 3,     /* key mode: a message is held for a down broker */
+  EDP_MULTI_CANCELLED = 4 /* consumer: the broker cancelled the consumer
+                             (its queue was deleted); the connection stays.
+                             UP follows once the queue is declared again and
+                             consumed; if that fails, the broker's thread
+                             ends and edp_multi_consumer_error() says why */
 };
 
 /* broker is the index of the URL in opts.urls. */
@@ -178,7 +186,8 @@ typedef struct edp_multi_consumer_opts {
   int heartbeat_s;              /* default 10 */
   const char *client_name;      /* copied */
   edp_multi_handler_fn handler; /* required */
-  edp_multi_event_fn on_event;  /* UP / DOWN per broker, from its thread */
+  edp_multi_event_fn on_event;  /* UP / DOWN / CANCELLED per broker, from
+                                   its thread */
   void *ud;
   edp_log_fn log; /* called from the broker threads */
   void *log_ud;
@@ -203,7 +212,10 @@ void edp_multi_consumer_stop(edp_multi_consumer *c);
 void edp_multi_consumer_destroy(edp_multi_consumer **c);
 
 /* A fatal error of a broker's thread (EDP_EAUTH, EDP_EACCESS,
- * EDP_EPRECONDITION: the thread gave up on that broker), else 0. */
+ * EDP_EPRECONDITION: the thread gave up on that broker), else 0. After
+ * EDP_MULTI_CANCELLED it is the error that kept the thread from consuming
+ * the queue again (EDP_EACCESS, EDP_EPRECONDITION at once; others, e.g.
+ * EDP_ENOTFOUND, after 5 attempts in a row). */
 int edp_multi_consumer_error(const edp_multi_consumer *c, size_t broker);
 
 typedef struct edp_multi_consumer_stats {
@@ -212,6 +224,7 @@ typedef struct edp_multi_consumer_stats {
   uint64_t failed;      /* handler calls that returned non-zero */
   uint64_t redelivered; /* deliveries flagged redelivered */
   uint64_t downs, ups;
+  uint64_t cancels; /* consumers cancelled by the broker (queue deleted) */
 } edp_multi_consumer_stats;
 
 int edp_multi_consumer_stats_get(const edp_multi_consumer *c, size_t broker,

@@ -44,8 +44,6 @@ struct edp_watch_server {
   /* filled by the confirm callback while a change is published */
   char **gone;
   size_t n_gone, cap_gone;
-  const char *cur_key;
-  int64_t cur_version;
 };
 
 /* ---------- validation ---------- */
@@ -278,19 +276,27 @@ static void server_confirmed(void *ud, const edp_confirm *cf) {
       s->n_gone++;
   } else if (cf->status == EDP_CONFIRM_ACK && cf->msg->type &&
              !strcmp(cf->msg->type, TYPE_CHANGE)) {
+    /* The change says which key and version it carries: one published
+     * again after a reconnect may be confirmed during a later call. */
+    json_t *j = json_loadb(cf->msg->body, cf->msg->body_len, 0, NULL);
+    const char *key = json_string_value(json_object_get(j, "key"));
+    json_t *version = json_object_get(j, "version");
     struct watch *w = find_watch(s, q);
-    emit(s, EDP_WATCH_NOTIFIED, q, w ? w->service : NULL, s->cur_key,
-         s->cur_version, NULL);
+    emit(s, EDP_WATCH_NOTIFIED, q, w ? w->service : NULL, key,
+         json_is_integer(version) ? json_integer_value(version) : 0, NULL);
+    json_decref(j);
   }
 }
 
-static int publish_json(edp_watch_server *s, const char *queue,
+/* Publishes one message of the server (mandatory, confirmed later by
+ * settle_confirms). A lost connection is recovered on the way: the
+ * reconnect publishes the messages sent before and not yet confirmed
+ * again, then this one goes out on the new connection. The message is
+ * never dropped for a dead socket: it is sent, or the error says that the
+ * connection could not be restored. */
+static int publish_text(edp_watch_server *s, const char *queue,
                         const char *type, const char *correlation_id,
-                        json_t *body) {
-  char *text = json_dumps(body, JSON_COMPACT);
-  json_decref(body);
-  if (!text)
-    return EDP_ENOMEM;
+                        const char *text) {
   edp_msg m;
   edp_msg_init(&m);
   m.routing_key = queue;
@@ -300,15 +306,24 @@ static int publish_json(edp_watch_server *s, const char *queue,
   m.content_type = "application/json";
   m.type = type;
   m.correlation_id = correlation_id;
-  int rc = edp_conn_publish(s->c, &m, NULL);
+  /* Window 0: no wait for earlier confirms, only the recovery. */
+  return edp_conn_publish_window(s->c, &m, 0, CONFIRM_TIMEOUT_MS, NULL);
+}
+
+static int publish_json(edp_watch_server *s, const char *queue,
+                        const char *type, const char *correlation_id,
+                        json_t *body) {
+  char *text = json_dumps(body, JSON_COMPACT);
+  json_decref(body);
+  if (!text)
+    return EDP_ENOMEM;
+  int rc = publish_text(s, queue, type, correlation_id, text);
   free(text);
   return rc;
 }
 
-/* Waits for every confirm, reconnecting and republishing if the
- * connection drops; then removes the watches whose queue was gone. */
-static int settle_confirms(edp_watch_server *s) {
-  int rc = edp_conn_wait_confirms_recover(s->c, 0, CONFIRM_TIMEOUT_MS, NULL);
+/* Removes the watches whose queue a basic.return said is gone. */
+static int remove_gone(edp_watch_server *s) {
   int removed = 0;
   for (size_t i = 0; i < s->n_gone; i++) {
     struct watch *w = find_watch(s, s->gone[i]);
@@ -321,12 +336,16 @@ static int settle_confirms(edp_watch_server *s) {
     free(s->gone[i]);
   }
   s->n_gone = 0;
-  if (removed) {
-    int src = save_store(s);
-    if (!rc)
-      rc = src;
-  }
-  return rc;
+  return removed ? save_store(s) : 0;
+}
+
+/* Waits for every confirm, reconnecting if the connection drops (the
+ * reconnect publishes the unconfirmed messages again); then removes the
+ * watches whose queue was gone. */
+static int settle_confirms(edp_watch_server *s) {
+  int rc = edp_conn_wait_confirms_recover(s->c, 0, CONFIRM_TIMEOUT_MS, NULL);
+  int src = remove_gone(s);
+  return rc ? rc : src;
 }
 
 /* ---------- server API ---------- */
@@ -564,22 +583,27 @@ int edp_watch_server_set(edp_watch_server *s, const char *key,
   if (version)
     *version = s->version;
   emit(s, EDP_WATCH_CHANGED, NULL, NULL, key, s->version, NULL);
-  s->cur_key = key;
-  s->cur_version = s->version;
   json_t *entry = json_object_get(s->values, key);
+  json_t *change = json_pack("{s:s,s:O,s:I}", "key", key, "value",
+                             json_object_get(entry, "value"), "version",
+                             (json_int_t)s->version);
+  char *text = change ? json_dumps(change, JSON_COMPACT) : NULL;
+  json_decref(change);
+  rc = text ? 0 : EDP_ENOMEM;
+  /* Every watch gets the change: a publish that meets a lost connection
+   * recovers it (the changes already published to the watches before go
+   * out again) and goes on with the same watch. Only when the connection
+   * can't be restored does the set fail, and then it says so. */
   for (size_t i = 0; i < s->n_w && !rc; i++) {
-    if (!watches_key(&s->w[i], key))
-      continue;
-    rc = publish_json(s, s->w[i].queue, TYPE_CHANGE, NULL,
-                      json_pack("{s:s,s:O,s:I}", "key", key, "value",
-                                json_object_get(entry, "value"), "version",
-                                (json_int_t)s->version));
+    if (watches_key(&s->w[i], key))
+      rc = publish_text(s, s->w[i].queue, TYPE_CHANGE, NULL, text);
   }
-  if (rc == EDP_ECLOSED)
-    rc = 0; /* settle_confirms reconnects and republishes */
-  int src = settle_confirms(s);
-  s->cur_key = NULL;
-  return rc ? rc : src;
+  free(text);
+  if (!rc)
+    rc = settle_confirms(s);
+  else
+    remove_gone(s); /* returns that came before the failure still count */
+  return rc;
 }
 
 /* ---------- client ---------- */

@@ -98,11 +98,16 @@ int edp_watch_server_serve(edp_watch_server *s, int timeout_ms);
 
 /* Sets key to value (a JSON text; anything that does not parse as JSON is
  * taken as a string), saves the store, and publishes the change to every
- * watch of key; watches whose queue is gone are removed (and the store
- * saved again). *version (may be NULL) receives the new version.
+ * watch of key, waiting for the broker's confirms; watches whose queue is
+ * gone are removed (and the store saved again). *version (may be NULL)
+ * receives the new version. A connection lost on the way is recovered
+ * and the change published again to every watch (at least once: clients
+ * drop a version they saw), so 0 means every watch's queue has it.
  * Errors: EDP_EINVAL (bad key), EDP_ETOOBIG (value over
  * EDP_WATCH_MAX_VALUE), EDP_EIO (store not written: nothing published),
- * reconnect errors. */
+ * EDP_ETIMEOUT (no confirm within 30 s), or the reconnect's error
+ * (EDP_ECONNECT ...): the value is stored but some watches may not have
+ * been told; the next set tells them its newer value. */
 int edp_watch_server_set(edp_watch_server *s, const char *key,
                          const char *value, int64_t *version);
 

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "edp.h"
+#include "faultproxy.h"
 #include "testlib.h"
 
 static char store_dir[] = "/tmp/edp-watch-XXXXXX";
@@ -444,6 +445,229 @@ START_TEST(corrupt_store_refused) {
 }
 END_TEST
 
+/* ---------- the server's connection under network faults ---------- */
+
+#define WATCHERS 3
+
+/* What the server and its connection reported, for accounting. */
+typedef struct srv_ledger {
+  int notified; /* NOTIFIED events of the version watched */
+  int64_t watch_version;
+  int reconnects, lost;
+} srv_ledger;
+
+static void srv_event(void *ud, const edp_watch_info *in) {
+  srv_ledger *l = ud;
+  if (in->event == EDP_WATCH_NOTIFIED && in->version == l->watch_version)
+    l->notified++;
+}
+
+static void srv_conn_event(void *ud, const edp_conn_event *ev) {
+  srv_ledger *l = ud;
+  if (ev->type == EDP_CONN_RECONNECTED)
+    l->reconnects++;
+  else if (ev->type == EDP_CONN_LOST)
+    l->lost++;
+}
+
+/* A proxy in front of the harness's broker; url gets its URL. */
+static fp_proxy *proxy_for(char *url, size_t len) {
+  edp_url u;
+  char why[200];
+  ck_assert_int_eq(edp_url_parse(t_url(), &u, why, sizeof(why)), 0);
+  fp_proxy *p = NULL;
+  ck_assert_int_eq(fp_start("127.0.0.1", u.port, &p), 0);
+  ck_assert_int_eq(fp_url(p, t_url(), url, len), 0);
+  return p;
+}
+
+static edp_conn *open_url(const char *url, const char *name,
+                          int reconnect_max_ms) {
+  edp_conn_opts o;
+  edp_conn_opts_init(&o);
+  o.url = url;
+  o.client_name = name;
+  o.reconnect_max_ms = reconnect_max_ms;
+  o.backoff_initial_ms = 50;
+  o.backoff_max_ms = 500;
+  edp_conn *c = NULL;
+  char why[300];
+  int rc = edp_conn_open(&o, &c, why, sizeof(why));
+  ck_assert_msg(rc == 0, "open: %s", why);
+  return c;
+}
+
+/* Waits for an update of cl: key NULL (the registration marker) or a
+ * change (not an initial value) of key at version. 1 if it came. */
+static int await_update(edp_watch_client *cl, const char *key, int64_t version,
+                        int timeout_ms) {
+  long long deadline = t_now_ms() + timeout_ms;
+  for (;;) {
+    long long left = deadline - t_now_ms();
+    if (left <= 0)
+      return 0;
+    edp_watch_update u;
+    if (edp_watch_client_next(cl, &u, (int)left) != 0)
+      return 0;
+    int hit =
+        key ? u.key && !u.initial && !strcmp(u.key, key) && u.version == version
+            : !u.key;
+    edp_watch_update_clear(&u);
+    if (hit)
+      return 1;
+  }
+}
+
+/* A server on a connection through a fault proxy, WATCHERS registered
+ * services on direct connections (all in this process: one thread, so
+ * nothing notices a fault before the call under test does). */
+typedef struct watch_rig {
+  fp_proxy *p;
+  char url[600];
+  edp_conn *sc, *wc[WATCHERS];
+  edp_watch_server *s;
+  edp_watch_client *cl[WATCHERS];
+  srv_ledger l;
+} watch_rig;
+
+static void rig_start(watch_rig *r, int reconnect_max_ms) {
+  memset(r, 0, sizeof(*r));
+  const char *rq = t_unique("config.q");
+  r->p = proxy_for(r->url, sizeof(r->url));
+  r->sc = open_url(r->url, "w-server", reconnect_max_ms);
+  edp_conn_on_event(r->sc, srv_conn_event, &r->l);
+  edp_watch_server_opts so;
+  edp_watch_server_opts_init(&so);
+  so.store_path = store_path();
+  so.request_queue = rq;
+  so.on_event = srv_event;
+  so.ud = &r->l;
+  ck_assert_int_eq(edp_watch_server_new(r->sc, &so, &r->s), 0);
+  const char *keys[] = {"k"};
+  for (int i = 0; i < WATCHERS; i++) {
+    r->wc[i] = open_url(t_url(), "w-service", 20000);
+    ck_assert_int_eq(
+        edp_watch_client_new(r->wc[i], "svc", keys, 1, rq, &r->cl[i]), 0);
+  }
+  long long deadline = t_now_ms() + 20000;
+  while (edp_watch_server_watch_count(r->s) < WATCHERS &&
+         t_now_ms() < deadline) {
+    int rc = edp_watch_server_serve(r->s, 1000);
+    ck_assert_msg(rc == 0 || rc == EDP_ETIMEOUT, "serve: %s", edp_strerror(rc));
+  }
+  ck_assert_uint_eq(edp_watch_server_watch_count(r->s), WATCHERS);
+  for (int i = 0; i < WATCHERS; i++)
+    ck_assert_msg(await_update(r->cl[i], NULL, 0, 10000),
+                  "watcher %d got no registration reply", i);
+}
+
+static void rig_stop(watch_rig *r) {
+  for (int i = 0; i < WATCHERS; i++) {
+    edp_watch_client_destroy(&r->cl[i]);
+    edp_conn_destroy(&r->wc[i]);
+  }
+  edp_watch_server_destroy(&r->s);
+  edp_conn_destroy(&r->sc);
+  fp_stop(&r->p);
+}
+
+/* Sets k and counts the watchers that get exactly that version; the set's
+ * own duration goes to *set_ms (may be NULL). */
+static int set_and_count(watch_rig *r, const char *value, int64_t *version,
+                         int *set_rc, long long *set_ms) {
+  long long t0 = t_now_ms();
+  *set_rc = edp_watch_server_set(r->s, "k", value, version);
+  if (set_ms)
+    *set_ms = t_now_ms() - t0;
+  int got = 0;
+  for (int i = 0; i < WATCHERS; i++)
+    got += await_update(r->cl[i], "k", *version, *set_rc ? 1500 : 10000);
+  return got;
+}
+
+/* Issue 11: the server's connection reset before a set, unnoticed. The
+ * first publish of the change met the dead socket; the set went on as if
+ * the reconnect would republish, but the message had been dropped and the
+ * other watchers skipped: success, and 0 of 3 watchers told. Now the
+ * change reaches every watcher (republished after the reconnect). */
+START_TEST(set_after_unnoticed_reset_reaches_every_watcher) {
+  watch_rig *r = calloc(1, sizeof(*r));
+  rig_start(r, 20000);
+  int64_t v0 = 0;
+  int rc = 0;
+  ck_assert_int_eq(set_and_count(r, "1", &v0, &rc, NULL), WATCHERS);
+  ck_assert_int_eq(rc, 0);
+
+  long long t0 = t_now_ms();
+  ck_assert_int_eq(fp_reset(r->p), 0);
+  int64_t v = 0;
+  r->l.watch_version = v0 + 1;
+  int got = set_and_count(r, "42", &v, &rc, NULL);
+  long long ms = t_now_ms() - t0;
+  ck_assert_msg(rc == 0, "set after the reset: %s", edp_strerror(rc));
+  ck_assert_int_eq(v, v0 + 1);
+  ck_assert_msg(got == WATCHERS, "%d of %d watchers got version %lld", got,
+                WATCHERS, (long long)v);
+  ck_assert_int_eq(r->l.notified, WATCHERS);
+  ck_assert_int_eq(r->l.reconnects, 1);
+  /* Once each: the watchers drop nothing newer than they saw, and nothing
+   * older comes again. */
+  for (int i = 0; i < WATCHERS; i++)
+    ck_assert_int_eq(await_update(r->cl[i], "k", v, 300), 0);
+  /* The server goes on: the next change is the next version, for all. */
+  int64_t v2 = 0;
+  ck_assert_int_eq(set_and_count(r, "43", &v2, &rc, NULL), WATCHERS);
+  ck_assert_int_eq(rc, 0);
+  ck_assert_int_eq(v2, v + 1);
+  char outcome[200];
+  snprintf(outcome, sizeof(outcome),
+           "recovered: %d/%d watchers got version %lld once, %d NOTIFIED, "
+           "%d reconnect",
+           got, WATCHERS, (long long)v, r->l.notified, r->l.reconnects);
+  t_fault_row("watch notification", "TCP reset (RST)",
+              "server connection, unnoticed, then a set", outcome, ms);
+  rig_stop(r);
+  free(r);
+}
+END_TEST
+
+/* The same reset with the broker unreachable until the reconnect gives
+ * up: the set fails (never success with nobody notified); once the broker
+ * is back the server recovers and the next set reaches every watcher. */
+START_TEST(set_with_broker_unreachable_fails) {
+  watch_rig *r = calloc(1, sizeof(*r));
+  rig_start(r, 1500);
+  ck_assert_int_eq(fp_refuse(r->p, 1), 0);
+  ck_assert_int_eq(fp_reset(r->p), 0);
+  int64_t v = 0;
+  int rc = 0;
+  long long ms = 0;
+  int got = set_and_count(r, "42", &v, &rc, &ms);
+  ck_assert_msg(rc != 0, "set returned success with %d of %d watchers told",
+                got, WATCHERS);
+  ck_assert_msg(rc == EDP_ECONNECT, "set: %s", edp_strerror(rc));
+  ck_assert_int_eq(got, 0);
+  ck_assert_int_eq(fp_refuse(r->p, 0), 0);
+  int src = edp_watch_server_serve(r->s, 500);
+  ck_assert_msg(src == 0 || src == EDP_ETIMEOUT, "serve: %s",
+                edp_strerror(src));
+  int64_t v2 = 0;
+  int rc2 = 0;
+  ck_assert_int_eq(set_and_count(r, "43", &v2, &rc2, NULL), WATCHERS);
+  ck_assert_int_eq(rc2, 0);
+  ck_assert_int_eq(v2, v + 1);
+  char outcome[200];
+  snprintf(outcome, sizeof(outcome),
+           "set failed (%s), 0/%d told; next set after the broker came back "
+           "reached %d/%d",
+           edp_strerror(rc), WATCHERS, WATCHERS, WATCHERS);
+  t_fault_row("watch notification", "TCP reset (RST), broker unreachable",
+              "server connection, unnoticed, then a set", outcome, ms);
+  rig_stop(r);
+  free(r);
+}
+END_TEST
+
 int main(void) {
   if (!mkdtemp(store_dir))
     return EXIT_FAILURE;
@@ -456,6 +680,8 @@ int main(void) {
   tcase_add_test(tc, hostile_requests_change_nothing);
   tcase_add_test(tc, service_started_before_any_server);
   tcase_add_test(tc, corrupt_store_refused);
+  tcase_add_test(tc, set_after_unnoticed_reset_reaches_every_watcher);
+  tcase_add_test(tc, set_with_broker_unreachable_fails);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
