@@ -354,6 +354,11 @@ void edp_consume_opts_init(edp_consume_opts *o);
 int edp_conn_consume(edp_conn *c, const char *queue, const edp_consume_opts *o,
                      char *tag_out, size_t tag_len);
 
+/* Consumers this connection runs (and restores after a reconnect): those
+ * started and neither cancelled nor ended by the broker. Lets an owner
+ * that missed the one EDP_ENOTFOUND notice see its consumer is gone. */
+size_t edp_conn_consumers(const edp_conn *c);
+
 /* Cancels a consumer; deliveries already sent stay queued. */
 int edp_conn_cancel(edp_conn *c, const char *tag);
 

@@ -314,6 +314,8 @@ int edp_conn_cancel(edp_conn *c, const char *tag) {
   return edp__settle(c, edp__rpc_result(c, amqp_get_rpc_reply(c->st)));
 }
 
+size_t edp_conn_consumers(const edp_conn *c) { return c ? c->n_cons : 0; }
+
 size_t edp_conn_pending_deliveries(const edp_conn *c) {
   return c ? c->n_dq : 0;
 }

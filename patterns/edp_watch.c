@@ -356,6 +356,17 @@ void edp_watch_server_opts_init(edp_watch_server_opts *o) {
   o->max_watches = 10000;
 }
 
+/* Declares the request queue and consumes it: at the start, and again
+ * when the broker ended the consumer (someone deleted the queue), which the
+ * server may learn from its connection at any later call. */
+static int serve_requests(edp_watch_server *s) {
+  int rc =
+      edp_conn_queue_declare(s->c, s->request_queue, NULL, NULL, 0, NULL, NULL);
+  if (!rc)
+    rc = edp_conn_consume(s->c, s->request_queue, NULL, NULL, 0);
+  return rc;
+}
+
 int edp_watch_server_new(edp_conn *c, const edp_watch_server_opts *o,
                          edp_watch_server **out) {
   if (!c || !o || !out || !o->store_path || !o->store_path[0] ||
@@ -376,13 +387,11 @@ int edp_watch_server_new(edp_conn *c, const edp_watch_server_opts *o,
   if (!rc)
     rc = load_store(s);
   if (!rc)
-    rc = edp_conn_queue_declare(c, s->request_queue, NULL, NULL, 0, NULL, NULL);
-  if (!rc)
     rc = edp_conn_qos(c, 32);
   if (!rc)
     rc = edp_conn_confirm_select(c);
   if (!rc)
-    rc = edp_conn_consume(c, s->request_queue, NULL, NULL, 0);
+    rc = serve_requests(s);
   if (rc) {
     edp_watch_server_destroy(&s);
     return rc;
@@ -518,8 +527,20 @@ int edp_watch_server_serve(edp_watch_server *s, int timeout_ms) {
     return EDP_EINVAL;
   int handled = 0;
   for (int attempts = 0; attempts < 10;) {
+    if (edp_conn_consumers(s->c) == 0 && edp_conn_is_open(s->c)) {
+      /* The request queue was deleted under us (the notice may have gone
+       * to the owner's own edp_conn_wait): serve a new one. */
+      attempts++;
+      int rc = serve_requests(s);
+      if (rc == EDP_ECLOSED)
+        continue;
+      if (rc)
+        return rc;
+    }
     edp_delivery d;
     int rc = edp_conn_receive(s->c, &d, handled ? 0 : timeout_ms);
+    if (rc == EDP_ENOTFOUND)
+      continue; /* the consumer ended: consumed again above */
     if (rc == EDP_ETIMEOUT && handled)
       break;
     if (rc == EDP_ECLOSED) {

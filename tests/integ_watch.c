@@ -522,6 +522,7 @@ static int await_update(edp_watch_client *cl, const char *key, int64_t version,
  * services on direct connections (all in this process: one thread, so
  * nothing notices a fault before the call under test does). */
 typedef struct watch_rig {
+  char rq[256];
   fp_proxy *p;
   char url[600];
   edp_conn *sc, *wc[WATCHERS];
@@ -532,7 +533,8 @@ typedef struct watch_rig {
 
 static void rig_start(watch_rig *r, int reconnect_max_ms) {
   memset(r, 0, sizeof(*r));
-  const char *rq = t_unique("config.q");
+  snprintf(r->rq, sizeof(r->rq), "%s", t_unique("config.q"));
+  const char *rq = r->rq;
   r->p = proxy_for(r->url, sizeof(r->url));
   r->sc = open_url(r->url, "w-server", reconnect_max_ms);
   edp_conn_on_event(r->sc, srv_conn_event, &r->l);
@@ -668,6 +670,53 @@ START_TEST(set_with_broker_unreachable_fails) {
 }
 END_TEST
 
+/* The server's own request queue deleted under it: the next serve() (the
+ * broker's cancel notice may already have been taken by the program's
+ * edp_conn_wait) declares and consumes it again, and a new service can
+ * register. */
+START_TEST(request_queue_deleted_is_served_again) {
+  watch_rig *r = calloc(1, sizeof(*r));
+  rig_start(r, 20000);
+  long long t0 = t_now_ms();
+  edp_conn *admin = open_conn();
+  ck_assert_int_eq(edp_conn_queue_delete(admin, r->rq), 0);
+  /* The owner's own wait takes the notice, as edp-config-server's loop
+   * does; the server object never sees it. */
+  ck_assert_int_eq(edp_conn_wait(r->sc, -1, 5000), EDP_ENOTFOUND);
+  ck_assert_uint_eq(edp_conn_consumers(r->sc), 0);
+  int rc = edp_watch_server_serve(r->s, 200);
+  ck_assert_msg(rc == 0 || rc == EDP_ETIMEOUT, "serve: %s", edp_strerror(rc));
+  ck_assert_uint_eq(edp_conn_consumers(r->sc), 1);
+  long long back_ms = t_now_ms() - t0;
+  const char *keys[] = {"k"};
+  edp_conn *wc = open_url(t_url(), "w-late", 20000);
+  edp_watch_client *cl = NULL;
+  ck_assert_int_eq(edp_watch_client_new(wc, "late", keys, 1, r->rq, &cl), 0);
+  long long deadline = t_now_ms() + 20000;
+  while (edp_watch_server_watch_count(r->s) < WATCHERS + 1 &&
+         t_now_ms() < deadline) {
+    rc = edp_watch_server_serve(r->s, 1000);
+    ck_assert_msg(rc == 0 || rc == EDP_ETIMEOUT, "serve: %s", edp_strerror(rc));
+  }
+  ck_assert_uint_eq(edp_watch_server_watch_count(r->s), WATCHERS + 1);
+  ck_assert(await_update(cl, NULL, 0, 10000));
+  char outcome[160];
+  snprintf(outcome, sizeof(outcome),
+           "request queue declared and consumed again at the next serve() "
+           "(%lld ms); a new service registered (%d watches)",
+           back_ms, WATCHERS + 1);
+  t_fault_row("watch notification", "queue deleted",
+              "its own request queue, notice taken by the owner's wait",
+              outcome, back_ms);
+  edp_watch_client_destroy(&cl);
+  edp_conn_destroy(&wc);
+  edp_conn_queue_delete(admin, r->rq);
+  edp_conn_destroy(&admin);
+  rig_stop(r);
+  free(r);
+}
+END_TEST
+
 int main(void) {
   if (!mkdtemp(store_dir))
     return EXIT_FAILURE;
@@ -682,6 +731,7 @@ int main(void) {
   tcase_add_test(tc, corrupt_store_refused);
   tcase_add_test(tc, set_after_unnoticed_reset_reaches_every_watcher);
   tcase_add_test(tc, set_with_broker_unreachable_fails);
+  tcase_add_test(tc, request_queue_deleted_is_served_again);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
