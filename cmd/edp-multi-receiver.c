@@ -74,6 +74,14 @@ static void on_event(void *ud, int broker, int ev, size_t count) {
                        "broker", broker, "t_ms", (json_int_t)edp_wall_ms()));
 }
 
+/* The broker connections' events as --json lines, but for those the
+ * multi-broker events say per broker already (up, down, cancelled). */
+static void multi_conn_event(void *ud, const edp_conn_event *ev) {
+  if (ev->type == EDP_CONN_BLOCKED || ev->type == EDP_CONN_UNBLOCKED ||
+      ev->type == EDP_CONN_CHANNEL_RESTORED)
+    cli_conn_event(ud, ev);
+}
+
 int main(int argc, char **argv) {
   cli_init(&app, "edp-multi-receiver");
   static const struct option opts[] = {
@@ -148,6 +156,8 @@ int main(int argc, char **argv) {
   o.ud = &r;
   o.log = cli_log;
   o.log_ud = &app;
+  o.on_conn_event = multi_conn_event;
+  o.on_conn_event_ud = &app;
   edp_multi_consumer *mc = NULL;
   char why[700] = "";
   int rc = edp_multi_consumer_new(&o, &mc, why, sizeof(why));

@@ -149,6 +149,14 @@ static void die_unavailable(run *r, int rc, const char *what, long down_ms) {
           edp_strerror(rc), left);
 }
 
+/* The broker connections' events as --json lines, but for those the
+ * multi-broker events say per broker already (up, down, cancelled). */
+static void multi_conn_event(void *ud, const edp_conn_event *ev) {
+  if (ev->type == EDP_CONN_BLOCKED || ev->type == EDP_CONN_UNBLOCKED ||
+      ev->type == EDP_CONN_CHANNEL_RESTORED)
+    cli_conn_event(ud, ev);
+}
+
 int main(int argc, char **argv) {
   cli_init(&app, "edp-multi-sender");
   static const struct option opts[] = {
@@ -256,6 +264,8 @@ int main(int argc, char **argv) {
   o.client_name = "edp-multi-sender";
   o.log = cli_log;
   o.log_ud = &app;
+  o.on_conn_event = multi_conn_event;
+  o.on_conn_event_ud = &app;
   o.on_confirm = on_confirm;
   o.on_event = on_event;
   o.ud = &r;

@@ -229,6 +229,8 @@ static int p_open(edp_multi_producer *p, struct pbroker *b, char *why,
   co.client_name = p->client_name;
   co.log = p_conn_log;
   co.log_ud = b;
+  co.on_event = p->o.on_conn_event;
+  co.on_event_ud = p->o.on_conn_event_ud;
   edp_conn *c = NULL;
   int rc = edp_conn_open(&co, &c, why, why_len);
   if (rc)
@@ -796,6 +798,8 @@ static int c_connect(struct cbroker *b, edp_conn **out) {
   co.client_name = mc->client_name;
   co.log = mc->o.log;
   co.log_ud = mc->o.log_ud;
+  co.on_event = mc->o.on_conn_event;
+  co.on_event_ud = mc->o.on_conn_event_ud;
   int delay = mc->o.retry_initial_ms;
   for (int first = 1;; first = 0) {
     char why[600] = "";

@@ -100,6 +100,9 @@ typedef struct edp_multi_producer_opts {
   const char *client_name; /* connection name prefix; copied */
   edp_log_fn log;          /* NULL: silent */
   void *log_ud;
+  edp_conn_event_fn on_conn_event; /* each broker connection's events
+                                      (blocked, reconnected ...); NULL */
+  void *on_conn_event_ud;
   edp_multi_confirm_fn on_confirm;
   edp_multi_event_fn on_event;
   void *ud; /* for on_confirm and on_event */
@@ -191,6 +194,9 @@ typedef struct edp_multi_consumer_opts {
   void *ud;
   edp_log_fn log; /* called from the broker threads */
   void *log_ud;
+  edp_conn_event_fn on_conn_event; /* each broker connection's events;
+                                      NULL; from the broker threads */
+  void *on_conn_event_ud;
 } edp_multi_consumer_opts;
 
 void edp_multi_consumer_opts_init(edp_multi_consumer_opts *o);
