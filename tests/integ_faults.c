@@ -134,19 +134,6 @@ static edp_conn *open_conn(const char *name, ledger *l, int stop_fd) {
   return open_url(t_url(), name, l, stop_fd);
 }
 
-/* A proxy in front of the harness's broker; url gets its URL with query. */
-static fp_proxy *proxy_for(const char *query, char *url, size_t len) {
-  edp_url u;
-  char why[200];
-  ck_assert_int_eq(edp_url_parse(t_url(), &u, why, sizeof(why)), 0);
-  fp_proxy *p = NULL;
-  ck_assert_int_eq(fp_start("127.0.0.1", u.port, &p), 0);
-  char base[512];
-  ck_assert_int_eq(fp_url(p, t_url(), base, sizeof(base)), 0);
-  snprintf(url, len, "%s%s", base, query ? query : "");
-  return p;
-}
-
 /* Every message_id in q, consumed (and acked) through a fresh direct
  * connection; counts[i] says how often m<i> was there. */
 static int drain_ids(const char *q, int *counts, int n) {
@@ -688,7 +675,7 @@ static void publish_burst_through(const char *fault_name, burst *b,
                                   int pass_after) {
   ledger *l = calloc(1, sizeof(*l));
   char url[600];
-  fp_proxy *p = proxy_for("?heartbeat=2", url, sizeof(url));
+  fp_proxy *p = t_proxy("?heartbeat=2", url, sizeof(url));
   b->p = p;
   edp_conn *c = open_url(url, "f-burst", l, -1);
   ck_assert_int_eq(edp_conn_confirm_select(c), 0);
@@ -764,7 +751,7 @@ END_TEST
 START_TEST(stalled_network_found_by_heartbeat) {
   ledger *l = calloc(1, sizeof(*l));
   char url[600];
-  fp_proxy *p = proxy_for("?heartbeat=2", url, sizeof(url));
+  fp_proxy *p = t_proxy("?heartbeat=2", url, sizeof(url));
   edp_conn *c = open_url(url, "f-stall", l, -1);
   ck_assert_int_eq(edp_conn_confirm_select(c), 0);
   const char *q = t_unique("faults.stall");
@@ -814,7 +801,7 @@ START_TEST(tcp_reset_under_consumer) {
   for (int i = 0; i < n; i++)
     ck_assert_int_eq(publish_id(pub, "", q, i, 0), 0);
   char url[600];
-  fp_proxy *p = proxy_for("?heartbeat=2", url, sizeof(url));
+  fp_proxy *p = t_proxy("?heartbeat=2", url, sizeof(url));
   edp_conn *c = open_url(url, "f-consumer", l, -1);
   ck_assert_int_eq(edp_conn_qos(c, 64), 0);
   ck_assert_int_eq(edp_conn_consume(c, q, NULL, NULL, 0), 0);

@@ -470,17 +470,6 @@ static void srv_conn_event(void *ud, const edp_conn_event *ev) {
     l->lost++;
 }
 
-/* A proxy in front of the harness's broker; url gets its URL. */
-static fp_proxy *proxy_for(char *url, size_t len) {
-  edp_url u;
-  char why[200];
-  ck_assert_int_eq(edp_url_parse(t_url(), &u, why, sizeof(why)), 0);
-  fp_proxy *p = NULL;
-  ck_assert_int_eq(fp_start("127.0.0.1", u.port, &p), 0);
-  ck_assert_int_eq(fp_url(p, t_url(), url, len), 0);
-  return p;
-}
-
 static edp_conn *open_url(const char *url, const char *name,
                           int reconnect_max_ms) {
   edp_conn_opts o;
@@ -535,7 +524,7 @@ static void rig_start(watch_rig *r, int reconnect_max_ms) {
   memset(r, 0, sizeof(*r));
   snprintf(r->rq, sizeof(r->rq), "%s", t_unique("config.q"));
   const char *rq = r->rq;
-  r->p = proxy_for(r->url, sizeof(r->url));
+  r->p = t_proxy(NULL, r->url, sizeof(r->url));
   r->sc = open_url(r->url, "w-server", reconnect_max_ms);
   edp_conn_on_event(r->sc, srv_conn_event, &r->l);
   edp_watch_server_opts so;

@@ -6,7 +6,10 @@
 #define _DEFAULT_SOURCE
 #include "testlib.h"
 
+#include "edp_url.h"
 #include "edp_util.h"
+#include "faultproxy.h"
+#include <check.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -255,4 +258,16 @@ void t_fault_row(const char *pattern, const char *fault, const char *moment,
     return;
   fprintf(f, "%s|%s|%s|%s|%lld\n", pattern, fault, moment, outcome, ms);
   fclose(f);
+}
+
+struct fp_proxy *t_proxy(const char *query, char *url, size_t len) {
+  edp_url u;
+  char why[200];
+  ck_assert_int_eq(edp_url_parse(t_url(), &u, why, sizeof(why)), 0);
+  fp_proxy *p = NULL;
+  ck_assert_int_eq(fp_start("127.0.0.1", u.port, &p), 0);
+  char base[512];
+  ck_assert_int_eq(fp_url(p, t_url(), base, sizeof(base)), 0);
+  snprintf(url, len, "%s%s", base, query ? query : "");
+  return p;
 }

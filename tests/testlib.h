@@ -69,6 +69,13 @@ void t_signal(t_proc *p, int sig);
 int t_collect(t_proc *p, int timeout_ms, void (*fn)(void *ud, json_t *ev),
               void *ud);
 
+/* A TCP fault proxy (tests/faultproxy.h) started in front of the
+ * harness's broker; url (len bytes) receives the broker URL through it,
+ * with query (e.g. "?heartbeat=2", may be NULL) appended. Stop it with
+ * fp_stop(). Aborts the test on failure. */
+struct fp_proxy;
+struct fp_proxy *t_proxy(const char *query, char *url, size_t len);
+
 /* Appends one row of the fault matrix (docs/faults.md, written by
  * `make faults`) to the file named by EDP_FAULTS_REPORT, if set: which
  * pattern met which fault at which moment, the accounted outcome, and the
