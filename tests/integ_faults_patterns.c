@@ -1,0 +1,484 @@
+/*
+ * integ_faults_patterns.c - the pattern rows of the fault matrix: the
+ * forwarding receiver (with dedup), the thread delegate, the ambulance
+ * and the supervisor driven through their library API (and a program where
+ * the program adds behaviour: signal handling) while faults hit them at
+ * the moments that matter: a TCP reset of the consuming connection through
+ * the fault proxy mid-stream, a channel error with deliveries in flight, a
+ * queue the pattern declared deleted under it, SIGTERM while a handler
+ * runs.
+ *
+ * Every test checks by accounting: which message ids the handler saw and
+ * how often, in which order per context, what is left in the queue once
+ * every connection of the pattern is closed (a message acked without being
+ * processed would be neither processed nor left), and how long the
+ * recovery took, against a stated bound. Each writes one row of the fault
+ * matrix (docs/faults.md) when EDP_FAULTS_REPORT names a file.
+ */
+#include <check.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "edp.h"
+#include "edp_ambulance.h"
+#include "edp_forwarding.h"
+#include "edp_supervisor.h"
+#include "edp_thread_delegate.h"
+#include "faultproxy.h"
+#include "testlib.h"
+
+/* ---------- helpers ---------- */
+
+#define MAXIDS 4096
+
+static int id_index(const char *id) {
+  /* ids are "m<N>" */
+  if (!id || id[0] != 'm')
+    return -1;
+  int i = atoi(id + 1);
+  return i >= 0 && i < MAXIDS ? i : -1;
+}
+
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) == -1)
+    ;
+}
+
+static edp_conn *open_url(const char *url, const char *name) {
+  edp_conn_opts o;
+  edp_conn_opts_init(&o);
+  o.url = url;
+  o.client_name = name;
+  o.reconnect_max_ms = 20000;
+  edp_conn *c = NULL;
+  char why[300];
+  int rc = edp_conn_open(&o, &c, why, sizeof(why));
+  ck_assert_msg(rc == 0, "open: %s", why);
+  return c;
+}
+
+static edp_conn *admin_conn(void) { return open_url(t_url(), "rows-admin"); }
+
+/* A proxy in front of the harness's broker; url gets its URL plus query. */
+static fp_proxy *proxy_for(const char *query, char *url, size_t len) {
+  edp_url u;
+  char why[200];
+  ck_assert_int_eq(edp_url_parse(t_url(), &u, why, sizeof(why)), 0);
+  fp_proxy *p = NULL;
+  ck_assert_int_eq(fp_start("127.0.0.1", u.port, &p), 0);
+  char base[512];
+  ck_assert_int_eq(fp_url(p, t_url(), base, sizeof(base)), 0);
+  snprintf(url, len, "%s%s", base, query ? query : "");
+  return p;
+}
+
+static void publish_id(edp_conn *c, const char *exchange, const char *rk,
+                       int i) {
+  char id[16];
+  snprintf(id, sizeof(id), "m%d", i);
+  edp_msg m;
+  edp_msg_init(&m);
+  m.exchange = exchange;
+  m.routing_key = rk;
+  m.body = id;
+  m.body_len = strlen(id);
+  m.message_id = id;
+  m.persistent = 1;
+  ck_assert_int_eq(edp_conn_publish(c, &m, NULL), 0);
+}
+
+/* Publishes m0 .. m<n-1> to queue q with confirms. */
+static void publish_ids(edp_conn *c, const char *q, int from, int n) {
+  ck_assert_int_eq(edp_conn_confirm_select(c), 0);
+  for (int i = from; i < from + n; i++)
+    publish_id(c, "", q, i);
+  ck_assert_int_eq(edp_conn_wait_confirms(c, 0, 15000), 0);
+}
+
+static uint32_t depth(edp_conn *c, const char *q) {
+  uint32_t n = 0;
+  ck_assert_int_eq(edp_conn_queue_inspect(c, q, &n, NULL), 0);
+  return n;
+}
+
+/* Every message_id left in q, consumed and acked through c; counts[i]
+ * says how often m<i> was there. Returns how many messages there were. */
+static int drain_ids(edp_conn *c, const char *q, int *counts, int n) {
+  char tag[256];
+  ck_assert_int_eq(edp_conn_qos(c, 500), 0);
+  ck_assert_int_eq(edp_conn_consume(c, q, NULL, tag, sizeof(tag)), 0);
+  int total = 0;
+  edp_delivery d;
+  while (edp_conn_receive(c, &d, 1000) == 0) {
+    int i = id_index(d.message_id);
+    if (i >= 0 && i < n)
+      counts[i]++;
+    total++;
+    ck_assert_int_eq(edp_conn_ack(c, d.epoch, d.tag, 0), 0);
+    edp_delivery_clear(&d);
+  }
+  ck_assert_int_eq(edp_conn_cancel(c, tag), 0);
+  return total;
+}
+
+/* ---------- forwarding receiver (dedup) ---------- */
+
+typedef struct fwd_ledger {
+  int calls[MAXIDS]; /* handler calls per id */
+  atomic_int handled;
+  int reset_at; /* the handler resets the proxy at this call (1-based) */
+  fp_proxy *p;
+  long long t_fault;
+  int work_ms;
+  atomic_int in_handler; /* id + 1 of the message in the handler, or 0 */
+  int dups[MAXIDS];
+} fwd_ledger;
+
+static int fwd_handler(void *ud, const edp_delivery *d, char *reason,
+                       size_t reason_len) {
+  fwd_ledger *l = ud;
+  (void)reason;
+  (void)reason_len;
+  int i = id_index(d->message_id);
+  atomic_store(&l->in_handler, i + 1);
+  if (i >= 0)
+    l->calls[i]++;
+  int n = atomic_fetch_add(&l->handled, 1) + 1;
+  if (l->p && n == l->reset_at) {
+    /* The moment: a handler in progress, deliveries prefetched, acks of
+     * earlier messages just sent. */
+    ck_assert_int_eq(fp_reset(l->p), 0);
+    l->t_fault = t_now_ms();
+  }
+  if (l->work_ms)
+    sleep_ms(l->work_ms);
+  atomic_store(&l->in_handler, 0);
+  return 0;
+}
+
+static void fwd_event(void *ud, int ev, const edp_delivery *d,
+                      const char *reason) {
+  fwd_ledger *l = ud;
+  (void)reason;
+  int i = id_index(d->message_id);
+  if (ev == EDP_FWD_DUPLICATE && i >= 0)
+    l->dups[i]++;
+}
+
+static edp_fwd_receiver *fwd_receiver(edp_conn *c, const char *q, fwd_ledger *l,
+                                      int prefetch) {
+  edp_fwd_receiver_opts o;
+  edp_fwd_receiver_opts_init(&o);
+  o.queue = q;
+  o.prefetch = prefetch;
+  o.dedup_window = 4096;
+  o.handler = fwd_handler;
+  o.on_event = fwd_event;
+  o.ud = l;
+  edp_fwd_receiver *r = NULL;
+  ck_assert_int_eq(edp_fwd_receiver_new(c, &o, &r), 0);
+  return r;
+}
+
+/* Receives until every one of n ids was handled, at most bound_ms. */
+static void fwd_until_all(edp_fwd_receiver *r, fwd_ledger *l, int n,
+                          long long bound_ms) {
+  long long t0 = t_now_ms();
+  for (;;) {
+    int distinct = 0;
+    for (int i = 0; i < n; i++)
+      distinct += l->calls[i] > 0;
+    if (distinct == n)
+      break;
+    ck_assert_msg(t_now_ms() - t0 < bound_ms, "only %d/%d handled in %lld ms",
+                  distinct, n, bound_ms);
+    int rc = edp_fwd_receive(r, 1000);
+    ck_assert_msg(rc == 0 || rc == EDP_ETIMEOUT, "receive: %s",
+                  edp_strerror(rc));
+  }
+}
+
+/* After the receiver's connection closed (its unacked messages back in the
+ * queue): every id handled exactly once, and the queue empty, so no ack
+ * went out for a message the handler did not finish. */
+static void fwd_account(edp_conn *admin, const char *q, fwd_ledger *l, int n) {
+  for (int i = 0; i < n; i++)
+    ck_assert_msg(l->calls[i] == 1, "m%d handled %d times", i, l->calls[i]);
+  ck_assert_uint_eq(depth(admin, q), 0);
+}
+
+/* A TCP reset of the receiver's connection while a handler runs, with a
+ * prefetch window of deliveries in flight: the receiver reconnects by
+ * itself; the message in the handler loses its ack and comes back
+ * redelivered, and dedup drops it, so each id is handled exactly once. */
+START_TEST(fwd_reset_mid_stream) {
+  const int n = 600;
+  fwd_ledger *l = calloc(1, sizeof(*l));
+  const char *q = t_unique("rows.fwd.rst");
+  edp_conn *admin = admin_conn();
+  ck_assert_int_eq(edp_fwd_declare(admin, q), 0);
+  publish_ids(admin, q, 0, n);
+  char url[600];
+  fp_proxy *p = proxy_for("?heartbeat=2", url, sizeof(url));
+  edp_conn *c = open_url(url, "rows-fwd-rst");
+  edp_fwd_receiver *r = fwd_receiver(c, q, l, 32);
+  l->p = p;
+  l->reset_at = n / 2;
+  long long t0 = t_now_ms();
+  fwd_until_all(r, l, n, 30000);
+  long long ms = t_now_ms() - l->t_fault;
+  edp_fwd_receiver_stats st;
+  edp_fwd_receiver_stats_get(r, &st);
+  ck_assert_uint_ge(st.reconnects, 1);
+  edp_fwd_receiver_destroy(&r);
+  edp_conn_destroy(&c);
+  fwd_account(admin, q, l, n);
+  int dups = 0;
+  for (int i = 0; i < n; i++)
+    dups += l->dups[i];
+  char outcome[200];
+  snprintf(outcome, sizeof(outcome),
+           "recovered: %d/%d handled exactly once (dedup dropped %d "
+           "redelivered), %llu reconnect(s), %llu redelivered, queue empty",
+           n, n, dups, (unsigned long long)st.reconnects,
+           (unsigned long long)st.redelivered);
+  t_fault_row("forwarding (receiver, dedup)", "TCP reset (RST)",
+              "handler running, prefetch in flight", outcome, ms);
+  (void)t0;
+  ck_assert_int_eq(edp_conn_queue_delete(admin, q), 0);
+  edp_conn_destroy(&admin);
+  fp_stop(&p);
+  free(l);
+}
+END_TEST
+
+/* A channel error on the receiver's connection between two messages, with
+ * deliveries prefetched (and held by the worker): those of the old channel
+ * are dropped, the broker redelivers them, each id is handled once. */
+START_TEST(fwd_channel_error_mid_stream) {
+  const int n = 600;
+  fwd_ledger *l = calloc(1, sizeof(*l));
+  const char *q = t_unique("rows.fwd.ch");
+  edp_conn *admin = admin_conn();
+  ck_assert_int_eq(edp_fwd_declare(admin, q), 0);
+  publish_ids(admin, q, 0, n);
+  edp_conn *c = open_url(t_url(), "rows-fwd-ch");
+  edp_fwd_receiver *r = fwd_receiver(c, q, l, 32);
+  while (atomic_load(&l->handled) < n / 2)
+    ck_assert_int_eq(edp_fwd_receive(r, 5000), 0);
+  long long t0 = t_now_ms();
+  uint32_t e0 = edp_conn_epoch(c);
+  ck_assert_int_eq(
+      edp_conn_queue_inspect(c, t_unique("rows.missing"), NULL, NULL),
+      EDP_ENOTFOUND);
+  ck_assert_uint_gt(edp_conn_epoch(c), e0);
+  fwd_until_all(r, l, n, 30000);
+  long long ms = t_now_ms() - t0;
+  edp_fwd_receiver_stats st;
+  edp_fwd_receiver_stats_get(r, &st);
+  edp_fwd_receiver_destroy(&r);
+  edp_conn_destroy(&c);
+  fwd_account(admin, q, l, n);
+  char outcome[200];
+  snprintf(outcome, sizeof(outcome),
+           "recovered: %d/%d handled exactly once, %llu redelivered after "
+           "the channel came back, %llu dedup drops, queue empty",
+           n, n, (unsigned long long)st.redelivered,
+           (unsigned long long)st.duplicates);
+  t_fault_row("forwarding (receiver, dedup)", "channel error",
+              "between messages, prefetch in flight", outcome, ms);
+  ck_assert_int_eq(edp_conn_queue_delete(admin, q), 0);
+  edp_conn_destroy(&admin);
+  free(l);
+}
+END_TEST
+
+typedef struct del_arg {
+  const char *q;
+  fwd_ledger *l;
+  long long t;
+  int rc;
+} del_arg;
+
+/* Deletes a->q through a connection of its own once a handler runs. */
+static void *delete_in_handler(void *arg) {
+  del_arg *a = arg;
+  edp_conn *c = open_url(t_url(), "rows-deleter");
+  long long t0 = t_now_ms();
+  while (!atomic_load(&a->l->in_handler) && t_now_ms() - t0 < 10000)
+    sleep_ms(1);
+  a->t = t_now_ms();
+  a->rc = edp_conn_queue_delete(c, a->q);
+  edp_conn_destroy(&c);
+  return NULL;
+}
+
+/* The receiver's own queue deleted while a handler runs: the handler
+ * finishes, and so do the deliveries already in hand (the broker dropped
+ * them with the queue: handling them is their only chance), none twice;
+ * then the receive reports EDP_ENOTFOUND (the consumer is gone; not
+ * retried forever) and the next one is quiet. */
+START_TEST(fwd_queue_deleted_under_receiver) {
+  const int n = 30;
+  fwd_ledger *l = calloc(1, sizeof(*l));
+  const char *q = t_unique("rows.fwd.del");
+  edp_conn *admin = admin_conn();
+  ck_assert_int_eq(edp_fwd_declare(admin, q), 0);
+  publish_ids(admin, q, 0, n);
+  edp_conn *c = open_url(t_url(), "rows-fwd-del");
+  edp_fwd_receiver *r = fwd_receiver(c, q, l, 8);
+  for (int i = 0; i < 5; i++)
+    ck_assert_int_eq(edp_fwd_receive(r, 5000), 0);
+  /* The delete comes from another thread (its own connection) while the
+   * next handler runs. */
+  l->work_ms = 200;
+  int depth_before = (int)depth(admin, q);
+  del_arg a = {q, l, 0, -1};
+  pthread_t th;
+  ck_assert_int_eq(pthread_create(&th, NULL, delete_in_handler, &a), 0);
+  int rc = edp_fwd_receive(r, 5000);
+  /* A delivery already prefetched may still be handled; the cancel comes
+   * next, at once. */
+  int after = 0;
+  while (rc == 0 && after < 10) {
+    after++;
+    rc = edp_fwd_receive(r, 5000);
+  }
+  pthread_join(th, NULL);
+  long long ms = t_now_ms() - a.t;
+  ck_assert_int_eq(a.rc, 0);
+  ck_assert_int_eq(rc, EDP_ENOTFOUND);
+  ck_assert_int_lt(ms, 10 * 200 + 2000);
+  /* Reported once; then nothing more comes, no hang, no spin. */
+  long long t1 = t_now_ms();
+  rc = edp_fwd_receive(r, 300);
+  ck_assert_int_eq(rc, EDP_ETIMEOUT);
+  ck_assert_int_lt(t_now_ms() - t1, 1500);
+  edp_fwd_receiver_stats st;
+  edp_fwd_receiver_stats_get(r, &st);
+  for (int i = 0; i < n; i++)
+    ck_assert_int_le(l->calls[i], 1);
+  char outcome[200];
+  snprintf(outcome, sizeof(outcome),
+           "reported: EDP_ENOTFOUND (programs: exit 69) once the %d "
+           "deliveries in hand (prefetch 8) were handled, none twice; then "
+           "quiet; %d ready messages went with the queue",
+           after, depth_before);
+  t_fault_row("forwarding (receiver, dedup)", "queue deleted",
+              "under the consumer, prefetch in flight", outcome, ms);
+  edp_fwd_receiver_destroy(&r);
+  edp_conn_destroy(&c);
+  char dlq[300];
+  snprintf(dlq, sizeof(dlq), "%s.dlq", q);
+  edp_conn_queue_delete(admin, dlq);
+  edp_conn_destroy(&admin);
+  free(l);
+}
+END_TEST
+
+/* The program: SIGTERM while a handler runs (--work-ms 400). The handler
+ * finishes and is acked, the rest stays in the queue: what was processed
+ * and what is left are disjoint and together every id, exit 130. */
+START_TEST(fwd_program_sigterm_in_handler) {
+  const int n = 30;
+  const char *q = t_unique("rows.fwd.sig");
+  edp_conn *admin = admin_conn();
+  ck_assert_int_eq(edp_fwd_declare(admin, q), 0);
+  publish_ids(admin, q, 0, n);
+  char *argv[] = {(char *)t_bin("edp-forward-receiver"),
+                  "--url",
+                  (char *)t_url(),
+                  "--queue",
+                  (char *)q,
+                  "--work-ms",
+                  "400",
+                  "--dedup",
+                  "100",
+                  "--json",
+                  NULL};
+  t_proc pr;
+  ck_assert_int_eq(t_spawn(&pr, argv, NULL), 0);
+  int processed[MAXIDS] = {0}, received[MAXIDS] = {0};
+  char line[4096];
+  int n_proc = 0, term_sent = 0;
+  long long t_term = 0;
+  long long t0 = t_now_ms();
+  while (t_now_ms() - t0 < 20000 &&
+         t_readline(&pr, line, sizeof(line), 5000) == 1) {
+    json_error_t je;
+    json_t *ev = json_loads(line, 0, &je);
+    if (!ev)
+      continue;
+    const char *e = json_string_value(json_object_get(ev, "event"));
+    int i = id_index(json_string_value(json_object_get(ev, "message_id")));
+    if (e && i >= 0 && !strcmp(e, "processed")) {
+      processed[i]++;
+      n_proc++;
+    }
+    if (e && i >= 0 && !strcmp(e, "received")) {
+      received[i]++;
+      /* The fourth message is in its handler: now. */
+      if (n_proc == 3 && !term_sent) {
+        sleep_ms(50);
+        t_signal(&pr, SIGTERM);
+        t_term = t_now_ms();
+        term_sent = 1;
+      }
+    }
+    json_decref(ev);
+  }
+  int code = t_wait(&pr, 5000);
+  long long exit_ms = t_now_ms() - t_term;
+  ck_assert(term_sent);
+  ck_assert_int_eq(code, 130);
+  ck_assert_int_lt(exit_ms, 400 + 2000);
+  int left[MAXIDS] = {0};
+  int total_left = drain_ids(admin, q, left, n);
+  int n_done = 0;
+  for (int i = 0; i < n; i++) {
+    ck_assert_msg(received[i] == processed[i], "m%d received %d processed %d",
+                  i, received[i], processed[i]);
+    ck_assert_msg(processed[i] + left[i] == 1, "m%d processed %d left %d", i,
+                  processed[i], left[i]);
+    n_done += processed[i];
+  }
+  ck_assert_int_eq(n_done, 4);
+  char outcome[200];
+  snprintf(outcome, sizeof(outcome),
+           "exit 130 in %lld ms; the message in its handler finished and "
+           "acked; %d processed + %d left = %d/%d, none twice",
+           exit_ms, n_done, total_left, n_done + total_left, n);
+  t_fault_row("forwarding (edp-forward-receiver)", "SIGTERM",
+              "handler running (--work-ms 400)", outcome, exit_ms);
+  ck_assert_int_eq(edp_conn_queue_delete(admin, q), 0);
+  edp_conn_destroy(&admin);
+}
+END_TEST
+
+Suite *faults_patterns_suite(void) {
+  Suite *s = suite_create("faults_patterns");
+  TCase *tc = tcase_create("patterns");
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, fwd_reset_mid_stream);
+  tcase_add_test(tc, fwd_channel_error_mid_stream);
+  tcase_add_test(tc, fwd_queue_deleted_under_receiver);
+  tcase_add_test(tc, fwd_program_sigterm_in_handler);
+  suite_add_tcase(s, tc);
+  return s;
+}
+
+int main(void) {
+  SRunner *sr = srunner_create(faults_patterns_suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? 1 : 0;
+}
