@@ -463,6 +463,232 @@ START_TEST(fwd_program_sigterm_in_handler) {
 }
 END_TEST
 
+/* ---------- thread delegate ---------- */
+
+#define TD_ACCOUNTS 8
+#define TD_PER_ACCOUNT 100
+#define TD_N (TD_ACCOUNTS * TD_PER_ACCOUNT)
+
+/* m<i> belongs to account A<i % TD_ACCOUNTS> with sequence number
+ * i / TD_ACCOUNTS; it is published in i order. */
+typedef struct td_ledger {
+  pthread_mutex_t mu;
+  int seq[TD_ACCOUNTS][4 * TD_PER_ACCOUNT]; /* handler calls, in order */
+  int n_seq[TD_ACCOUNTS];
+  int busy[TD_ACCOUNTS];
+  int calls[TD_N];
+  int overlaps, bad_context;
+  atomic_int handled;
+  int reset_at;
+  fp_proxy *p;
+  long long t_fault;
+} td_ledger;
+
+static int td_handler(void *ud, int worker, const char *context,
+                      const edp_delivery *d, int attempt, char *reason,
+                      size_t reason_len) {
+  td_ledger *l = ud;
+  (void)worker;
+  (void)attempt;
+  (void)reason;
+  (void)reason_len;
+  int i = id_index(d->message_id);
+  if (i < 0 || i >= TD_N)
+    return 0;
+  int a = i % TD_ACCOUNTS;
+  char want[16];
+  snprintf(want, sizeof(want), "A%d", a);
+  pthread_mutex_lock(&l->mu);
+  if (strcmp(context, want))
+    l->bad_context++;
+  if (l->busy[a]++)
+    l->overlaps++; /* two workers on one account at once */
+  if (l->n_seq[a] < 4 * TD_PER_ACCOUNT)
+    l->seq[a][l->n_seq[a]++] = i / TD_ACCOUNTS;
+  l->calls[i]++;
+  pthread_mutex_unlock(&l->mu);
+  int n = atomic_fetch_add(&l->handled, 1) + 1;
+  if (l->p && n == l->reset_at) {
+    fp_reset(l->p);
+    l->t_fault = t_now_ms();
+  }
+  sleep_ms(1);
+  pthread_mutex_lock(&l->mu);
+  l->busy[a]--;
+  pthread_mutex_unlock(&l->mu);
+  return 0;
+}
+
+static void td_publish(edp_conn *admin, const char *ex) {
+  ck_assert_int_eq(edp_conn_confirm_select(admin), 0);
+  for (int i = 0; i < TD_N; i++) {
+    char rk[32];
+    snprintf(rk, sizeof(rk), "trade.eq.A%d", i % TD_ACCOUNTS);
+    publish_id(admin, ex, rk, i);
+  }
+  ck_assert_int_eq(edp_conn_wait_confirms(admin, 0, 15000), 0);
+}
+
+static edp_td *td_start(edp_conn *c, const char *q, td_ledger *l) {
+  edp_td_opts o;
+  edp_td_opts_init(&o);
+  o.queue = q;
+  o.workers = 4;
+  o.prefetch = 64;
+  o.handler = td_handler;
+  o.ud = l;
+  edp_td *td = NULL;
+  ck_assert_int_eq(edp_td_new(c, &o, &td), 0);
+  return td;
+}
+
+static int td_distinct(td_ledger *l) {
+  int n = 0;
+  pthread_mutex_lock(&l->mu);
+  for (int i = 0; i < TD_N; i++)
+    n += l->calls[i] > 0;
+  pthread_mutex_unlock(&l->mu);
+  return n;
+}
+
+/* The order that survives a redelivery, per account: the handler saw
+ * 0, 1, ..., a, then b, b+1, ..., TD_PER_ACCOUNT - 1 with b <= a + 1 (the
+ * messages b..a, whose acks the fault lost, a second time and in order,
+ * before anything newer), at most max_restarts such steps back per
+ * account; never a step forward past the next one (no skip), never two
+ * workers on one account. Returns the number of repeated calls. */
+static int td_check_order(td_ledger *l, int max_restarts, int *restarts_out) {
+  int repeats = 0, restarts = 0;
+  ck_assert_int_eq(l->overlaps, 0);
+  ck_assert_int_eq(l->bad_context, 0);
+  for (int a = 0; a < TD_ACCOUNTS; a++) {
+    int *s = l->seq[a], m = l->n_seq[a], r = 0;
+    ck_assert_int_ge(m, TD_PER_ACCOUNT);
+    ck_assert_int_eq(s[0], 0);
+    int top = 0;
+    for (int j = 1; j < m; j++) {
+      if (s[j] == s[j - 1] + 1) {
+        if (s[j] > top)
+          top = s[j];
+        continue;
+      }
+      ck_assert_msg(s[j] <= s[j - 1], "A%d: %d after %d (a skip)", a, s[j],
+                    s[j - 1]);
+      r++;
+    }
+    ck_assert_msg(r <= max_restarts, "A%d: %d steps back", a, r);
+    ck_assert_int_eq(top, TD_PER_ACCOUNT - 1);
+    ck_assert_int_eq(s[m - 1], TD_PER_ACCOUNT - 1);
+    repeats += m - TD_PER_ACCOUNT;
+    restarts += r;
+  }
+  *restarts_out = restarts;
+  return repeats;
+}
+
+/* Runs until every id was handled, at most bound_ms; fault() is called
+ * once when half of them were, between two runs. */
+static void td_until_all(edp_td *td, td_ledger *l, long long bound_ms,
+                         void (*fault)(edp_conn *c), edp_conn *c,
+                         long long *t_fault) {
+  long long t0 = t_now_ms();
+  int faulted = fault == NULL;
+  while (td_distinct(l) < TD_N) {
+    ck_assert_msg(t_now_ms() - t0 < bound_ms, "only %d/%d handled",
+                  td_distinct(l), TD_N);
+    int rc = edp_td_run(td, 100);
+    ck_assert_msg(rc == 0, "td_run: %s", edp_strerror(rc));
+    if (!faulted && atomic_load(&l->handled) >= TD_N / 2) {
+      *t_fault = t_now_ms();
+      fault(c);
+      faulted = 1;
+    }
+  }
+}
+
+static void td_account(edp_conn *admin, const char *q) {
+  char dlq[300];
+  snprintf(dlq, sizeof(dlq), "%s.dlq", q);
+  ck_assert_uint_eq(depth(admin, q), 0);
+  ck_assert_uint_eq(depth(admin, dlq), 0);
+  ck_assert_int_eq(edp_conn_queue_delete(admin, q), 0);
+  ck_assert_int_eq(edp_conn_queue_delete(admin, dlq), 0);
+}
+
+static void td_test(const char *name, int reset, void (*fault)(edp_conn *c),
+                    const char *fault_name, const char *moment) {
+  td_ledger *l = calloc(1, sizeof(*l));
+  pthread_mutex_init(&l->mu, NULL);
+  const char *q = t_unique(name);
+  char ex[300];
+  snprintf(ex, sizeof(ex), "%s.x", q);
+  edp_conn *admin = admin_conn();
+  ck_assert_int_eq(edp_td_declare(admin, ex, q, "trade.eq.*"), 0);
+  td_publish(admin, ex);
+  char url[600] = "";
+  fp_proxy *p = reset ? proxy_for("?heartbeat=2", url, sizeof(url)) : NULL;
+  edp_conn *c = open_url(reset ? url : t_url(), "rows-td");
+  edp_td *td = td_start(c, q, l);
+  if (reset) {
+    l->p = p;
+    l->reset_at = TD_N / 2;
+  }
+  long long t_fault = 0;
+  td_until_all(td, l, 30000, fault, c, &t_fault);
+  if (reset)
+    t_fault = l->t_fault;
+  long long ms = t_now_ms() - t_fault;
+  ck_assert_int_eq(edp_td_stop(td, 5000), 0);
+  edp_td_stats st;
+  edp_td_stats_get(td, &st);
+  edp_td_destroy(&td);
+  edp_conn_destroy(&c);
+  if (reset)
+    ck_assert_uint_ge(st.reconnects, 1);
+  int restarts = 0;
+  int repeats = td_check_order(l, 1, &restarts);
+  td_account(admin, q);
+  char ex_del[300];
+  snprintf(ex_del, sizeof(ex_del), "%s", ex);
+  edp_conn_exchange_delete(admin, ex_del);
+  char outcome[300];
+  snprintf(outcome, sizeof(outcome),
+           "recovered: %d/%d handled, per account 0..a then b..%d with b <= "
+           "a+1 (%d account(s) stepped back, %d calls repeated), never two "
+           "workers on one account; %llu reconnect(s), queue and .dlq empty",
+           TD_N, TD_N, TD_PER_ACCOUNT - 1, restarts, repeats,
+           (unsigned long long)st.reconnects);
+  t_fault_row("thread delegate", fault_name, moment, outcome, ms);
+  edp_conn_destroy(&admin);
+  fp_stop(&p);
+  pthread_mutex_destroy(&l->mu);
+  free(l);
+}
+
+/* A TCP reset of the dispatcher's connection while workers run handlers
+ * and a prefetch window is in flight. */
+START_TEST(td_reset_mid_stream) {
+  td_test("rows.td.rst", 1, NULL, "TCP reset (RST)",
+          "4 workers busy, prefetch 64 in flight");
+}
+END_TEST
+
+static void channel_error(edp_conn *c) {
+  uint32_t e0 = edp_conn_epoch(c);
+  ck_assert_int_eq(
+      edp_conn_queue_inspect(c, t_unique("rows.missing"), NULL, NULL),
+      EDP_ENOTFOUND);
+  ck_assert_uint_gt(edp_conn_epoch(c), e0);
+}
+
+/* A channel error on the dispatcher's connection between two runs, with
+ * messages on the workers and their acks still to come. */
+START_TEST(td_channel_error_mid_stream) {
+  td_test("rows.td.ch", 0, channel_error, "channel error",
+          "between runs, workers busy, acks pending");
+}
+END_TEST
+
 Suite *faults_patterns_suite(void) {
   Suite *s = suite_create("faults_patterns");
   TCase *tc = tcase_create("patterns");
@@ -471,6 +697,8 @@ Suite *faults_patterns_suite(void) {
   tcase_add_test(tc, fwd_channel_error_mid_stream);
   tcase_add_test(tc, fwd_queue_deleted_under_receiver);
   tcase_add_test(tc, fwd_program_sigterm_in_handler);
+  tcase_add_test(tc, td_reset_mid_stream);
+  tcase_add_test(tc, td_channel_error_mid_stream);
   suite_add_tcase(s, tc);
   return s;
 }
