@@ -689,6 +689,366 @@ START_TEST(td_channel_error_mid_stream) {
 }
 END_TEST
 
+/* ---------- shared ledger for the multi-threaded patterns ---------- */
+
+typedef struct ledger {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int calls[MAXIDS];
+  int order[4 * MAXIDS]; /* ids in the order handlers finished */
+  int n_order;
+  int handled;
+  int work_ms;
+  int stopped_notfound, stopped, started, reconnected;
+} ledger;
+
+static ledger *ledger_new(int work_ms) {
+  ledger *l = calloc(1, sizeof(*l));
+  pthread_mutex_init(&l->mu, NULL);
+  pthread_cond_init(&l->cv, NULL);
+  l->work_ms = work_ms;
+  return l;
+}
+
+static void ledger_free(ledger *l) {
+  pthread_cond_destroy(&l->cv);
+  pthread_mutex_destroy(&l->mu);
+  free(l);
+}
+
+static void ledger_record(ledger *l, const edp_delivery *d) {
+  if (l->work_ms)
+    sleep_ms(l->work_ms);
+  int i = id_index(d->message_id);
+  pthread_mutex_lock(&l->mu);
+  if (i >= 0) {
+    l->calls[i]++;
+    if (l->n_order < 4 * MAXIDS)
+      l->order[l->n_order++] = i;
+  }
+  l->handled++;
+  pthread_cond_broadcast(&l->cv);
+  pthread_mutex_unlock(&l->mu);
+}
+
+/* Waits until pred(l, arg) holds, at most ms; returns whether it does. */
+static int ledger_await(ledger *l, int (*pred)(ledger *l, int arg), int arg,
+                        int ms) {
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += ms / 1000;
+  until.tv_nsec += (ms % 1000) * 1000000L;
+  if (until.tv_nsec >= 1000000000L) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock(&l->mu);
+  int ok;
+  while (!(ok = pred(l, arg)) &&
+         pthread_cond_timedwait(&l->cv, &l->mu, &until) == 0)
+    ;
+  ok = pred(l, arg);
+  pthread_mutex_unlock(&l->mu);
+  return ok;
+}
+
+static int handled_at_least(ledger *l, int n) { return l->handled >= n; }
+
+/* Every id in [from, from + n) handled at least once. */
+static int all_of(ledger *l, int from, int n) {
+  for (int i = from; i < from + n; i++)
+    if (!l->calls[i])
+      return 0;
+  return 1;
+}
+
+static int all_below(ledger *l, int n) { return all_of(l, 0, n); }
+
+static int all_of_prio(ledger *l, int unused) {
+  (void)unused;
+  return all_of(l, 1000, 5);
+}
+
+static int all_of_back(ledger *l, int unused) {
+  (void)unused;
+  return all_of(l, 2000, 50);
+}
+
+/* ---------- ambulance ---------- */
+
+#define AMB_STD 200
+#define AMB_PRIO 5
+#define AMB_PRIO_FIRST 1000
+
+static int amb_handler(void *ud, const edp_amb_job *job) {
+  ledger_record(ud, job->d);
+  return 0;
+}
+
+static int all_amb(ledger *l, int unused) {
+  (void)unused;
+  return all_of(l, 0, AMB_STD) && all_of(l, AMB_PRIO_FIRST, AMB_PRIO);
+}
+
+/* A TCP reset of every consumer connection of an ambulance receiver in the
+ * middle of a standard backlog; priority messages published right after
+ * the reset still overtake the backlog once the threads reconnected. */
+START_TEST(amb_reset_then_priority_overtakes) {
+  ledger *l = ledger_new(10);
+  const char *base = t_unique("rows.amb");
+  edp_conn *admin = admin_conn();
+  edp_amb_sender_opts so;
+  edp_amb_sender_opts_init(&so);
+  so.mode = EDP_AMB_AMBULANCE;
+  so.base = base;
+  edp_amb_sender *snd = NULL;
+  ck_assert_int_eq(edp_amb_sender_new(admin, &so, &snd), 0);
+  for (int i = 0; i < AMB_STD; i++) {
+    char id[16];
+    snprintf(id, sizeof(id), "m%d", i);
+    ck_assert_int_eq(edp_amb_send(snd, EDP_AMB_STANDARD, id, id, strlen(id)),
+                     0);
+  }
+  ck_assert_int_eq(edp_amb_flush(snd), 0);
+  char url[600];
+  fp_proxy *p = proxy_for("?heartbeat=2", url, sizeof(url));
+  edp_conn_opts co;
+  edp_conn_opts_init(&co);
+  co.url = url;
+  co.reconnect_max_ms = 20000;
+  edp_amb_receiver_opts ro;
+  edp_amb_receiver_opts_init(&ro);
+  ro.mode = EDP_AMB_AMBULANCE;
+  ro.base = base;
+  ro.threads = 1;
+  ro.conn = &co;
+  ro.handler = amb_handler;
+  ro.ud = l;
+  edp_amb_receiver *r = NULL;
+  char err[300];
+  ck_assert_msg(edp_amb_receiver_start(&ro, &r, err, sizeof(err)) == 0, "%s",
+                err);
+  ck_assert(ledger_await(l, handled_at_least, 30, 10000));
+  ck_assert_int_eq(fp_reset(p), 0);
+  long long t_fault = t_now_ms();
+  pthread_mutex_lock(&l->mu);
+  int std_done_at_publish = l->n_order;
+  pthread_mutex_unlock(&l->mu);
+  for (int i = AMB_PRIO_FIRST; i < AMB_PRIO_FIRST + AMB_PRIO; i++) {
+    char id[16];
+    snprintf(id, sizeof(id), "m%d", i);
+    ck_assert_int_eq(edp_amb_send(snd, EDP_AMB_PRIORITY, id, id, strlen(id)),
+                     0);
+  }
+  ck_assert_int_eq(edp_amb_flush(snd), 0);
+  ck_assert(ledger_await(l, all_of_prio, 0, 15000));
+  long long prio_ms = t_now_ms() - t_fault;
+  ck_assert(ledger_await(l, all_amb, 0, 30000));
+  ck_assert_int_eq(edp_amb_receiver_error(r), 0);
+  edp_amb_receiver_stats st;
+  edp_amb_receiver_stats_get(r, &st);
+  edp_amb_receiver_destroy(&r);
+  /* Priority overtook: counted in finishing order, the standard messages
+   * finished between the publish and the last priority one. */
+  int last_prio = -1, std_before = 0;
+  for (int k = 0; k < l->n_order; k++)
+    if (l->order[k] >= AMB_PRIO_FIRST)
+      last_prio = k;
+  for (int k = std_done_at_publish; k < last_prio; k++)
+    std_before += l->order[k] < AMB_PRIO_FIRST;
+  int std_left = AMB_STD - std_done_at_publish;
+  ck_assert_int_ge(std_left, 150);
+  ck_assert_msg(std_before <= 40,
+                "%d standard messages finished before the last priority one",
+                std_before);
+  ck_assert_uint_ge(st.reconnects, 1);
+  char q[256];
+  for (int kind = 0; kind < 2; kind++) {
+    ck_assert_int_eq(
+        edp_amb_queue_name(EDP_AMB_AMBULANCE, base, kind, q, sizeof(q)), 0);
+    ck_assert_uint_eq(depth(admin, q), 0);
+    edp_conn_queue_delete(admin, q);
+  }
+  snprintf(q, sizeof(q), "%s.dlq", base);
+  ck_assert_uint_eq(depth(admin, q), 0);
+  edp_conn_queue_delete(admin, q);
+  int dup = l->n_order - AMB_STD - AMB_PRIO;
+  char outcome[300];
+  snprintf(outcome, sizeof(outcome),
+           "recovered: %d/%d handled (%d twice), %llu reconnect(s); %d "
+           "priority published after the reset all done in %lld ms with %d "
+           "of %d waiting standard done before them; queues empty",
+           AMB_STD + AMB_PRIO, AMB_STD + AMB_PRIO, dup,
+           (unsigned long long)st.reconnects, AMB_PRIO, prio_ms, std_before,
+           std_left);
+  t_fault_row("ambulance (receiver)", "TCP reset (RST)",
+              "standard backlog, priority right after", outcome, prio_ms);
+  edp_amb_sender_destroy(&snd);
+  edp_conn_destroy(&admin);
+  fp_stop(&p);
+  ledger_free(l);
+}
+END_TEST
+
+/* ---------- supervisor ---------- */
+
+static int sup_handler(void *ud, int consumer, const edp_delivery *d) {
+  (void)consumer;
+  ledger_record(ud, d);
+  return 0;
+}
+
+static void sup_event(void *ud, const edp_sup_event *ev) {
+  ledger *l = ud;
+  pthread_mutex_lock(&l->mu);
+  if (ev->type == EDP_SUP_STOPPED) {
+    l->stopped++;
+    l->stopped_notfound += ev->error == EDP_ENOTFOUND;
+  } else if (ev->type == EDP_SUP_START) {
+    l->started++;
+  } else if (ev->type == EDP_SUP_RECONNECTED) {
+    l->reconnected++;
+  }
+  pthread_cond_broadcast(&l->cv);
+  pthread_mutex_unlock(&l->mu);
+}
+
+static edp_sup *sup_start(const char *url, const char *q, ledger *l) {
+  edp_sup_opts o;
+  edp_sup_opts_init(&o);
+  o.url = url;
+  o.queue = q;
+  o.name = "rows-sup";
+  o.interval_ms = 100;
+  o.heartbeat_s = 2;
+  o.policy.per_consumer = 50;
+  o.policy.min = 1;
+  o.policy.max = 4;
+  o.policy.keep_alive_ms = 2000;
+  o.handler = sup_handler;
+  o.on_event = sup_event;
+  o.ud = l;
+  edp_sup *s = NULL;
+  char err[300];
+  ck_assert_msg(edp_sup_new(&o, &s, err, sizeof(err)) == 0, "%s", err);
+  return s;
+}
+
+/* A TCP reset of every connection of the service (the supervisor's and
+ * each consumer's) mid-drain: all reconnect by themselves, the queue is
+ * drained, every id handled, none acked unhandled. */
+START_TEST(sup_reset_mid_drain) {
+  const int n = 600;
+  ledger *l = ledger_new(2);
+  const char *q = t_unique("rows.sup.rst");
+  edp_conn *admin = admin_conn();
+  ck_assert_int_eq(edp_conn_queue_declare(admin, q, NULL, NULL, 0, NULL, NULL),
+                   0);
+  publish_ids(admin, q, 0, n);
+  char url[600];
+  fp_proxy *p = proxy_for("?heartbeat=2", url, sizeof(url));
+  edp_sup *s = sup_start(url, q, l);
+  ck_assert(ledger_await(l, handled_at_least, n / 3, 15000));
+  ck_assert_int_eq(fp_reset(p), 0);
+  long long t_fault = t_now_ms();
+  pthread_mutex_lock(&l->mu);
+  int before = l->handled;
+  pthread_mutex_unlock(&l->mu);
+  ck_assert(ledger_await(l, all_below, n, 30000));
+  long long ms = t_now_ms() - t_fault;
+  edp_sup_stats st;
+  edp_sup_stats_get(s, &st);
+  ck_assert_int_ge(st.live, 1);
+  edp_sup_stop(s);
+  edp_sup_stats_get(s, &st);
+  edp_sup_destroy(&s);
+  ck_assert_uint_ge(st.consumer_reconnects, 1);
+  ck_assert_uint_ge(st.sup_reconnects, 1);
+  ck_assert_int_gt(l->handled, before);
+  ck_assert_uint_eq(depth(admin, q), 0);
+  char outcome[300];
+  snprintf(outcome, sizeof(outcome),
+           "recovered: %d/%d handled (%d twice), %llu consumer + %llu "
+           "supervisor reconnect(s), queue drained to 0, peak %d consumers",
+           n, n, l->handled - n, (unsigned long long)st.consumer_reconnects,
+           (unsigned long long)st.sup_reconnects, st.peak);
+  t_fault_row("supervisor", "TCP reset (RST)", "mid-drain, every connection",
+              outcome, ms);
+  ck_assert_int_eq(edp_conn_queue_delete(admin, q), 0);
+  edp_conn_destroy(&admin);
+  fp_stop(&p);
+  ledger_free(l);
+}
+END_TEST
+
+static int started_at_least(ledger *l, int n) { return l->started >= n; }
+
+static int consumers_gone(ledger *l, int n) {
+  return l->stopped_notfound >= 1 && l->stopped >= n;
+}
+
+/* The service's queue deleted under its consumers mid-drain: each
+ * consumer stops with EDP_ENOTFOUND (reported in its STOPPED event); the
+ * supervisor, which declared the queue, brings it back and starts one
+ * consumer that drains what is published next. */
+START_TEST(sup_queue_deleted_then_back) {
+  const int n = 200;
+  ledger *l = ledger_new(5);
+  const char *q = t_unique("rows.sup.del");
+  edp_conn *admin = admin_conn();
+  ck_assert_int_eq(edp_conn_queue_declare(admin, q, NULL, NULL, 0, NULL, NULL),
+                   0);
+  publish_ids(admin, q, 0, n);
+  edp_sup *s = sup_start(t_url(), q, l);
+  ck_assert(ledger_await(l, handled_at_least, 20, 10000));
+  ck_assert_int_eq(edp_conn_queue_delete(admin, q), 0);
+  long long t_fault = t_now_ms();
+  pthread_mutex_lock(&l->mu);
+  int started = l->started;
+  pthread_mutex_unlock(&l->mu);
+  edp_sup_stats st;
+  edp_sup_stats_get(s, &st);
+  ck_assert(ledger_await(l, consumers_gone, started, 5000));
+  long long stop_ms = t_now_ms() - t_fault;
+  /* The supervisor's next reading meets the 404, which closes its
+   * channel; the restore replays its topology, which declares the queue
+   * again (it declared it at start). A consumer then starts on the new,
+   * empty queue: the service recovers by itself, with one start, not a
+   * start/fail storm. */
+  ck_assert(ledger_await(l, started_at_least, started + 1, 5000));
+  long long back_ms = t_now_ms() - t_fault;
+  sleep_ms(500);
+  pthread_mutex_lock(&l->mu);
+  int starts = l->started - started;
+  pthread_mutex_unlock(&l->mu);
+  ck_assert_int_eq(starts, 1);
+  edp_sup_stats_get(s, &st);
+  ck_assert_int_eq(st.live, 1);
+  long long t_back = t_now_ms();
+  publish_ids(admin, q, 2000, 50);
+  ck_assert(ledger_await(l, all_of_back, 0, 10000));
+  long long drain_ms = t_now_ms() - t_back;
+  edp_sup_stop(s);
+  edp_sup_destroy(&s);
+  ck_assert_uint_eq(depth(admin, q), 0);
+  for (int i = 0; i < n; i++)
+    ck_assert_int_le(l->calls[i], 1);
+  char outcome[300];
+  snprintf(outcome, sizeof(outcome),
+           "recovered: every consumer stopped with ENOTFOUND in %lld ms; "
+           "the supervisor's 404 reading restored its channel, which "
+           "declared the queue again; 1 consumer started at %lld ms; 50/50 "
+           "published afterwards drained in %lld ms, queue 0 (messages "
+           "queued at the delete went with it)",
+           stop_ms, back_ms, drain_ms);
+  t_fault_row("supervisor", "queue deleted", "mid-drain, consumers busy",
+              outcome, stop_ms);
+  ck_assert_int_eq(edp_conn_queue_delete(admin, q), 0);
+  edp_conn_destroy(&admin);
+  ledger_free(l);
+}
+END_TEST
+
 Suite *faults_patterns_suite(void) {
   Suite *s = suite_create("faults_patterns");
   TCase *tc = tcase_create("patterns");
@@ -699,6 +1059,9 @@ Suite *faults_patterns_suite(void) {
   tcase_add_test(tc, fwd_program_sigterm_in_handler);
   tcase_add_test(tc, td_reset_mid_stream);
   tcase_add_test(tc, td_channel_error_mid_stream);
+  tcase_add_test(tc, amb_reset_then_priority_overtakes);
+  tcase_add_test(tc, sup_reset_mid_drain);
+  tcase_add_test(tc, sup_queue_deleted_then_back);
   suite_add_tcase(s, tc);
   return s;
 }
