@@ -127,7 +127,8 @@ check: deps all tests
 # suite.
 FAULT_SUITES := $(OUT)/tests/integ_faults $(OUT)/tests/integ_watch \
                 $(OUT)/tests/integ_multi_broker $(OUT)/tests/integ_forwarding \
-                $(OUT)/tests/integ_supervisor $(OUT)/tests/integ_ambulance
+                $(OUT)/tests/integ_supervisor $(OUT)/tests/integ_ambulance \
+                $(OUT)/tests/integ_faults_patterns
 faults: deps all tests
 	rm -f $(OUT)/faults.rows
 	EDP_BIN=$(BIN) EDP_FAULTS_FULL=1 EDP_FAULTS_REPORT=$(CURDIR)/$(OUT)/faults.rows \

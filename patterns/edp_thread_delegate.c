@@ -417,6 +417,12 @@ int edp_td_run(edp_td *td, int timeout_ms) {
     drain_done(td);
     if (td->need_reconnect)
       continue;
+    /* The channel may have been restored in a call that did not report
+     * EDP_ECHANNEL to us (the owner's own synchronous call between two
+     * runs returns the close's error, e.g. EDP_ENOTFOUND): the epoch
+     * tells. Without this the workers kept the old epoch and skipped
+     * every delivery of the new channel, which then stayed unacked. */
+    sync_epoch(td);
     int left = -1;
     if (deadline >= 0) {
       int64_t l = deadline - edp_now_ms();
