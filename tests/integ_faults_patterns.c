@@ -67,19 +67,6 @@ static edp_conn *open_url(const char *url, const char *name) {
 
 static edp_conn *admin_conn(void) { return open_url(t_url(), "rows-admin"); }
 
-/* A proxy in front of the harness's broker; url gets its URL plus query. */
-static fp_proxy *proxy_for(const char *query, char *url, size_t len) {
-  edp_url u;
-  char why[200];
-  ck_assert_int_eq(edp_url_parse(t_url(), &u, why, sizeof(why)), 0);
-  fp_proxy *p = NULL;
-  ck_assert_int_eq(fp_start("127.0.0.1", u.port, &p), 0);
-  char base[512];
-  ck_assert_int_eq(fp_url(p, t_url(), base, sizeof(base)), 0);
-  snprintf(url, len, "%s%s", base, query ? query : "");
-  return p;
-}
-
 static void publish_id(edp_conn *c, const char *exchange, const char *rk,
                        int i) {
   char id[16];
@@ -227,7 +214,7 @@ START_TEST(fwd_reset_mid_stream) {
   ck_assert_int_eq(edp_fwd_declare(admin, q), 0);
   publish_ids(admin, q, 0, n);
   char url[600];
-  fp_proxy *p = proxy_for("?heartbeat=2", url, sizeof(url));
+  fp_proxy *p = t_proxy("?heartbeat=2", url, sizeof(url));
   edp_conn *c = open_url(url, "rows-fwd-rst");
   edp_fwd_receiver *r = fwd_receiver(c, q, l, 32);
   l->p = p;
@@ -626,7 +613,7 @@ static void td_test(const char *name, int reset, void (*fault)(edp_conn *c),
   ck_assert_int_eq(edp_td_declare(admin, ex, q, "trade.eq.*"), 0);
   td_publish(admin, ex);
   char url[600] = "";
-  fp_proxy *p = reset ? proxy_for("?heartbeat=2", url, sizeof(url)) : NULL;
+  fp_proxy *p = reset ? t_proxy("?heartbeat=2", url, sizeof(url)) : NULL;
   edp_conn *c = open_url(reset ? url : t_url(), "rows-td");
   edp_td *td = td_start(c, q, l);
   if (reset) {
@@ -811,7 +798,7 @@ START_TEST(amb_reset_then_priority_overtakes) {
   }
   ck_assert_int_eq(edp_amb_flush(snd), 0);
   char url[600];
-  fp_proxy *p = proxy_for("?heartbeat=2", url, sizeof(url));
+  fp_proxy *p = t_proxy("?heartbeat=2", url, sizeof(url));
   edp_conn_opts co;
   edp_conn_opts_init(&co);
   co.url = url;
@@ -946,7 +933,7 @@ START_TEST(sup_reset_mid_drain) {
                    0);
   publish_ids(admin, q, 0, n);
   char url[600];
-  fp_proxy *p = proxy_for("?heartbeat=2", url, sizeof(url));
+  fp_proxy *p = t_proxy("?heartbeat=2", url, sizeof(url));
   edp_sup *s = sup_start(url, q, l);
   ck_assert(ledger_await(l, handled_at_least, n / 3, 15000));
   ck_assert_int_eq(fp_reset(p), 0);
