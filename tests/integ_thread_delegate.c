@@ -246,14 +246,21 @@ START_TEST(sigkill_and_restart) {
     ck_assert_int_eq(e->seq, last1[e->acct] + 1);
     last1[e->acct] = e->seq;
   }
-  int repeats = 0;
+  int repeats = 0, unreported = 0;
   for (int i = 0; i < c2.n; i++) {
     const ev *e = &c2.e[i];
     ck_assert_int_eq(e->type, E_PROCESSED);
     if (!next2[e->acct]) {
-      ck_assert_msg(e->seq <= last1[e->acct] + 1,
-                    "account %d: gap, run 1 ended at %d, run 2 began at %d",
-                    e->acct, last1[e->acct], e->seq);
+      /* The dispatcher acks, then prints the event: a SIGKILL between the
+       * two leaves one message acked without its line. One thread does
+       * both, so that can happen to one message in all, never more. */
+      if (e->seq == last1[e->acct] + 2 && !unreported) {
+        unreported = 1;
+      } else {
+        ck_assert_msg(e->seq <= last1[e->acct] + 1,
+                      "account %d: gap, run 1 ended at %d, run 2 began at %d",
+                      e->acct, last1[e->acct], e->seq);
+      }
     } else {
       ck_assert_int_eq(e->seq, next2[e->acct]);
     }
