@@ -561,7 +561,8 @@ END_TEST
 
 /* A blocked publish with a deadline gives EDP_ETIMEOUT, and resumes when
  * the alarm clears. */
-START_TEST(memory_alarm_deadline_then_resume) {
+static void alarm_deadline_then_resume(const char *fault, const char *raise,
+                                       const char *clear) {
   ledger *l = calloc(1, sizeof(*l));
   edp_conn_opts o;
   edp_conn_opts_init(&o);
@@ -575,14 +576,14 @@ START_TEST(memory_alarm_deadline_then_resume) {
   ck_assert_int_eq(edp_conn_confirm_select(c), 0);
   const char *q = t_unique("faults.alarm2");
   ck_assert_int_eq(edp_conn_queue_declare(c, q, NULL, NULL, 0, NULL, NULL), 0);
-  ck_assert_int_eq(ctl("set_vm_memory_high_watermark 0"), 0);
+  ck_assert_int_eq(ctl(raise), 0);
   long long t0 = t_now_ms();
   int i = 0, rc = 0;
   while (t_now_ms() - t0 < 30000 && !(rc = publish_id(c, "", q, i, 0)))
     i++;
   ck_assert_int_eq(rc, EDP_ETIMEOUT);
   ck_assert(edp_conn_is_blocked(c));
-  ck_assert_int_eq(ctl("set_vm_memory_high_watermark 0.4"), 0);
+  ck_assert_int_eq(ctl(clear), 0);
   /* The one that timed out was not sent: send it again, then the rest. */
   for (int k = i; k < i + 10; k++) {
     rc = publish_id(c, "", q, k, 0);
@@ -599,11 +600,22 @@ START_TEST(memory_alarm_deadline_then_resume) {
            "ETIMEOUT after blocked_timeout_ms; after unblock %d/%d "
            "confirmed, exactly once",
            i + 10, i + 10);
-  t_fault_row("core (edp_conn)", "memory alarm", "deadline, then cleared",
-              outcome, t_now_ms() - t0);
+  t_fault_row("core (edp_conn)", fault, "deadline, then cleared", outcome,
+              t_now_ms() - t0);
   ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
   edp_conn_destroy(&c);
   free(l);
+}
+
+START_TEST(memory_alarm_deadline_then_resume) {
+  alarm_deadline_then_resume("memory alarm", "set_vm_memory_high_watermark 0",
+                             "set_vm_memory_high_watermark 0.4");
+}
+END_TEST
+
+START_TEST(disk_alarm_deadline_then_resume) {
+  alarm_deadline_then_resume("disk alarm", "set_disk_free_limit 100000GB",
+                             "set_disk_free_limit 50MB");
 }
 END_TEST
 
@@ -906,6 +918,7 @@ Suite *faults_suite(void) {
   tcase_add_test(tc, publish_to_missing_exchange);
   tcase_add_test(tc, memory_alarm_blocks_publisher);
   tcase_add_test(tc, memory_alarm_deadline_then_resume);
+  tcase_add_test(tc, disk_alarm_deadline_then_resume);
   tcase_add_test(tc, forward_sender_sigterm_while_blocked);
   tcase_add_test(tc, tcp_reset_in_publish_burst);
   tcase_add_test(tc, tcp_cut_mid_frame_in_publish_burst);
