@@ -25,7 +25,7 @@ minute).
 Network faults go through \`tests/faultproxy.c\`, a TCP proxy between the
 client and the node (RST, a cut after N bytes in the middle of a frame,
 a half-open stall); broker faults through \`rabbitmqctl\` of the private
-node (memory alarm, queue deletion, consumer_timeout) or the protocol
+node (memory and disk alarms, queue deletion, consumer_timeout) or the protocol
 itself (a passive declare of a missing queue, a publish to a missing
 exchange).
 
