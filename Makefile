@@ -128,7 +128,7 @@ check: deps all tests
 FAULT_SUITES := $(OUT)/tests/integ_faults $(OUT)/tests/integ_watch \
                 $(OUT)/tests/integ_multi_broker $(OUT)/tests/integ_forwarding \
                 $(OUT)/tests/integ_supervisor $(OUT)/tests/integ_ambulance \
-                $(OUT)/tests/integ_faults_patterns
+                $(OUT)/tests/integ_faults_patterns $(OUT)/tests/integ_thread_delegate
 faults: deps all tests
 	rm -f $(OUT)/faults.rows
 	EDP_BIN=$(BIN) EDP_FAULTS_FULL=1 EDP_FAULTS_REPORT=$(CURDIR)/$(OUT)/faults.rows \

@@ -368,6 +368,12 @@ START_TEST(supervisor_connection_lost) {
   expect_exactly_once(&w);
   ck_assert_int_eq(w.sup_reconnects, 1);
   ck_assert_int_eq(jint(w.summary, "sup_reconnects"), 1);
+  t_fault_row("supervisor (edp-supervisor)", "close_connection (rabbitmqctl)",
+              "the supervisor's connection, under load",
+              "recovered: 1 supervisor reconnect, consumers never noticed (0 "
+              "consumer reconnects), 500/500 processed exactly once; then "
+              "SIGTERM: exit 130 with a summary",
+              0);
   ck_assert_int_eq(w.stopped_err, 0);
   ck_assert_int_le(w.max_live, 4);
   expect_queue_empty(q);
