@@ -415,13 +415,11 @@ static int buffered(edp_conn *c) {
 }
 
 /* Reads and handles frames until one arrived (returns 0), wake_fd became
- * readable (*woke = 1, returns 0), the socket takes data (with writable:
- * *writable = 1, returns 0), stop_fd became readable (EDP_ESTOPPED) or
+ * readable (*woke = 1, returns 0), stop_fd became readable (EDP_ESTOPPED) or
  * timeout_ms passed (EDP_ETIMEOUT; -1 waits forever). Polls in slices of
  * half the heartbeat interval so rabbitmq-c can send heartbeats and notice
  * a silent broker even when no frame comes. */
-int edp__pump(edp_conn *c, int wake_fd, int timeout_ms, int *woke,
-              int *writable) {
+int edp__pump(edp_conn *c, int wake_fd, int timeout_ms, int *woke) {
   int64_t deadline = timeout_ms < 0 ? -1 : edp_now_ms() + timeout_ms;
   for (;;) {
     if (!c->st)
@@ -435,8 +433,7 @@ int edp__pump(edp_conn *c, int wake_fd, int timeout_ms, int *woke,
         if (left < slice)
           slice = (int)left;
       }
-      struct pollfd fds[3] = {{amqp_get_sockfd(c->st),
-                               (short)(POLLIN | (writable ? POLLOUT : 0)), 0},
+      struct pollfd fds[3] = {{amqp_get_sockfd(c->st), POLLIN, 0},
                               {c->o.stop_fd, POLLIN, 0},
                               {wake_fd, POLLIN, 0}};
       int n = poll(fds, 3, slice);
@@ -447,11 +444,6 @@ int edp__pump(edp_conn *c, int wake_fd, int timeout_ms, int *woke,
       if (n > 0 && (fds[2].revents & POLLIN)) {
         if (woke)
           *woke = 1;
-        return 0;
-      }
-      if (n > 0 && writable && (fds[0].revents & POLLOUT) &&
-          !(fds[0].revents & POLLIN)) {
-        *writable = 1;
         return 0;
       }
     }

@@ -129,10 +129,9 @@ int edp__ready(edp_conn *c);
  * and returns rc, or EDP_ECLOSED if the channel could not be restored. */
 int edp__settle(edp_conn *c, int rc);
 
-/* Reads and handles frames (see edp_conn.c). writable, if not NULL, makes
- * it also return 0 with *writable = 1 once the socket takes data. */
-int edp__pump(edp_conn *c, int wake_fd, int timeout_ms, int *woke,
-              int *writable);
+/* Reads and handles frames until one came, wake_fd or stop_fd became
+ * readable or timeout_ms passed (see edp_conn.c). */
+int edp__pump(edp_conn *c, int wake_fd, int timeout_ms, int *woke);
 
 /* ---- edp_publish.c ---- */
 

@@ -337,7 +337,7 @@ int edp_conn_wait(edp_conn *c, int wake_fd, int timeout_ms) {
       left = l > 0 ? (int)l : 0;
     }
     int woke = 0;
-    int rc = edp__pump(c, wake_fd, left, &woke, NULL);
+    int rc = edp__pump(c, wake_fd, left, &woke);
     if (woke)
       return c->dq_head ? EDP_READY_DELIVERY | EDP_READY_WAKE : EDP_READY_WAKE;
     if (rc == EDP_ETIMEOUT)

@@ -334,7 +334,7 @@ static int read_arrived(edp_conn *c) {
     if (!amqp_frames_enqueued(c->st) && !amqp_data_in_buffer(c->st) &&
         !(poll(&p, 1, 0) == 1 && (p.revents & (POLLIN | POLLHUP | POLLERR))))
       return 0;
-    int rc = edp__pump(c, -1, 0, NULL, NULL);
+    int rc = edp__pump(c, -1, 0, NULL);
     if (c->chan_closed)
       return EDP_ECHANNEL; /* whatever the close's own code */
     if (rc && rc != EDP_ETIMEOUT)
@@ -393,7 +393,7 @@ static int publish_gate(edp_conn *c, size_t need) {
     }
     if (!c->blocked && (left < 0 || left > WAIT_SLICE_MS))
       left = WAIT_SLICE_MS;
-    rc = edp__pump(c, -1, left, NULL, NULL);
+    rc = edp__pump(c, -1, left, NULL);
     if (c->chan_closed)
       return EDP_ECHANNEL;
     if (rc && rc != EDP_ETIMEOUT)
@@ -462,7 +462,7 @@ int edp_conn_wait_confirms(edp_conn *c, size_t max_outstanding,
       int64_t l = deadline - edp_now_ms();
       left = l > 0 ? (int)l : 0;
     }
-    rc = edp__pump(c, -1, left, NULL, NULL);
+    rc = edp__pump(c, -1, left, NULL);
     if (rc == EDP_ETIMEOUT && c->n_pend + c->n_lost <= max_outstanding)
       break;
     if (rc == EDP_ETIMEOUT || rc == EDP_ESTOPPED || rc == EDP_ECLOSED)
@@ -560,7 +560,7 @@ int edp_conn_publish_confirmed(edp_conn *c, const edp_msg *m, int timeout_ms) {
       left = l > 0 ? (int)l : 0;
     }
     /* report_confirm() records our message's status when it comes. */
-    rc = edp__pump(c, -1, left, NULL, NULL);
+    rc = edp__pump(c, -1, left, NULL);
   }
   /* A channel close (a publish to a missing exchange is one) is restored
    * here; its error says why. */
