@@ -268,8 +268,11 @@ typedef struct edp_confirm {
   const edp_msg *msg; /* the message as published */
 } edp_confirm;
 
-/* Called for each confirmed message, in the thread that pumps. The
- * strings live until the callback returns. */
+/* Called for each confirmed message, on the owner thread, inside any call
+ * that reads frames: the waits, receive, the synchronous calls, and
+ * edp_conn_publish (it reads what arrived every few milliseconds). The
+ * strings live until the callback returns; it must not call into the
+ * connection. */
 typedef void (*edp_confirm_fn)(void *ud, const edp_confirm *cf);
 void edp_conn_on_confirm(edp_conn *c, edp_confirm_fn fn, void *ud);
 
