@@ -603,6 +603,10 @@ static int connect_once(edp_conn *c, char *err_text, size_t err_len) {
     err_text = dummy;
     err_len = sizeof(dummy);
   }
+  if (c->url.tls) {
+    snprintf(err_text, err_len, "%s: TLS is not built in yet", c->masked);
+    return EDP_ETLS;
+  }
   c->st = amqp_new_connection();
   if (!c->st) {
     snprintf(err_text, err_len, "out of memory");
@@ -838,7 +842,9 @@ int edp_conn_reconnect(edp_conn *c) {
       if (c->st)
         edp__mark_closed(c, why);
     }
-    if (rc == EDP_EAUTH || rc == EDP_EACCESS || rc == EDP_ENOMEM)
+    /* A refused certificate or password stays refused: give up at once. */
+    if (rc == EDP_EAUTH || rc == EDP_EACCESS || rc == EDP_ETLS ||
+        rc == EDP_ENOMEM)
       return rc;
     /* Full jitter over the upper half keeps many clients from coming back
      * in lockstep after a broker restart. */
