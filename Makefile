@@ -18,8 +18,8 @@ CFLAGS ?= -O2 -g
 VERSION := 0.1.0
 SOMAJOR := 0
 
-PKGS := librabbitmq jansson
-DEB_PKGS := gcc g++ make pkg-config rabbitmq-server librabbitmq-dev \
+PKGS := librabbitmq jansson openssl
+DEB_PKGS := gcc g++ make pkg-config rabbitmq-server librabbitmq-dev libssl-dev \
             libjansson-dev check valgrind procps binutils \
             docker-compose python3-yaml
 

@@ -101,8 +101,11 @@ int cli_exit_code(int err) {
   case EDP_ENOTFOUND:
   case EDP_ECHANNEL:
     return CLI_UNAVAILABLE;
+  /* A refused certificate is a trust decision like a refused password, not
+   * an outage: retrying will not change it. */
   case EDP_EAUTH:
   case EDP_EACCESS:
+  case EDP_ETLS:
     return CLI_NOPERM;
   case EDP_ESTOPPED:
     return CLI_INTERRUPTED;

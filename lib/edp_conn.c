@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "edp_conn_internal.h"
+#include "edp_tls.h"
 #include "edp_util.h"
 
 /* Channel closes in a row with unconfirmed messages and no ack between
@@ -600,8 +601,15 @@ static int connect_once(edp_conn *c, char *err_text, size_t err_len) {
     snprintf(err_text, err_len, "out of memory");
     return EDP_ENOMEM;
   }
-  amqp_socket_t *sock = amqp_tcp_socket_new(c->st);
-  if (!sock) {
+  amqp_socket_t *sock = NULL;
+  if (c->url.tls) {
+    int rc = edp__tls_socket(c, &sock, err_text, err_len);
+    if (rc) {
+      amqp_destroy_connection(c->st);
+      c->st = NULL;
+      return rc;
+    }
+  } else if (!(sock = amqp_tcp_socket_new(c->st))) {
     amqp_destroy_connection(c->st);
     c->st = NULL;
     snprintf(err_text, err_len, "out of memory");
@@ -611,6 +619,14 @@ static int connect_once(edp_conn *c, char *err_text, size_t err_len) {
                                            : c->o.connect_timeout_ms;
   struct timeval tv = {cto / 1000, (cto % 1000) * 1000};
   int res = amqp_socket_open_noblock(sock, c->url.host, c->url.port, &tv);
+  if (res != AMQP_STATUS_OK && c->url.tls) {
+    int rc = edp__tls_explain(c, res, 0, err_text, err_len);
+    if (rc) {
+      amqp_destroy_connection(c->st);
+      c->st = NULL;
+      return rc;
+    }
+  }
   if (res != AMQP_STATUS_OK) {
     /* rabbitmq-c only says "a socket error occurred" and keeps the
      * socket's own error to itself; after a non-blocking connect that is
@@ -646,9 +662,16 @@ static int connect_once(edp_conn *c, char *err_text, size_t err_len) {
   c->url.heartbeat_s = hb;
   int fm = c->url.frame_max >= 0 ? c->url.frame_max : c->o.frame_max;
   int cm = c->url.channel_max >= 0 ? c->url.channel_max : 0;
-  amqp_rpc_reply_t r = amqp_login_with_properties(
-      c->st, c->url.vhost, cm, fm, hb, &ptable, AMQP_SASL_METHOD_PLAIN,
-      c->url.user, c->url.pass);
+  /* EXTERNAL: the broker takes the user name from our certificate
+   * (ssl_cert_login_from); see edp_tls.c for the identity we send. */
+  amqp_rpc_reply_t r =
+      c->url.auth_mechanism == EDP_AUTH_EXTERNAL
+          ? amqp_login_with_properties(c->st, c->url.vhost, cm, fm, hb, &ptable,
+                                       AMQP_SASL_METHOD_EXTERNAL,
+                                       c->tls_identity)
+          : amqp_login_with_properties(c->st, c->url.vhost, cm, fm, hb, &ptable,
+                                       AMQP_SASL_METHOD_PLAIN, c->url.user,
+                                       c->url.pass);
   int rc = 0;
   if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
       r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
@@ -663,9 +686,29 @@ static int connect_once(edp_conn *c, char *err_text, size_t err_len) {
     int st = r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION
                  ? r.library_error
                  : AMQP_STATUS_UNEXPECTED_STATE;
-    snprintf(err_text, err_len, "login to %s failed: %s", c->masked,
-             amqp_error_string2(st));
-    rc = EDP_ECONNECT;
+    /* Under TLS 1.3 the broker judges our certificate after our side of
+     * the handshake finished: its refusal arrives here, in the login. */
+    if (c->url.tls)
+      rc = edp__tls_explain(c, st, 1, err_text, err_len);
+    if (!rc && st == AMQP_STATUS_BROKER_UNSUPPORTED_SASL_METHOD) {
+      snprintf(err_text, err_len,
+               "login to %s failed: the broker does not offer the %s "
+               "mechanism",
+               c->masked,
+               c->url.auth_mechanism == EDP_AUTH_EXTERNAL ? "EXTERNAL"
+                                                          : "PLAIN");
+      rc = EDP_EAUTH;
+    } else if (!rc) {
+      /* A TLS listener drops a client that speaks AMQP in plain. */
+      int closed = !c->url.tls && (st == AMQP_STATUS_SOCKET_ERROR ||
+                                   st == AMQP_STATUS_CONNECTION_CLOSED);
+      snprintf(err_text, err_len, "login to %s failed: %s%s", c->masked,
+               amqp_error_string2(st),
+               closed ? " (the broker hung up before the AMQP handshake; a "
+                        "TLS port wants amqps://)"
+                      : "");
+      rc = EDP_ECONNECT;
+    }
   }
   if (rc) {
     amqp_destroy_connection(c->st);
@@ -830,7 +873,9 @@ int edp_conn_reconnect(edp_conn *c) {
       if (c->st)
         edp__mark_closed(c, why);
     }
-    if (rc == EDP_EAUTH || rc == EDP_EACCESS || rc == EDP_ENOMEM)
+    /* A refused certificate or password stays refused: give up at once. */
+    if (rc == EDP_EAUTH || rc == EDP_EACCESS || rc == EDP_ETLS ||
+        rc == EDP_ENOMEM)
       return rc;
     /* Full jitter over the upper half keeps many clients from coming back
      * in lockstep after a broker restart. */

@@ -124,8 +124,12 @@ void edp_conn_opts_init(edp_conn_opts *o);
 
 /* Opens a connection and its channel. On failure *out is NULL and the
  * error is EDP_EURL, EDP_ECONNECT (nothing listens, DNS, timeout),
- * EDP_EAUTH (bad credentials), EDP_EACCESS (vhost missing or refused),
- * EDP_ENOMEM or EDP_EPROTOCOL. err_text, if not NULL, receives a one-line
+ * EDP_EAUTH (bad credentials, or no user for an EXTERNAL certificate),
+ * EDP_EACCESS (vhost missing or refused), EDP_ETLS (amqps://: a
+ * certificate that does not verify on either side, a CA, certificate or
+ * key file that does not load, a port that does not speak TLS; a TLS
+ * handshake that times out is EDP_ECONNECT), EDP_ENOMEM or
+ * EDP_EPROTOCOL. err_text, if not NULL, receives a one-line
  * reason with the URL masked. */
 int edp_conn_open(const edp_conn_opts *o, edp_conn **out, char *err_text,
                   size_t err_len);
@@ -434,8 +438,9 @@ int edp_conn_nack(edp_conn *c, uint32_t epoch, uint64_t tag, int multiple,
  * restores channel, qos, confirm mode, topology and consumers in that
  * order, publishes the unconfirmed messages again, and calls on_reconnect
  * (and the event callback: EDP_CONN_RECONNECTED). Gives up after
- * reconnect_max_ms (EDP_ECONNECT or the last error), at once on EDP_EAUTH
- * or EDP_EACCESS, or on stop_fd (EDP_ESTOPPED). */
+ * reconnect_max_ms (EDP_ECONNECT or the last error), at once on EDP_EAUTH,
+ * EDP_EACCESS or EDP_ETLS (a refused certificate stays refused), or on
+ * stop_fd (EDP_ESTOPPED). */
 int edp_conn_reconnect(edp_conn *c);
 
 /* Drops the connection without a handshake, as a broken network would;

@@ -6,6 +6,7 @@
  *   edp_publish.c   publishing and publisher confirms
  *   edp_consume.c   consumers, deliveries and acks
  *   edp_topology.c  exchanges, queues and bindings, and their replay
+ *   edp_tls.c       the TLS socket of amqps:// and its error messages
  *
  * Channel numbers rotate: every (re)opened channel gets the next number,
  * so a frame that rabbitmq-c queued for a channel the broker closed can
@@ -63,6 +64,13 @@ struct edp_conn {
   char *url_raw, *client_name;
   edp_url url;
   char masked[512];
+  /* The last TLS attempt (edp_tls.c): first verification error, the
+   * subject of the certificate it concerns, handshake begun. */
+  int tls_verify_err;
+  int tls_started;
+  int tls_alert; /* the first fatal alert the broker sent, 0 = none */
+  char tls_subject[256];
+  char tls_identity[256]; /* the client certificate's CN, for EXTERNAL */
 
   amqp_connection_state_t st; /* NULL once the connection is lost */
   amqp_channel_t chan;        /* the current channel's number */

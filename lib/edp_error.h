@@ -34,7 +34,8 @@ extern "C" {
   X(IO, -17, "I/O error")                                                      \
   X(BADDATA, -18, "malformed data")                                            \
   X(CHANNEL, -19, "channel closed by the broker")                              \
-  X(INTERNAL, -20, "internal error")
+  X(INTERNAL, -20, "internal error")                                           \
+  X(TLS, -21, "TLS handshake or certificate verification failed")
 
 enum edp_error {
 #define EDP__ERR_ENUM(name, value, msg) EDP_E##name = value,

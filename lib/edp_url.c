@@ -76,6 +76,22 @@ static int parse_int(const char *s, size_t len, long lo, long hi, int *out) {
   return 0;
 }
 
+/* Compares the key q[0..klen) with name. */
+static int key_is(const char *q, size_t klen, const char *name) {
+  return strlen(name) == klen && !strncmp(q, name, klen);
+}
+
+/* A TLS option's string value, percent-decoded into dst. */
+static int tls_value(const char *k, size_t klen, const char *v, size_t vlen,
+                     char *dst, size_t cap, char *err_text, size_t err_len) {
+  if (vlen == 0 || decode(v, vlen, dst, cap))
+    return fail(err_text, err_len,
+                "bad value for %.*s (empty, a bad %% "
+                "escape or too long)",
+                (int)klen, k);
+  return 0;
+}
+
 static int parse_query(const char *q, edp_url *out, char *err_text,
                        size_t err_len) {
   while (*q) {
@@ -89,27 +105,84 @@ static int parse_query(const char *q, edp_url *out, char *err_text,
     const char *v = eq + 1;
     int *dst = NULL;
     long hi = 0;
-    if (klen == 9 && !strncmp(q, "heartbeat", 9)) {
+    int rc = 0, is_tls = 1;
+    char word[32] = "";
+    if (key_is(q, klen, "heartbeat")) {
       dst = &out->heartbeat_s;
       hi = 3600;
-    } else if (klen == 18 && !strncmp(q, "connection_timeout", 18)) {
+    } else if (key_is(q, klen, "connection_timeout")) {
       dst = &out->connect_timeout_ms;
       hi = 3600000;
-    } else if (klen == 9 && !strncmp(q, "frame_max", 9)) {
+    } else if (key_is(q, klen, "frame_max")) {
       dst = &out->frame_max;
       hi = 2147483647;
-    } else if (klen == 11 && !strncmp(q, "channel_max", 11)) {
+    } else if (key_is(q, klen, "channel_max")) {
       dst = &out->channel_max;
       hi = 65535;
+    } else if (key_is(q, klen, "cacertfile")) {
+      rc = tls_value(q, klen, v, vlen, out->cacertfile, sizeof(out->cacertfile),
+                     err_text, err_len);
+    } else if (key_is(q, klen, "certfile")) {
+      rc = tls_value(q, klen, v, vlen, out->certfile, sizeof(out->certfile),
+                     err_text, err_len);
+    } else if (key_is(q, klen, "keyfile")) {
+      rc = tls_value(q, klen, v, vlen, out->keyfile, sizeof(out->keyfile),
+                     err_text, err_len);
+    } else if (key_is(q, klen, "verify")) {
+      if (decode(v, vlen, word, sizeof(word)))
+        word[0] = '\0';
+      if (!strcmp(word, "verify_peer"))
+        out->verify_peer = 1;
+      else if (!strcmp(word, "verify_none"))
+        out->verify_peer = 0;
+      else
+        return fail(err_text, err_len,
+                    "bad value for verify (verify_peer or verify_none)");
+    } else if (key_is(q, klen, "server_name_indication")) {
+      rc = tls_value(q, klen, v, vlen, out->sni, sizeof(out->sni), err_text,
+                     err_len);
+      if (!rc && !strcmp(out->sni, "disable")) {
+        out->sni[0] = '\0';
+        out->sni_disabled = 1;
+      } else if (!rc) {
+        out->sni_disabled = 0;
+      }
+    } else if (key_is(q, klen, "auth_mechanism")) {
+      /* RabbitMQ's URIs spell the mechanism in either case. */
+      if (decode(v, vlen, word, sizeof(word)))
+        word[0] = '\0';
+      for (char *w = word; *w; w++)
+        *w = (char)tolower((unsigned char)*w);
+      if (!strcmp(word, "plain"))
+        out->auth_mechanism = EDP_AUTH_PLAIN;
+      else if (!strcmp(word, "external"))
+        out->auth_mechanism = EDP_AUTH_EXTERNAL;
+      else
+        return fail(err_text, err_len,
+                    "bad value for auth_mechanism (plain or external)");
     } else {
       return fail(err_text, err_len, "unknown query option: %.*s", (int)klen,
                   q);
     }
-    if (parse_int(v, vlen, 0, hi, dst))
-      return fail(err_text, err_len, "bad value for %.*s: %.*s", (int)klen, q,
-                  (int)vlen, v);
+    if (rc)
+      return rc;
+    if (dst) {
+      is_tls = 0;
+      if (parse_int(v, vlen, 0, hi, dst))
+        return fail(err_text, err_len, "bad value for %.*s: %.*s", (int)klen, q,
+                    (int)vlen, v);
+    }
+    if (is_tls && !out->tls)
+      return fail(err_text, err_len,
+                  "%.*s is a TLS option: it needs an amqps:// URL", (int)klen,
+                  q);
     q += len + (amp ? 1 : 0);
   }
+  if (!out->certfile[0] != !out->keyfile[0])
+    return fail(err_text, err_len, "certfile and keyfile go together");
+  if (out->auth_mechanism == EDP_AUTH_EXTERNAL && !out->certfile[0])
+    return fail(err_text, err_len,
+                "auth_mechanism=external needs certfile and keyfile");
   return 0;
 }
 
@@ -124,20 +197,37 @@ int edp_url_parse(const char *url, edp_url *out, char *err_text,
   strcpy(out->user, "guest");
   strcpy(out->pass, "guest");
   strcpy(out->vhost, "/");
+  out->verify_peer = 1;
 
-  if (!strncmp(url, "amqps://", 8))
-    return fail(err_text, err_len, "amqps:// (TLS) is not supported yet");
-  if (strncmp(url, "amqp://", 7))
-    return fail(err_text, err_len, "URL must start with amqp://");
-  const char *p = url + 7;
+  const char *p;
+  if (!strncmp(url, "amqps://", 8)) {
+    out->tls = 1;
+    out->port = 5671;
+    p = url + 8;
+  } else if (!strncmp(url, "amqp://", 7)) {
+    p = url + 7;
+  } else {
+    return fail(err_text, err_len, "URL must start with amqp:// or amqps://");
+  }
   for (const char *c = p; *c; c++)
     if ((unsigned char)*c <= ' ' || *c == 0x7f)
       return fail(err_text, err_len, "URL contains a space or control byte");
 
-  /* The authority ends at the first '/' or '?'; a '@' in it separates the
-   * user information, whose ':' separates the password. */
-  size_t alen = strcspn(p, "/?");
+  /* The authority ends at the first '/', '?' or '#'; a '@' in it separates
+   * the user information, whose ':' separates the password. A '@' after
+   * that end means the user information held an unescaped / ? or #: say
+   * so rather than read a piece of the password as the host. */
+  size_t alen = strcspn(p, "/?#");
   const char *auth_end = p + alen;
+  if (*auth_end && strchr(auth_end, '@') && !memchr(p, '@', alen))
+    return fail(err_text, err_len,
+                "'@' after the host: a user name or password holds an "
+                "unescaped '/', '?' or '#' (write %%2F, %%3F, %%23; '@' as "
+                "%%40, also in a path or query value)");
+  if (strchr(p, '#'))
+    return fail(err_text, err_len,
+                "a URL fragment ('#') is not allowed; "
+                "write '#' in a password as %%23");
   const char *at = NULL;
   for (const char *c = p; c < auth_end; c++)
     if (*c == '@')
@@ -189,9 +279,19 @@ int edp_url_parse(const char *url, edp_url *out, char *err_text,
   if (!out->host[0])
     return fail(err_text, err_len, "empty host in URL");
   if (port_start && parse_int(port_start, (size_t)(auth_end - port_start), 1,
-                              65535, &out->port))
-    return fail(err_text, err_len, "bad port in URL: '%.*s'",
-                (int)(auth_end - port_start), port_start);
+                              65535, &out->port)) {
+    /* Only echo a port made of digits: anything else may be a piece of a
+     * password whose '@' went missing. */
+    size_t plen = (size_t)(auth_end - port_start);
+    int digits = plen > 0 && plen <= 12;
+    for (size_t i = 0; digits && i < plen; i++)
+      digits = isdigit((unsigned char)port_start[i]) != 0;
+    if (digits)
+      return fail(err_text, err_len, "bad port in URL: '%.*s'", (int)plen,
+                  port_start);
+    return fail(err_text, err_len,
+                "bad port in URL (not a number in 1..65535)");
+  }
 
   const char *rest = auth_end;
   if (*rest == '/') {
@@ -208,7 +308,7 @@ int edp_url_parse(const char *url, edp_url *out, char *err_text,
   }
   if (*rest == '?')
     return parse_query(rest + 1, out, err_text, err_len);
-  return 0;
+  return parse_query("", out, err_text, err_len);
 }
 
 char *edp_url_mask(const char *url, char *out, size_t out_len) {
@@ -218,14 +318,28 @@ char *edp_url_mask(const char *url, char *out, size_t out_len) {
     snprintf(out, out_len, "(null)");
     return out;
   }
+  /* Mask from the first ':' of the user information to the last '@' of
+   * the whole string: a password may hold unescaped '/', '?', '#' or '@'
+   * that end the authority early, and masking a '@' in the query as well
+   * costs readability, never secrecy. */
   const char *sep = strstr(url, "://");
   const char *p = sep ? sep + 3 : url;
-  size_t alen = strcspn(p, "/?");
-  const char *at = NULL;
-  for (const char *c = p; c < p + alen; c++)
-    if (*c == '@')
-      at = c;
+  const char *at = strrchr(p, '@');
   const char *colon = at ? memchr(p, ':', (size_t)(at - p)) : NULL;
+  if (!at && *p != '[') {
+    /* No '@' at all: "user:secret" without a host would read as host and
+     * port. A port that is not all digits may be a password, so mask
+     * everything after that ':'. */
+    size_t alen = strcspn(p, "/?#");
+    const char *c = memchr(p, ':', alen);
+    int digits = 1;
+    for (const char *d = c ? c + 1 : p + alen; d < p + alen; d++)
+      digits = digits && *d >= '0' && *d <= '9';
+    if (c && !digits) {
+      snprintf(out, out_len, "%.*s:***", (int)(c - url), url);
+      return out;
+    }
+  }
   if (!colon) {
     snprintf(out, out_len, "%s", url);
   } else {
@@ -239,7 +353,12 @@ char *edp_url_format_masked(const edp_url *u, char *out, size_t out_len) {
     return out;
   int v6 = strchr(u->host, ':') != NULL;
   const char *vh = strcmp(u->vhost, "/") ? u->vhost : "";
-  snprintf(out, out_len, "amqp://%s:***@%s%s%s:%d/%s", u->user, v6 ? "[" : "",
-           u->host, v6 ? "]" : "", u->port, vh);
+  const char *scheme = u->tls ? "amqps" : "amqp";
+  if (u->auth_mechanism == EDP_AUTH_EXTERNAL)
+    snprintf(out, out_len, "%s://%s%s%s:%d/%s?auth_mechanism=external", scheme,
+             v6 ? "[" : "", u->host, v6 ? "]" : "", u->port, vh);
+  else
+    snprintf(out, out_len, "%s://%s:***@%s%s%s:%d/%s", scheme, u->user,
+             v6 ? "[" : "", u->host, v6 ? "]" : "", u->port, vh);
   return out;
 }

@@ -2,6 +2,9 @@
 # Private RabbitMQ nodes for tests, demos and benchmarks.
 #
 #   tests/broker.sh start DIR      start a node whose files live in DIR, print its URL
+#   tests/broker.sh start-tls DIR  the same with a TLS listener as well (see make_certs
+#                                  and start_tls below); prints the amqp:// URL,
+#                                  then the amqps:// one (also in DIR/url-tls)
 #   tests/broker.sh stop DIR       stop it gracefully (data kept in DIR)
 #   tests/broker.sh restart DIR    stop, then start again on the same ports and data
 #   tests/broker.sh kill DIR       SIGKILL the node (a crash); 'start DIR' revives it
@@ -101,6 +104,128 @@ CONF
   cat "$dir/url"
 }
 
+# Test certificates in DIR/tls, made with openssl (EC P-256, 30 days):
+#   ca.pem                 the CA the node trusts and the clients verify with
+#   server.pem/.key        CN=localhost, SAN DNS:localhost and IP:127.0.0.1
+#   server-expired.pem/.key the same names, valid for one day ten days ago
+#   client.pem/.key        CN=edp-tls-user (a user the tests create)
+#   nouser.pem/.key        CN=edp-no-such-user (a user that never exists)
+#   other-ca.pem           an unrelated CA, and other-client.pem/.key
+#                          (CN=edp-tls-user) signed by it
+make_certs() {
+  local t=$1
+  mkdir -p "$t"
+  (
+    cd "$t"
+    ossl() { openssl "$@" 2>>openssl.log; }
+    newkey() { ossl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1"; }
+    mkca() { # name cn
+      newkey "$1.key"
+      ossl req -x509 -new -key "$1.key" -out "$1.pem" -days 30 -subj "/CN=$2" \
+        -addext basicConstraints=critical,CA:TRUE \
+        -addext keyUsage=critical,keyCertSign,cRLSign
+    }
+    issue() { # name cn ca ext
+      newkey "$1.key"
+      ossl req -new -key "$1.key" -out "$1.csr" -subj "/CN=$2"
+      printf '%s\n' "$4" > "$1.ext"
+      ossl x509 -req -in "$1.csr" -CA "$3.pem" -CAkey "$3.key" -set_serial "0x$(openssl rand -hex 8)" \
+        -days 30 -extfile "$1.ext" -out "$1.pem"
+    }
+    srv='basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=DNS:localhost,IP:127.0.0.1'
+    cli='basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=clientAuth'
+    mkca ca edp-test-ca
+    mkca other-ca edp-unrelated-ca
+    issue server localhost ca "$srv"
+    issue client edp-tls-user ca "$cli"
+    issue nouser edp-no-such-user ca "$cli"
+    issue other-client edp-tls-user other-ca "$cli"
+    # An expired server certificate needs a start date in the past, which
+    # only 'openssl ca' sets.
+    mkdir -p expca && : > expca/index.txt
+    cat > expca/ca.cnf <<CNF
+[ca]
+default_ca = x
+[x]
+database = expca/index.txt
+new_certs_dir = expca
+serial = expca/serial
+default_md = sha256
+policy = p
+copy_extensions = none
+x509_extensions = e
+[p]
+commonName = supplied
+[e]
+$srv
+CNF
+    openssl rand -hex 8 > expca/serial
+    newkey server-expired.key
+    ossl req -new -key server-expired.key -out server-expired.csr -subj /CN=localhost
+    ossl ca -batch -config expca/ca.cnf -cert ca.pem -keyfile ca.key \
+      -startdate "$(date -u -d '-10 days' +%y%m%d%H%M%SZ)" \
+      -enddate "$(date -u -d '-9 days' +%y%m%d%H%M%SZ)" \
+      -in server-expired.csr -out server-expired.pem
+    chmod 600 ./*.key
+  ) || die "making test certificates in $t failed (see $t/openssl.log)"
+}
+
+# A node with the plain listener and a TLS listener on 127.0.0.1 (peer
+# certificates verified when sent, not required: fail_if_no_peer_cert
+# false, so PLAIN over TLS works without one) and EXTERNAL login by the
+# client certificate's CN (rabbitmq_auth_mechanism_ssl).
+start_tls() {
+  local dir=$1
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  if [ ! -f "$dir/node.env" ]; then
+    command -v openssl >/dev/null || die "start-tls needs openssl"
+    local port; port=$(free_port)
+    local dist=$((port + 20000 > 65000 ? port - 15000 : port + 20000))
+    local tport
+    for _ in $(seq 1 50); do
+      tport=$(free_port); [ "$tport" != "$port" ] && [ "$tport" != "$dist" ] && break
+    done
+    make_certs "$dir/tls"
+    cat > "$dir/node.env" <<ENV
+NODE=edp$port@localhost
+PORT=$port
+DIST_PORT=$dist
+TLS_PORT=$tport
+EPMD_PORT=${EDP_EPMD_PORT:-4369}
+ENV
+    cat > "$dir/rabbitmq.conf" <<CONF
+listeners.tcp.default = 127.0.0.1:$port
+listeners.ssl.default = 127.0.0.1:$tport
+ssl_options.cacertfile = $dir/tls/ca.pem
+ssl_options.certfile = $dir/tls/server.pem
+ssl_options.keyfile = $dir/tls/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+auth_mechanisms.1 = PLAIN
+auth_mechanisms.2 = EXTERNAL
+ssl_cert_login_from = common_name
+loopback_users = none
+log.file.level = warning
+log.console = false
+max_message_size = 4194304
+CONF
+    echo '[rabbitmq_consistent_hash_exchange,rabbitmq_auth_mechanism_ssl].' > "$dir/enabled_plugins"
+    echo '[].' > "$dir/advanced.config"
+    mkdir -p "$dir/mnesia" "$dir/log"
+  fi
+  start "$dir"
+  # shellcheck disable=SC1091
+  . "$dir/node.env"
+  echo "amqps://guest:guest@localhost:$TLS_PORT/?cacertfile=$dir/tls/ca.pem" > "$dir/url-tls"
+  cat "$dir/url-tls"
+}
+
 kill_node() {
   local dir=$1
   if [ -f "$dir/pid" ]; then
@@ -126,9 +251,10 @@ stop() {
 }
 
 cmd=${1:-}; dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || die "usage: broker.sh start|stop|restart|kill|url|ctl DIR [ARGS]"
+[ -n "$cmd" ] && [ -n "$dir" ] || die "usage: broker.sh start|start-tls|stop|restart|kill|url|ctl DIR [ARGS]"
 case $cmd in
   start) start "$dir" ;;
+  start-tls) start_tls "$dir" ;;
   stop) stop "$dir" ;;
   restart) stop "$dir"; start "$dir" ;;
   kill) kill_node "$dir" ;;

@@ -1,0 +1,172 @@
+/*
+ * unit_url.c - amqps:// URLs: RabbitMQ's TLS query parameters, the
+ * combinations we refuse, and masking of passwords that hold every
+ * character a password can hold.
+ */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "edp.h"
+
+START_TEST(amqps_defaults) {
+  edp_url u;
+  ck_assert_int_eq(edp_url_parse("amqps://broker.example/", &u, NULL, 0), 0);
+  ck_assert_int_eq(u.tls, 1);
+  ck_assert_int_eq(u.port, 5671);
+  ck_assert_str_eq(u.host, "broker.example");
+  ck_assert_int_eq(u.verify_peer, 1);
+  ck_assert_str_eq(u.cacertfile, "");
+  ck_assert_str_eq(u.sni, "");
+  ck_assert_int_eq(u.sni_disabled, 0);
+  ck_assert_int_eq(u.auth_mechanism, EDP_AUTH_PLAIN);
+  ck_assert_int_eq(edp_url_parse("amqps://h:5999", &u, NULL, 0), 0);
+  ck_assert_int_eq(u.port, 5999);
+  ck_assert_int_eq(edp_url_parse("amqp://h/", &u, NULL, 0), 0);
+  ck_assert_int_eq(u.tls, 0);
+  ck_assert_int_eq(u.port, 5672);
+}
+END_TEST
+
+START_TEST(amqps_options) {
+  edp_url u;
+  char why[200] = "";
+  ck_assert_int_eq(
+      edp_url_parse("amqps://u:p@h/vh?cacertfile=/etc/ca.pem&certfile=%2Ftmp"
+                    "%2Fc%20d.pem&keyfile=/tmp/k.pem&verify=verify_none&"
+                    "server_name_indication=rabbit.example&heartbeat=5",
+                    &u, why, sizeof(why)),
+      0);
+  ck_assert_str_eq(u.cacertfile, "/etc/ca.pem");
+  ck_assert_str_eq(u.certfile, "/tmp/c d.pem");
+  ck_assert_str_eq(u.keyfile, "/tmp/k.pem");
+  ck_assert_int_eq(u.verify_peer, 0);
+  ck_assert_str_eq(u.sni, "rabbit.example");
+  ck_assert_int_eq(u.heartbeat_s, 5);
+  ck_assert_str_eq(u.vhost, "vh");
+  ck_assert_int_eq(
+      edp_url_parse("amqps://h/?server_name_indication=disable&verify="
+                    "verify_peer&auth_mechanism=EXTERNAL&certfile=c&keyfile=k",
+                    &u, why, sizeof(why)),
+      0);
+  ck_assert_int_eq(u.sni_disabled, 1);
+  ck_assert_str_eq(u.sni, "");
+  ck_assert_int_eq(u.verify_peer, 1);
+  ck_assert_int_eq(u.auth_mechanism, EDP_AUTH_EXTERNAL);
+  ck_assert_int_eq(
+      edp_url_parse("amqps://h/?auth_mechanism=plain", &u, why, sizeof(why)),
+      0);
+  ck_assert_int_eq(u.auth_mechanism, EDP_AUTH_PLAIN);
+}
+END_TEST
+
+START_TEST(amqps_refused) {
+  static const char *bad[] = {
+      "amqps://h/?verify=yes",
+      "amqps://h/?verify=",
+      "amqps://h/?auth_mechanism=amqplain",
+      "amqps://h/?auth_mechanism=external", /* no client certificate */
+      "amqps://h/?certfile=/c.pem",         /* no key */
+      "amqps://h/?keyfile=/k.pem",
+      "amqps://h/?cacertfile=",
+      "amqps://h/?cacertfile=%zz",
+      "amqps://h/?server_name_indication=",
+      "amqps://h/?sni=x",
+      "amqp://h/?cacertfile=/ca.pem", /* a TLS option on a plain URL */
+      "amqp://h/?verify=verify_none",
+      "amqp://h/?auth_mechanism=plain",
+      "amqps://h:0/",
+      "amqps://h/#frag",
+      "amqpss://h/",
+      "AMQPS://h/",
+  };
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    edp_url u;
+    char why[200] = "";
+    ck_assert_msg(edp_url_parse(bad[i], &u, why, sizeof(why)) == EDP_EURL,
+                  "accepted '%s'", bad[i]);
+    ck_assert_msg(why[0] != '\0' && !strchr(why, '\n'),
+                  "no one-line reason for '%s'", bad[i]);
+  }
+  edp_url u;
+  char why[200] = "";
+  edp_url_parse("amqp://h/?cacertfile=/ca.pem", &u, why, sizeof(why));
+  ck_assert_ptr_nonnull(strstr(why, "amqps://"));
+  edp_url_parse("amqps://h/?auth_mechanism=external", &u, why, sizeof(why));
+  ck_assert_ptr_nonnull(strstr(why, "certfile"));
+}
+END_TEST
+
+/* Passwords with each reserved character, escaped (as they must be) and
+ * unescaped (a user's mistake): neither the parser's reason nor either
+ * masking function may show a byte of the secret. */
+START_TEST(masking_every_character) {
+  static const char *urls[] = {
+      "amqps://bob:se%2Fcr%3Fet%23x%40y@h:5671/vh",
+      "amqps://bob:se/cret@h/",
+      "amqps://bob:se?cret@h/",
+      "amqps://bob:se#cret@h/",
+      "amqps://bob:se@cret@h/",
+      "amqp://bob:s/e?c#r@et@h:5672/",
+      "amqp://bob:secret@h/?heartbeat=5&x=a@b",
+      "amqps://bob:se%cret@h/",
+      "amqps://bob:secret",
+      "amqps://bob:se/cret",
+  };
+  for (size_t i = 0; i < sizeof(urls) / sizeof(urls[0]); i++) {
+    char out[300], why[200] = "";
+    edp_url u;
+    edp_url_mask(urls[i], out, sizeof(out));
+    ck_assert_msg(!strstr(out, "cret") && !strstr(out, "se%") &&
+                      !strstr(out, "se/"),
+                  "mask leaked: %s", out);
+    if (edp_url_parse(urls[i], &u, why, sizeof(why)) == 0) {
+      edp_url_format_masked(&u, out, sizeof(out));
+      ck_assert_msg(!strstr(out, "cret"), "format leaked: %s", out);
+    } else {
+      ck_assert_msg(!strstr(why, "cret") && !strstr(why, "se/"),
+                    "reason leaked: %s", why);
+    }
+  }
+  char out[300];
+  ck_assert_str_eq(
+      edp_url_mask("amqps://bob:p/w@h:5671/vh?cacertfile=/c", out, sizeof(out)),
+      "amqps://bob:***@h:5671/vh?cacertfile=/c");
+  edp_url u;
+  ck_assert_int_eq(
+      edp_url_parse("amqps://bob:se%2Fcr%3Fet%23x%40y@h:5671/vh", &u, NULL, 0),
+      0);
+  ck_assert_str_eq(u.pass, "se/cr?et#x@y");
+  ck_assert_str_eq(edp_url_format_masked(&u, out, sizeof(out)),
+                   "amqps://bob:***@h:5671/vh");
+  ck_assert_int_eq(edp_url_parse("amqps://[::1]/?auth_mechanism=external&"
+                                 "certfile=c&keyfile=k",
+                                 &u, NULL, 0),
+                   0);
+  ck_assert_str_eq(edp_url_format_masked(&u, out, sizeof(out)),
+                   "amqps://[::1]:5671/?auth_mechanism=external");
+}
+END_TEST
+
+START_TEST(tls_error_code) {
+  ck_assert_str_eq(edp_errname(EDP_ETLS), "TLS");
+  ck_assert_ptr_nonnull(strstr(edp_strerror(EDP_ETLS), "TLS"));
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("url");
+  TCase *tc = tcase_create("url");
+  tcase_add_test(tc, amqps_defaults);
+  tcase_add_test(tc, amqps_options);
+  tcase_add_test(tc, amqps_refused);
+  tcase_add_test(tc, masking_every_character);
+  tcase_add_test(tc, tls_error_code);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
