@@ -23,7 +23,7 @@ echo "-- headers as C++"
 printf '#include "edp.h"\nint main() { edp_conn *c = nullptr; edp_conn_destroy(&c); return 0; }\n' > "$tmp/t.cc"
 # shellcheck disable=SC2086 # EDP_SANFLAGS: make check SAN=1's flags
 g++ -std=c++11 -Wall -Wextra -Werror ${EDP_SANFLAGS:-} -Ilib -Ipatterns -o "$tmp/cxx" "$tmp/t.cc" "$OUT/libedp.a" \
-  $(pkg-config --libs librabbitmq jansson) -lpthread || fail "headers do not compile as C++"
+  $(pkg-config --libs librabbitmq jansson openssl) -lpthread || fail "headers do not compile as C++"
 "$tmp/cxx" || fail "C++ program failed"
 echo "ok"
 
@@ -36,7 +36,7 @@ export PKG_CONFIG_SYSROOT_DIR="$tmp/root" PKG_CONFIG_PATH="$tmp/root/usr/lib/pkg
 cc -std=c11 -Wall -Werror -o "$tmp/ex-shared" examples/forward_receiver.c $(pkg-config --cflags --libs edp)
 # shellcheck disable=SC2046
 cc -std=c11 -Wall -Werror -o "$tmp/ex-static" examples/forward_receiver.c $(pkg-config --cflags edp) \
-  "$tmp/root/usr/lib/libedp.a" $(pkg-config --libs librabbitmq jansson) -lpthread
+  "$tmp/root/usr/lib/libedp.a" $(pkg-config --libs librabbitmq jansson openssl) -lpthread
 unset PKG_CONFIG_SYSROOT_DIR PKG_CONFIG_PATH
 ! ldd "$tmp/ex-static" | grep -q libedp || fail "static example links libedp.so"
 for kind in shared static; do
