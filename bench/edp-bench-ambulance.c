@@ -383,8 +383,9 @@ int main(void) {
         x->std_rate, res[0].std_rate > 0 ? x->std_rate / res[0].std_rate : 0,
         x->t0_busy * 100, lanes ? "(priority thread)" : "(a worker)");
     if (x->n_lat < ROUNDS * n_prio)
-      printf("| | only %ld of %ld priority messages processed | | | | | | | |\n",
-             x->n_lat, ROUNDS * n_prio);
+      printf(
+          "| | only %ld of %ld priority messages processed | | | | | | | |\n",
+          x->n_lat, ROUNDS * n_prio);
   }
   /* The plots: each mode's pooled priority latencies as a distribution
    * (sorted, with the fraction at or below each), and the standard
@@ -393,8 +394,8 @@ int main(void) {
                              "mode,latency_ms,fraction");
   for (int i = 0; csv && i < 4; i++)
     for (long k = 0; k < n_pooled[i]; k++)
-      fprintf(csv, "%s,%.3f,%.4f\n", edp_amb_mode_name(modes[i]),
-              pooled[i][k], (double)(k + 1) / (double)n_pooled[i]);
+      fprintf(csv, "%s,%.3f,%.4f\n", edp_amb_mode_name(modes[i]), pooled[i][k],
+              (double)(k + 1) / (double)n_pooled[i]);
   bench_csv_close(csv, "edp-bench-ambulance");
   csv = bench_csv_open("ambulance-throughput.csv", "edp-bench-ambulance",
                        "mode,standard_msg_per_s,vs_fifo,priority_p99_ms");

@@ -296,13 +296,12 @@ static result median(result *r) {
   return r[REPS / 2];
 }
 
-
 /* ---------- kill and rejoin, for the plot ---------- */
 
-#define TL_RATE 6000    /* offered msg/s over all nodes */
-#define TL_KILL_MS 5000 /* node 2 killed */
+#define TL_RATE 6000      /* offered msg/s over all nodes */
+#define TL_KILL_MS 5000   /* node 2 killed */
 #define TL_START_MS 10000 /* node 2 started again (takes seconds) */
-#define TL_AFTER_MS 6000 /* kept running after it is back */
+#define TL_AFTER_MS 6000  /* kept running after it is back */
 #define TL_MAX_MS 45000
 #define TL_SAMPLE_MS 250
 
@@ -330,8 +329,7 @@ static tl_result kill_rejoin(void) {
                             "t_s,node0_msg_per_s,node1_msg_per_s,"
                             "node2_msg_per_s,total_msg_per_s,node0_live,"
                             "node1_live,node2_live");
-  FILE *ev = bench_csv_open("multi-events.csv", "edp-bench-multi",
-                            "t_s,event");
+  FILE *ev = bench_csv_open("multi-events.csv", "edp-bench-multi", "t_s,event");
   char q[64];
   snprintf(q, sizeof(q), "bench.multi.%d.%d", (int)getpid(), ++seq_q);
   const char *urls[NODES];
@@ -531,7 +529,6 @@ int main(int argc, char **argv) {
          kr.back_s >= 0 ? "was back in rotation at "
                         : "was **not back** in rotation by ",
          kr.back_s >= 0 ? kr.back_s : TL_MAX_MS / 1000.0, kr.sent,
-         (unsigned long long)kr.confirmed,
-         kr.ok ? "" : " (**flush failed**)");
+         (unsigned long long)kr.confirmed, kr.ok ? "" : " (**flush failed**)");
   return 0;
 }

@@ -125,13 +125,13 @@ static int64_t *PUB; /* per seq: publish time, monotonic */
 #define SAMPLE_MS 100
 static struct {
   FILE *timeline, *latency;
-  const char *id;     /* the run, as the CSV names it */
+  const char *id; /* the run, as the CSV names it */
   const char *queue;
-  edp_conn *mc;       /* the sampler's own connection */
+  edp_conn *mc; /* the sampler's own connection */
   edp_sup *sup;
-  int64_t l0;         /* load start, monotonic */
-  int64_t next;       /* next sample due */
-  int64_t *sent;      /* per seq: sent, ms after l0 */
+  int64_t l0;    /* load start, monotonic */
+  int64_t next;  /* next sample due */
+  int64_t *sent; /* per seq: sent, ms after l0 */
 } TL;
 
 static void sample_maybe(void) {

@@ -232,10 +232,10 @@ int main(void) {
            ws[i], msgs[i], best, other, ratio, target, met ? "yes" : "**no**",
            viol[i]);
   }
-  FILE *csv = bench_csv_open(
-      "thread-scaling.csv", "edp-bench-thread",
-      "workers,msg_per_s,other_run_msg_per_s,ideal_msg_per_s,"
-      "single_consumer_msg_per_s");
+  FILE *csv =
+      bench_csv_open("thread-scaling.csv", "edp-bench-thread",
+                     "workers,msg_per_s,other_run_msg_per_s,ideal_msg_per_s,"
+                     "single_consumer_msg_per_s");
   for (int i = 0; csv && i < 6; i++)
     fprintf(csv, "%d,%.0f,%.0f,%.0f,%.0f\n", ws[i],
             rate[i][0] > rate[i][1] ? rate[i][0] : rate[i][1],
