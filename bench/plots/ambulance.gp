@@ -1,7 +1,7 @@
 # bench: edp-bench-ambulance
 # data: ambulance-latency.csv ambulance-throughput.csv
 # title: Ambulance: priority latency and standard throughput per mode
-# caption: Left: over a standing backlog, priority messages in carpool, ambulance and native wait milliseconds while fifo's wait seconds behind the backlog; right: what each mode costs the standard messages (carpool idles its lane, ambulance keeps fifo's throughput).
+# caption: Left: over a standing backlog, priority messages in carpool, ambulance and native wait milliseconds while fifo's wait seconds behind the backlog; right: what each mode costs the standard messages (carpool idles its lane, ambulance stays close to fifo's).
 load plotdir.'/common.gpi'
 set terminal svg size 1100,500 dynamic enhanced font "sans,12" background "white"
 set output out
@@ -38,5 +38,5 @@ set boxwidth 0.6
 set style fill solid 0.7 border lc rgb "#333333"
 set key top right
 plot thr using 0:2:xtic(1) with boxes lc rgb "#1f77b4" title "standard msg/s (labels: rate, ratio to fifo)", \
-     thr using 0:2:(sprintf("%.0f (%.2f x fifo)", $2, $3)) with labels offset 0,0.8 notitle
+     thr using 0:2:(sprintf("%.0f\n%.2f x fifo", $2, $3)) with labels offset 0,2 notitle
 unset multiplot
