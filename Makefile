@@ -4,7 +4,11 @@
 #   make check        unit tests, then integration tests on a private broker
 #   make check SAN=1  the same, built with ASan and UBSan (objects in build/san)
 #   make demo         the event forwarding demo on a private broker
-#   make bench        benchmarks, written to docs/BENCHMARKS.md
+#   make bench        benchmarks, written to docs/BENCHMARKS.md, with
+#                     their plots (CSV, and SVG when gnuplot is installed)
+#                     in docs/img
+#   make plots        redraws the plots from the CSV files in docs/img
+#                     (needs gnuplot: apt-get install gnuplot-nox)
 #   make faults       the whole fault matrix, written to docs/faults.md
 #   make deps         installs missing Debian packages (as root)
 #   make install      PREFIX=/usr/local DESTDIR=
@@ -138,6 +142,10 @@ faults: deps all tests
 bench: deps all $(BENCH_BINS)
 	EDP_BIN=$(BIN) tests/with-broker.sh tests/bench.sh $(BENCH_BINS)
 
+# gnuplot is not in DEB_PKGS: a missing gnuplot only skips the pictures.
+plots:
+	tests/plots.sh docs/img
+
 demo: deps all
 	EDP_BIN=$(BIN) tests/with-broker.sh cmd/demo.sh $(PATTERN)
 
@@ -169,7 +177,7 @@ format:
 clean:
 	rm -rf build bin
 
-.PHONY: all check tests bench faults demo deps install docs format clean FORCE
+.PHONY: all check tests bench plots faults demo deps install docs format clean FORCE
 FORCE:
 .SECONDARY:
 

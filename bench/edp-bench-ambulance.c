@@ -14,6 +14,11 @@
  * Second table: the ambulance thread's choice under a burst of 400
  * priority messages, with a priority prefetch of 1, 2 and 4: how many
  * standard messages it started while priority messages were queued.
+ *
+ * For the plots it writes ambulance-latency.csv (the priority latency
+ * distribution of each mode) and ambulance-throughput.csv (standard
+ * msg/s per mode); see benchdata.h. EDP_BENCH_QUICK=1 sends priority
+ * messages for 5 s per run instead of 10 s.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -22,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "benchdata.h"
 #include "edp.h"
 
 #define HANDLER_MS 1
@@ -289,14 +295,16 @@ int main(void) {
    * the p99 is the second largest). Latencies are pooled, throughputs
    * averaged. */
   run_res res[4];
+  long n_prio = bench_quick() ? 50 : 100;
   static double pooled[4][2 * 100];
   long n_pooled[4] = {0};
   memset(res, 0, sizeof(res));
   for (int round = 0; round < ROUNDS; round++)
     for (int i = 0; i < 4; i++) {
-      fprintf(stderr, "== round %d, %s: backlog 5000, priority 10/s for 10 s\n",
-              round + 1, edp_amb_mode_name(modes[i]));
-      run_cfg cfg = {modes[i], 5000, 100, 10, 4, 1};
+      fprintf(stderr,
+              "== round %d, %s: backlog 5000, priority 10/s for %ld s\n",
+              round + 1, edp_amb_mode_name(modes[i]), n_prio / 10);
+      run_cfg cfg = {modes[i], 5000, n_prio, 10, 4, 1};
       run_res x;
       memset(&x, 0, sizeof(x));
       run(url, &cfg, &x);
@@ -348,6 +356,10 @@ int main(void) {
     load[strcspn(load, " ")] = '\0';
     fclose(la);
   }
+  if (bench_quick())
+    printf("**Reduced run** (EDP_BENCH_QUICK=1): priority messages for "
+           "%ld s per run, %ld per mode pooled, not the figures above.\n\n",
+           n_prio / 10, ROUNDS * n_prio);
   printf("Load average at the end of the main table: %s (on %ld cores, "
          "shared with other work). Meanwhile a probe thread asking to sleep "
          "1 ms woke up to %.1f ms late at p99 (%.1f ms at worst): delays of "
@@ -370,10 +382,30 @@ int main(void) {
                                  : "**no**",
         x->std_rate, res[0].std_rate > 0 ? x->std_rate / res[0].std_rate : 0,
         x->t0_busy * 100, lanes ? "(priority thread)" : "(a worker)");
-    if (x->n_lat < ROUNDS * 100)
-      printf("| | only %ld of %d priority messages processed | | | | | | | |\n",
-             x->n_lat, ROUNDS * 100);
+    if (x->n_lat < ROUNDS * n_prio)
+      printf(
+          "| | only %ld of %ld priority messages processed | | | | | | | |\n",
+          x->n_lat, ROUNDS * n_prio);
   }
+  /* The plots: each mode's pooled priority latencies as a distribution
+   * (sorted, with the fraction at or below each), and the standard
+   * throughput of each mode. */
+  FILE *csv = bench_csv_open("ambulance-latency.csv", "edp-bench-ambulance",
+                             "mode,latency_ms,fraction");
+  for (int i = 0; csv && i < 4; i++)
+    for (long k = 0; k < n_pooled[i]; k++)
+      fprintf(csv, "%s,%.3f,%.4f\n", edp_amb_mode_name(modes[i]), pooled[i][k],
+              (double)(k + 1) / (double)n_pooled[i]);
+  bench_csv_close(csv, "edp-bench-ambulance");
+  csv = bench_csv_open("ambulance-throughput.csv", "edp-bench-ambulance",
+                       "mode,standard_msg_per_s,vs_fifo,priority_p99_ms");
+  for (int i = 0; csv && i < 4; i++)
+    fprintf(csv, "%s,%.0f,%.2f,%.1f\n", edp_amb_mode_name(modes[i]),
+            res[i].std_rate,
+            res[0].std_rate > 0 ? res[i].std_rate / res[0].std_rate : 0,
+            res[i].p99);
+  bench_csv_close(csv, "edp-bench-ambulance");
+
   double amb_ratio =
       res[0].std_rate > 0 ? res[2].std_rate / res[0].std_rate : 0;
   printf("\nAmbulance standard throughput is %.0f%% of fifo's (target 95%%: "

@@ -6,6 +6,11 @@
  * (run from the source tree) and always stops them. The baseline is one
  * plain edp_conn with the same confirm window on node 0, in the same run.
  * Prints a markdown section; each figure is the median of three runs.
+ *
+ * Then, for the plot, a kill and rejoin: a paced load over the three
+ * nodes while node 2 is killed (SIGKILL) and started again, sampling each
+ * node's confirmed messages per second (multi-timeline.csv and
+ * multi-events.csv, see benchdata.h).
  */
 #define _DEFAULT_SOURCE
 #include <errno.h>
@@ -18,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "benchdata.h"
 #include "cli.h"
 
 #define NODES 3
@@ -290,12 +296,149 @@ static result median(result *r) {
   return r[REPS / 2];
 }
 
+/* ---------- kill and rejoin, for the plot ---------- */
+
+#define TL_RATE 6000      /* offered msg/s over all nodes */
+#define TL_KILL_MS 5000   /* node 2 killed */
+#define TL_START_MS 10000 /* node 2 started again (takes seconds) */
+#define TL_AFTER_MS 6000  /* kept running after it is back */
+#define TL_MAX_MS 45000
+#define TL_SAMPLE_MS 250
+
+typedef struct tl_result {
+  long sent;
+  uint64_t confirmed, rerouted;
+  double down_s, back_s; /* node 2 seen down, back in rotation; -1 never */
+  int ok;
+} tl_result;
+
+static int reap(pid_t *pid) {
+  if (*pid <= 0)
+    return 1;
+  int st;
+  if (waitpid(*pid, &st, WNOHANG) == *pid) {
+    *pid = 0;
+    return 1;
+  }
+  return 0;
+}
+
+static tl_result kill_rejoin(void) {
+  tl_result res = {0, 0, 0, -1, -1, 0};
+  FILE *tl = bench_csv_open("multi-timeline.csv", "edp-bench-multi",
+                            "t_s,node0_msg_per_s,node1_msg_per_s,"
+                            "node2_msg_per_s,total_msg_per_s,node0_live,"
+                            "node1_live,node2_live");
+  FILE *ev = bench_csv_open("multi-events.csv", "edp-bench-multi", "t_s,event");
+  char q[64];
+  snprintf(q, sizeof(q), "bench.multi.%d.%d", (int)getpid(), ++seq_q);
+  const char *urls[NODES];
+  for (int i = 0; i < NODES; i++)
+    urls[i] = node_url[i];
+  edp_multi_producer_opts po;
+  edp_multi_producer_opts_init(&po);
+  po.urls = urls;
+  po.n_urls = NODES;
+  po.queue = q;
+  edp_multi_producer *p = NULL;
+  char why[600] = "";
+  if (edp_multi_producer_new(&po, &p, why, sizeof(why)))
+    cli_die(&app, CLI_UNAVAILABLE, "producer: %s", why);
+  edp_msg m;
+  init_msg(&m, q);
+  uint64_t last[NODES] = {0};
+  int was_live = 1;
+  pid_t killer = 0, starter = 0;
+  int killed = 0, started = 0;
+  int64_t t0 = edp_now_ms(), next_sample = t0 + TL_SAMPLE_MS, prev = t0;
+  int64_t end = t0 + TL_MAX_MS;
+  for (;;) {
+    int64_t now = edp_now_ms(), t = now - t0;
+    if (now >= end)
+      break;
+    if (!killed && t >= TL_KILL_MS) {
+      killer = spawn_broker("kill", node_dir[2]);
+      killed = 1;
+      if (ev)
+        fprintf(ev, "%.2f,node 2 killed\n", t / 1000.0);
+    }
+    if (killed && !started && t >= TL_START_MS && reap(&killer)) {
+      starter = spawn_broker("start", node_dir[2]);
+      started = 1;
+      if (ev)
+        fprintf(ev, "%.2f,node 2 restarting\n", t / 1000.0);
+    }
+    reap(&starter);
+    long due = (long)(t * TL_RATE / 1000);
+    while (res.sent < due && edp_now_ms() < end) {
+      if (edp_multi_publish(p, &m, NULL))
+        cli_die(&app, CLI_UNAVAILABLE, "kill/rejoin: publish failed");
+      res.sent++;
+    }
+    edp_multi_poll(p, 2);
+    now = edp_now_ms();
+    if (now < next_sample)
+      continue;
+    next_sample += TL_SAMPLE_MS;
+    double dt = (double)(now - prev) / 1000.0;
+    prev = now;
+    double r[NODES], total = 0;
+    int live[NODES];
+    for (int i = 0; i < NODES; i++) {
+      edp_multi_broker_stats st;
+      edp_multi_producer_stats(p, (size_t)i, &st);
+      r[i] = (double)(st.confirmed - last[i]) / (dt > 0 ? dt : 1);
+      total += r[i];
+      live[i] = st.live;
+      last[i] = st.confirmed;
+    }
+    if (tl)
+      fprintf(tl, "%.2f,%.0f,%.0f,%.0f,%.0f,%d,%d,%d\n", (now - t0) / 1000.0,
+              r[0], r[1], r[2], total, live[0], live[1], live[2]);
+    if (was_live && !live[2] && killed && res.down_s < 0) {
+      res.down_s = (now - t0) / 1000.0;
+      if (ev)
+        fprintf(ev, "%.2f,node 2 seen down\n", res.down_s);
+    }
+    if (!was_live && live[2] && started && res.back_s < 0) {
+      res.back_s = (now - t0) / 1000.0;
+      if (ev)
+        fprintf(ev, "%.2f,node 2 back in rotation\n", res.back_s);
+      end = now + TL_AFTER_MS;
+    }
+    was_live = live[2];
+  }
+  while (!reap(&killer) || !reap(&starter))
+    edp_multi_poll(p, 100);
+  res.ok = edp_multi_flush(p, 60000) == 0;
+  for (int i = 0; i < NODES; i++) {
+    edp_multi_broker_stats st;
+    edp_multi_producer_stats(p, (size_t)i, &st);
+    res.confirmed += st.confirmed;
+    res.rerouted += st.rerouted;
+  }
+  edp_multi_producer_destroy(&p);
+  for (int i = 0; i < NODES; i++) {
+    edp_conn_opts o;
+    edp_conn_opts_init(&o);
+    o.url = node_url[i];
+    edp_conn *dc = NULL;
+    if (!edp_conn_open(&o, &dc, NULL, 0))
+      edp_conn_queue_delete(dc, q);
+    edp_conn_destroy(&dc);
+  }
+  bench_csv_close(tl, "edp-bench-multi");
+  bench_csv_close(ev, "edp-bench-multi");
+  return res;
+}
+
 int main(int argc, char **argv) {
   cli_init(&app, "edp-bench-multi");
   int scale = argc > 1 ? atoi(argv[1]) : 1;
   if (scale < 1)
     scale = 1;
-  int n = 30000 * scale;
+  /* A reduced run (EDP_BENCH_QUICK) uses a fifth of the messages. */
+  int n = 30000 * scale / (bench_quick() ? 5 : 1);
   memset(body, 'x', sizeof(body));
   if (pipe(consumed_pipe))
     cli_die(&app, CLI_SOFTWARE, "pipe: %s", strerror(errno));
@@ -315,6 +458,8 @@ int main(int argc, char **argv) {
     P[k] = median(pub[k]);
     C[k] = median(con[k]);
   }
+  fprintf(stderr, "multi-broker: kill and rejoin of node 2...\n");
+  tl_result kr = kill_rejoin();
   nodes_stop();
 
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -374,5 +519,16 @@ int main(int argc, char **argv) {
          P[0].rate, 2 * P[0].rate, 3 * P[0].rate, 4 * P[0].rate, node_cap,
          cores, P[0].broker_us, P[2].client_us, client_cap,
          P[0].rate > 0 ? (int)(client_cap / P[0].rate) : 0);
+  printf("\nKill and rejoin: %d msg/s offered round-robin over the three "
+         "nodes; node 2 killed (SIGKILL) at %.1f s and started again at "
+         "%.1f s. The producer saw it down at %.1f s and moved its "
+         "unconfirmed messages to the others (%llu rerouted); node 2 %s%.1f s. "
+         "%ld messages sent, %llu confirmed%s.\n",
+         TL_RATE, TL_KILL_MS / 1000.0, TL_START_MS / 1000.0, kr.down_s,
+         (unsigned long long)kr.rerouted,
+         kr.back_s >= 0 ? "was back in rotation at "
+                        : "was **not back** in rotation by ",
+         kr.back_s >= 0 ? kr.back_s : TL_MAX_MS / 1000.0, kr.sent,
+         (unsigned long long)kr.confirmed, kr.ok ? "" : " (**flush failed**)");
   return 0;
 }

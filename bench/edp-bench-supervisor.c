@@ -11,6 +11,12 @@
  * markdown section with ratios against static max; the target is a p99
  * within 2x static max's at no more than half its consumer-seconds.
  *
+ * For the plot it samples every run every 100 ms (queue depth from a
+ * passive declare on a connection of its own, active consumers from the
+ * supervisor's stats) and keeps every message's latency by the time it
+ * was sent: supervisor-timeline.csv and supervisor-latency.csv (see
+ * benchdata.h).
+ *
  * Needs EDP_URL (tests/with-broker.sh sets it). Progress goes to stderr.
  */
 #include <pthread.h>
@@ -20,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "benchdata.h"
 #include "edp.h"
 
 #define WORK_MS 10
@@ -112,6 +119,35 @@ static void trace_ev(void *ud, const edp_sup_event *ev) {
 }
 static int64_t *PUB; /* per seq: publish time, monotonic */
 
+/* The timeline behind the plot: while a run's load and drain go on, the
+ * main thread samples depth and consumers every SAMPLE_MS (between its
+ * publishes, never in the handler's way). */
+#define SAMPLE_MS 100
+static struct {
+  FILE *timeline, *latency;
+  const char *id; /* the run, as the CSV names it */
+  const char *queue;
+  edp_conn *mc; /* the sampler's own connection */
+  edp_sup *sup;
+  int64_t l0;    /* load start, monotonic */
+  int64_t next;  /* next sample due */
+  int64_t *sent; /* per seq: sent, ms after l0 */
+} TL;
+
+static void sample_maybe(void) {
+  int64_t now = edp_now_ms();
+  if (!TL.timeline || !TL.mc || now < TL.next)
+    return;
+  TL.next = now + SAMPLE_MS;
+  uint32_t depth = 0;
+  if (edp_conn_queue_inspect(TL.mc, TL.queue, &depth, NULL))
+    return;
+  edp_sup_stats st;
+  edp_sup_stats_get(TL.sup, &st);
+  fprintf(TL.timeline, "%s,%.2f,%u,%d\n", TL.id, (double)(now - TL.l0) / 1000.0,
+          depth, st.consumers);
+}
+
 static int cmp64(const void *a, const void *b) {
   int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
   return x < y ? -1 : x > y;
@@ -129,19 +165,24 @@ static void die(const char *what, int rc) {
   exit(1);
 }
 
-/* Services the publisher's connection until the monotonic time t. */
+/* Services the publisher's connection until the monotonic time t,
+ * sampling the timeline on the way. */
 static void wait_until(edp_conn *c, int64_t t) {
   for (;;) {
-    int64_t left = t - edp_now_ms();
+    sample_maybe();
+    int64_t now = edp_now_ms(), left = t - now;
     if (left <= 0)
       return;
+    if (TL.timeline && TL.next > now && TL.next - now < left)
+      left = TL.next - now;
     if (edp_conn_wait(c, -1, (int)left) < 0)
       edp_sleep_ms((int)left, -1);
   }
 }
 
-static void run(const char *url, const char *label, int supervise, int min,
-                int max, int keep_alive_ms, int hint_ms, result *out) {
+static void run(const char *url, const char *label, const char *id,
+                int supervise, int min, int max, int keep_alive_ms, int hint_ms,
+                result *out) {
   char queue[128];
   static int n_run;
   snprintf(queue, sizeof(queue), "edp.bench.sup.%d.%d", (int)getpid(), ++n_run);
@@ -188,8 +229,20 @@ static void run(const char *url, const char *label, int supervise, int min,
     fprintf(stderr, "edp-bench-supervisor: %s\n", why);
     exit(1);
   }
+  TL.id = id;
+  TL.queue = queue;
+  TL.sup = s;
+  TL.mc = NULL;
+  if (TL.timeline) {
+    co.client_name = "edp-bench-supervisor-sampler";
+    if (edp_conn_open(&co, &TL.mc, why, sizeof(why)))
+      fprintf(stderr, "edp-bench-supervisor: sampler: %s\n", why);
+  }
+  TL.next = INT64_MAX;
   /* Let the first consumers connect before the clock starts. */
   wait_until(pc, edp_now_ms() + 1000);
+  TL.l0 = edp_now_ms();
+  TL.next = TL.l0;
   edp_sup_stats st0, st1;
   edp_sup_stats_get(s, &st0);
   fprintf(stderr, "edp-bench-supervisor: %s: publishing...\n", label);
@@ -206,6 +259,7 @@ static void run(const char *url, const char *label, int supervise, int min,
       seq++;
       R.burst[seq - 1] = (unsigned char)profile[i].burst;
       PUB[seq - 1] = edp_now_ms() - T0;
+      TL.sent[seq - 1] = edp_now_ms() - TL.l0;
       snprintf(id, sizeof(id), "b-%ld", seq);
       int len = snprintf(body, sizeof(body), "{\"seq\":%ld,\"sent_ms\":%lld}",
                          seq, (long long)edp_wall_ms());
@@ -223,8 +277,21 @@ static void run(const char *url, const char *label, int supervise, int min,
   dl.tv_sec += DRAIN_TIMEOUT_MS / 1000;
   pthread_mutex_lock(&R.mu);
   while (R.done < R.total) {
-    if (pthread_cond_timedwait(&R.cv, &R.mu, &dl))
+    /* Wake at least every sample period to sample the timeline. */
+    struct timespec w;
+    clock_gettime(CLOCK_REALTIME, &w);
+    w.tv_nsec += SAMPLE_MS * 1000000L;
+    if (w.tv_nsec >= 1000000000L) {
+      w.tv_sec++;
+      w.tv_nsec -= 1000000000L;
+    }
+    int last = w.tv_sec > dl.tv_sec ||
+               (w.tv_sec == dl.tv_sec && w.tv_nsec >= dl.tv_nsec);
+    if (pthread_cond_timedwait(&R.cv, &R.mu, last ? &dl : &w) && last)
       break;
+    pthread_mutex_unlock(&R.mu);
+    sample_maybe();
+    pthread_mutex_lock(&R.mu);
   }
   long done = R.done;
   pthread_mutex_unlock(&R.mu);
@@ -242,7 +309,14 @@ static void run(const char *url, const char *label, int supervise, int min,
     extra_ms = (window_end - edp_now_ms()) * min;
   edp_sup_stats_get(s, &st1);
   st1.consumer_ms += extra_ms;
+  /* Sampling ends with the run. */
+  TL.next = INT64_MAX;
+  edp_conn_destroy(&TL.mc);
   edp_sup_destroy(&s);
+  for (long i = 0; TL.latency && i < R.total; i++)
+    if (R.lat[i] >= 0)
+      fprintf(TL.latency, "%s,%.3f,%lld\n", id, (double)TL.sent[i] / 1000.0,
+              (long long)R.lat[i]);
   if (done < R.total) {
     fprintf(stderr, "edp-bench-supervisor: %s: only %ld of %ld processed\n",
             label, done, R.total);
@@ -300,6 +374,14 @@ int main(void) {
   R.lat = malloc(sizeof(int64_t) * (size_t)R.total);
   R.burst = calloc((size_t)R.total, 1);
   PUB = calloc((size_t)R.total, sizeof(int64_t));
+  TL.sent = calloc((size_t)R.total, sizeof(int64_t));
+  if (!PUB || !TL.sent)
+    return 1;
+  TL.timeline =
+      bench_csv_open("supervisor-timeline.csv", "edp-bench-supervisor",
+                     "run,t_s,queue_depth,active_consumers");
+  TL.latency = bench_csv_open("supervisor-latency.csv", "edp-bench-supervisor",
+                              "run,sent_s,latency_ms");
   TRACE = getenv("EDP_BENCH_SUP_TRACE") != NULL;
   if (!R.lat || !R.burst)
     return 1;
@@ -318,19 +400,27 @@ int main(void) {
   snprintf(lsup[2], sizeof(lsup[2]), "supervisor, keep-alive %d ms, no hints",
            KEEP_ALIVE_MS);
   if (getenv("EDP_BENCH_SUP_ONLY_SUP")) {
-    run(url, lsup[0], 1, MIN_CONSUMERS, MAX_CONSUMERS, KEEP_ALIVE_MS, HINT_MS,
-        &r[2]);
-    run(url, lsup[1], 1, MIN_CONSUMERS, MAX_CONSUMERS, LONG_KEEP_ALIVE_MS,
-        HINT_MS, &r[3]);
+    run(url, lsup[0], "supervisor", 1, MIN_CONSUMERS, MAX_CONSUMERS,
+        KEEP_ALIVE_MS, HINT_MS, &r[2]);
+    run(url, lsup[1], "supervisor-long-keep-alive", 1, MIN_CONSUMERS,
+        MAX_CONSUMERS, LONG_KEEP_ALIVE_MS, HINT_MS, &r[3]);
+    bench_csv_close(TL.timeline, "edp-bench-supervisor");
+    bench_csv_close(TL.latency, "edp-bench-supervisor");
     return 0;
   }
-  run(url, lmin, 0, MIN_CONSUMERS, MIN_CONSUMERS, 0, 0, &r[0]);
-  run(url, lmax, 0, MAX_CONSUMERS, MAX_CONSUMERS, 0, 0, &r[1]);
-  run(url, lsup[0], 1, MIN_CONSUMERS, MAX_CONSUMERS, KEEP_ALIVE_MS, HINT_MS,
-      &r[2]);
-  run(url, lsup[1], 1, MIN_CONSUMERS, MAX_CONSUMERS, LONG_KEEP_ALIVE_MS,
-      HINT_MS, &r[3]);
-  run(url, lsup[2], 1, MIN_CONSUMERS, MAX_CONSUMERS, KEEP_ALIVE_MS, 0, &r[4]);
+  /* The ids name the runs in the CSV files: static-min, static-max,
+   * supervisor (short keep-alive, hints), supervisor-long-keep-alive and
+   * supervisor-no-hints. */
+  run(url, lmin, "static-min", 0, MIN_CONSUMERS, MIN_CONSUMERS, 0, 0, &r[0]);
+  run(url, lmax, "static-max", 0, MAX_CONSUMERS, MAX_CONSUMERS, 0, 0, &r[1]);
+  run(url, lsup[0], "supervisor", 1, MIN_CONSUMERS, MAX_CONSUMERS,
+      KEEP_ALIVE_MS, HINT_MS, &r[2]);
+  run(url, lsup[1], "supervisor-long-keep-alive", 1, MIN_CONSUMERS,
+      MAX_CONSUMERS, LONG_KEEP_ALIVE_MS, HINT_MS, &r[3]);
+  run(url, lsup[2], "supervisor-no-hints", 1, MIN_CONSUMERS, MAX_CONSUMERS,
+      KEEP_ALIVE_MS, 0, &r[4]);
+  bench_csv_close(TL.timeline, "edp-bench-supervisor");
+  bench_csv_close(TL.latency, "edp-bench-supervisor");
 
   const result *base = &r[1];
   printf("## Supervisor consumer\n\n");
@@ -372,5 +462,6 @@ int main(void) {
   printf("\n");
   free(R.lat);
   free(R.burst);
+  free(TL.sent);
   return 0;
 }

@@ -3,7 +3,9 @@
  * keeping per-account order? A handler with 2 ms of simulated I/O, 1,000
  * accounts, the dispatcher with 1, 2, 4, 8, 16 and 32 workers, against a
  * single ordered consumer (receive, handle, ack) measured in the same run.
- * Prints one markdown section; progress goes to stderr.
+ * Prints one markdown section; progress goes to stderr. Writes
+ * thread-scaling.csv for the plot (see benchdata.h); EDP_BENCH_QUICK=1
+ * runs a quarter of the messages.
  */
 #include <stdatomic.h>
 #include <stdio.h>
@@ -11,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "benchdata.h"
 #include "cli.h"
 
 #define ACCOUNTS 1000
@@ -171,7 +174,8 @@ int main(void) {
    * run of each (the other run is shown too). */
   double rate[6][RUNS], single[RUNS];
   long viol[6] = {0}, msgs[6];
-  long n_single = 1000, viol_single = 0;
+  int div = bench_quick() ? 4 : 1;
+  long n_single = 1000 / div, viol_single = 0;
   for (int r = 0; r < RUNS; r++) {
     if (r == 0) {
       fprintf(stderr, "edp-bench-thread: single ordered consumer...\n");
@@ -182,7 +186,7 @@ int main(void) {
     for (int i = 0; i < 6; i++) {
       /* About four seconds of work at the ideal rate, so that the start
        * and the tail (the last backlogs draining) weigh little. */
-      msgs[i] = 2000L * ws[i];
+      msgs[i] = 2000L * ws[i] / div;
       fprintf(stderr,
               "edp-bench-thread: run %d, %d worker(s), %ld messages...\n",
               r + 1, ws[i], msgs[i]);
@@ -228,6 +232,16 @@ int main(void) {
            ws[i], msgs[i], best, other, ratio, target, met ? "yes" : "**no**",
            viol[i]);
   }
+  FILE *csv =
+      bench_csv_open("thread-scaling.csv", "edp-bench-thread",
+                     "workers,msg_per_s,other_run_msg_per_s,ideal_msg_per_s,"
+                     "single_consumer_msg_per_s");
+  for (int i = 0; csv && i < 6; i++)
+    fprintf(csv, "%d,%.0f,%.0f,%.0f,%.0f\n", ws[i],
+            rate[i][0] > rate[i][1] ? rate[i][0] : rate[i][1],
+            rate[i][0] > rate[i][1] ? rate[i][1] : rate[i][0], base * ws[i],
+            base);
+  bench_csv_close(csv, "edp-bench-thread");
   double load[3] = {0};
   FILE *f = fopen("/proc/loadavg", "r");
   if (f) {

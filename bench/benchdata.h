@@ -1,0 +1,58 @@
+/*
+ * benchdata.h - the data behind the plots of `make bench`. Each bench
+ * program writes the series its plot needs as CSV into the directory
+ * named by EDP_BENCH_DATA (tests/bench.sh sets it to docs/img), and
+ * tests/plots.sh draws them with gnuplot. Without EDP_BENCH_DATA no file
+ * is written and the programs print their tables only.
+ *
+ * EDP_BENCH_QUICK=1 asks a program for a reduced run (smaller sizes, for
+ * development); its CSV files say so in their first line, and the plots
+ * drawn from them carry that note in their titles, so a reduced run is
+ * never mistaken for the real benchmark.
+ */
+#ifndef EDP_BENCHDATA_H
+#define EDP_BENCHDATA_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static inline int bench_quick(void) {
+  const char *e = getenv("EDP_BENCH_QUICK");
+  return e && e[0] && strcmp(e, "0") != 0;
+}
+
+/* Opens $EDP_BENCH_DATA/name for writing and writes a comment line (the
+ * program, the time, full or reduced run) and the header line. Returns
+ * NULL when EDP_BENCH_DATA is unset or the file can't be written (with a
+ * warning on stderr: the tables matter more than the plots). */
+static inline FILE *bench_csv_open(const char *name, const char *prog,
+                                   const char *header) {
+  const char *dir = getenv("EDP_BENCH_DATA");
+  if (!dir || !dir[0])
+    return NULL;
+  char path[1024];
+  snprintf(path, sizeof(path), "%s/%s", dir, name);
+  FILE *f = fopen(path, "w");
+  if (!f) {
+    fprintf(stderr, "%s: cannot write %s: plot data skipped\n", prog, path);
+    return NULL;
+  }
+  char when[64];
+  time_t now = time(NULL);
+  struct tm tm;
+  strftime(when, sizeof(when), "%Y-%m-%d %H:%M UTC", gmtime_r(&now, &tm));
+  fprintf(f, "# %s, %s, %s\n%s\n", prog, when,
+          bench_quick() ? "reduced run (EDP_BENCH_QUICK=1)" : "full run",
+          header);
+  return f;
+}
+
+/* Closes f (NULL is fine), reporting a failed write. */
+static inline void bench_csv_close(FILE *f, const char *prog) {
+  if (f && fclose(f) != 0)
+    fprintf(stderr, "%s: writing plot data failed\n", prog);
+}
+
+#endif
