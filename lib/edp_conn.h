@@ -425,6 +425,14 @@ enum { EDP_READY_DELIVERY = 1, EDP_READY_WAKE = 2 };
  * confirms meanwhile. Negative on error as edp_conn_receive(). */
 int edp_conn_wait(edp_conn *c, int wake_fd, int timeout_ms);
 
+/* Services the connection (heartbeats, confirms; deliveries are queued
+ * for edp_conn_receive) until wake_fd is readable (EDP_READY_WAKE) or
+ * timeout_ms passes (0), however many deliveries are already queued:
+ * for an owner that must keep the connection alive while a handler runs
+ * elsewhere (edp_worker). A consumer cancellation is left for the next
+ * edp_conn_wait(). Negative on error as edp_conn_wait(). */
+int edp_conn_service(edp_conn *c, int wake_fd, int timeout_ms);
+
 /* Acknowledges / rejects deliveries. multiple covers every tag up to tag.
  * EDP_ESTALE if epoch is not the current channel's (the broker will
  * redeliver those messages; nothing to do). */

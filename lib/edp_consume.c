@@ -320,6 +320,29 @@ size_t edp_conn_pending_deliveries(const edp_conn *c) {
   return c ? c->n_dq : 0;
 }
 
+/* One wait step shared by edp_conn_wait and edp_conn_service: reads
+ * frames until one came, wake_fd, the deadline (-1: none) or an error.
+ * Returns 0 (a frame), EDP_READY_WAKE, EDP_ETIMEOUT or a negative error;
+ * a channel the broker closed is restored here (EDP_ECHANNEL). */
+static int service_step(edp_conn *c, int wake_fd, int64_t deadline) {
+  int left = -1;
+  if (deadline >= 0) {
+    int64_t l = deadline - edp_now_ms();
+    left = l > 0 ? (int)l : 0;
+  }
+  int woke = 0;
+  int rc = edp__pump(c, wake_fd, left, &woke);
+  if (woke)
+    return EDP_READY_WAKE;
+  if (rc == 0 || rc == EDP_ETIMEOUT)
+    return rc;
+  /* The broker closed the channel: restore it with its consumers. The
+   * caller learns its earlier deliveries are void. */
+  if (c->chan_closed)
+    return edp__settle(c, EDP_ECHANNEL);
+  return rc;
+}
+
 int edp_conn_wait(edp_conn *c, int wake_fd, int timeout_ms) {
   if (!c)
     return EDP_EINVAL;
@@ -331,24 +354,26 @@ int edp_conn_wait(edp_conn *c, int wake_fd, int timeout_ms) {
       c->consumer_lost = 0;
       return EDP_ENOTFOUND;
     }
-    int left = -1;
-    if (deadline >= 0) {
-      int64_t l = deadline - edp_now_ms();
-      left = l > 0 ? (int)l : 0;
-    }
-    int woke = 0;
-    int rc = edp__pump(c, wake_fd, left, &woke);
-    if (woke)
+    int rc = service_step(c, wake_fd, deadline);
+    if (rc == EDP_READY_WAKE)
       return c->dq_head ? EDP_READY_DELIVERY | EDP_READY_WAKE : EDP_READY_WAKE;
     if (rc == EDP_ETIMEOUT)
       return c->dq_head ? EDP_READY_DELIVERY : 0;
-    if (!rc)
-      continue;
-    /* The broker closed the channel: restore it with its consumers. The
-     * caller learns its earlier deliveries are void. */
-    if (c->chan_closed)
-      return edp__settle(c, EDP_ECHANNEL);
-    return rc;
+    if (rc)
+      return rc;
+  }
+}
+
+int edp_conn_service(edp_conn *c, int wake_fd, int timeout_ms) {
+  if (!c)
+    return EDP_EINVAL;
+  int64_t deadline = timeout_ms < 0 ? -1 : edp_now_ms() + timeout_ms;
+  for (;;) {
+    int rc = service_step(c, wake_fd, deadline);
+    if (rc == EDP_ETIMEOUT)
+      return 0;
+    if (rc)
+      return rc;
   }
 }
 

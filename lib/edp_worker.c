@@ -17,8 +17,8 @@
  * the eventfd once per run, after it saw the job done, so the fd is never
  * readable between runs. When the connection can no longer be serviced
  * the owner blocks on a second condition variable instead: no polling.
- *
- * The held deliveries live on the owner thread only, so they need no lock.
+ * The owner services the connection with edp_conn_service(), which keeps
+ * reading frames while deliveries wait in the connection's own queue.
  */
 #define _GNU_SOURCE
 #include "edp_worker.h"
@@ -57,8 +57,6 @@ struct edp_worker {
   void *ud;
   int result;
   /* Owner thread only. */
-  edp_delivery *held; /* FIFO: held[head .. head + n) */
-  size_t head, n, cap;
   int held_err; /* an error seen during a run, reported once */
   uint32_t held_err_epoch;
   edp_worker_stop_fn on_stop;
@@ -133,12 +131,6 @@ int edp_worker_new(edp_worker **out) {
   return 0;
 }
 
-static void held_clear(edp_worker *w) {
-  for (size_t i = 0; i < w->n; i++)
-    edp_delivery_clear(&w->held[w->head + i]);
-  w->head = w->n = 0;
-}
-
 void edp_worker_destroy(edp_worker **wp) {
   if (!wp || !*wp)
     return;
@@ -148,8 +140,6 @@ void edp_worker_destroy(edp_worker **wp) {
   pthread_cond_signal(&w->job_cv);
   pthread_mutex_unlock(&w->mu);
   pthread_join(w->th, NULL);
-  held_clear(w);
-  free(w->held);
   pthread_cond_destroy(&w->done_cv);
   pthread_cond_destroy(&w->job_cv);
   pthread_mutex_destroy(&w->mu);
@@ -163,57 +153,6 @@ void edp_worker_on_stop(edp_worker *w, edp_worker_stop_fn fn, void *ud) {
     return;
   w->on_stop = fn;
   w->on_stop_ud = fn ? ud : NULL;
-}
-
-/* Makes room for one more held delivery: compacts the FIFO to the front of
- * its array, or grows it. */
-static int held_reserve(edp_worker *w) {
-  if (w->head + w->n < w->cap)
-    return 0;
-  if (w->head) {
-    memmove(w->held, w->held + w->head, w->n * sizeof(*w->held));
-    w->head = 0;
-    return 0;
-  }
-  size_t cap = w->cap ? w->cap * 2 : 8;
-  edp_delivery *v = realloc(w->held, cap * sizeof(*v));
-  if (!v)
-    return EDP_ENOMEM;
-  w->held = v;
-  w->cap = cap;
-  return 0;
-}
-
-/* Moves the deliveries queued in conn to the held FIFO, so that the next
- * edp_conn_wait() blocks and services the connection again. Reserves room
- * before taking each one: a delivery we could not keep stays in conn. */
-static int hold_queued(edp_worker *w, edp_conn *conn) {
-  while (edp_conn_pending_deliveries(conn)) {
-    if (held_reserve(w))
-      return EDP_ENOMEM;
-    edp_delivery d;
-    if (edp_conn_receive(conn, &d, 0))
-      return 0; /* nothing after all; the next wait reports any error */
-    w->held[w->head + w->n++] = d;
-  }
-  return 0;
-}
-
-/* Whether a held delivery can be handed out now, after dropping those of
- * an older channel (their acks would be refused; the broker redelivers
- * them). Epochs only grow, so stale ones are always at the front. */
-static int held_due(edp_worker *w, edp_conn *conn) {
-  if (!w->n || !edp_conn_is_open(conn))
-    return 0;
-  uint32_t epoch = edp_conn_epoch(conn);
-  while (w->n && w->held[w->head].epoch != epoch) {
-    edp_delivery_clear(&w->held[w->head]);
-    w->head++;
-    w->n--;
-  }
-  if (!w->n)
-    w->head = 0;
-  return w->n > 0;
 }
 
 /* The error held from a run, once; dropped if the channel changed since
@@ -240,18 +179,10 @@ int edp_worker_run(edp_worker *w, edp_conn *conn, edp_worker_fn fn, void *ud,
 
   int err = 0, stopped = 0, open_errors = 0, hooks = 0;
   for (int serve = conn != NULL; serve;) {
-    int rc = edp_conn_wait(conn, w->efd, SLICE_MS);
-    if (rc > 0) {
-      if ((rc & EDP_READY_DELIVERY) && hold_queued(w, conn)) {
-        if (!err)
-          err = EDP_ENOMEM;
-        serve = 0;
-      }
-      if (rc & EDP_READY_WAKE)
-        break;
-      continue;
-    }
-    if (rc == 0 || rc == EDP_ETIMEOUT)
+    int rc = edp_conn_service(conn, w->efd, SLICE_MS);
+    if (rc == EDP_READY_WAKE)
+      break;
+    if (rc == 0)
       continue;
     if (rc == EDP_ESTOPPED) {
       stopped = 1;
@@ -292,12 +223,6 @@ int edp_worker_receive(edp_worker *w, edp_conn *conn, edp_delivery *d,
                        int timeout_ms) {
   if (!w || !conn || !d)
     return EDP_EINVAL;
-  if (held_due(w, conn)) {
-    *d = w->held[w->head++];
-    if (!--w->n)
-      w->head = 0;
-    return 0;
-  }
   int e = take_held_err(w, conn);
   if (e) {
     memset(d, 0, sizeof(*d));
@@ -310,10 +235,6 @@ int edp_worker_wait(edp_worker *w, edp_conn *conn, int wake_fd,
                     int timeout_ms) {
   if (!w || !conn)
     return EDP_EINVAL;
-  if (held_due(w, conn))
-    return EDP_READY_DELIVERY;
   int e = take_held_err(w, conn);
   return e ? e : edp_conn_wait(conn, wake_fd, timeout_ms);
 }
-
-size_t edp_worker_held(const edp_worker *w) { return w ? w->n : 0; }

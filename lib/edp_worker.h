@@ -15,13 +15,11 @@
  * on the owner thread. Runs are sequential: one worker runs one fn at a
  * time, always on the same thread, created once by edp_worker_new().
  *
- * Deliveries that arrive during a run: edp_conn_wait() returns at once
- * while a delivery is queued in the connection, so to go on servicing it
- * the run takes such deliveries out of the connection and holds them, in
- * order, in the worker. A consumer that uses a worker therefore receives
- * through edp_worker_receive() and waits through edp_worker_wait(), which
- * hand out the held deliveries first and otherwise call edp_conn_receive()
- * and edp_conn_wait(). Use one worker per connection.
+ * Deliveries that arrive during a run stay queued in the connection (the
+ * run services it with edp_conn_service()). A consumer that uses a worker
+ * receives through edp_worker_receive() and waits through
+ * edp_worker_wait(): they are edp_conn_receive() and edp_conn_wait() that
+ * first report, once, an error a run met. Use one worker per connection.
  */
 #ifndef EDP_WORKER_H
 #define EDP_WORKER_H
@@ -53,9 +51,8 @@ typedef int (*edp_worker_stop_fn)(void *ud);
  * NULL), EDP_ENOMEM, or EDP_EIO (no eventfd or no thread). */
 int edp_worker_new(edp_worker **out);
 
-/* Stops and joins the thread, frees the held deliveries (unacked: the
- * broker redelivers them once their channel closes) and the worker, and
- * sets *w to NULL. Accepts NULL and *w == NULL. Not during a run. */
+/* Stops and joins the thread, frees the worker and sets *w to NULL.
+ * Accepts NULL and *w == NULL. Not during a run. */
 void edp_worker_destroy(edp_worker **w);
 
 /* Sets (fn != NULL) or clears the stop hook above. Without one, a stop
@@ -64,15 +61,15 @@ void edp_worker_on_stop(edp_worker *w, edp_worker_stop_fn fn, void *ud);
 
 /* Runs fn(ud) on the worker thread and returns once it has returned; its
  * result goes to *fn_result (may be NULL). Meanwhile the calling thread,
- * the owner of conn, services conn with edp_conn_wait() and holds the
- * deliveries that arrive (see above). conn NULL: nothing to service, the
- * call just waits for fn.
+ * the owner of conn, services conn with edp_conn_service(). conn NULL:
+ * nothing to service, the call just waits for fn.
  *
  * Returns 0 when conn was serviced throughout, or, in every case below
  * only after fn has returned:
  *  - EDP_ESTOPPED: the connection's stop_fd fired while fn ran. Settle the
  *    finished message, then stop.
- *  - EDP_ECLOSED or another error of edp_conn_wait(): the first error seen.
+ *  - EDP_ECLOSED or another error of edp_conn_service(): the first error
+ *    seen.
  *    If the connection was lost, the run waited for fn without servicing
  *    it; the message's ack is then refused (EDP_ECLOSED, or EDP_ESTALE
  *    after a reconnect) and the broker redelivers it. If the connection
@@ -80,29 +77,21 @@ void edp_worker_on_stop(edp_worker *w, edp_worker_stop_fn fn, void *ud);
  *    cancelled by the broker), the run went on servicing it, and the next
  *    edp_worker_wait() or edp_worker_receive() returns the error again, so
  *    a consumer loop meets it where it always did.
- *  - EDP_ENOMEM: no memory to hold a delivery; the run stopped servicing
- *    the connection (the delivery stays queued in it).
  * An error takes precedence over EDP_ESTOPPED (the stop fd stays readable
  * unless a stop hook cleared it). EDP_EINVAL (w or fn NULL) is the one
  * error with which fn did not run. */
 int edp_worker_run(edp_worker *w, edp_conn *conn, edp_worker_fn fn, void *ud,
                    int *fn_result);
 
-/* edp_conn_receive() that first hands out the deliveries held during runs,
- * oldest first. Held deliveries of an older channel epoch are dropped (the
- * broker redelivers them); while the connection is not open none are
- * handed out. An error held from a run is returned once, after the held
- * deliveries. Returns as edp_conn_receive(), or EDP_EINVAL. */
+/* edp_conn_receive() that first returns, once, an error a run met while
+ * the connection stayed open (dropped if the channel changed since).
+ * Returns as edp_conn_receive(), or EDP_EINVAL. */
 int edp_worker_receive(edp_worker *w, edp_conn *conn, edp_delivery *d,
                        int timeout_ms);
 
-/* edp_conn_wait() that returns EDP_READY_DELIVERY at once while a held
- * delivery is due, and a held error once (see edp_worker_receive()).
- * Returns as edp_conn_wait(), or EDP_EINVAL. */
+/* edp_conn_wait() that first returns a run's error once, as
+ * edp_worker_receive(). Returns as edp_conn_wait(), or EDP_EINVAL. */
 int edp_worker_wait(edp_worker *w, edp_conn *conn, int wake_fd, int timeout_ms);
-
-/* Deliveries held now (stale ones included until they are dropped). */
-size_t edp_worker_held(const edp_worker *w);
 
 #ifdef __cplusplus
 }
