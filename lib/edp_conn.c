@@ -52,14 +52,20 @@ void edp__log(edp_conn *c, int level, const char *fmt, ...) {
   c->o.log(c->o.log_ud, level, buf);
 }
 
-static void event_full(edp_conn *c, int type, const char *queue,
-                       const char *tag, uint64_t republished) {
+/* Tells the owner what happened; reason NULL means the broker's last
+ * reply text (and code), the usual cause. */
+static void event_full(edp_conn *c, int type, const char *reason,
+                       const char *queue, const char *tag,
+                       uint64_t republished) {
   if (!c->on_event)
     return;
+  int unblocked = type == EDP_CONN_UNBLOCKED;
   edp_conn_event ev = {
       .type = type,
-      .reply_code = type == EDP_CONN_UNBLOCKED ? 0 : c->reply_code,
-      .reason = type == EDP_CONN_UNBLOCKED ? "" : c->reply_text,
+      .reply_code = unblocked ? 0 : c->reply_code,
+      .reason = reason      ? reason
+                : unblocked ? ""
+                            : c->reply_text,
       .queue = queue,
       .tag = tag,
       .republished = republished,
@@ -70,7 +76,7 @@ static void event_full(edp_conn *c, int type, const char *queue,
 }
 
 void edp__event(edp_conn *c, int type, const char *queue, const char *tag) {
-  event_full(c, type, queue, tag, 0);
+  event_full(c, type, NULL, queue, tag, 0);
 }
 
 const char *edp_conn_event_name(int type) {
@@ -91,8 +97,6 @@ const char *edp_conn_event_name(int type) {
     return "unknown";
   }
 }
-
-static char *dupstr(const char *s) { return s ? strdup(s) : NULL; }
 
 amqp_bytes_t edp__bytes_of(const char *s) {
   return s ? amqp_cstring_bytes(s) : amqp_empty_bytes;
@@ -120,11 +124,6 @@ static void set_reply(edp_conn *c, int code, amqp_bytes_t text) {
   if (n)
     memcpy(c->reply_text, text.bytes, n);
   c->reply_text[n] = '\0';
-}
-
-static void set_reply_text(edp_conn *c, int code, const char *text) {
-  c->reply_code = code;
-  snprintf(c->reply_text, sizeof(c->reply_text), "%s", text);
 }
 
 /* Maps an AMQP reply code (channel or connection close) to our codes. */
@@ -177,11 +176,8 @@ void edp__mark_closed(edp_conn *c, const char *why) {
     amqp_destroy_connection(c->st);
     c->st = NULL;
   }
-  if (was_up && c->on_event) {
-    edp_conn_event ev = {
-        .type = EDP_CONN_LOST, .reply_code = c->reply_code, .reason = why};
-    c->on_event(c->on_event_ud, &ev);
-  }
+  if (was_up)
+    event_full(c, EDP_CONN_LOST, why, NULL, NULL, 0);
 }
 
 int edp__lib_error(edp_conn *c, int status) {
@@ -549,7 +545,8 @@ static int restore_channel(edp_conn *c) {
     return rc;
   edp__log(c, EDP_LOG_INFO, "channel restored (epoch %u, %llu republished)",
            (unsigned)c->epoch, (unsigned long long)(c->republished - before));
-  event_full(c, EDP_CONN_CHANNEL_RESTORED, NULL, NULL, c->republished - before);
+  event_full(c, EDP_CONN_CHANNEL_RESTORED, NULL, NULL, NULL,
+             c->republished - before);
   return 0;
 }
 
@@ -735,7 +732,7 @@ int edp_conn_open(const edp_conn_opts *o, edp_conn **out, char *err_text,
     return EDP_ENOMEM;
   c->o = *o;
   c->url_raw = strdup(o->url ? o->url : EDP_URL_DEFAULT);
-  c->client_name = dupstr(o->client_name);
+  c->client_name = edp__dupstr(o->client_name);
   c->o.url = c->url_raw;
   c->o.client_name = c->client_name;
   c->prefetch = -1;
@@ -862,8 +859,8 @@ int edp_conn_reconnect(edp_conn *c) {
                  "reconnected to %s (attempt %d, %llu unconfirmed published "
                  "again)",
                  c->masked, attempt, (unsigned long long)n);
-        set_reply_text(c, 0, "reconnected");
-        event_full(c, EDP_CONN_RECONNECTED, NULL, NULL, n);
+        /* The reply code and text stay those of the loss: its cause. */
+        event_full(c, EDP_CONN_RECONNECTED, "reconnected", NULL, NULL, n);
         if (c->o.on_reconnect)
           c->o.on_reconnect(c->o.on_reconnect_ud, c);
         return 0;

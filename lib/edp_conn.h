@@ -323,9 +323,8 @@ typedef struct edp_recovery {
   uint64_t republished; /* unconfirmed messages published again */
 } edp_recovery;
 
-/* After EDP_ECLOSED: edp_conn_reconnect() then
- * edp_conn_republish_unconfirmed(), again if the connection drops during
- * the republish (10 times at most). r (may be NULL) accumulates counts.
+/* After EDP_ECLOSED: edp_conn_reconnect(), which also publishes the
+ * unconfirmed messages again. r (may be NULL) accumulates counts.
  * Returns 0 or the reconnect's error (EDP_ECONNECT, EDP_EAUTH, ...). */
 int edp_conn_recover(edp_conn *c, edp_recovery *r);
 

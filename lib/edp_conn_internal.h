@@ -19,6 +19,7 @@
 
 #include <amqp.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "edp_conn.h"
 
@@ -120,6 +121,7 @@ void edp__log(edp_conn *c, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void edp__event(edp_conn *c, int type, const char *queue, const char *tag);
 char *edp__dup_bytes(amqp_bytes_t b);
+static inline char *edp__dupstr(const char *s) { return s ? strdup(s) : NULL; }
 int edp__bytes_eq(amqp_bytes_t b, const char *s);
 amqp_bytes_t edp__bytes_of(const char *s);
 

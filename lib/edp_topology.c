@@ -17,8 +17,6 @@
 
 #include "edp_conn_internal.h"
 
-static char *dupstr(const char *s) { return s ? strdup(s) : NULL; }
-
 void edp_queue_opts_init(edp_queue_opts *o) {
   memset(o, 0, sizeof(*o));
   o->durable = 1;
@@ -174,10 +172,10 @@ int edp_conn_queue_declare(edp_conn *c, const char *name,
   op->name = strdup(actual);
   op->server_named = name[0] == '\0';
   op->qo = *o;
-  op->qo.dead_letter_exchange = dupstr(o->dead_letter_exchange);
-  op->qo.dead_letter_routing_key = dupstr(o->dead_letter_routing_key);
-  op->qo.queue_type = dupstr(o->queue_type);
-  op->qo.overflow = dupstr(o->overflow);
+  op->qo.dead_letter_exchange = edp__dupstr(o->dead_letter_exchange);
+  op->qo.dead_letter_routing_key = edp__dupstr(o->dead_letter_routing_key);
+  op->qo.queue_type = edp__dupstr(o->queue_type);
+  op->qo.overflow = edp__dupstr(o->overflow);
   if (!op->name || (o->dead_letter_exchange && !op->qo.dead_letter_exchange) ||
       (o->dead_letter_routing_key && !op->qo.dead_letter_routing_key) ||
       (o->queue_type && !op->qo.queue_type) ||
