@@ -457,6 +457,10 @@ int edp_conn_wait_confirms(edp_conn *c, size_t max_outstanding,
       rc = edp__republish_lost(c, NULL);
     if (rc)
       return rc;
+    /* The restore may have settled them all (messages refused as poison):
+     * nothing left to wait for. */
+    if (c->n_pend + c->n_lost <= max_outstanding)
+      break;
     int left = -1;
     if (deadline >= 0) {
       int64_t l = deadline - edp_now_ms();
@@ -580,19 +584,15 @@ int edp_conn_publish_confirmed(edp_conn *c, const edp_msg *m, int timeout_ms) {
 int edp_conn_recover(edp_conn *c, edp_recovery *r) {
   if (!c)
     return EDP_EINVAL;
-  for (int i = 0; i < MAX_RECOVERIES; i++) {
-    uint64_t before = c->republished;
-    int rc = edp_conn_reconnect(c);
-    if (r && !rc)
-      r->reconnects++;
-    if (!rc)
-      rc = edp_conn_republish_unconfirmed(c, NULL);
-    if (r)
-      r->republished += c->republished - before;
-    if (rc != EDP_ECLOSED)
-      return rc;
-  }
-  return EDP_ECONNECT;
+  /* The reconnect publishes the unconfirmed messages again itself, and
+   * retries (with backoff) when the new connection drops meanwhile. */
+  uint64_t before = c->republished;
+  int rc = edp_conn_reconnect(c);
+  if (r && !rc)
+    r->reconnects++;
+  if (r)
+    r->republished += c->republished - before;
+  return rc;
 }
 
 int edp_conn_wait_confirms_recover(edp_conn *c, size_t max_outstanding,

@@ -483,6 +483,58 @@ START_TEST(publish_to_missing_exchange) {
 }
 END_TEST
 
+/* A poison publish the close's text does not name (403: an internal
+ * exchange): the channel closes on every republish of it, so after three
+ * closes in a row with no ack between them the messages still unconfirmed
+ * are reported nacked instead of being published a fourth time. Every
+ * message ends confirmed or nacked exactly once; nothing loops. */
+START_TEST(poison_publish_unnamed_by_the_close) {
+  ledger *l = calloc(1, sizeof(*l));
+  edp_conn *c = open_conn("f-poison", l, -1);
+  ck_assert_int_eq(edp_conn_confirm_select(c), 0);
+  const char *q = t_unique("faults.poison");
+  ck_assert_int_eq(edp_conn_queue_declare(c, q, NULL, NULL, 0, NULL, NULL), 0);
+  long long t0 = t_now_ms();
+  const int n = 20, bad = 10;
+  for (int i = 0; i < n; i++) {
+    int rc = publish_id(c, i == bad ? "amq.rabbitmq.trace" : "",
+                        i == bad ? "k" : q, i, 0);
+    ck_assert_msg(rc == 0, "publish %d: %s", i, edp_strerror(rc));
+  }
+  ck_assert_int_eq(edp_conn_wait_confirms(c, 0, 20000), 0);
+  /* Settled as soon as the last close was: the wait did not sit out its
+   * timeout with nothing left (it did, before this test). */
+  ck_assert_int_lt(t_now_ms() - t0, 5000);
+  ck_assert_int_eq(edp_conn_reply_code(c), 403);
+  ck_assert_int_eq(l->nack[bad], 1);
+  ck_assert_int_eq(l->ack[bad], 0);
+  int acked = 0;
+  for (int i = 0; i < n; i++) {
+    ck_assert_msg(l->ack[i] + l->nack[i] == 1, "m%d: ack %d nack %d", i,
+                  l->ack[i], l->nack[i]);
+    acked += l->ack[i];
+  }
+  /* At least three closes (one per publish of the poison) and bounded:
+   * an ack in between starts the count again, so a close per message at
+   * worst, never a loop. */
+  int restores = l->events[EDP_CONN_CHANNEL_RESTORED];
+  ck_assert_int_ge(restores, 3);
+  ck_assert_int_le(restores, n + 1);
+  ck_assert_uint_ge(depth(c, q), (uint32_t)acked);
+  char outcome[200];
+  snprintf(outcome, sizeof(outcome),
+           "%d channel closes, then the %d left unconfirmed (the poison "
+           "among them, and good ones whose confirm the close swallowed) "
+           "reported nacked; %d/%d acked; none both",
+           restores, n - acked, acked, n);
+  t_fault_row("core (edp_conn)", "poison publish (403 internal exchange)",
+              "publish burst", outcome, t_now_ms() - t0);
+  ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
+  edp_conn_destroy(&c);
+  free(l);
+}
+END_TEST
+
 /* ---------- memory alarm ---------- */
 
 /* set_vm_memory_high_watermark 0: the broker blocks publishers and stops
@@ -916,6 +968,7 @@ Suite *faults_suite(void) {
   tcase_add_test(tc, queue_deleted_under_consumer);
   tcase_add_test(tc, wait_confirms_after_loss);
   tcase_add_test(tc, publish_to_missing_exchange);
+  tcase_add_test(tc, poison_publish_unnamed_by_the_close);
   tcase_add_test(tc, memory_alarm_blocks_publisher);
   tcase_add_test(tc, memory_alarm_deadline_then_resume);
   tcase_add_test(tc, disk_alarm_deadline_then_resume);
