@@ -44,10 +44,10 @@ START_TEST(requests) {
    * jansson refuses it, and so would we */
   ck_assert_str_eq(parse("{\"queue\":\"amq.gen-AbC_9-x\\u0000z\"}", q),
                    "not JSON");
-  ck_assert_str_eq(parse("{\"queue\":\"amq.gen-AbC_9-x\",\"token\":\"ABC\"}",
-                         q),
-                   "\"token\" must be the 32 hex digits of a registration "
-                   "reply");
+  ck_assert_str_eq(
+      parse("{\"queue\":\"amq.gen-AbC_9-x\",\"token\":\"ABC\"}", q),
+      "\"token\" must be the 32 hex digits of a registration "
+      "reply");
   ck_assert_str_eq(parse("{\"queue\":\"amq.gen-AbC_9-x\",\"token\":\"" TOKEN
                          "\",\"token\":\"" TOKEN "\"}",
                          q),
