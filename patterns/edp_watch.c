@@ -97,14 +97,9 @@ static void server_confirmed(void *ud, const edp_confirm *cf) {
   edp_watch_server *s = ud;
   const char *q = cf->msg->routing_key;
   if (cf->status == EDP_CONFIRM_RETURNED) {
-    if (s->n_gone == s->cap_gone) {
-      size_t cap = s->cap_gone ? s->cap_gone * 2 : 8;
-      char **n = realloc(s->gone, cap * sizeof(*n));
-      if (!n)
-        return; /* the watch stays; the next ping retries its removal */
-      s->gone = n;
-      s->cap_gone = cap;
-    }
+    if (edp__watch_grow((void **)&s->gone, &s->cap_gone, s->n_gone,
+                        sizeof(*s->gone), 8))
+      return; /* the watch stays; the next ping retries its removal */
     if ((s->gone[s->n_gone] = strdup(q)))
       s->n_gone++;
   } else if (cf->status == EDP_CONFIRM_ACK && cf->msg->type &&

@@ -196,14 +196,9 @@ static int make_update(edp_watch_update *u, const char *key, json_t *value,
 /* Appends an initial update (key NULL: the registration marker). */
 static int queue_update(edp_watch_client *cl, const char *key, json_t *value,
                         int64_t version) {
-  if (cl->n_pending == cl->cap_pending) {
-    size_t cap = cl->cap_pending ? cl->cap_pending * 2 : 8;
-    edp_watch_update *n = realloc(cl->pending, cap * sizeof(*n));
-    if (!n)
-      return EDP_ENOMEM;
-    cl->pending = n;
-    cl->cap_pending = cap;
-  }
+  if (edp__watch_grow((void **)&cl->pending, &cl->cap_pending, cl->n_pending,
+                      sizeof(*cl->pending), 8))
+    return EDP_ENOMEM;
   edp_watch_update *u = &cl->pending[cl->n_pending];
   if (key) {
     int rc = make_update(u, key, value, version, 1);

@@ -81,6 +81,11 @@ int edp__watch_store_parse(edp__watch_reg *r, const char *text, size_t len,
 /* The store text of r (malloc'd), NULL if out of memory. */
 char *edp__watch_store_dump(const edp__watch_reg *r);
 
+/* Makes room for one more element in *arr (n used of *cap, elem bytes
+ * each), doubling from first. 0 or EDP_ENOMEM (*arr unchanged). */
+int edp__watch_grow(void **arr, size_t *cap, size_t n, size_t elem,
+                    size_t first);
+
 /* hex_len random hex digits and a NUL into out (getrandom). 0 or EDP_EIO. */
 int edp__watch_random_hex(char *out, size_t hex_len);
 /* Compares two tokens in time independent of where they differ. */

@@ -162,6 +162,19 @@ const char *edp__watch_parse_request(const void *body, size_t len,
 
 /* ---------- the registry ---------- */
 
+int edp__watch_grow(void **arr, size_t *cap, size_t n, size_t elem,
+                    size_t first) {
+  if (n < *cap)
+    return 0;
+  size_t c = *cap ? *cap * 2 : first;
+  void *p = realloc(*arr, c * elem);
+  if (!p)
+    return EDP_ENOMEM;
+  *arr = p;
+  *cap = c;
+  return 0;
+}
+
 void edp__watch_free(struct edp__watch *w) {
   free(w->queue);
   free(w->service);
@@ -232,14 +245,8 @@ int edp__watch_put(edp__watch_reg *r, struct edp__watch *w) {
     *old = *w;
     return 0;
   }
-  if (r->n_w == r->cap_w) {
-    size_t cap = r->cap_w ? r->cap_w * 2 : 16;
-    struct edp__watch *n = realloc(r->w, cap * sizeof(*n));
-    if (!n)
-      return EDP_ENOMEM;
-    r->w = n;
-    r->cap_w = cap;
-  }
+  if (edp__watch_grow((void **)&r->w, &r->cap_w, r->n_w, sizeof(*r->w), 16))
+    return EDP_ENOMEM;
   if (json_object_set_new(r->by_queue, w->queue,
                           json_integer((json_int_t)r->n_w)))
     return EDP_ENOMEM;

@@ -46,6 +46,12 @@ static void start_server(t_proc *p, const char *store, const char *rq) {
   start_server_with(p, store, rq, NULL);
 }
 
+/* SIGTERM: the server stops cleanly with 130. */
+static void stop_server(t_proc *p) {
+  t_signal(p, SIGTERM);
+  ck_assert_int_eq(t_wait(p, 15000), 130);
+}
+
 static void start_service(t_proc *p, const char *name, const char *rq,
                           const char *keys, const char *count) {
   char *argv[14] = {(char *)t_bin("edp-watch-service"),
@@ -158,8 +164,7 @@ START_TEST(changes_reach_every_service_once_in_order) {
     ck_assert_str_eq(ca.seen[i], want[i]);
     ck_assert_str_eq(cb.seen[i], want[i]);
   }
-  t_signal(&srv, SIGTERM);
-  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+  stop_server(&srv);
 }
 END_TEST
 
@@ -184,8 +189,7 @@ START_TEST(killed_service_is_removed_at_next_change) {
   ck_assert_int_eq(t_collect(&b, 30000, on_change, &cb), 0);
   ck_assert_int_eq(cb.n, 1);
   ck_assert_str_eq(cb.seen[0], "color:1");
-  t_signal(&srv, SIGTERM);
-  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+  stop_server(&srv);
   /* exactly the dead service left the stored registry */
   json_t *st = json_load_file(store, 0, NULL);
   ck_assert_ptr_nonnull(st);
@@ -209,8 +213,7 @@ START_TEST(registry_survives_server_restart) {
   json_t *ev = await_json(&srv, "notified", "queue", ql, 20000);
   ck_assert_ptr_nonnull(ev);
   json_decref(ev);
-  t_signal(&srv, SIGTERM);
-  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+  stop_server(&srv);
 
   /* registered while the server is down: the request waits in the queue */
   start_service(&late, "svc-late", rq, NULL, "1");
@@ -226,8 +229,7 @@ START_TEST(registry_survives_server_restart) {
   ck_assert_str_eq(cl.seen[1], "mode:2"); /* values and versions survived */
   ck_assert_int_eq(cn.n, 1);
   ck_assert_str_eq(cn.seen[0], "mode:2");
-  t_signal(&srv, SIGTERM);
-  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+  stop_server(&srv);
 }
 END_TEST
 
@@ -423,8 +425,7 @@ START_TEST(hostile_requests_change_nothing) {
   ck_assert_int_eq(t_wait(&ok, 10000), 130);
   edp_conn_queue_delete(c, victim);
   edp_conn_destroy(&c);
-  t_signal(&srv, SIGTERM);
-  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+  stop_server(&srv);
 }
 END_TEST
 
@@ -443,8 +444,7 @@ START_TEST(service_started_before_any_server) {
   ck_assert_int_eq(t_collect(&svc, 30000, on_change, &c), 0);
   ck_assert_int_eq(c.n, 1);
   ck_assert_str_eq(c.seen[0], "k:1");
-  t_signal(&srv, SIGTERM);
-  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+  stop_server(&srv);
 }
 END_TEST
 
@@ -872,8 +872,7 @@ START_TEST(hijack_attempts_change_nothing_and_get_no_reply) {
   ck_assert_ptr_null(await_json(&victim, "dropped", NULL, NULL, 100));
   edp_conn_destroy(&mallory);
   edp_conn_destroy(&guest);
-  t_signal(&srv, SIGTERM);
-  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+  stop_server(&srv);
 }
 END_TEST
 
@@ -924,8 +923,7 @@ START_TEST(forged_changes_are_dropped_and_poison_nothing) {
   edp_watch_client_destroy(&cl);
   edp_conn_destroy(&wc);
   edp_conn_destroy(&evil);
-  t_signal(&srv, SIGTERM);
-  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+  stop_server(&srv);
 }
 END_TEST
 
@@ -962,8 +960,7 @@ START_TEST(quotas_refuse_with_clear_errors) {
   }
   edp_conn_destroy(&guest);
   edp_conn_destroy(&mallory);
-  t_signal(&srv, SIGTERM);
-  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+  stop_server(&srv);
 }
 END_TEST
 
@@ -1018,8 +1015,7 @@ START_TEST(oversize_request_is_not_read) {
   ck_assert_ptr_nonnull(strstr(d.body, "request too large"));
   edp_delivery_clear(&d);
   edp_conn_destroy(&c);
-  t_signal(&srv, SIGTERM);
-  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+  stop_server(&srv);
 }
 END_TEST
 
@@ -1058,8 +1054,7 @@ START_TEST(orphan_pruned_without_a_change) {
   ck_assert_ptr_nonnull(w);
   json_decref(w);
   edp_conn_destroy(&live);
-  t_signal(&srv, SIGTERM);
-  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+  stop_server(&srv);
 }
 END_TEST
 
