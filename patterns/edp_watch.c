@@ -31,6 +31,7 @@
 #define TYPE_PING "edp.watch.ping"
 #define MAX_STORE ((size_t)256 << 20)
 #define CONFIRM_TIMEOUT_MS 30000
+#define SERVE_MAX (8 * EDP_WATCH_BATCH) /* requests per serve call */
 
 struct edp_watch_server {
   edp_conn *c;
@@ -357,8 +358,10 @@ static void judge(edp_watch_server *s, struct item *it) {
   }
   if (!why && !user)
     why = "no user_id: set the user_id property to your login user";
-  if (!why && !edp__watch_printable(user, EDP__WATCH_MAX_USER))
-    why = "user_id must be printable";
+  json_t *user_json = why || !user ? NULL : json_string(user); /* UTF-8? */
+  if (!why && (!edp__watch_printable(user, EDP__WATCH_MAX_USER) || !user_json))
+    why = "user_id must be printable UTF-8";
+  json_decref(user_json);
   if (!why && !it->reply)
     why = register_watch(s, it, &req, user, old);
   if (why) {
@@ -522,7 +525,9 @@ int edp_watch_server_serve(edp_watch_server *s, int timeout_ms) {
     if (rc)
       break;
     handled += n;
-    if (n < EDP_WATCH_BATCH)
+    /* A flood ends a call now and then, so that the caller's other work
+     * (stdin commands, changes) and the pings keep their turn. */
+    if (n < EDP_WATCH_BATCH || handled >= SERVE_MAX)
       break;
   }
   free(items);

@@ -117,7 +117,8 @@ void edp_watch_server_destroy(edp_watch_server **s);
 
 /* Serves what arrived: handles queued registration requests in batches of
  * up to EDP_WATCH_BATCH (one store write per batch, the replies published
- * after it), waiting up to timeout_ms for the first; and pings the watches
+ * after it; at most 8 batches a call), waiting up to timeout_ms for the
+ * first; and pings the watches
  * that are due (call it at least once a second for pruning to keep its
  * pace). Returns 0 when one or more were handled (bad ones included: they
  * are rejected and acked; a batch whose store write failed is answered
