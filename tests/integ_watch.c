@@ -735,6 +735,15 @@ static const char *url_as(const char *user) {
   return url;
 }
 
+/* rabbitmqctl ARGS on the harness's node; its exit code. */
+static int ctl(const char *args) {
+  char cmd[1024];
+  snprintf(cmd, sizeof(cmd), "tests/broker.sh ctl '%s' %s >/dev/null 2>&1",
+           t_broker_dir(), args);
+  int st = system(cmd);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 static edp_conn *open_as(const char *user) {
   edp_conn_opts o;
   edp_conn_opts_init(&o);
@@ -1127,18 +1136,62 @@ START_TEST(flood_is_batched_and_a_service_behind_it_registers) {
 }
 END_TEST
 
+/* The server dies after the store write that holds a registration and
+ * before the request's ack (a memory alarm holds its reply): the
+ * restarted server gets the request again, redelivered, and answers its
+ * creator with the token the store kept. */
+START_TEST(crash_before_ack_answers_the_redelivered_request) {
+  const char *rq = t_unique("config.q");
+  const char *store = store_path();
+  edp_conn *c = open_conn();
+  declare_rq(c, rq);
+  char q[1][256];
+  tmp_queue(c, q[0], sizeof(q[0]));
+  register_raw(c, rq, q[0], "crash-1");
+  ck_assert_int_eq(ctl("set_vm_memory_high_watermark 0"), 0);
+  t_proc srv;
+  start_server(&srv, store, rq);
+  json_t *ev = await_json(&srv, "saved", NULL, NULL, 20000);
+  t_signal(&srv, SIGKILL);
+  t_wait(&srv, 10000);
+  ck_assert_int_eq(ctl("set_vm_memory_high_watermark 0.4"), 0);
+  ck_assert_ptr_nonnull(ev);
+  json_decref(ev);
+  json_t *w = stored_watch(store, q[0]);
+  ck_assert_ptr_nonnull(w);
+  start_server(&srv, store, rq);
+  /* One reply at least (two if the first got out before the kill), each
+   * ok with the stored token. */
+  ck_assert_int_eq(edp_conn_consume(c, q[0], NULL, NULL, 0), 0);
+  int replies = 0;
+  edp_delivery d;
+  while (edp_conn_receive(c, &d, replies ? 2000 : 20000) == 0) {
+    json_t *r = json_loadb(d.body, d.body_len, 0, NULL);
+    ck_assert(json_is_true(json_object_get(r, "ok")));
+    ck_assert_str_eq(json_string_value(json_object_get(r, "token")),
+                     json_string_value(json_object_get(w, "token")));
+    ck_assert_str_eq(d.correlation_id, "crash-1");
+    json_decref(r);
+    edp_conn_ack(c, d.epoch, d.tag, 0);
+    edp_delivery_clear(&d);
+    replies++;
+  }
+  ck_assert_int_ge(replies, 1);
+  fprintf(stderr, "crash before ack: %d repl%s\n", replies,
+          replies == 1 ? "y" : "ies");
+  json_decref(w);
+  edp_conn_destroy(&c);
+  stop_server(&srv);
+}
+END_TEST
+
 int main(void) {
   if (!mkdtemp(store_dir))
     return EXIT_FAILURE;
   /* The attacker's own login (password = name), before Check forks; it
    * may exist from an earlier run on the same node. */
-  char ctl[700];
-  snprintf(ctl, sizeof(ctl),
-           "tests/broker.sh ctl '%s' add_user %s %s >/dev/null 2>&1; "
-           "tests/broker.sh ctl '%s' set_permissions -p / %s '.*' '.*' '.*' "
-           ">/dev/null",
-           t_broker_dir(), MALLORY, MALLORY, t_broker_dir(), MALLORY);
-  if (system(ctl) != 0)
+  ctl("add_user " MALLORY " " MALLORY);
+  if (ctl("set_permissions -p / " MALLORY " '.*' '.*' '.*'") != 0)
     return EXIT_FAILURE;
   Suite *s = suite_create("watch");
   TCase *tc = tcase_create("watch");
@@ -1162,6 +1215,7 @@ int main(void) {
   tcase_add_test(th, oversize_request_is_not_read);
   tcase_add_test(th, orphan_pruned_without_a_change);
   tcase_add_test(th, flood_is_batched_and_a_service_behind_it_registers);
+  tcase_add_test(th, crash_before_ack_answers_the_redelivered_request);
   suite_add_tcase(s, th);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
