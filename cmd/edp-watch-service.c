@@ -91,6 +91,7 @@ int main(int argc, char **argv) {
     if (rc == EDP_ETIMEOUT)
       break;
     if (rc == EDP_ESTOPPED || cli_stopped()) {
+      edp_watch_update_clear(&u); /* an update may have come with the signal */
       code = CLI_INTERRUPTED;
       break;
     }
