@@ -278,7 +278,9 @@ int edp__tls_explain(edp_conn *c, int status, int in_login, char *err_text,
     const char *a =
         c->tls_alert > 0 ? SSL_alert_desc_string_long(c->tls_alert) : "?";
     const char *w = reason_words(a);
-    if (!w && strstr(a, "required"))
+    /* OpenSSL 3.0 has no name for TLS 1.3's certificate_required alert. */
+    if (!w && (strstr(a, "required") ||
+               c->tls_alert == TLS13_AD_CERTIFICATE_REQUIRED))
       w = "the broker requires a client certificate (certfile, keyfile)";
     if (w)
       snprintf(why, sizeof(why), "%s", w);
@@ -305,6 +307,15 @@ int edp__tls_explain(edp_conn *c, int status, int in_login, char *err_text,
              "handshake: it refused our client certificate %.200s (its log "
              "says why)",
              c->url.certfile);
+  } else if (in_login && (status == AMQP_STATUS_SSL_ERROR ||
+                          status == AMQP_STATUS_SOCKET_ERROR ||
+                          status == AMQP_STATUS_CONNECTION_CLOSED)) {
+    /* The same close when we sent no certificate: a broker that requires
+     * one (fail_if_no_peer_cert) refuses it this way under TLS 1.3. */
+    snprintf(why, sizeof(why),
+             "the broker closed the connection right after the TLS "
+             "handshake: no client certificate was given and it probably "
+             "requires one (certfile, keyfile)");
   } else if (in_login) {
     return 0; /* not a TLS matter: the caller says what it is */
   } else if (!c->tls_started) {

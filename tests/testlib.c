@@ -268,6 +268,10 @@ struct fp_proxy *t_proxy(const char *query, char *url, size_t len) {
   ck_assert_int_eq(fp_start("127.0.0.1", u.port, &p), 0);
   char base[512];
   ck_assert_int_eq(fp_url(p, t_url(), base, sizeof(base)), 0);
-  snprintf(url, len, "%s%s", base, query ? query : "");
+  /* The broker URL may have a query already (a TLS node's CA file). */
+  if (query && query[0] == '?' && strchr(base, '?'))
+    snprintf(url, len, "%s&%s", base, query + 1);
+  else
+    snprintf(url, len, "%s%s", base, query ? query : "");
   return p;
 }
