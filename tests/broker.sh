@@ -2,7 +2,9 @@
 # Private RabbitMQ nodes for tests, demos and benchmarks.
 #
 #   tests/broker.sh start DIR      start a node whose files live in DIR, print its URL
-#                                  (with EDP_TLS=1 a new node is a TLS node, as below)
+#                                  (with EDP_TLS=1 a new node is a TLS node, as below;
+#                                  EDP_TLS=both: the same plus a plain listener, whose
+#                                  URL it prints; the amqps:// one is in DIR/url-tls)
 #   tests/broker.sh start-tls DIR  the same as a TLS node, as production runs one: TLS
 #                                  listener only, client certificates required (see
 #                                  make_certs and tls_config below); prints its
@@ -18,6 +20,10 @@
 #                                  start_app); both must share one epmd
 #                                  (EDP_EPMD_PORT) and the Erlang cookie
 #                                  (~/.erlang.cookie: same user)
+#   tests/broker.sh certs DIR [HOST [USER]]
+#                                  only make the test certificates (below) in DIR,
+#                                  the server's for HOST too, the client's for USER
+#                                  (the compose stack's TLS override uses them)
 #   tests/broker.sh close-conns DIR [NAME]
 #                                  close client connections (those whose
 #                                  connection_name is NAME), as a broker would
@@ -85,11 +91,11 @@ log.console = false
 max_message_size = 4194304
 CONF
     echo '[rabbitmq_consistent_hash_exchange].' > "$dir/enabled_plugins"
-    if [ "${EDP_TLS:-0}" = 1 ]; then
-      tls_config "$dir"
-    else
-      echo "listeners.tcp.default = 127.0.0.1:$port" >> "$dir/rabbitmq.conf"
-    fi
+    case ${EDP_TLS:-0} in
+      1) tls_config "$dir"; echo "listeners.tcp = none" >> "$dir/rabbitmq.conf" ;;
+      both) tls_config "$dir"; echo "listeners.tcp.default = 127.0.0.1:$port" >> "$dir/rabbitmq.conf" ;;
+      *) echo "listeners.tcp.default = 127.0.0.1:$port" >> "$dir/rabbitmq.conf" ;;
+    esac
     echo '[].' > "$dir/advanced.config"
     mkdir -p "$dir/mnesia" "$dir/log"
   fi
@@ -106,11 +112,11 @@ CONF
     kill_node "$dir"
     exit 1
   fi
+  echo "amqp://guest:guest@127.0.0.1:$PORT/" > "$dir/url"
   if [ -n "${TLS_PORT:-}" ]; then
     local t=$dir/tls
-    echo "amqps://guest:guest@localhost:$TLS_PORT/?cacertfile=$t/ca.pem&certfile=$t/client.pem&keyfile=$t/client.key" > "$dir/url"
-  else
-    echo "amqp://guest:guest@127.0.0.1:$PORT/" > "$dir/url"
+    echo "amqps://guest:guest@localhost:$TLS_PORT?cacertfile=$t/ca.pem&certfile=$t/client.pem&keyfile=$t/client.key" > "$dir/url-tls"
+    if grep -q '^listeners.tcp = none' "$dir/rabbitmq.conf"; then cp "$dir/url-tls" "$dir/url"; fi
   fi
   cat "$dir/url"
 }
@@ -118,13 +124,14 @@ CONF
 # Test certificates in DIR/tls, made with openssl (EC P-256, 30 days):
 #   ca.pem                 the CA the node trusts and the clients verify with
 #   server.pem/.key        CN=localhost, SAN DNS:localhost and IP:127.0.0.1
+#                          (and DNS:HOST when given)
 #   server-expired.pem/.key the same names, valid for one day ten days ago
-#   client.pem/.key        CN=edp-tls-user (a user the tests create)
+#   client.pem/.key        CN=edp-tls-user (a user the tests create), or USER
 #   nouser.pem/.key        CN=edp-no-such-user (a user that never exists)
 #   other-ca.pem           an unrelated CA, and other-client.pem/.key
 #                          (CN=edp-tls-user) signed by it
 make_certs() {
-  local t=$1
+  local t=$1 host=${2:-} user=${3:-edp-tls-user}
   mkdir -p "$t"
   (
     cd "$t"
@@ -146,14 +153,14 @@ make_certs() {
     srv='basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=DNS:localhost,IP:127.0.0.1'
+subjectAltName=DNS:localhost,IP:127.0.0.1'"${host:+,DNS:$host}"
     cli='basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature
 extendedKeyUsage=clientAuth'
     mkca ca edp-test-ca
     mkca other-ca edp-unrelated-ca
     issue server localhost ca "$srv"
-    issue client edp-tls-user ca "$cli"
+    issue client "$user" ca "$cli"
     issue nouser edp-no-such-user ca "$cli"
     issue other-client edp-tls-user other-ca "$cli"
     # An expired server certificate needs a start date in the past, which
@@ -187,8 +194,8 @@ CNF
 }
 
 # A TLS node as a bank would run one: a TLS listener on 127.0.0.1 and no
-# plain one (RABBITMQ_NODE_PORT still names PORT, but listeners.tcp = none
-# opens nothing there), TLS 1.2 and 1.3 only, client certificates verified
+# plain one (the caller adds listeners.tcp = none: RABBITMQ_NODE_PORT still
+# names PORT, but nothing opens there), TLS 1.2 and 1.3 only, client certificates verified
 # and required (fail_if_no_peer_cert), and EXTERNAL login by the client
 # certificate's CN (rabbitmq_auth_mechanism_ssl) beside PLAIN.
 tls_config() {
@@ -203,7 +210,6 @@ tls_config() {
   echo "TLS_PORT=$tport" >> "$dir/node.env"
   make_certs "$dir/tls"
   cat >> "$dir/rabbitmq.conf" <<CONF
-listeners.tcp = none
 listeners.ssl.default = 127.0.0.1:$tport
 ssl_options.cacertfile = $dir/tls/ca.pem
 ssl_options.certfile = $dir/tls/server.pem
@@ -248,6 +254,7 @@ cmd=${1:-}; dir=${2:-}
 case $cmd in
   start) start "$dir" ;;
   start-tls) EDP_TLS=1 start "$dir" ;;
+  certs) make_certs "$dir" "${3:-}" "${4:-}" ;;
   stop) stop "$dir" ;;
   restart) stop "$dir"; start "$dir" ;;
   kill) kill_node "$dir" ;;

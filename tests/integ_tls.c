@@ -133,7 +133,7 @@ static const char *tls_url_cert(const char *host, int port, const char *ca,
                                 const char *cert, const char *query) {
   static char url[2048];
   snprintf(url, sizeof(url),
-           "amqps://guest:guest@%s:%d/?cacertfile=%s/%s.pem%s%s", host, port,
+           "amqps://guest:guest@%s:%d?cacertfile=%s/%s.pem%s%s", host, port,
            tls_dir, ca, cert ? client_cert(cert) : "", query ? query : "");
   return url;
 }
@@ -347,7 +347,7 @@ END_TEST
 START_TEST(external_login) {
   char url[1200];
   snprintf(url, sizeof(url),
-           "amqps://localhost:%d/?cacertfile=%s/ca.pem&auth_mechanism="
+           "amqps://localhost:%d?cacertfile=%s/ca.pem&auth_mechanism="
            "external%s",
            tls_port, tls_dir, client_cert("client"));
   edp_conn_opts o;
@@ -364,7 +364,7 @@ START_TEST(external_login) {
 
   /* A certificate whose CN names no user: access refused. */
   snprintf(url, sizeof(url),
-           "amqps://localhost:%d/?cacertfile=%s/ca.pem&auth_mechanism="
+           "amqps://localhost:%d?cacertfile=%s/ca.pem&auth_mechanism="
            "external%s",
            tls_port, tls_dir, client_cert("nouser"));
   expect_refused(url, EDP_EAUTH, "EXTERNAL");
