@@ -295,6 +295,35 @@ START_TEST(refused_wrong_kind_of_port) {
 }
 END_TEST
 
+/* A peer that takes the connection and never answers the ClientHello: a
+ * stall, not a refusal (69, retried), ended by the connect timeout. */
+START_TEST(handshake_timeout_is_unreachable) {
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET,
+                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t al = sizeof(a);
+  ck_assert(bind(s, (struct sockaddr *)&a, sizeof(a)) == 0);
+  ck_assert(listen(s, 4) == 0); /* the kernel accepts; nobody reads */
+  ck_assert(getsockname(s, (struct sockaddr *)&a, &al) == 0);
+  edp_conn_opts o;
+  edp_conn_opts_init(&o);
+  o.url = tls_url("localhost", ntohs(a.sin_port), "ca", NULL);
+  o.connect_timeout_ms = 1000;
+  edp_conn *c = NULL;
+  char why[600] = "";
+  long long t0 = t_now_ms();
+  int rc = edp_conn_open(&o, &c, why, sizeof(why));
+  long long ms = t_now_ms() - t0;
+  close(s);
+  fprintf(stderr, "  stalled peer -> %s (%lld ms): %s\n", edp_errname(rc), ms,
+          why);
+  ck_assert_int_eq(rc, EDP_ECONNECT);
+  ck_assert_msg(strstr(why, "TLS handshake timed out"), "%s", why);
+  ck_assert_int_ge(ms, 900);
+  ck_assert_int_lt(ms, REFUSE_BOUND_MS);
+}
+END_TEST
+
 /* An expired server certificate: served by openssl s_server, since the
  * node has one certificate. */
 START_TEST(refused_expired_certificate) {
@@ -575,6 +604,7 @@ int main(void) {
   tcase_add_test(tc, refused_no_client_cert);
   tcase_add_test(tc, refused_wrong_kind_of_port);
   tcase_add_test(tc, refused_expired_certificate);
+  tcase_add_test(tc, handshake_timeout_is_unreachable);
   tcase_add_test(tc, external_login);
   tcase_add_test(tc, forward_programs_over_tls);
   tcase_add_test(tc, sender_survives_close_mid_send);
