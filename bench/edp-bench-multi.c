@@ -32,7 +32,7 @@
 static cli app;
 static char base_dir[256];
 static char node_dir[NODES][300];
-static char node_url[NODES][128];
+static char node_url[NODES][512]; /* a TLS node's URL names its files */
 static pid_t owner;
 static int seq_q;
 
