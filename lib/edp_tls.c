@@ -32,6 +32,7 @@
 #include <openssl/x509v3.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "edp_conn_internal.h"
 
@@ -138,6 +139,13 @@ int edp__tls_socket(edp_conn *c, amqp_socket_t **out, char *err_text,
        (readable(c, "certfile", u->certfile, err_text, err_len) ||
         readable(c, "keyfile", u->keyfile, err_text, err_len))))
     return EDP_ETLS;
+  /* A private key others can read is a key others may have copied. */
+  struct stat st;
+  if (u->keyfile[0] && stat(u->keyfile, &st) == 0 && (st.st_mode & 077))
+    edp__log(c, EDP_LOG_WARN,
+             "%s: keyfile %s can be read by other users (mode %04o): "
+             "chmod 600 it",
+             c->masked, u->keyfile, (unsigned)(st.st_mode & 07777));
   ERR_clear_error();
   amqp_socket_t *sock = amqp_ssl_socket_new(c->st);
   if (!sock) {

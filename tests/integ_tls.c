@@ -239,6 +239,38 @@ START_TEST(publish_confirm_consume_over_tls) {
 }
 END_TEST
 
+/* A client key that other users can read still works, with a warning. */
+static void find_key_warning(void *ud, int level, const char *msg) {
+  if (level == EDP_LOG_WARN && strstr(msg, "can be read by other users"))
+    *(int *)ud = 1;
+}
+
+START_TEST(warns_of_a_readable_key) {
+  char key[400], cmd[1400];
+  snprintf(key, sizeof(key), "%s/open.key", tls_dir);
+  snprintf(cmd, sizeof(cmd), "cp '%s/client.key' '%s' && chmod 644 '%s'",
+           tls_dir, key, key);
+  ck_assert_int_eq(system(cmd), 0);
+  char url[2048];
+  snprintf(url, sizeof(url),
+           "amqps://guest:guest@localhost:%d?cacertfile=%s/ca.pem&certfile=%s/"
+           "client.pem&keyfile=%s",
+           tls_port, tls_dir, tls_dir, key);
+  int warned = 0;
+  edp_conn_opts o;
+  edp_conn_opts_init(&o);
+  o.url = url;
+  o.log = find_key_warning;
+  o.log_ud = &warned;
+  edp_conn *c = NULL;
+  char why[600] = "";
+  ck_assert_msg(edp_conn_open(&o, &c, why, sizeof(why)) == 0, "%s", why);
+  ck_assert_msg(warned, "no warning for a key of mode 0644");
+  edp_conn_destroy(&c);
+  unlink(key);
+}
+END_TEST
+
 /* ---------- refusals ---------- */
 
 START_TEST(refused_wrong_ca) {
@@ -598,6 +630,7 @@ int main(void) {
   Suite *s = suite_create("tls");
   TCase *tc = tcase_create("tls");
   tcase_add_test(tc, publish_confirm_consume_over_tls);
+  tcase_add_test(tc, warns_of_a_readable_key);
   tcase_add_test(tc, refused_wrong_ca);
   tcase_add_test(tc, refused_name_not_in_certificate);
   tcase_add_test(tc, refused_client_cert_of_unrelated_ca);
