@@ -127,8 +127,8 @@ static void read_url_file(cli *c, const char *path, const char *from) {
   if (failed)
     cli_die(c, CLI_USAGE, "%s %s: read error", from, path);
   if (len > URL_FILE_MAX)
-    cli_die(c, CLI_USAGE, "%s %s: larger than %d bytes, not a URL file",
-            from, path, URL_FILE_MAX);
+    cli_die(c, CLI_USAGE, "%s %s: larger than %d bytes, not a URL file", from,
+            path, URL_FILE_MAX);
   buf[len] = '\0';
   if (memchr(buf, '\0', len))
     cli_die(c, CLI_USAGE, "%s %s: holds a NUL byte, not a URL file", from,
@@ -172,8 +172,7 @@ static void resolve_urls(cli *c) {
 const char *cli_url(cli *c) {
   resolve_urls(c);
   if (c->n_urls > 1)
-    cli_die(c, CLI_USAGE,
-            "%zu broker URLs given; this program connects to one",
+    cli_die(c, CLI_USAGE, "%zu broker URLs given; this program connects to one",
             c->n_urls);
   return c->urls[0];
 }

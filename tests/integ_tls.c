@@ -305,8 +305,9 @@ START_TEST(refused_name_not_in_certificate) {
 END_TEST
 
 START_TEST(refused_client_cert_of_unrelated_ca) {
-  expect_refused(tls_url_cert("localhost", tls_port, "ca", "other-client", NULL),
-                 EDP_ETLS, "client certificate");
+  expect_refused(
+      tls_url_cert("localhost", tls_port, "ca", "other-client", NULL), EDP_ETLS,
+      "client certificate");
 }
 END_TEST
 
