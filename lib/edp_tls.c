@@ -328,12 +328,20 @@ int edp__tls_explain(edp_conn *c, int status, int in_login, char *err_text,
     return 0; /* not a TLS matter: the caller says what it is */
   } else if (!c->tls_started) {
     return 0;
+  } else if (status == AMQP_STATUS_CONNECTION_CLOSED ||
+             status == AMQP_STATUS_SSL_CONNECTION_FAILED ||
+             status == AMQP_STATUS_SOCKET_ERROR) {
+    /* Closed or reset before the peer said a TLS word: no refusal, a
+     * broker going down or a balancer with nothing behind it. Retried,
+     * like an unreachable broker (a plain AMQP port answers with bytes
+     * that are not TLS: "does not speak TLS" above). */
+    snprintf(why, sizeof(why),
+             "the connection was closed during the TLS handshake, before "
+             "the peer answered");
+    rc = EDP_ECONNECT;
   } else {
     snprintf(why, sizeof(why), "TLS handshake failed: %s",
-             status == AMQP_STATUS_CONNECTION_CLOSED ||
-                     status == AMQP_STATUS_SSL_CONNECTION_FAILED
-                 ? "the peer closed the connection (not a TLS port?)"
-                 : amqp_error_string2(status));
+             amqp_error_string2(status));
   }
   snprintf(err_text, err_len, "%s: %s", c->masked, why);
   ERR_clear_error();

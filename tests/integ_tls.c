@@ -357,6 +357,32 @@ START_TEST(handshake_timeout_is_unreachable) {
 }
 END_TEST
 
+/* A connection reset before the peer says a TLS word (a broker going
+ * down, a balancer with nothing behind it) is no refusal either: 69, and
+ * the same URL works once something answers. */
+START_TEST(reset_in_handshake_is_unreachable) {
+  fp_proxy *fp = NULL;
+  ck_assert_int_eq(fp_start("127.0.0.1", tls_port, &fp), 0);
+  char url[2048];
+  ck_assert_int_eq(
+      fp_url(fp, tls_url("localhost", tls_port, "ca", NULL), url, sizeof(url)),
+      0);
+  ck_assert_int_eq(fp_refuse(fp, 1), 0);
+  char why[600];
+  long long ms;
+  int rc = try_open(url, why, sizeof(why), &ms);
+  fprintf(stderr, "  reset in handshake -> %s (%lld ms): %s\n", edp_errname(rc),
+          ms, why);
+  ck_assert_int_eq(rc, EDP_ECONNECT);
+  ck_assert_msg(strstr(why, "closed during the TLS handshake"), "%s", why);
+  ck_assert_int_lt(ms, REFUSE_BOUND_MS);
+  ck_assert_int_eq(fp_refuse(fp, 0), 0);
+  rc = try_open(url, why, sizeof(why), &ms);
+  ck_assert_msg(rc == 0, "%s", why);
+  fp_stop(&fp);
+}
+END_TEST
+
 /* An expired server certificate: served by openssl s_server, since the
  * node has one certificate. */
 START_TEST(refused_expired_certificate) {
@@ -639,6 +665,7 @@ int main(void) {
   tcase_add_test(tc, refused_wrong_kind_of_port);
   tcase_add_test(tc, refused_expired_certificate);
   tcase_add_test(tc, handshake_timeout_is_unreachable);
+  tcase_add_test(tc, reset_in_handshake_is_unreachable);
   tcase_add_test(tc, external_login);
   tcase_add_test(tc, forward_programs_over_tls);
   tcase_add_test(tc, sender_survives_close_mid_send);
