@@ -119,6 +119,14 @@ static void cert_cn(const char *path, char *out, size_t len) {
   }
 }
 
+/* 1 if OpenSSL's last error is the network's (a reset, an EOF), not a
+ * word of TLS from the peer. */
+static int ssl_network_error(void) {
+  unsigned long e = ERR_peek_last_error();
+  return e && (ERR_GET_LIB(e) == ERR_LIB_SYS ||
+               ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING);
+}
+
 /* OpenSSL's reason for the last error of this thread, or "". */
 static const char *ssl_reason(void) {
   unsigned long e = ERR_peek_last_error();
@@ -296,6 +304,13 @@ int edp__tls_explain(edp_conn *c, int status, int in_login, char *err_text,
       snprintf(why, sizeof(why), "the broker refused the handshake: %s", a);
   } else if (words) {
     snprintf(why, sizeof(why), "%s", words);
+  } else if (!in_login && c->tls_started && ssl_network_error()) {
+    /* Reset or closed before the peer said a TLS word: see below. */
+    snprintf(why, sizeof(why),
+             "the connection was closed during the TLS handshake, before "
+             "the peer answered (%s)",
+             r);
+    rc = EDP_ECONNECT;
   } else if (r[0]) {
     snprintf(why, sizeof(why), "TLS handshake failed: %s", r);
   } else if (status == AMQP_STATUS_TIMEOUT && c->tls_started && !in_login) {
