@@ -112,6 +112,12 @@ CONF
     kill_node "$dir"
     exit 1
   fi
+  # The node is up; make sure its listeners are too (bounded).
+  local p
+  for p in $(grep -o '127.0.0.1:[0-9]*$' "$dir/rabbitmq.conf" | cut -d: -f2); do
+    for _ in $(seq 1 100); do port_free "$p" || break; sleep 0.1; done
+    if port_free "$p"; then die "node $NODE is up but does not listen on $p"; fi
+  done
   echo "amqp://guest:guest@127.0.0.1:$PORT/" > "$dir/url"
   if [ -n "${TLS_PORT:-}" ]; then
     local t=$dir/tls
