@@ -10,6 +10,9 @@
 #   make plots        redraws the plots from the CSV files in docs/img
 #                     (needs gnuplot: apt-get install gnuplot-nox)
 #   make faults       the whole fault matrix, written to docs/faults.md
+#   make check TLS=1, make faults TLS=1
+#                     the same on TLS nodes (client certificates required):
+#                     every node the suites start is a TLS node
 #   make deps         installs missing Debian packages (as root)
 #   make install      PREFIX=/usr/local DESTDIR=
 
@@ -36,6 +39,8 @@ OUT := build
 SANFLAGS :=
 endif
 BIN := $(if $(filter 1,$(SAN)),$(OUT)/bin,bin)
+# TLS=1: tests/broker.sh makes every node it starts a TLS node.
+export EDP_TLS := $(if $(filter 1,$(TLS)),1,0)
 
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
@@ -137,10 +142,10 @@ faults: deps all tests
 	rm -f $(OUT)/faults.rows
 	EDP_BIN=$(BIN) EDP_FAULTS_FULL=1 EDP_FAULTS_REPORT=$(CURDIR)/$(OUT)/faults.rows \
 	  tests/run-integration.sh $(FAULT_SUITES)
-	tests/faults-report.sh $(OUT)/faults.rows > docs/faults.md
+	tests/faults-report.sh $(OUT)/faults.rows > docs/faults$(if $(filter 1,$(TLS)),-tls).md
 
 bench: deps all $(BENCH_BINS)
-	EDP_BIN=$(BIN) tests/with-broker.sh tests/bench.sh $(BENCH_BINS)
+	EDP_BIN=$(BIN) EDP_TLS=both tests/with-broker.sh tests/bench.sh $(BENCH_BINS)
 
 # gnuplot is not in DEB_PKGS: a missing gnuplot only skips the pictures.
 plots:

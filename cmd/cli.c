@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static int stop_pipe[2] = {-1, -1};
@@ -32,8 +33,6 @@ static void on_signal(int sig) {
 void cli_init(cli *c, const char *prog) {
   memset(c, 0, sizeof(*c));
   c->prog = prog;
-  const char *env = getenv("EDP_URL");
-  c->url = env && env[0] ? env : EDP_URL_DEFAULT;
   if (pipe(stop_pipe) == 0) {
     for (int i = 0; i < 2; i++)
       fcntl(stop_pipe[i], F_SETFL, fcntl(stop_pipe[i], F_GETFL) | O_NONBLOCK);
@@ -50,10 +49,49 @@ void cli_init(cli *c, const char *prog) {
 int cli_stop_fd(void) { return stop_pipe[0]; }
 int cli_stopped(void) { return stopped; }
 
+/* A password in argv is visible to every user of the machine (ps,
+ * /proc/PID/cmdline): warn, and overwrite it in place, which hides it
+ * from later reads (not from one made before, hence the warning). The
+ * well-known guest password is no secret and gets no warning. */
+static void scrub_password(const cli *c, char *arg) {
+  edp_url u;
+  if (edp_url_parse(arg, &u, NULL, 0) || !u.pass[0] ||
+      u.auth_mechanism == EDP_AUTH_EXTERNAL || !strcmp(u.pass, "guest"))
+    return;
+  fprintf(stderr,
+          "%s: warning: a password in --url is visible to other users "
+          "of this machine; use --url-file or EDP_URL_FILE\n",
+          c->prog);
+  char *auth = strstr(arg, "://");
+  char *at = auth ? strchr(auth + 3, '@') : NULL;
+  char *colon = at ? memchr(auth + 3, ':', (size_t)(at - auth - 3)) : NULL;
+  if (colon)
+    memset(colon + 1, 'x', (size_t)(at - colon - 1));
+}
+
+static void add_url(cli *c, const char *url, const char *from) {
+  if (c->n_urls == CLI_MAX_URLS)
+    cli_die(c, CLI_USAGE, "%s: at most %d URLs", from, CLI_MAX_URLS);
+  c->urls[c->n_urls] = strdup(url);
+  if (!c->urls[c->n_urls])
+    cli_die(c, CLI_SOFTWARE, "out of memory");
+  c->n_urls++;
+}
+
 int cli_common_opt(cli *c, int opt, const char *arg, void (*usage)(void)) {
   switch (opt) {
   case 'u':
-    c->url = arg;
+    if (c->url_file)
+      cli_die(c, CLI_USAGE, "--url and --url-file exclude each other");
+    add_url(c, arg, "--url");
+    scrub_password(c, (char *)arg); /* optarg points into argv */
+    return 1;
+  case 'U':
+    if (c->n_urls)
+      cli_die(c, CLI_USAGE, "--url and --url-file exclude each other");
+    if (c->url_file)
+      cli_die(c, CLI_USAGE, "--url-file given twice");
+    c->url_file = arg;
     return 1;
   case 'j':
     c->json = 1;
@@ -70,6 +108,79 @@ int cli_common_opt(cli *c, int opt, const char *arg, void (*usage)(void)) {
   default:
     return 0;
   }
+}
+
+/* Reads the URLs of a secret file (Docker mounts secrets as files): one
+ * per line, blank lines and '#' comments skipped. A URL file is small;
+ * the limit keeps a wrong path (/dev/zero) from eating memory. */
+static void read_url_file(cli *c, const char *path, const char *from) {
+  enum { URL_FILE_MAX = 64 * 1024 };
+  FILE *f = fopen(path, "r");
+  if (!f)
+    cli_die(c, CLI_USAGE, "%s %s: %s", from, path, strerror(errno));
+  char *buf = malloc(URL_FILE_MAX + 1);
+  if (!buf)
+    cli_die(c, CLI_SOFTWARE, "out of memory");
+  size_t len = fread(buf, 1, URL_FILE_MAX + 1, f);
+  int failed = ferror(f);
+  fclose(f);
+  if (failed)
+    cli_die(c, CLI_USAGE, "%s %s: read error", from, path);
+  if (len > URL_FILE_MAX)
+    cli_die(c, CLI_USAGE, "%s %s: larger than %d bytes, not a URL file", from,
+            path, URL_FILE_MAX);
+  buf[len] = '\0';
+  if (memchr(buf, '\0', len))
+    cli_die(c, CLI_USAGE, "%s %s: holds a NUL byte, not a URL file", from,
+            path);
+  for (char *line = buf, *next; line; line = next) {
+    next = strchr(line, '\n');
+    if (next)
+      *next++ = '\0';
+    size_t n = strlen(line);
+    while (n && strchr(" \t\r", line[n - 1]))
+      line[--n] = '\0';
+    line += strspn(line, " \t");
+    if (line[0] && line[0] != '#')
+      add_url(c, line, from);
+  }
+  free(buf);
+  if (!c->n_urls)
+    cli_die(c, CLI_USAGE, "%s %s: no URL in it", from, path);
+}
+
+static void resolve_urls(cli *c) {
+  if (c->urls_resolved)
+    return;
+  c->urls_resolved = 1;
+  if (c->url_file) {
+    read_url_file(c, c->url_file, "--url-file");
+    return;
+  }
+  if (c->n_urls)
+    return;
+  const char *file = getenv("EDP_URL_FILE");
+  const char *env = getenv("EDP_URL");
+  if (file && file[0] && env && env[0])
+    cli_die(c, CLI_USAGE, "EDP_URL and EDP_URL_FILE are both set: unset one");
+  if (file && file[0])
+    read_url_file(c, file, "EDP_URL_FILE");
+  else
+    add_url(c, env && env[0] ? env : EDP_URL_DEFAULT, "EDP_URL");
+}
+
+const char *cli_url(cli *c) {
+  resolve_urls(c);
+  if (c->n_urls > 1)
+    cli_die(c, CLI_USAGE, "%zu broker URLs given; this program connects to one",
+            c->n_urls);
+  return c->urls[0];
+}
+
+const char *const *cli_urls(cli *c, size_t *n) {
+  resolve_urls(c);
+  *n = c->n_urls;
+  return (const char *const *)c->urls;
 }
 
 void cli_die(const cli *c, int code, const char *fmt, ...) {
@@ -145,10 +256,10 @@ void cli_log(void *ud, int level, const char *msg) {
           msg);
 }
 
-edp_conn *cli_connect(const cli *c, const char *client_name) {
+edp_conn *cli_connect(cli *c, const char *client_name) {
   edp_conn_opts o;
   edp_conn_opts_init(&o);
-  o.url = c->url;
+  o.url = cli_url(c);
   o.stop_fd = cli_stop_fd();
   o.client_name = client_name ? client_name : c->prog;
   o.log = cli_log;

@@ -191,7 +191,7 @@ int main(int argc, char **argv) {
     cli_die(&app, CLI_USAGE, "--queue: 1 to 200 characters");
   edp_url u;
   char why[300];
-  if (edp_url_parse(app.url, &u, why, sizeof(why)))
+  if (edp_url_parse(cli_url(&app), &u, why, sizeof(why)))
     cli_die(&app, CLI_USAGE, "%s", why);
 
   pthread_mutex_init(&S.mu, NULL);
@@ -202,7 +202,7 @@ int main(int argc, char **argv) {
     cli_die(&app, CLI_SOFTWARE, "pipe failed");
   edp_conn_opts co;
   edp_conn_opts_init(&co);
-  co.url = app.url;
+  co.url = cli_url(&app);
   co.log = cli_log;
   co.log_ud = &app;
   co.on_event = cli_conn_event;

@@ -20,6 +20,8 @@ static void usage(void) {
       "usage: edp-multi-receiver [options]\n"
       "Consumes the queue on every --url broker and prints each message.\n"
       "  -u, --url URL          a broker; repeat once per broker\n"
+      "      --url-file PATH    the brokers' URLs, one per line (a secret\n"
+      "                         file; default: the file $EDP_URL_FILE names)\n"
       "  -q, --queue NAME       queue (default edp.multi)\n"
       "  -n, --count N          exit 0 after N messages (default: run until\n"
       "                         SIGINT/SIGTERM, exit 130)\n"
@@ -92,20 +94,12 @@ int main(int argc, char **argv) {
       {"quorum", no_argument, NULL, 'Q'},
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
-  const char *urls[EDP_MULTI_MAX_BROKERS];
-  size_t n_urls = 0;
   const char *queue = "edp.multi";
   long count = 0, idle_exit = 0, prefetch = 200;
   int quorum = 0;
   int opt;
   while ((opt = getopt_long(argc, argv, "q:n:p:" CLI_COMMON_SHORTOPTS, opts,
                             NULL)) != -1) {
-    if (opt == 'u') {
-      if (n_urls == EDP_MULTI_MAX_BROKERS)
-        cli_die(&app, CLI_USAGE, "at most %d --url", EDP_MULTI_MAX_BROKERS);
-      urls[n_urls++] = optarg;
-      continue;
-    }
     if (cli_common_opt(&app, opt, optarg, usage))
       continue;
     switch (opt) {
@@ -133,8 +127,8 @@ int main(int argc, char **argv) {
     cli_die(&app, CLI_USAGE, "unexpected argument '%s'", argv[optind]);
   if (!queue[0] || strlen(queue) > 200)
     cli_die(&app, CLI_USAGE, "--queue: 1 to 200 characters");
-  if (n_urls == 0)
-    urls[n_urls++] = app.url;
+  size_t n_urls;
+  const char *const *urls = cli_urls(&app, &n_urls);
 
   run r = {.count = count, .last_msg_ms = edp_now_ms()};
   if (pipe(r.done_pipe))

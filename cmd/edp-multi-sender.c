@@ -21,6 +21,8 @@ static void usage(void) {
       "Sends --count messages over every --url broker (publisher confirms,\n"
       "persistent, to the same durable queue on each).\n"
       "  -u, --url URL          a broker; repeat once per broker\n"
+      "      --url-file PATH    the brokers' URLs, one per line (a secret\n"
+      "                         file; default: the file $EDP_URL_FILE names)\n"
       "  -q, --queue NAME       queue (default edp.multi)\n"
       "  -n, --count N          messages to send (default 1000)\n"
       "      --rate R           at most R messages per second in all\n"
@@ -173,8 +175,6 @@ int main(int argc, char **argv) {
       {"quorum", no_argument, NULL, 'Q'},
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
-  const char *urls[EDP_MULTI_MAX_BROKERS];
-  size_t n_urls = 0;
   const char *queue = "edp.multi";
   long count = 1000, rate = 0, keys = 16, window = 1024;
   long confirm_to = 5000, connect_to = 1000, down_max = 30000;
@@ -185,12 +185,6 @@ int main(int argc, char **argv) {
   int opt;
   while ((opt = getopt_long(argc, argv, "q:n:kw:" CLI_COMMON_SHORTOPTS, opts,
                             NULL)) != -1) {
-    if (opt == 'u') {
-      if (n_urls == EDP_MULTI_MAX_BROKERS)
-        cli_die(&app, CLI_USAGE, "at most %d --url", EDP_MULTI_MAX_BROKERS);
-      urls[n_urls++] = optarg;
-      continue;
-    }
     if (cli_common_opt(&app, opt, optarg, usage))
       continue;
     switch (opt) {
@@ -239,8 +233,8 @@ int main(int argc, char **argv) {
     cli_die(&app, CLI_USAGE, "unexpected argument '%s'", argv[optind]);
   if (!queue[0] || strlen(queue) > 200)
     cli_die(&app, CLI_USAGE, "--queue: 1 to 200 characters");
-  if (n_urls == 0)
-    urls[n_urls++] = app.url;
+  size_t n_urls;
+  const char *const *urls = cli_urls(&app, &n_urls);
 
   run r = {0};
   r.n = n_urls;

@@ -376,14 +376,19 @@ static int sender_exit(char **args, const char *stdin_data, int bound_ms) {
 
 START_TEST(bad_input_exit_codes) {
   const char *q = t_unique("fwd.bad");
-  char url[512], wrongpw[600], novhost[600];
-  snprintf(url, sizeof(url), "%s", t_url());
-  edp_url u;
-  ck_assert_int_eq(edp_url_parse(url, &u, NULL, 0), 0);
-  snprintf(wrongpw, sizeof(wrongpw), "amqp://guest:wrong@%s:%d/", u.host,
-           u.port);
-  snprintf(novhost, sizeof(novhost), "amqp://guest:guest@%s:%d/no-such-vhost",
-           u.host, u.port);
+  /* The broker's URL with another password or vhost; the scheme and the
+   * query (a TLS node's CA and client certificate) stay. */
+  const char *url = t_url();
+  const char *auth = strstr(url, "://") + 3;
+  size_t auth_len = strcspn(auth, "/?");
+  const char *query = auth + auth_len + strcspn(auth + auth_len, "?");
+  const char *cred = strstr(url, "guest:guest@");
+  ck_assert_ptr_nonnull(cred);
+  char wrongpw[1200], novhost[1200];
+  snprintf(wrongpw, sizeof(wrongpw), "%.*sguest:wrong@%s", (int)(cred - url),
+           url, cred + strlen("guest:guest@"));
+  snprintf(novhost, sizeof(novhost), "%.*s/no-such-vhost%s",
+           (int)(auth + auth_len - url), url, query);
 
   char *malformed[] = {"--url", "amqp://guest:guest@host:port/", "x", NULL};
   ck_assert_int_eq(sender_exit(malformed, NULL, 5000), 64);
@@ -406,11 +411,11 @@ START_TEST(bad_input_exit_codes) {
   memset(body, 'a', big);
   body[big] = '\n';
   body[big + 1] = '\0';
-  char *client_limit[] = {"--url",      url,       "--queue", (char *)q,
-                          "--max-body", "1048576", NULL};
+  char *client_limit[] = {"--url",      (char *)url, "--queue", (char *)q,
+                          "--max-body", "1048576",   NULL};
   ck_assert_int_eq(sender_exit(client_limit, body, 15000), 65);
-  char *broker_limit[] = {"--url",      url, "--queue", (char *)q,
-                          "--max-body", "0", NULL};
+  char *broker_limit[] = {"--url",      (char *)url, "--queue", (char *)q,
+                          "--max-body", "0",         NULL};
   ck_assert_int_eq(sender_exit(broker_limit, body, 15000), 65);
   free(body);
   /* nothing half-sent sits in the queue */

@@ -34,7 +34,7 @@
 static char base_dir[256];
 static pid_t owner; /* Check forks a child per test: only we clean up */
 static char node_dir[NODES][300];
-static char node_url[NODES][128];
+static char node_url[NODES][512]; /* a TLS node's URL names its files */
 
 /* ---------- the nodes ---------- */
 
