@@ -19,6 +19,8 @@ from wire import RUN, Timer, check, connect, drain, finish, fnv1a32, ok, start
 VH = os.environ["EDP_INTEROP_VHOSTS"].split(",")
 N, KEYS = 200, 8
 t = Timer()
+# The worked example of docs/wire.md.
+check(fnv1a32("ACC-0") == 0x9D490E9F and fnv1a32("ACC-1") % 2 == 0, "FNV-1a example")
 chans = []
 for v in VH:
     c = connect(v).channel()
