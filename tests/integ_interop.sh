@@ -16,6 +16,7 @@ if ! "$PY" -c 'import pika' 2>/dev/null; then
   exit 0
 fi
 export EDP_BIN=${EDP_BIN:-bin}
+export PYTHONDONTWRITEBYTECODE=1 # no __pycache__ in the tree
 : "${EDP_URL:?EDP_URL must name the test broker}"
 : "${EDP_BROKER_DIR:?EDP_BROKER_DIR must name the test node (tests/broker.sh)}"
 

@@ -30,8 +30,17 @@ def connect(vhost="/"):
     return pika.BlockingConnection(pika.URLParameters(url(vhost)))
 
 
+STARTED = []
+
+
 def fail(msg):
     print("FAIL: " + msg, file=sys.stderr)
+    for proc in STARTED:  # what the programs still running had to say
+        if proc.poll() is None:
+            proc.kill()
+            out, err = proc.communicate()
+            print("--- %s\n%s%s" % (" ".join(proc.args), out[-3000:], err[-2000:]),
+                  file=sys.stderr)
     sys.exit(1)
 
 
@@ -59,8 +68,10 @@ def start(prog, *args, stdin=None, vhosts=("/",)):
     for v in vhosts:
         cmd += ["--url", url(v)]
     cmd += list(args)
-    return subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    STARTED.append(proc)
+    return proc
 
 
 def finish(proc, timeout=60, expect_rc=0):
