@@ -24,10 +24,17 @@ export PYTHONDONTWRITEBYTECODE=1 # no __pycache__ in the tree
 # while the other scripts run (rabbitmqctl takes seconds).
 vhost="edp-interop-$$"
 user=$("$PY" -c 'import os, urllib.parse; print(urllib.parse.unquote(urllib.parse.urlsplit(os.environ["EDP_URL"]).username or "guest"))')
-trap 'tests/broker.sh ctl "$EDP_BROKER_DIR" delete_vhost "$vhost" >/dev/null 2>&1 || true' EXIT
+setup_log=$(mktemp /tmp/edp-interop-vhost.XXXXXX)
 (tests/broker.sh ctl "$EDP_BROKER_DIR" add_vhost "$vhost" &&
-  tests/broker.sh ctl "$EDP_BROKER_DIR" set_permissions -p "$vhost" "$user" '.*' '.*' '.*') >/dev/null &
+  tests/broker.sh ctl "$EDP_BROKER_DIR" set_permissions -p "$vhost" "$user" '.*' '.*' '.*') \
+  >"$setup_log" 2>&1 &
 vhost_setup=$!
+cleanup() {
+  wait "$vhost_setup" 2>/dev/null || true
+  tests/broker.sh ctl "$EDP_BROKER_DIR" delete_vhost "$vhost" >/dev/null 2>&1 || true
+  rm -f "$setup_log"
+}
+trap cleanup EXIT
 export EDP_INTEROP_VHOSTS="/,$vhost"
 
 start=$(date +%s)
@@ -35,7 +42,7 @@ echo "pika $("$PY" -c 'import pika; print(pika.__version__)') with $PY"
 for script in forwarding thread_delegate ambulance watch supervisor java_client multi_broker; do
   echo "-- $script"
   if [ $script = multi_broker ]; then
-    wait $vhost_setup || { echo "FAIL: cannot make vhost $vhost" >&2; exit 1; }
+    wait "$vhost_setup" || { echo "FAIL: cannot make vhost $vhost:" >&2; cat "$setup_log" >&2; exit 1; }
   fi
   timeout 120 "$PY" "tests/interop/$script.py" || { echo "FAIL: interop $script" >&2; exit 1; }
 done
