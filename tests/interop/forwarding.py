@@ -27,6 +27,10 @@ for i, mid in enumerate(ids):
     ch.basic_publish("", q, body, pika.BasicProperties(
         delivery_mode=2, message_id=mid, content_type="text/plain",
         headers={"origin": "pika"}), mandatory=True)
+# A count of retries set by the producer: at the limit, the first failure
+# is the last.
+ch.basic_publish("", q, b"POISON again", pika.BasicProperties(
+    delivery_mode=2, message_id="py-pre", headers={"x-edp-retries": 5}), mandatory=True)
 ev = run("edp-forward-receiver", "--queue", q, "--fail-match", "POISON",
          "--max-retries", "2", "--idle-timeout", "1500", timeout=60)
 done = [e["message_id"] for e in ev if e["event"] == "processed"]
@@ -34,18 +38,19 @@ dead = [e["message_id"] for e in ev if e["event"] == "dead_lettered"]
 retried = [e["message_id"] for e in ev if e["event"] == "retried"]
 check(sorted(done) == sorted(ids[:7] + ids[8:]),
       "processed %d ids, not the 199 non-poison ones" % len(done))
-check(dead == ["py-8"] and retried == ["py-8", "py-8"],
+check(sorted(dead) == ["py-8", "py-pre"] and retried == ["py-8", "py-8"],
       "poison: retried %s, dead-lettered %s" % (retried, dead))
-(m, p, body), = drain(ch, q + ".dlq", 1)
+dlq = {p.message_id: (p, body) for _, p, body in drain(ch, q + ".dlq", 2)}
+p, body = dlq["py-8"]
 h = p.headers
-check(body == b"POISON order" and p.message_id == "py-8", "dlq copy: %r %r" % (body, p.message_id))
+check(body == b"POISON order", "dlq copy: %r" % body)
 check(h.get("x-edp-retries") == 3 and h.get("x-edp-original-queue") == q
       and "POISON" in h.get("x-edp-reason", "") and h.get("origin") == "pika",
       "dlq headers: %r" % h)
 check(p.delivery_mode == 2 and p.content_type == "text/plain", "dlq properties: %r" % p)
 check(ch.queue_declare(q, passive=True).method.message_count == 0, "queue not empty")
 ok("pika -> edp-forward-receiver: %d processed once, poison in .dlq after 2 retries "
-   "(x-edp-retries=3)" % len(done))
+   "(x-edp-retries=3), one with x-edp-retries=5 at its first failure" % len(done))
 
 # 2. edp's sender, a foreign consumer.
 q2 = "interop.fwd.out." + RUN

@@ -64,6 +64,24 @@ check(sorted(p.headers["account"] for _, p, _ in dead) == accounts, "dlq account
 ok("pika -> edp-trade-dispatcher: %d trades, %d accounts in seq order on %d workers, "
    "%d poison trades in .dlq, dotted account unroutable" % (n, len(accounts), len(workers), len(dead)))
 
+# Accounts with dots, as wire.md says: a dot-free routing key, the account
+# in a header, --context header:account.
+for s in range(1, 21):
+    for a in ("B.7", "C.8.9"):
+        ch.basic_publish(ex, "trade.eq.dotted", b"%s,SELL,IBM,1 SHARES" % a.encode(),
+                         pika.BasicProperties(delivery_mode=2, message_id="%s-%d" % (a, s),
+                                              headers={"account": a, "seq": s}), mandatory=True)
+ev = finish(start("edp-trade-dispatcher", "--exchange", ex, "--queue", q, "--workers", "2",
+                  "--context", "header:account", "--count", "40"), 60)
+order = collections.defaultdict(list)
+for e in ev:
+    if e["event"] == "processed":
+        order[e["account"]].append(e["seq"])
+check(dict(order) == {"B.7": list(range(1, 21)), "C.8.9": list(range(1, 21))},
+      "dotted accounts by header: %r" % dict(order))
+ok("pika -> edp-trade-dispatcher --context header:account: 2 dotted accounts, 40 trades in "
+   "seq order")
+
 # 2. edp's sender, a foreign consumer.
 ex2, q2 = "interop.td.ex2." + RUN, "interop.td2." + RUN
 ev = finish(start("edp-trade-sender", "--exchange", ex2, "--queue", q2, "--count", "120",
