@@ -9,7 +9,7 @@
 """
 import pika
 
-from wire import RUN, Timer, check, connect, drain, ok, run, start, finish
+from wire import RUN, Timer, check, connect, drain, ok, run
 
 N = 200
 t = Timer()
