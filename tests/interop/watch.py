@@ -12,6 +12,7 @@ both sides written from the document alone.
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -78,7 +79,8 @@ class Service:
 
 
 # 1. Python services, edp's config server.
-store = os.path.join(tempfile.mkdtemp(prefix="edp-interop-"), "store.json")
+store_dir = tempfile.mkdtemp(prefix="edp-interop-")
+store = os.path.join(store_dir, "store.json")
 server = start("edp-config-server", "--store", store, "--request-queue", RQ,
                stdin=subprocess.PIPE)
 
@@ -120,6 +122,7 @@ check(sum(e["event"] == "registered" for e in ev) == 3
       and sum(e["event"] == "rejected" for e in ev) == 1, "server events")
 for s in (every, c):
     s.conn.close()
+shutil.rmtree(store_dir)
 ok("python watch services <-> edp-config-server: 3 registrations, 1 error reply, "
    "4 versions of one counter, 8 changes, gone service removed")
 
