@@ -318,31 +318,35 @@ int main(int argc, char **argv) {
     die_unavailable(&r, rc, "waiting for confirms failed", down_max);
   report(&r, 1);
   json_t *per = json_array();
-  uint64_t confirmed = 0, rerouted = 0;
+  uint64_t confirmed = 0, rerouted = 0, returned = 0;
   for (size_t i = 0; i < r.n; i++) {
     edp_multi_broker_stats st;
     edp_multi_producer_stats(r.p, i, &st);
     confirmed += st.confirmed;
     rerouted += st.rerouted;
-    json_array_append_new(per, json_pack("{s:I,s:I,s:I,s:I}", "confirmed",
+    returned += st.returned;
+    json_array_append_new(per, json_pack("{s:I,s:I,s:I,s:I,s:I}", "confirmed",
                                          (json_int_t)st.confirmed, "rerouted",
-                                         (json_int_t)st.rerouted, "downs",
+                                         (json_int_t)st.rerouted, "returned",
+                                         (json_int_t)st.returned, "downs",
                                          (json_int_t)st.downs, "ups",
                                          (json_int_t)st.ups));
   }
   double secs = (double)(edp_now_ms() - start) / 1000.0;
   if (app.json)
-    cli_emit(json_pack("{s:s,s:I,s:I,s:I,s:f,s:o}", "event", "summary", "sent",
-                       (json_int_t)count, "confirmed", (json_int_t)confirmed,
-                       "rerouted", (json_int_t)rerouted, "seconds", secs,
+    cli_emit(json_pack("{s:s,s:I,s:I,s:I,s:I,s:f,s:o}", "event", "summary",
+                       "sent", (json_int_t)count, "confirmed",
+                       (json_int_t)confirmed, "rerouted", (json_int_t)rerouted,
+                       "returned", (json_int_t)returned, "seconds", secs,
                        "brokers", per));
   else
     json_decref(per);
   fprintf(stderr,
           "edp-multi-sender: %ld sent, %llu confirmed over %zu brokers in "
-          "%.1f s, %llu resent after a broker loss\n",
+          "%.1f s, %llu resent after a broker loss, %llu after their "
+          "queue was gone\n",
           count, (unsigned long long)confirmed, r.n, secs,
-          (unsigned long long)rerouted);
+          (unsigned long long)rerouted, (unsigned long long)returned);
   edp_multi_producer_destroy(&r.p);
   return r.refused ? CLI_DATAERR : CLI_OK;
 }
