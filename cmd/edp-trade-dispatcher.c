@@ -34,7 +34,8 @@ static void usage(void) {
       "      --max-retries N    in-place retries before the .dlq (default 3)\n"
       "      --retry-delay-ms N pause before a retry (default 100)\n"
       "      --fail-every N     the first attempt of each trade whose seq is\n"
-      "                         a multiple of N fails (a transient error)\n"
+      "                         a multiple of N fails (a transient error;\n"
+      "                         a trade without a seq header never does)\n"
       "      --poison-seq S     every attempt of trades with seq S fails\n"
       "      --display          print the allocation map as it changes\n"
       "  -n, --count N          exit 0 after N trades were settled\n"
@@ -74,7 +75,10 @@ static int handler(void *ud, int worker, const char *context,
              p->poison_seq);
     return -1;
   }
-  if (p->fail_every > 0 && attempt == 1 && seq % p->fail_every == 0) {
+  /* seq 0: no usable seq header (a foreign producer's trade), which is no
+   * multiple of anything here. */
+  if (p->fail_every > 0 && attempt == 1 && seq > 0 &&
+      seq % p->fail_every == 0) {
     snprintf(reason, reason_len, "simulated transient error (--fail-every)");
     return -1;
   }

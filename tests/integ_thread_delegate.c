@@ -591,6 +591,61 @@ START_TEST(no_context_is_dead_lettered) {
 }
 END_TEST
 
+/* attempts[] by seq (0: no seq header); counts processed events. */
+typedef struct seq_attempts {
+  int attempts[4], processed;
+} seq_attempts;
+
+static void count_attempts(void *ud, json_t *ev) {
+  seq_attempts *a = ud;
+  const char *type = json_string_value(json_object_get(ev, "event"));
+  if (!type || strcmp(type, "processed"))
+    return;
+  json_int_t seq = json_integer_value(json_object_get(ev, "seq"));
+  int n = (int)json_integer_value(json_object_get(ev, "attempts"));
+  if (seq >= 0 && seq < 4 && n > a->attempts[seq])
+    a->attempts[seq] = n;
+  a->processed++;
+}
+
+/* A foreign producer's trades carry no seq header: --fail-every, which
+ * fails the first attempt of every seq divisible by N, took them all for
+ * seq 0 and failed every one (found by the interop suite). */
+START_TEST(trades_without_seq_never_fail_every) {
+  const char *ex = t_unique("td.ex"), *q = t_unique("td.q");
+  static int per_acct[MAXA];
+  send_trades(ex, q, 1, 2, NULL, per_acct); /* seq 1 and 2; the topology */
+  edp_conn_opts o;
+  edp_conn_opts_init(&o);
+  o.url = t_url();
+  edp_conn *c = NULL;
+  ck_assert_int_eq(edp_conn_open(&o, &c, NULL, 0), 0);
+  ck_assert_int_eq(edp_conn_confirm_select(c), 0);
+  for (int i = 0; i < 4; i++) {
+    edp_msg m;
+    edp_msg_init(&m);
+    m.exchange = ex;
+    m.routing_key = "trade.eq.A-1";
+    m.body = "X-1,BUY,AAPL,1 SHARES";
+    m.body_len = strlen(m.body);
+    m.persistent = 1;
+    m.mandatory = 1;
+    ck_assert_int_eq(edp_conn_publish_confirmed(c, &m, 5000), 0);
+  }
+  edp_conn_destroy(&c);
+  const char *extra[] = {
+      "--fail-every", "2", "--retry-delay-ms", "0", "--count", "6", NULL};
+  t_proc p;
+  spawn_dispatcher(&p, ex, q, extra);
+  seq_attempts a = {0};
+  ck_assert_int_eq(t_collect(&p, 60000, count_attempts, &a), 0);
+  ck_assert_int_eq(a.processed, 6);
+  ck_assert_int_eq(a.attempts[1], 1);
+  ck_assert_int_eq(a.attempts[2], 2); /* seq 2 still fails once */
+  ck_assert_int_eq(a.attempts[0], 1); /* no seq: never */
+}
+END_TEST
+
 static int run_status(char *const argv[]) {
   t_proc p;
   ck_assert_int_eq(t_spawn(&p, argv, NULL), 0);
@@ -626,6 +681,7 @@ int main(void) {
   tcase_add_test(tc, failures_keep_order);
   tcase_add_test(tc, two_shards);
   tcase_add_test(tc, no_context_is_dead_lettered);
+  tcase_add_test(tc, trades_without_seq_never_fail_every);
   tcase_add_test(tc, bad_options);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
