@@ -28,7 +28,7 @@ SOMAJOR := 0
 PKGS := librabbitmq jansson openssl
 DEB_PKGS := gcc g++ make pkg-config rabbitmq-server librabbitmq-dev libssl-dev \
             libjansson-dev check valgrind procps binutils \
-            docker-compose python3-yaml python3-pika \
+            docker-compose python3-yaml python3-pika amqp-tools \
             librabbitmq-client-java openjdk-17-jdk-headless
 
 ifeq ($(SAN),1)
