@@ -193,7 +193,8 @@ START_TEST(masking_every_character) {
       "amqps://bob:se/cret",
       "amqps://bob:se:cret@h/",
       "amqps://bob:se%3Acret@h/",
-      "amqps://bob:s\xc3\xa9" "cret@h/",
+      "amqps://bob:s\xc3\xa9"
+      "cret@h/",
       "amqps://bob:s%C3%A9cret@h/",
       "amqps://bob:se%2",
       "amqps://b@b:se?cret=1@h/",
