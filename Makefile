@@ -158,6 +158,10 @@ check: deps all tests
 	  for t in $(UNIT_BINS); do echo "== valgrind $$t"; \
 	    CK_FORK=no valgrind -q --error-exitcode=1 --leak-check=full \
 	      --errors-for-leak-kinds=definite,indirect $$t >/dev/null || exit 1; \
+	  done; \
+	  for t in $(REPLAY_BINS); do n=$${t##*/fuzz_}; echo "== valgrind $$t"; \
+	    valgrind -q --error-exitcode=1 --leak-check=full \
+	      --errors-for-leak-kinds=definite,indirect $$t tests/fuzz/$$n >/dev/null || exit 1; \
 	  done; fi
 	EDP_BIN=$(BIN) EDP_SANFLAGS='$(SANFLAGS)' tests/run-integration.sh $(INTEG_BINS) $(wildcard tests/integ_*.sh)
 

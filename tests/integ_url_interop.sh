@@ -76,4 +76,20 @@ grep -q "vhost not found\|NOT_ALLOWED\|access" "$tmp/err" || fail "amqp-tools: $
 rc=0
 "$BIN/edp-forward-sender" --url "$U/" --queue "$q" x >/dev/null 2>"$tmp/err" || rc=$?
 [ "$rc" = 77 ] || fail "edp with the vhost \"\": exit $rc, want 77: $(cat "$tmp/err")"
+echo "-- a wrong password holding / ? # @ : % and UTF-8 is never printed"
+hostport=${U#*@}
+for pw in 'Zk%2F%3F%23%40%3A%25%C3%A9q' 'Zk/q' 'Zk?q' 'Zk#q' 'Zk@q' 'Zk:q' 'Zk%q' 'ZkÃ©q'; do
+  pw=$(printf %b "$pw")
+  bad="amqp://guest:$pw@$hostport"
+  for cmd in "edp-forward-sender --queue $q x" "edp-forward-receiver --queue $q --idle-timeout 100" \
+             "edp-multi-sender --queue $q --count 1 --down-max-ms 500" \
+             "edp-supervisor --queue $q --idle-timeout 100" "edp-ambulance-receiver --idle-timeout 100"; do
+    for json in "" --json; do
+      # shellcheck disable=SC2086
+      timeout 30 "$BIN/${cmd%% *}" ${cmd#* } --url "$bad" $json >"$tmp/out" 2>&1 || true
+      if grep -q Zk "$tmp/out"; then fail "${cmd%% *} $json printed the password of $bad: $(grep Zk "$tmp/out")"; fi
+      [ -s "$tmp/out" ] || fail "${cmd%% *} $json said nothing about $bad"
+    done
+  done
+done
 echo "ok"

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "edp.h"
+#include "edp_multi_broker.h"
 
 /* The appendix of https://www.rabbitmq.com/docs/uri-spec, row by row. A
  * blank cell there means "the client's default": guest, guest, localhost,
@@ -239,6 +240,66 @@ START_TEST(masking_every_character) {
 }
 END_TEST
 
+/* Every message the library makes about a connection (the error of
+ * edp_conn_open, the log lines, and the multi-broker's URL check) shows
+ * the URL masked, for passwords holding each character a password can
+ * hold, escaped as they should be or raw as users write them. Nothing
+ * listens on port 1, so each open fails quickly after parsing. */
+struct logbuf {
+  char text[4096];
+};
+
+static void keep_log(void *ud, int level, const char *msg) {
+  struct logbuf *b = ud;
+  (void)level;
+  size_t n = strlen(b->text);
+  snprintf(b->text + n, sizeof(b->text) - n, "%s\n", msg);
+}
+
+START_TEST(masking_in_messages) {
+  static const char *urls[] = {
+      "amqp://bob:Zk%2F%3F%23%40%3A%25%C3%A9q@127.0.0.1:1",
+      "amqp://bob:Zk/q@127.0.0.1:1",
+      "amqp://bob:Zk?q@127.0.0.1:1",
+      "amqp://bob:Zk#q@127.0.0.1:1",
+      "amqp://bob:Zk@q@127.0.0.1:1",
+      "amqp://bob:Zk:q@127.0.0.1:1",
+      "amqp://bob:Zk%q@127.0.0.1:1",
+      "amqp://bob:Zk\xc3\xa9q@127.0.0.1:1",
+      "amqps://bob:Zk%40q@127.0.0.1:1/vh?cacertfile=/nonexistent",
+      "amqp://bob:Zkq",
+      "amqp://bob:Zkq/vh",
+  };
+  for (size_t i = 0; i < sizeof(urls) / sizeof(urls[0]); i++) {
+    struct logbuf lb = {""};
+    edp_conn_opts o;
+    edp_conn_opts_init(&o);
+    o.url = urls[i];
+    o.connect_timeout_ms = 2000;
+    o.log = keep_log;
+    o.log_ud = &lb;
+    edp_conn *c = NULL;
+    char why[600] = "";
+    ck_assert_int_ne(edp_conn_open(&o, &c, why, sizeof(why)), 0);
+    ck_assert_ptr_null(c);
+    ck_assert_msg(why[0] && !strstr(why, "Zk"), "error shows it: %s", why);
+    ck_assert_msg(!strstr(lb.text, "Zk"), "log shows it: %s", lb.text);
+
+    edp_multi_producer_opts mo;
+    edp_multi_producer_opts_init(&mo);
+    mo.queue = "q";
+    mo.urls = &urls[i];
+    mo.n_urls = 1;
+    mo.down_max_ms = 100;
+    edp_multi_producer *p = NULL;
+    why[0] = '\0';
+    if (edp_multi_producer_new(&mo, &p, why, sizeof(why)) == 0)
+      edp_multi_producer_destroy(&p);
+    ck_assert_msg(!strstr(why, "Zk"), "multi-broker shows it: %s", why);
+  }
+}
+END_TEST
+
 START_TEST(tls_error_code) {
   ck_assert_str_eq(edp_errname(EDP_ETLS), "TLS");
   ck_assert_ptr_nonnull(strstr(edp_strerror(EDP_ETLS), "TLS"));
@@ -254,6 +315,7 @@ int main(void) {
   tcase_add_test(tc, amqps_options);
   tcase_add_test(tc, amqps_refused);
   tcase_add_test(tc, masking_every_character);
+  tcase_add_test(tc, masking_in_messages);
   tcase_add_test(tc, tls_error_code);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
