@@ -71,8 +71,11 @@ else
 fi
 
 echo "-- the queue is in the vhost /"
-tests/broker.sh ctl "${EDP_BROKER_DIR:?}" list_queues -p / name --silent | grep -qx "$q" ||
-  fail "queue $q not in vhost /"
+# Read whole before grep: grep -q stopping early would make rabbitmqctl
+# fail on the closed pipe (pipefail).
+queues=$(tests/broker.sh ctl "${EDP_BROKER_DIR:?}" list_queues -p / name --silent) ||
+  fail "rabbitmqctl list_queues failed"
+grep -qx "$q" <<<"$queues" || fail "queue $q not in vhost /"
 
 echo "-- with a trailing '/' (the vhost \"\") both refuse"
 if amqp-declare-queue --url="$U/" -q "$q" >/dev/null 2>"$tmp/err"; then
