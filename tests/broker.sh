@@ -118,7 +118,9 @@ CONF
     for _ in $(seq 1 100); do port_free "$p" || break; sleep 0.1; done
     if port_free "$p"; then die "node $NODE is up but does not listen on $p"; fi
   done
-  echo "amqp://guest:guest@127.0.0.1:$PORT/" > "$dir/url"
+  # No trailing slash: a path is the vhost (RabbitMQ URI specification),
+  # and "/" would be the vhost "" for amqp-tools, pika and the Java client.
+  echo "amqp://guest:guest@127.0.0.1:$PORT" > "$dir/url"
   if [ -n "${TLS_PORT:-}" ]; then
     local t=$dir/tls
     echo "amqps://guest:guest@localhost:$TLS_PORT?cacertfile=$t/ca.pem&certfile=$t/client.pem&keyfile=$t/client.key" > "$dir/url-tls"

@@ -127,7 +127,7 @@ static const char *client_cert(const char *name) {
   return q;
 }
 
-/* amqps://guest:guest@HOST:PORT/?cacertfile=<ca> with the client
+/* amqps://guest:guest@HOST:PORT?cacertfile=<ca> with the client
  * certificate CERT (NULL: none), then QUERY. */
 static const char *tls_url_cert(const char *host, int port, const char *ca,
                                 const char *cert, const char *query) {
@@ -278,7 +278,7 @@ START_TEST(refused_wrong_ca) {
                  "unknown CA");
   /* No cacertfile: the system store, which does not hold our test CA. */
   char url[300];
-  snprintf(url, sizeof(url), "amqps://guest:guest@localhost:%d/", tls_port);
+  snprintf(url, sizeof(url), "amqps://guest:guest@localhost:%d", tls_port);
   expect_refused(url, EDP_ETLS, "the system store");
 }
 END_TEST
@@ -323,7 +323,7 @@ START_TEST(refused_wrong_kind_of_port) {
   expect_refused(tls_url("localhost", plain_port(), "ca", NULL), EDP_ETLS,
                  "does not speak TLS");
   char url[300];
-  snprintf(url, sizeof(url), "amqp://guest:guest@localhost:%d/", tls_port);
+  snprintf(url, sizeof(url), "amqp://guest:guest@localhost:%d", tls_port);
   expect_refused(url, EDP_ECONNECT, "amqps://");
 }
 END_TEST

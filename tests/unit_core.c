@@ -36,8 +36,9 @@ START_TEST(url_defaults) {
   ck_assert_str_eq(u.pass, "guest");
   ck_assert_int_eq(u.port, 5672);
   ck_assert_str_eq(u.vhost, "/");
+  /* RabbitMQ's URI specification: an empty path is the vhost "". */
   ck_assert_int_eq(edp_url_parse("amqp://h/", &u, NULL, 0), 0);
-  ck_assert_str_eq(u.vhost, "/");
+  ck_assert_str_eq(u.vhost, "");
   ck_assert_int_eq(edp_url_parse("amqp://h/%2f", &u, NULL, 0), 0);
   ck_assert_str_eq(u.vhost, "/");
   ck_assert_int_eq(edp_url_parse("amqp://", &u, NULL, 0), 0);
