@@ -314,7 +314,10 @@ size_t edp_conn_take_unconfirmed(edp_conn *c, edp_take_fn fn, void *ud);
  * broker acked it, EDP_ENACKED, EDP_ERETURNED (unroutable mandatory
  * message), EDP_ETIMEOUT, EDP_ECLOSED, EDP_EINVAL (not in confirm mode) or
  * an error of edp_conn_publish(). For the rare message that must be safe
- * before the caller goes on, e.g. a copy to a dead-letter queue. */
+ * before the caller goes on, e.g. a copy to a dead-letter queue. A stop
+ * (stop_fd readable) before the message is written returns EDP_ESTOPPED
+ * with nothing sent; once written, the stop is ignored until its confirm
+ * or timeout_ms, so that the caller knows whether the copy exists. */
 int edp_conn_publish_confirmed(edp_conn *c, const edp_msg *m, int timeout_ms);
 
 /* What recovering a lost connection took; the caller zeroes it. */

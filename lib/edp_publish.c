@@ -537,15 +537,29 @@ size_t edp_conn_take_unconfirmed(edp_conn *c, edp_take_fn fn, void *ud) {
   return n;
 }
 
+/* Non-zero once the stop fd is readable. */
+static int stop_requested(const edp_conn *c) {
+  struct pollfd p = {c->o.stop_fd, POLLIN, 0};
+  return c->o.stop_fd >= 0 && poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
 int edp_conn_publish_confirmed(edp_conn *c, const edp_msg *m, int timeout_ms) {
   if (!c)
     return EDP_EINVAL;
   if (!c->confirm)
     return EDP_EINVAL;
+  /* A stop either comes before the message is written (nothing sent) or is
+   * ignored until its confirm: a caller that gave up on a written message
+   * would settle the original as if the copy did not exist, and the
+   * broker would hold both (issue 12). */
+  if (stop_requested(c))
+    return EDP_ESTOPPED;
   uint64_t seq = 0;
   int rc = edp_conn_publish(c, m, &seq);
   if (rc)
     return rc;
+  int stop_fd = c->o.stop_fd;
+  c->o.stop_fd = -1;
   uint32_t epoch = c->epoch;
   c->sync_seq = seq;
   c->sync_status = -1;
@@ -566,6 +580,7 @@ int edp_conn_publish_confirmed(edp_conn *c, const edp_msg *m, int timeout_ms) {
     /* report_confirm() records our message's status when it comes. */
     rc = edp__pump(c, -1, left, NULL);
   }
+  c->o.stop_fd = stop_fd;
   /* A channel close (a publish to a missing exchange is one) is restored
    * here; its error says why. */
   if (c->chan_closed)

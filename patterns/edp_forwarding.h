@@ -141,8 +141,10 @@ void edp_fwd_receiver_destroy(edp_fwd_receiver **r);
  * EDP_ESTOPPED / a reconnect error. A lost connection is reconnected;
  * messages in flight then come back redelivered. A stop (the connection's
  * stop_fd) while the handler runs lets the handler finish; a success is
- * then acked, a failure goes back to the queue (its retry copy can't be
- * confirmed once stopped), and the next call returns EDP_ESTOPPED. The
+ * then acked, a failure goes back to the queue untouched (no retry copy is
+ * published once stopped; a copy already written is waited for and the
+ * original acked: settled exactly once either way), and the next call
+ * returns EDP_ESTOPPED. The
  * connection is not serviced after the stop, so a handler that goes on
  * for more than two heartbeat intervals after it loses the ack and its
  * message comes back redelivered. */

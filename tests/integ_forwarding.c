@@ -511,6 +511,48 @@ START_TEST(long_handler_keeps_connection) {
 }
 END_TEST
 
+
+/* Issue 12: SIGINT while a handler is failing its attempt. The message must
+ * be settled exactly once: the retry copy confirmed and the original acked,
+ * or no copy and the original requeued; never both in the queue. */
+START_TEST(sigint_during_failing_attempt_settles_once) {
+  for (int run = 0; run < 3; run++) {
+    const char *q = t_unique("fwd.intfail");
+    tally t;
+    tally_init(&t, "if", 1);
+    ck_assert_int_eq(run_sender(q, "if", NULL, NULL, 1, &t), 0);
+    t_proc r;
+    char *failing[] = {"--work-ms", "800", "--fail-every", "1", "--prefetch",
+                       "1",         NULL};
+    start_receiver(&r, q, failing);
+    ck_assert(await_event(&r, &t, "received", 20000));
+    t_signal(&r, SIGINT);
+    ck_assert_int_eq(t_collect(&r, 20000, on_event, &t), 130);
+    char dlq[300];
+    snprintf(dlq, sizeof(dlq), "%s.dlq", q);
+    uint32_t in_q = depth(q), in_dlq = depth(dlq);
+    fprintf(stderr,
+            "sigint_during_failing_attempt: run %d: %u in queue, %u in .dlq, "
+            "%d retried event(s)\n",
+            run, in_q, in_dlq, t.retried);
+    ck_assert_uint_eq(in_q + in_dlq, 1);
+    /* The stop came before the copy: the original went back, untouched. */
+    ck_assert_uint_eq(in_q, 1);
+    edp_conn *c = open_conn();
+    ck_assert_int_eq(edp_conn_consume(c, q, NULL, NULL, 0), 0);
+    edp_delivery d;
+    ck_assert_int_eq(edp_conn_receive(c, &d, 10000), 0);
+    ck_assert_str_eq(d.message_id, "if-1");
+    ck_assert_int_eq(d.redelivered, 1);
+    ck_assert_int_eq(edp_delivery_header_int(&d, EDP_FWD_HDR_RETRIES, NULL),
+                     EDP_ENOTFOUND);
+    edp_delivery_clear(&d);
+    edp_conn_destroy(&c);
+    tally_free(&t);
+  }
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("forwarding");
   TCase *tc = tcase_create("forwarding");
@@ -524,6 +566,10 @@ int main(void) {
   tcase_add_test(tc, persistent_survive_restart_transient_do_not);
   tcase_add_test(tc, long_handler_keeps_connection);
   suite_add_tcase(s, tc);
+  TCase *copies = tcase_create("copies");
+  tcase_set_timeout(copies, 300);
+  tcase_add_test(copies, sigint_during_failing_attempt_settles_once);
+  suite_add_tcase(s, copies);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
   int failed = srunner_ntests_failed(sr);
