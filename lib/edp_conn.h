@@ -351,9 +351,13 @@ edp_msg *edp_msg_dup(const edp_msg *m);
 /* ---- consuming ---- */
 
 typedef struct edp_consume_opts {
-  int no_ack;    /* default 0: manual acks */
-  int exclusive; /* default 0 */
-  int priority;  /* x-priority consumer argument, default 0 */
+  int no_ack;      /* default 0: manual acks */
+  int exclusive;   /* default 0 */
+  int priority;    /* x-priority consumer argument, default 0 */
+  size_t max_body; /* 0 (default): no limit; else a delivery whose content
+                      header announces a bigger body is queued without it
+                      (edp_delivery.oversize), its body frames read and
+                      dropped one by one: the size never becomes memory */
 } edp_consume_opts;
 
 void edp_consume_opts_init(edp_consume_opts *o);
@@ -384,6 +388,11 @@ typedef struct edp_delivery {
   int persistent;
   edp_header *headers; /* string and integer headers; others skipped */
   size_t n_headers;
+  char *user_id;     /* the user_id property (the broker refuses a publish
+                        whose user_id is not the publisher's login user),
+                        NULL if not set */
+  uint64_t oversize; /* 0, or the announced body size over the consumer's
+                        max_body: the body was dropped (body "", len 0) */
 } edp_delivery;
 
 /* Takes the next delivery, waiting up to timeout_ms (0 = don't wait,

@@ -161,8 +161,11 @@ void edp__free_pending_list(struct edp__pending *p);
 
 /* ---- edp_consume.c ---- */
 
+/* oversize: 0, or the size of a body that was not read (msg's is empty). */
 int edp__queue_delivery(edp_conn *c, const amqp_basic_deliver_t *dv,
-                        amqp_message_t *msg);
+                        amqp_message_t *msg, uint64_t oversize);
+/* The max_body of the consumer with tag (0: none, or no such consumer). */
+size_t edp__consumer_max_body(const edp_conn *c, amqp_bytes_t tag);
 void edp__drop_deliveries(edp_conn *c);
 void edp__broker_cancel(edp_conn *c, amqp_bytes_t tag);
 /* Starts the recorded consumers on the fresh channel. On a consumer the

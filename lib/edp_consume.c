@@ -32,6 +32,7 @@ void edp_delivery_clear(edp_delivery *d) {
   free(d->reply_to);
   free(d->correlation_id);
   free(d->type);
+  free(d->user_id);
   for (size_t i = 0; i < d->n_headers; i++) {
     free((char *)d->headers[i].key);
     free((char *)d->headers[i].str);
@@ -83,7 +84,8 @@ static int int_kind(const amqp_field_value_t *v, int64_t *out) {
 }
 
 static int fill_delivery(edp_delivery *d, const amqp_basic_deliver_t *dv,
-                         amqp_message_t *msg, uint32_t epoch) {
+                         amqp_message_t *msg, uint32_t epoch,
+                         uint64_t oversize) {
   const amqp_basic_properties_t *p = &msg->properties;
   memset(d, 0, sizeof(*d));
   d->tag = dv->delivery_tag;
@@ -95,6 +97,7 @@ static int fill_delivery(edp_delivery *d, const amqp_basic_deliver_t *dv,
   d->consumer_tag = edp__dup_bytes(dv->consumer_tag);
   d->body = edp__dup_bytes(msg->body);
   d->body_len = msg->body.len;
+  d->oversize = oversize;
   if (!d->exchange || !d->routing_key || !d->consumer_tag || !d->body)
     return EDP_ENOMEM;
 #define EDP__PROP(flag, field)                                                 \
@@ -107,6 +110,7 @@ static int fill_delivery(edp_delivery *d, const amqp_basic_deliver_t *dv,
   EDP__PROP(AMQP_BASIC_REPLY_TO_FLAG, reply_to)
   EDP__PROP(AMQP_BASIC_CORRELATION_ID_FLAG, correlation_id)
   EDP__PROP(AMQP_BASIC_TYPE_FLAG, type)
+  EDP__PROP(AMQP_BASIC_USER_ID_FLAG, user_id)
 #undef EDP__PROP
   if (p->_flags & AMQP_BASIC_PRIORITY_FLAG)
     d->priority = p->priority;
@@ -137,9 +141,9 @@ static int fill_delivery(edp_delivery *d, const amqp_basic_deliver_t *dv,
 }
 
 int edp__queue_delivery(edp_conn *c, const amqp_basic_deliver_t *dv,
-                        amqp_message_t *msg) {
+                        amqp_message_t *msg, uint64_t oversize) {
   struct edp__dnode *n = calloc(1, sizeof(*n));
-  int rc = n ? fill_delivery(&n->d, dv, msg, c->epoch) : EDP_ENOMEM;
+  int rc = n ? fill_delivery(&n->d, dv, msg, c->epoch, oversize) : EDP_ENOMEM;
   if (rc) {
     if (n)
       edp_delivery_clear(&n->d);
@@ -312,6 +316,13 @@ int edp_conn_cancel(edp_conn *c, const char *tag) {
     }
   amqp_basic_cancel(c->st, c->chan, amqp_cstring_bytes(tag));
   return edp__settle(c, edp__rpc_result(c, amqp_get_rpc_reply(c->st)));
+}
+
+size_t edp__consumer_max_body(const edp_conn *c, amqp_bytes_t tag) {
+  for (size_t i = 0; i < c->n_cons; i++)
+    if (edp__bytes_eq(tag, c->cons[i].tag))
+      return c->cons[i].o.max_body;
+  return 0;
 }
 
 size_t edp_conn_consumers(const edp_conn *c) { return c ? c->n_cons : 0; }
