@@ -893,6 +893,12 @@ const char *edp_conn_reply_text(const edp_conn *c) {
   return c ? c->reply_text : "";
 }
 const char *edp_conn_url(const edp_conn *c) { return c ? c->masked : ""; }
+const char *edp_conn_user(const edp_conn *c) {
+  if (!c)
+    return "";
+  return c->url.auth_mechanism == EDP_AUTH_EXTERNAL ? c->tls_identity
+                                                    : c->url.user;
+}
 int edp_conn_is_open(const edp_conn *c) {
   return c && c->st && (c->open || c->chan_closed);
 }

@@ -146,6 +146,11 @@ const char *edp_conn_reply_text(const edp_conn *c);
 /* The URL with the password masked. */
 const char *edp_conn_url(const edp_conn *c);
 
+/* The user the connection logs in as (the URL's, or with EXTERNAL the
+ * client certificate's CN, which is the broker's name for it when it
+ * takes names from the CN), for the user_id property; "" for NULL. */
+const char *edp_conn_user(const edp_conn *c);
+
 /* Non-zero while the connection is usable. */
 int edp_conn_is_open(const edp_conn *c);
 
@@ -238,8 +243,10 @@ typedef struct edp_msg {
   int persistent; /* delivery_mode 2 */
   int mandatory;  /* unroutable -> basic.return */
   const char *message_id, *content_type, *reply_to, *correlation_id, *type;
-  int priority;      /* 0..255, -1 = not set */
-  int64_t timestamp; /* seconds since the epoch, 0 = not set */
+  const char *user_id; /* NULL = not set; the broker refuses (406, channel
+                          closed) one that is not the login user */
+  int priority;        /* 0..255, -1 = not set */
+  int64_t timestamp;   /* seconds since the epoch, 0 = not set */
   const edp_header *headers;
   size_t n_headers;
 } edp_msg;

@@ -64,7 +64,8 @@ static void *copy_msg_into(const edp_msg *m, size_t head, size_t msg_off) {
   size_t size = head + m->n_headers * sizeof(edp_header) + slen(m->exchange) +
                 slen(m->routing_key) + slen(m->message_id) +
                 slen(m->content_type) + slen(m->reply_to) +
-                slen(m->correlation_id) + slen(m->type) + m->body_len;
+                slen(m->correlation_id) + slen(m->type) + slen(m->user_id) +
+                m->body_len;
   for (size_t i = 0; i < m->n_headers; i++)
     size += slen(m->headers[i].key) + slen(m->headers[i].str);
   char *block = malloc(size);
@@ -88,6 +89,7 @@ static void *copy_msg_into(const edp_msg *m, size_t head, size_t msg_off) {
   copy->reply_to = put_str(&cur, m->reply_to);
   copy->correlation_id = put_str(&cur, m->correlation_id);
   copy->type = put_str(&cur, m->type);
+  copy->user_id = put_str(&cur, m->user_id);
   if (m->body_len)
     memcpy(cur, m->body, m->body_len);
   copy->body = cur;
@@ -262,6 +264,7 @@ int edp__send(edp_conn *c, const edp_msg *m, struct edp__pending *p,
   EDP__SETPROP(AMQP_BASIC_REPLY_TO_FLAG, reply_to)
   EDP__SETPROP(AMQP_BASIC_CORRELATION_ID_FLAG, correlation_id)
   EDP__SETPROP(AMQP_BASIC_TYPE_FLAG, type)
+  EDP__SETPROP(AMQP_BASIC_USER_ID_FLAG, user_id)
 #undef EDP__SETPROP
   if (m->priority >= 0) {
     props._flags |= AMQP_BASIC_PRIORITY_FLAG;
