@@ -504,6 +504,13 @@ START_TEST(failures_keep_order) {
     ck_assert_str_eq(ctx, edp_delivery_header_str(&d, "account"));
     ck_assert_ptr_nonnull(
         strstr(edp_delivery_header_str(&d, EDP_FWD_HDR_REASON), "poison"));
+    /* Where it came from (issue 12): the trade exchange and its
+     * trade.eq.<account> key, not the .dlq's default-exchange hop. */
+    char rk[300];
+    snprintf(rk, sizeof(rk), "trade.eq.%s", ctx);
+    ck_assert_str_eq(edp_delivery_header_str(&d, EDP_FWD_HDR_ROUTING_KEY), rk);
+    ck_assert_str_eq(edp_delivery_header_str(&d, EDP_FWD_HDR_EXCHANGE), ex);
+    ck_assert_str_eq(edp_delivery_header_str(&d, EDP_FWD_HDR_QUEUE), q);
     ck_assert_int_eq(edp_conn_ack(conn, d.epoch, d.tag, 0), 0);
     edp_delivery_clear(&d);
   }
