@@ -154,9 +154,9 @@ static void from_value(arena *a, edp_value *dst, const amqp_field_value_t *s) {
     v.v.bytes.ptr = put_bytes(a, s->value.bytes.bytes, s->value.bytes.len);
     break;
   case AMQP_FIELD_KIND_ARRAY: {
-    size_t n = (size_t)(s->value.array.num_entries > 0
-                            ? s->value.array.num_entries
-                            : 0);
+    size_t n =
+        (size_t)(s->value.array.num_entries > 0 ? s->value.array.num_entries
+                                                : 0);
     edp_value *items = take(a, n * sizeof(edp_value), alignof(edp_value));
     for (size_t i = 0; i < n; i++)
       from_value(a, items ? &items[i] : NULL, &s->value.array.entries[i]);
@@ -166,9 +166,9 @@ static void from_value(arena *a, edp_value *dst, const amqp_field_value_t *s) {
   }
   case AMQP_FIELD_KIND_TABLE:
     v.v.table.v = from_table(a, &s->value.table);
-    v.v.table.n = (size_t)(s->value.table.num_entries > 0
-                               ? s->value.table.num_entries
-                               : 0);
+    v.v.table.n =
+        (size_t)(s->value.table.num_entries > 0 ? s->value.table.num_entries
+                                                : 0);
     break;
   default: /* void, and nothing else rabbitmq-c decodes */
     v.kind = EDP_FIELD_VOID;
@@ -182,7 +182,8 @@ static const edp_field *from_table(arena *a, const amqp_table_t *t) {
   size_t n = (size_t)(t->num_entries > 0 ? t->num_entries : 0);
   edp_field *f = take(a, n * sizeof(edp_field), alignof(edp_field));
   for (size_t i = 0; i < n; i++) {
-    const char *k = put_bytes(a, t->entries[i].key.bytes, t->entries[i].key.len);
+    const char *k =
+        put_bytes(a, t->entries[i].key.bytes, t->entries[i].key.len);
     from_value(a, f ? &f[i].value : NULL, &t->entries[i].value);
     if (f) {
       f[i].key = k;

@@ -81,8 +81,8 @@ static void *copy_msg_into(const edp_msg *m, size_t head, size_t msg_off) {
   *copy = *m;
   edp_header *h = (edp_header *)(block + head);
   char *cur = (char *)(h + m->n_headers);
-  copy->table = m->n_table ? edp__fields_copy_into(cur, m->table, m->n_table)
-                           : NULL;
+  copy->table =
+      m->n_table ? edp__fields_copy_into(cur, m->table, m->n_table) : NULL;
   cur += table;
   for (size_t i = 0; i < m->n_headers; i++) {
     h[i].key = put_str(&cur, m->headers[i].key);
@@ -304,10 +304,9 @@ int edp__send(edp_conn *c, const edp_msg *m, struct edp__pending *p,
   memset(&props, 0, sizeof(props));
   if (m->delivery_mode >= 0) {
     props._flags = AMQP_BASIC_DELIVERY_MODE_FLAG;
-    props.delivery_mode =
-        m->delivery_mode > 0 ? (uint8_t)m->delivery_mode
-        : m->persistent      ? AMQP_DELIVERY_PERSISTENT
-                             : AMQP_DELIVERY_NONPERSISTENT;
+    props.delivery_mode = m->delivery_mode > 0 ? (uint8_t)m->delivery_mode
+                          : m->persistent      ? AMQP_DELIVERY_PERSISTENT
+                                               : AMQP_DELIVERY_NONPERSISTENT;
   }
 #define EDP__SETPROP(flag, field)                                              \
   if (m->field) {                                                              \
@@ -341,10 +340,10 @@ int edp__send(edp_conn *c, const edp_msg *m, struct edp__pending *p,
     return res;
   }
   amqp_bytes_t body = {m->body_len, (void *)m->body};
-  res = amqp_basic_publish(
-      c->st, c->chan, edp__bytes_of(m->exchange ? m->exchange : ""),
-      edp__bytes_of(m->routing_key ? m->routing_key : ""), m->mandatory, 0,
-      &props, body);
+  res = amqp_basic_publish(c->st, c->chan,
+                           edp__bytes_of(m->exchange ? m->exchange : ""),
+                           edp__bytes_of(m->routing_key ? m->routing_key : ""),
+                           m->mandatory, 0, &props, body);
   empty_amqp_pool(&pool);
   if (res < 0)
     return edp__lib_error(c, res);

@@ -236,8 +236,8 @@ int edp_fwd_publish_copy(edp_conn *c, const edp_delivery *d,
   if (edp_delivery_header_int(d, EDP_FWD_HDR_RETRIES, &prior) || prior < 1 ||
       !edp_delivery_header(d, EDP_FWD_HDR_EXCHANGE) ||
       !edp_delivery_header(d, EDP_FWD_HDR_ROUTING_KEY)) {
-    h[n++] = (edp_header){EDP_FWD_HDR_EXCHANGE, d->exchange ? d->exchange : "",
-                          0};
+    h[n++] =
+        (edp_header){EDP_FWD_HDR_EXCHANGE, d->exchange ? d->exchange : "", 0};
     h[n++] = (edp_header){EDP_FWD_HDR_ROUTING_KEY,
                           d->routing_key ? d->routing_key : "", 0};
   }
@@ -263,8 +263,11 @@ int edp_fwd_publish_copy(edp_conn *c, const edp_delivery *d,
  * waits for the broker's confirm. Returns 0 only if the copy is safe. */
 static int forward_copy(edp_fwd_receiver *r, const edp_delivery *d, int dead,
                         int64_t retries, const char *reason) {
-  edp_fwd_copy o = {dead ? r->dlq : r->queue, r->queue, retries, reason, dead,
-                    NULL, 0};
+  edp_fwd_copy o = {.target = dead ? r->dlq : r->queue,
+                    .queue = r->queue,
+                    .retries = retries,
+                    .reason = reason,
+                    .dead = dead};
   return edp_fwd_publish_copy(r->c, d, &o, 30000);
 }
 

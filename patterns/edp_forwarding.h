@@ -44,12 +44,12 @@ extern "C" {
 
 /* What a retry or dead-letter copy adds to the delivery it copies. */
 typedef struct edp_fwd_copy {
-  const char *target;       /* queue to publish to (default exchange) */
-  const char *queue;        /* the queue the delivery came from */
-  int64_t retries;          /* x-edp-retries of the copy */
-  const char *reason;       /* x-edp-reason */
-  int dead;                 /* a dead-letter copy: see below */
-  const edp_header *extra;  /* more headers, at most 4 (may be NULL) */
+  const char *target;      /* queue to publish to (default exchange) */
+  const char *queue;       /* the queue the delivery came from */
+  int64_t retries;         /* x-edp-retries of the copy */
+  const char *reason;      /* x-edp-reason */
+  int dead;                /* a dead-letter copy: see below */
+  const edp_header *extra; /* more headers, at most 4 (may be NULL) */
   size_t n_extra;
 } edp_fwd_copy;
 

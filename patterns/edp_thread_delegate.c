@@ -255,8 +255,13 @@ static int dead_letter(edp_td *td, td_task *t, const char *reason) {
   if (d->epoch != edp_conn_epoch(td->c) || !edp_conn_is_open(td->c))
     return EDP_ESTALE;
   edp_header ctx = {EDP_TD_HDR_CONTEXT, t->ctx, 0};
-  edp_fwd_copy o = {td->dlq, td->queue, t->attempts > 0 ? t->attempts - 1 : 0,
-                    reason, 1, &ctx, 1};
+  edp_fwd_copy o = {.target = td->dlq,
+                    .queue = td->queue,
+                    .retries = t->attempts > 0 ? t->attempts - 1 : 0,
+                    .reason = reason,
+                    .dead = 1,
+                    .extra = &ctx,
+                    .n_extra = 1};
   int rc = edp_fwd_publish_copy(td->c, d, &o, 30000);
   if (!rc)
     rc = edp_conn_ack(td->c, d->epoch, d->tag, 0);

@@ -39,8 +39,8 @@ static amqp_table_t grammar(amqp_pool_t *pool) {
                                   {.array = {0, NULL}}}; /* empty */
   inner[3] = (amqp_field_value_t){AMQP_FIELD_KIND_VOID, {.i8 = 0}};
   amqp_table_entry_t *death = amqp_pool_alloc(pool, 5 * sizeof(*death));
-  death[0] = (amqp_table_entry_t){
-      B("count", 5), {AMQP_FIELD_KIND_I64, {.i64 = 3}}};
+  death[0] =
+      (amqp_table_entry_t){B("count", 5), {AMQP_FIELD_KIND_I64, {.i64 = 3}}};
   death[1] = (amqp_table_entry_t){
       B("reason", 6), {AMQP_FIELD_KIND_UTF8, {.bytes = B("rejected", 8)}}};
   death[2] = (amqp_table_entry_t){
@@ -50,20 +50,20 @@ static amqp_table_t grammar(amqp_pool_t *pool) {
   death[4] = (amqp_table_entry_t){
       B("empty", 5), {AMQP_FIELD_KIND_TABLE, {.table = {0, NULL}}}};
   amqp_field_value_t *deaths = amqp_pool_alloc(pool, 2 * sizeof(*deaths));
-  deaths[0] = (amqp_field_value_t){AMQP_FIELD_KIND_TABLE,
-                                   {.table = {5, death}}};
-  deaths[1] = (amqp_field_value_t){AMQP_FIELD_KIND_TABLE,
-                                   {.table = {2, death}}};
+  deaths[0] =
+      (amqp_field_value_t){AMQP_FIELD_KIND_TABLE, {.table = {5, death}}};
+  deaths[1] =
+      (amqp_field_value_t){AMQP_FIELD_KIND_TABLE, {.table = {2, death}}};
   amqp_table_entry_t *e = amqp_pool_alloc(pool, 20 * sizeof(*e));
   int n = 0;
   e[n++] = (amqp_table_entry_t){B("bool", 4),
                                 {AMQP_FIELD_KIND_BOOLEAN, {.boolean = 1}}};
   e[n++] = (amqp_table_entry_t){B("i8", 2), {AMQP_FIELD_KIND_I8, {.i8 = -128}}};
   e[n++] = (amqp_table_entry_t){B("u8", 2), {AMQP_FIELD_KIND_U8, {.u8 = 255}}};
-  e[n++] = (amqp_table_entry_t){B("i16", 3),
-                                {AMQP_FIELD_KIND_I16, {.i16 = -32768}}};
-  e[n++] = (amqp_table_entry_t){B("u16", 3),
-                                {AMQP_FIELD_KIND_U16, {.u16 = 65535}}};
+  e[n++] =
+      (amqp_table_entry_t){B("i16", 3), {AMQP_FIELD_KIND_I16, {.i16 = -32768}}};
+  e[n++] =
+      (amqp_table_entry_t){B("u16", 3), {AMQP_FIELD_KIND_U16, {.u16 = 65535}}};
   e[n++] = (amqp_table_entry_t){B("i32", 3),
                                 {AMQP_FIELD_KIND_I32, {.i32 = INT32_MAX}}};
   e[n++] = (amqp_table_entry_t){B("u32", 3),
@@ -82,13 +82,14 @@ static amqp_table_t grammar(amqp_pool_t *pool) {
                                 {AMQP_FIELD_KIND_BYTES, {.bytes = B(bin, 6)}}};
   e[n++] = (amqp_table_entry_t){B("empty-str", 9),
                                 {AMQP_FIELD_KIND_UTF8, {.bytes = B("", 0)}}};
-  e[n++] = (amqp_table_entry_t){B(nul_key, 4),
-                                {AMQP_FIELD_KIND_UTF8, {.bytes = B("a\0b", 3)}}};
-  e[n++] = (amqp_table_entry_t){B("ts", 2),
-                                {AMQP_FIELD_KIND_TIMESTAMP, {.u64 = 0}}};
-  e[n++] = (amqp_table_entry_t){B("void", 4), {AMQP_FIELD_KIND_VOID, {.i8 = 0}}};
-  e[n++] = (amqp_table_entry_t){B("x-death", 7),
-                                {AMQP_FIELD_KIND_ARRAY, {.array = {2, deaths}}}};
+  e[n++] = (amqp_table_entry_t){
+      B(nul_key, 4), {AMQP_FIELD_KIND_UTF8, {.bytes = B("a\0b", 3)}}};
+  e[n++] =
+      (amqp_table_entry_t){B("ts", 2), {AMQP_FIELD_KIND_TIMESTAMP, {.u64 = 0}}};
+  e[n++] =
+      (amqp_table_entry_t){B("void", 4), {AMQP_FIELD_KIND_VOID, {.i8 = 0}}};
+  e[n++] = (amqp_table_entry_t){
+      B("x-death", 7), {AMQP_FIELD_KIND_ARRAY, {.array = {2, deaths}}}};
   e[n++] = (amqp_table_entry_t){B("", 0), {AMQP_FIELD_KIND_I8, {.i8 = 1}}};
   e[n++] = (amqp_table_entry_t){B("i8", 2), {AMQP_FIELD_KIND_I8, {.i8 = 2}}};
   amqp_table_t t = {n, e};
