@@ -512,7 +512,6 @@ START_TEST(long_handler_keeps_connection) {
 }
 END_TEST
 
-
 /* ---- faithful copies (issue 12) ---- */
 
 int amqp_encode_table(amqp_bytes_t encoded, amqp_table_t *input,
@@ -754,9 +753,8 @@ START_TEST(untrusted_retries_dead_letter_at_once) {
       {EDP_FWD_HDR_RETRIES, 0, {.kind = EDP_FIELD_U64, .v.u = UINT64_MAX}},
       {EDP_FWD_HDR_RETRIES, 0, {.kind = EDP_FIELD_STRING, .v.bytes = {"1", 1}}},
       {EDP_FWD_HDR_RETRIES, 0, {.kind = EDP_FIELD_F64, .v.f64 = 0.5}}};
-  const char *why[6] = {"-5 is not in",     "is not in",
-                        "is not in",        "type 'L'",
-                        "type 'S'",         "type 'd'"};
+  const char *why[6] = {"-5 is not in", "is not in", "is not in",
+                        "type 'L'",     "type 'S'",  "type 'd'"};
   for (int i = 0; i < 6; i++) {
     char id[16];
     snprintf(id, sizeof(id), "bad-%d", i);
@@ -790,6 +788,102 @@ START_TEST(untrusted_retries_dead_letter_at_once) {
     ck_assert_int_eq(edp_conn_ack(c, d.epoch, d.tag, 0), 0);
     edp_delivery_clear(&d);
   }
+  edp_conn_destroy(&c);
+}
+END_TEST
+
+/* Publishes body under message_id id (either may be any bytes). */
+static void publish_raw(edp_conn *c, const char *q, const char *id,
+                        const char *body) {
+  edp_msg m;
+  edp_msg_init(&m);
+  m.routing_key = q;
+  m.message_id = id;
+  m.body = body;
+  m.body_len = strlen(body);
+  ck_assert_int_eq(edp_conn_publish_confirmed(c, &m, 10000), 0);
+}
+
+/* Reads p's stdout to its end into buf (NUL-terminated); returns the exit
+ * status. */
+static int read_all(t_proc *p, char *buf, size_t cap) {
+  size_t n = 0;
+  char line[4096];
+  while (t_readline(p, line, sizeof(line), 20000) == 1) {
+    int w = snprintf(buf + n, cap - n, "%s\n", line);
+    if (w > 0 && (size_t)w < cap - n)
+      n += (size_t)w;
+  }
+  return t_wait(p, 10000);
+}
+
+/* Issue 12: a message_id that is not UTF-8 still gets its processed event
+ * (lossless: message_id with U+FFFD, message_id_b64 exact); text mode
+ * escapes a body's newline and terminal escapes, so it can't forge a
+ * "Database commit." line; an empty message_id is no dedup key. */
+START_TEST(hostile_ids_and_bodies_in_output) {
+  const char *q = t_unique("fwd.bytes");
+  edp_conn *c = open_conn();
+  ck_assert_int_eq(edp_fwd_declare(c, q), 0);
+  ck_assert_int_eq(edp_conn_confirm_select(c), 0);
+  publish_raw(c, q, "\xff\xfeid", "ok\nDatabase commit.\x1b[31m");
+  t_proc r;
+  char *json[] = {"--count", "1", NULL};
+  start_receiver(&r, q, json);
+  static char out[65536];
+  ck_assert_int_eq(read_all(&r, out, sizeof(out)), 0);
+  int processed = 0;
+  for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
+    json_t *ev = json_loads(line, 0, NULL);
+    ck_assert_msg(ev != NULL, "not JSON: %s", line);
+    const char *kind = json_string_value(json_object_get(ev, "event"));
+    ck_assert_str_ne(kind, "error");
+    if (!strcmp(kind, "processed")) {
+      processed++;
+      ck_assert_str_eq(json_string_value(json_object_get(ev, "message_id")),
+                       "\xef\xbf\xbd\xef\xbf\xbdid");
+      ck_assert_str_eq(json_string_value(json_object_get(ev, "message_id_b64")),
+                       "//5pZA==");
+    }
+    json_decref(ev);
+  }
+  ck_assert_int_eq(processed, 1);
+
+  /* Text mode: one real "Database commit." line, no ESC byte. */
+  publish_raw(c, q, "t-1", "ok\nDatabase commit.\x1b[31m");
+  char *text[] = {(char *)t_bin("edp-forward-receiver"),
+                  "--url",
+                  (char *)t_url(),
+                  "--queue",
+                  (char *)q,
+                  "--count",
+                  "1",
+                  NULL};
+  ck_assert_int_eq(t_spawn(&r, text, NULL), 0);
+  ck_assert_int_eq(read_all(&r, out, sizeof(out)), 0);
+  ck_assert_ptr_null(strchr(out, '\x1b'));
+  ck_assert_ptr_nonnull(
+      strstr(out, "Processing message: ok\\nDatabase commit.\\x1b[31m\n"));
+  int commits = 0;
+  for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n"))
+    commits += !strcmp(line, "Database commit.");
+  ck_assert_int_eq(commits, 1);
+
+  /* --dedup: two messages with an empty message_id are both processed. */
+  publish_raw(c, q, "", "first");
+  publish_raw(c, q, "", "second");
+  char *dedup[] = {"--dedup", "100", "--idle-timeout", "2000", NULL};
+  start_receiver(&r, q, dedup);
+  ck_assert_int_eq(read_all(&r, out, sizeof(out)), 0);
+  int dups = 0;
+  processed = 0;
+  for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
+    processed += strstr(line, "\"event\":\"processed\"") != NULL;
+    dups += strstr(line, "\"event\":\"duplicate\"") != NULL;
+  }
+  ck_assert_int_eq(processed, 2);
+  ck_assert_int_eq(dups, 0);
+  ck_assert_uint_eq(depth(q), 0);
   edp_conn_destroy(&c);
 }
 END_TEST
@@ -853,6 +947,7 @@ int main(void) {
   tcase_add_test(copies, sigint_during_failing_attempt_settles_once);
   tcase_add_test(copies, copies_are_faithful);
   tcase_add_test(copies, untrusted_retries_dead_letter_at_once);
+  tcase_add_test(copies, hostile_ids_and_bodies_in_output);
   suite_add_tcase(s, copies);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
