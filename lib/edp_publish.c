@@ -108,6 +108,22 @@ static void *copy_msg_into(const edp_msg *m, size_t head, size_t msg_off) {
   return block;
 }
 
+/* The copy and the size estimate trust a message's table, so a caller's
+ * table is checked first (NULL keys or pointers, unknown kinds, keys over
+ * 255 bytes) by converting it once. */
+static int table_check(const edp_msg *m) {
+  if (!m->n_table)
+    return 0;
+  if (!m->table)
+    return EDP_EINVAL;
+  amqp_pool_t pool;
+  init_amqp_pool(&pool, 4096);
+  amqp_table_t t;
+  int rc = edp__fields_to_amqp(&pool, m->table, m->n_table, &t);
+  empty_amqp_pool(&pool);
+  return rc;
+}
+
 static struct edp__pending *copy_msg(const edp_msg *m) {
   return copy_msg_into(m, sizeof(struct edp__pending),
                        offsetof(struct edp__pending, m));
@@ -115,7 +131,7 @@ static struct edp__pending *copy_msg(const edp_msg *m) {
 
 edp_msg *edp_msg_dup(const edp_msg *m) {
   if (!m || (m->body_len && !m->body) || (m->n_headers && !m->headers) ||
-      (m->n_table && !m->table))
+      table_check(m))
     return NULL;
   return copy_msg_into(m, sizeof(edp_msg), 0);
 }
@@ -451,9 +467,10 @@ int edp_conn_publish(edp_conn *c, const edp_msg *m, uint64_t *seq) {
   int rc = edp__ready(c);
   if (rc)
     return rc;
-  if (!m || (m->body_len && !m->body) || (m->n_headers && !m->headers) ||
-      (m->n_table && !m->table))
+  if (!m || (m->body_len && !m->body) || (m->n_headers && !m->headers))
     return EDP_EINVAL;
+  if ((rc = table_check(m)))
+    return rc;
   if (c->o.max_body && m->body_len > c->o.max_body)
     return EDP_ETOOBIG;
   for (size_t i = 0; i < m->n_headers; i++)

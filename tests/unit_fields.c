@@ -215,6 +215,20 @@ START_TEST(bad_fields_refused) {
   ck_assert_int_eq(edp__fields_to_amqp(&pool, &f, 1, &t), EDP_EINVAL);
   empty_amqp_pool(&pool);
   ck_assert_ptr_null(edp_fields_dup(NULL, 3, NULL));
+  /* A message with such a table is refused, not walked. */
+  edp_value none = {.kind = EDP_FIELD_ARRAY, .v.array = {NULL, 2}};
+  edp_field bad[3] = {
+      {NULL, 0, {.kind = EDP_FIELD_VOID}}, {"s", 0, f.value}, {"a", 0, none}};
+  edp_msg m;
+  edp_msg_init(&m);
+  m.routing_key = "q";
+  for (int i = 0; i < 3; i++) {
+    m.table = &bad[i];
+    m.n_table = 1;
+    ck_assert_ptr_null(edp_msg_dup(&m));
+  }
+  m.table = NULL;
+  ck_assert_ptr_null(edp_msg_dup(&m));
 }
 END_TEST
 
