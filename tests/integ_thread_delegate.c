@@ -278,7 +278,9 @@ START_TEST(sigkill_and_restart) {
   }
   ck_assert_int_eq(total, 2000);
   ck_assert_int_le(repeats, 128);
-  ck_assert_int_eq(c1.n + c2.n - repeats, 2000);
+  /* Every message has its line, but the one a SIGKILL caught between its
+   * ack and its line (seen above as a gap of one). */
+  ck_assert_int_eq(c1.n + c2.n - repeats + unreported, 2000);
   fprintf(stderr, "sigkill: run 1 settled %d, run 2 %d, %d repeated\n", c1.n,
           c2.n, repeats);
   free(c1.e);
