@@ -521,6 +521,52 @@ START_TEST(failures_keep_order) {
 }
 END_TEST
 
+/* Issue 12: SIGINT while a trade fails its last attempt. The dead-letter
+ * copy is not published once stopped: the trade goes back to the queue,
+ * and the .dlq stays empty; never both. */
+static long depth_of(const char *queue) {
+  edp_conn_opts o;
+  edp_conn_opts_init(&o);
+  o.url = t_url();
+  edp_conn *c = NULL;
+  uint32_t msgs = 0;
+  ck_assert_int_eq(edp_conn_open(&o, &c, NULL, 0), 0);
+  ck_assert_int_eq(edp_conn_queue_inspect(c, queue, &msgs, NULL), 0);
+  edp_conn_destroy(&c);
+  return (long)msgs;
+}
+
+START_TEST(sigint_during_last_failure_settles_once) {
+  const char *ex = t_unique("td.ex"), *q = t_unique("td.q");
+  static int per_acct[MAXA];
+  send_trades(ex, q, 1, 3, NULL, per_acct);
+  t_proc p;
+  const char *extra[] = {"--workers",    "1", "--work-ms",     "1500",
+                         "--poison-seq", "1", "--max-retries", "0",
+                         "--display",    NULL};
+  spawn_dispatcher(&p, ex, q, extra);
+  char line[4096];
+  /* The map line comes when trade 1 is handed to its worker. */
+  do
+    ck_assert_int_eq(t_readline(&p, line, sizeof(line), 30000), 1);
+  while (!strstr(line, "\"map\""));
+  t_signal(&p, SIGINT);
+  col c;
+  col_init(&c);
+  ck_assert_int_eq(t_collect(&p, 20000, collect_ev, &c), 130);
+  char dlq[300];
+  snprintf(dlq, sizeof(dlq), "%s.dlq", q);
+  long in_q = depth_of(q), in_dlq = depth_of(dlq);
+  fprintf(stderr, "sigint_during_last_failure: %ld in queue, %ld in .dlq\n",
+          in_q, in_dlq);
+  ck_assert_int_eq(in_q + in_dlq, 3);
+  ck_assert_int_eq(in_dlq, 0);
+  for (int i = 0; i < c.n; i++)
+    ck_assert_int_ne(c.e[i].type, E_DEAD);
+  free(c.e);
+}
+END_TEST
+
 START_TEST(two_shards) {
   const char *ex = t_unique("td.ex"), *q = t_unique("td.q");
   static int per_acct[MAXA];
@@ -637,6 +683,10 @@ int main(void) {
   tcase_add_test(tc, no_context_is_dead_lettered);
   tcase_add_test(tc, bad_options);
   suite_add_tcase(s, tc);
+  TCase *copies = tcase_create("copies");
+  tcase_set_timeout(copies, 120);
+  tcase_add_test(copies, sigint_during_last_failure_settles_once);
+  suite_add_tcase(s, copies);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
   int failed = srunner_ntests_failed(sr);
