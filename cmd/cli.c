@@ -211,16 +211,15 @@ void cli_conn_event(void *ud, const edp_conn_event *ev) {
   /* The library logged it to stderr already; --json makes it an event. */
   if (!c || !c->json)
     return;
-  json_t *o =
-      json_pack("{s:s, s:s, s:s, s:s}", "event", edp_conn_event_name(ev->type),
-                "reason", ev->reason, "url", ev->url ? ev->url : "",
-                "connection", ev->client_name ? ev->client_name : "");
+  /* The reason quotes the broker, which quotes queue names: any bytes. */
+  json_t *o = json_pack("{s:s}", "event", edp_conn_event_name(ev->type));
+  cli_json_set(o, "reason", ev->reason);
+  cli_json_set(o, "url", ev->url ? ev->url : "");
+  cli_json_set(o, "connection", ev->client_name ? ev->client_name : "");
   if (o && ev->reply_code)
     json_object_set_new(o, "reply_code", json_integer(ev->reply_code));
-  if (o && ev->queue)
-    json_object_set_new(o, "queue", json_string(ev->queue));
-  if (o && ev->tag)
-    json_object_set_new(o, "consumer_tag", json_string(ev->tag));
+  cli_json_set(o, "queue", ev->queue);
+  cli_json_set(o, "consumer_tag", ev->tag);
   if (o && (ev->type == EDP_CONN_RECONNECTED ||
             ev->type == EDP_CONN_CHANNEL_RESTORED))
     json_object_set_new(o, "republished",
