@@ -322,16 +322,15 @@ void cli_conn_event(void *ud, const edp_conn_event *ev) {
   /* The library logged it to stderr already; --json makes it an event. */
   if (!c || !c->json)
     return;
-  json_t *o =
-      json_pack("{s:s, s:s, s:s, s:s}", "event", edp_conn_event_name(ev->type),
-                "reason", ev->reason, "url", ev->url ? ev->url : "",
-                "connection", ev->client_name ? ev->client_name : "");
+  /* The reason quotes the broker, which quotes queue names: any bytes. */
+  json_t *o = json_pack("{s:s}", "event", edp_conn_event_name(ev->type));
+  cli_json_set(o, "reason", ev->reason);
+  cli_json_set(o, "url", ev->url ? ev->url : "");
+  cli_json_set(o, "connection", ev->client_name ? ev->client_name : "");
   if (o && ev->reply_code)
     json_object_set_new(o, "reply_code", json_integer(ev->reply_code));
-  if (o && ev->queue)
-    json_object_set_new(o, "queue", json_string(ev->queue));
-  if (o && ev->tag)
-    json_object_set_new(o, "consumer_tag", json_string(ev->tag));
+  cli_json_set(o, "queue", ev->queue);
+  cli_json_set(o, "consumer_tag", ev->tag);
   if (o && (ev->type == EDP_CONN_RECONNECTED ||
             ev->type == EDP_CONN_CHANNEL_RESTORED))
     json_object_set_new(o, "republished",
@@ -347,4 +346,124 @@ void cli_say(const cli *c, const char *fmt, ...) {
   vprintf(fmt, ap);
   va_end(ap);
   fflush(stdout);
+}
+
+/* The length (1..4) of the valid UTF-8 sequence at p, n bytes left, with
+ * its code point in *cp; 0 if p starts none (overlong forms, surrogates
+ * and code points over U+10FFFF are not UTF-8, as for jansson). */
+static size_t utf8_seq(const unsigned char *p, size_t n, uint32_t *cp) {
+  static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
+  size_t len = p[0] < 0x80             ? 1
+               : (p[0] & 0xe0) == 0xc0 ? 2
+               : (p[0] & 0xf0) == 0xe0 ? 3
+               : (p[0] & 0xf8) == 0xf0 ? 4
+                                       : 0;
+  if (!len || len > n)
+    return 0;
+  uint32_t c = len == 1 ? p[0] : p[0] & (0x7f >> len);
+  for (size_t i = 1; i < len; i++) {
+    if ((p[i] & 0xc0) != 0x80)
+      return 0;
+    c = (c << 6) | (p[i] & 0x3f);
+  }
+  if (c < min[len] || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+    return 0;
+  *cp = c;
+  return len;
+}
+
+static char *base64(const unsigned char *p, size_t n) {
+  static const char a[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  char *out = malloc((n + 2) / 3 * 4 + 1), *o = out;
+  if (!out)
+    return NULL;
+  for (size_t i = 0; i < n; i += 3) {
+    uint32_t v = (uint32_t)p[i] << 16;
+    if (i + 1 < n)
+      v |= (uint32_t)p[i + 1] << 8;
+    if (i + 2 < n)
+      v |= p[i + 2];
+    *o++ = a[v >> 18];
+    *o++ = a[(v >> 12) & 63];
+    *o++ = i + 1 < n ? a[(v >> 6) & 63] : '=';
+    *o++ = i + 2 < n ? a[v & 63] : '=';
+  }
+  *o = '\0';
+  return out;
+}
+
+void cli_json_setn(json_t *o, const char *key, const char *s, size_t len) {
+  if (!o || !key || !s)
+    return;
+  const unsigned char *p = (const unsigned char *)s;
+  size_t i = 0, bad = 0;
+  uint32_t cp;
+  for (size_t k; i < len; i += k ? k : 1)
+    bad += !(k = utf8_seq(p + i, len - i, &cp));
+  json_t *v = bad ? NULL : json_stringn(s, len);
+  if (v) {
+    json_object_set_new(o, key, v);
+    return;
+  }
+  /* U+FFFD for each invalid byte: at most 3 bytes for 1. */
+  char *fixed = malloc(len + 2 * bad + 1), *f = fixed;
+  char *b64 = base64(p, len);
+  size_t kl = strlen(key);
+  char *k64 = malloc(kl + 5);
+  if (fixed && b64 && k64) {
+    for (size_t j = 0, k; j < len; j += k ? k : 1) {
+      if ((k = utf8_seq(p + j, len - j, &cp))) {
+        memcpy(f, p + j, k);
+        f += k;
+      } else {
+        memcpy(f, "\xef\xbf\xbd", 3);
+        f += 3;
+      }
+    }
+    memcpy(k64, key, kl);
+    memcpy(k64 + kl, "_b64", 5);
+    json_object_set_new(o, key, json_stringn(fixed, (size_t)(f - fixed)));
+    json_object_set_new(o, k64, json_string(b64));
+  }
+  free(fixed);
+  free(b64);
+  free(k64);
+}
+
+void cli_json_set(json_t *o, const char *key, const char *s) {
+  if (s)
+    cli_json_setn(o, key, s, strlen(s));
+}
+
+const char *cli_text(const char *s, size_t len, char *buf, size_t cap) {
+  const unsigned char *p = (const unsigned char *)(s ? s : "");
+  size_t o = 0;
+  if (!s)
+    len = 0;
+  for (size_t i = 0, k; i < len; i += k) {
+    char esc[8];
+    uint32_t cp = 0;
+    k = utf8_seq(p + i, len - i, &cp);
+    const char *out = (const char *)p + i;
+    size_t n = k;
+    if (!k || cp < 0x20 || cp == 0x7f || (cp >= 0x80 && cp < 0xa0) ||
+        cp == '\\') {
+      k = k ? k : 1;
+      n = cp == '\n'   ? (size_t)snprintf(esc, sizeof(esc), "\\n")
+          : cp == '\r' ? (size_t)snprintf(esc, sizeof(esc), "\\r")
+          : cp == '\t' ? (size_t)snprintf(esc, sizeof(esc), "\\t")
+          : cp == '\\' ? (size_t)snprintf(esc, sizeof(esc), "\\\\")
+          : cp >= 0x80
+              ? (size_t)snprintf(esc, sizeof(esc), "\\u%04x", (unsigned)cp)
+              : (size_t)snprintf(esc, sizeof(esc), "\\x%02x", p[i]);
+      out = esc;
+    }
+    if (o + n >= cap)
+      break;
+    memcpy(buf + o, out, n);
+    o += n;
+  }
+  buf[o] = '\0';
+  return buf;
 }

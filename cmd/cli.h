@@ -127,6 +127,22 @@ void cli_emit(json_t *obj);
  * their own connections. */
 void cli_conn_event(void *ud, const edp_conn_event *ev);
 
+/* Sets o[key] to the len bytes at s (nothing for NULL s or o). A JSON
+ * string holds only UTF-8, and a message_id or header from the broker may
+ * be anything; so for bytes that are not valid UTF-8, o[key] gets them
+ * with each invalid byte replaced by U+FFFD (readable) and o[key "_b64"]
+ * the exact bytes in base64 (RFC 4648, padded): the event is never lost,
+ * nor are the bytes (docs/programs.md). */
+void cli_json_setn(json_t *o, const char *key, const char *s, size_t len);
+void cli_json_set(json_t *o, const char *key, const char *s);
+
+/* The len bytes at s as one line of human text, in buf (cap bytes, at
+ * least 1; cut short at a whole escape): backslash, control characters,
+ * DEL, C1 controls and bytes that are not UTF-8 become \\, \n, \r, \t
+ * or \xHH, so that a message can neither forge output lines nor send
+ * terminal escapes. NULL s is "". Returns buf. */
+const char *cli_text(const char *s, size_t len, char *buf, size_t cap);
+
 /* Prints a human line on stdout and flushes, unless --json. */
 void cli_say(const cli *c, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

@@ -46,14 +46,19 @@ static int handler(void *ud, int broker, const edp_delivery *d) {
   int64_t kseq = 0;
   edp_delivery_header_int(d, "x-edp-kseq", &kseq);
   const char *key = edp_delivery_header_str(d, "x-edp-key");
-  if (app.json)
-    cli_emit(json_pack("{s:s,s:i,s:s?,s:s?,s:I,s:b}", "event", "processed",
-                       "broker", broker, "message_id", d->message_id, "key",
-                       key, "kseq", (json_int_t)kseq, "redelivered",
-                       d->redelivered));
-  else
-    cli_say(&app, "received from broker %d: %.*s", broker,
-            d->body_len > 200 ? 200 : (int)d->body_len, (const char *)d->body);
+  if (app.json) {
+    json_t *o =
+        json_pack("{s:s,s:i,s:I,s:b}", "event", "processed", "broker", broker,
+                  "kseq", (json_int_t)kseq, "redelivered", d->redelivered);
+    cli_json_set(o, "message_id", d->message_id);
+    cli_json_set(o, "key", key);
+    cli_emit(o);
+  } else {
+    char text[801];
+    cli_say(&app, "received from broker %d: %s\n", broker,
+            cli_text(d->body, d->body_len > 200 ? 200 : d->body_len, text,
+                     sizeof(text)));
+  }
   r->processed++;
   __atomic_store_n(&r->last_msg_ms, edp_now_ms(), __ATOMIC_RELAXED);
   if (r->count > 0 && r->processed == (uint64_t)r->count) {

@@ -86,11 +86,13 @@ static void on_confirm(void *ud, int broker, const edp_confirm *cf) {
   }
   if (!app.json)
     return;
-  cli_emit(json_pack("{s:s,s:i,s:s?,s:I,s:I}", "event",
-                     cf->status == EDP_CONFIRM_ACK ? "confirmed" : "nacked",
-                     "broker", broker, "message_id", cf->message_id, "seq",
-                     (json_int_t)seq_of(cf->message_id), "t_ms",
-                     (json_int_t)edp_wall_ms()));
+  json_t *o =
+      json_pack("{s:s,s:i,s:I,s:I}", "event",
+                cf->status == EDP_CONFIRM_ACK ? "confirmed" : "nacked",
+                "broker", broker, "seq", (json_int_t)seq_of(cf->message_id),
+                "t_ms", (json_int_t)edp_wall_ms());
+  cli_json_set(o, "message_id", cf->message_id);
+  cli_emit(o);
 }
 
 static void on_event(void *ud, int broker, int ev, size_t count) {

@@ -83,8 +83,10 @@ static int handler(void *ud, int worker, const char *context,
     return -1;
   }
   (void)context;
-  cli_say(&app, "Thread %d: Placed (%lld) %.*s\n", worker + 1, (long long)seq,
-          d->body_len > 200 ? 200 : (int)d->body_len, (const char *)d->body);
+  char text[801];
+  cli_say(&app, "Thread %d: Placed (%lld) %s\n", worker + 1, (long long)seq,
+          cli_text(d->body, d->body_len > 200 ? 200 : d->body_len, text,
+                   sizeof(text)));
   return 0;
 }
 
@@ -94,20 +96,23 @@ static void on_event(void *ud, const edp_td_event *ev) {
   const edp_delivery *d = ev->d;
   if (app.json) {
     json_t *o = json_pack(
-        "{s:s,s:s,s:I,s:i,s:s?,s:i,s:b,s:I,s:I}", "event", names[ev->type],
-        "account", ev->context, "seq", (json_int_t)seq_of(d), "worker",
-        ev->worker + 1, "message_id", d->message_id, "attempts", ev->attempts,
-        "redelivered", d->redelivered, "start_us", (json_int_t)ev->started_us,
-        "end_us", (json_int_t)ev->finished_us);
+        "{s:s,s:I,s:i,s:i,s:b,s:I,s:I}", "event", names[ev->type], "seq",
+        (json_int_t)seq_of(d), "worker", ev->worker + 1, "attempts",
+        ev->attempts, "redelivered", d->redelivered, "start_us",
+        (json_int_t)ev->started_us, "end_us", (json_int_t)ev->finished_us);
+    cli_json_set(o, "account", ev->context);
+    cli_json_set(o, "message_id", d->message_id);
     /* When the outcome was settled with the broker, on the same clock as
      * start_us/end_us. */
     json_object_set_new(o, "settled_us", json_integer(edp_now_us()));
     if (ev->reason[0])
-      json_object_set_new(o, "reason", json_string(ev->reason));
+      cli_json_set(o, "reason", ev->reason);
     cli_emit(o);
   } else if (ev->type == EDP_TD_DEAD_LETTERED) {
+    char ctx[1025], why[1025];
     printf("Moved to dead-letter queue: (%lld) %s: %s\n", (long long)seq_of(d),
-           ev->context, ev->reason);
+           cli_text(ev->context, strlen(ev->context), ctx, sizeof(ctx)),
+           cli_text(ev->reason, strlen(ev->reason), why, sizeof(why)));
     fflush(stdout);
   }
 }
@@ -116,11 +121,16 @@ static void on_map(void *ud, int worker, const char *context, int in_flight) {
   disp *p = ud;
   if (!p->display)
     return;
-  if (app.json)
-    cli_emit(json_pack("{s:s,s:i,s:s,s:i}", "event", "map", "worker",
-                       worker + 1, "account", context, "in_flight", in_flight));
-  else
-    cli_say(&app, "Thread-%d,%s,%d\n", worker + 1, context, in_flight);
+  if (app.json) {
+    json_t *o = json_pack("{s:s,s:i,s:i}", "event", "map", "worker", worker + 1,
+                          "in_flight", in_flight);
+    cli_json_set(o, "account", context);
+    cli_emit(o);
+  } else {
+    char ctx[1025];
+    cli_say(&app, "Thread-%d,%s,%d\n", worker + 1,
+            cli_text(context, strlen(context), ctx, sizeof(ctx)), in_flight);
+  }
 }
 
 int main(int argc, char **argv) {

@@ -322,19 +322,94 @@ int edp__rpc_result(edp_conn *c, amqp_rpc_reply_t r) {
 
 /* ---------- frame pump ---------- */
 
+/* A method where content was due: the broker closed the channel or the
+ * connection instead; anything else breaks the protocol. */
+static int content_interrupted(edp_conn *c, amqp_method_number_t id,
+                               void *decoded) {
+  if (id == AMQP_CHANNEL_CLOSE_METHOD)
+    return on_channel_close(c, c->chan, decoded);
+  if (id == AMQP_CONNECTION_CLOSE_METHOD)
+    return on_connection_close(c, decoded);
+  return edp__lib_error(c, AMQP_STATUS_UNEXPECTED_STATE);
+}
+
 static int read_content(edp_conn *c, amqp_message_t *msg) {
   amqp_rpc_reply_t r = read_message(c, c->chan, msg);
   if (r.reply_type == AMQP_RESPONSE_NORMAL)
     return 0;
-  if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION) {
-    if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD)
-      return on_channel_close(c, c->chan, r.reply.decoded);
-    if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD)
-      return on_connection_close(c, r.reply.decoded);
-  }
+  if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION)
+    return content_interrupted(c, r.reply.id, r.reply.decoded);
   return edp__lib_error(c, r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION
                                ? r.library_error
                                : AMQP_STATUS_UNEXPECTED_STATE);
+}
+
+static int process_frame(edp_conn *c, const amqp_frame_t *f);
+
+/* The next content frame of our channel, of the given type, within the
+ * RPC timeout; frames of other channels (channel 0's blocked or close, an
+ * old channel's leftovers) are handled as the pump would. */
+static int content_frame(edp_conn *c, uint8_t type, amqp_frame_t *f) {
+  int res;
+  do {
+    struct timeval tv = {c->o.rpc_timeout_ms / 1000,
+                         (c->o.rpc_timeout_ms % 1000) * 1000};
+    res = amqp_simple_wait_frame_noblock(c->st, f, &tv);
+    if (res == AMQP_STATUS_OK && f->channel != c->chan) {
+      int rc = process_frame(c, f);
+      if (rc)
+        return rc;
+    }
+  } while (res == AMQP_STATUS_OK && f->channel != c->chan);
+  if (res != AMQP_STATUS_OK)
+    return edp__lib_error(c, res);
+  if (f->frame_type == AMQP_FRAME_METHOD)
+    return content_interrupted(c, f->payload.method.id,
+                               f->payload.method.decoded);
+  return f->frame_type == type
+             ? 0
+             : edp__lib_error(c, AMQP_STATUS_UNEXPECTED_STATE);
+}
+
+/* A delivery to a consumer with a body limit: the content header says
+ * how big the body is before any of it is read. A body within max is read
+ * as amqp_read_message() would; a bigger one is queued empty and flagged
+ * (the delivery's strings are copied first: they live in the frame memory
+ * released next), then its frames are read and dropped one at a time, so
+ * that a gigabyte body costs a frame of memory, not a gigabyte. */
+static int read_delivery_bounded(edp_conn *c, const amqp_basic_deliver_t *dv,
+                                 size_t max) {
+  amqp_frame_t f;
+  int rc = content_frame(c, AMQP_FRAME_HEADER, &f);
+  if (rc)
+    return rc;
+  amqp_message_t msg;
+  memset(&msg, 0, sizeof(msg));
+  msg.properties = *(amqp_basic_properties_t *)f.payload.properties.decoded;
+  uint64_t size = f.payload.properties.body_size, got = 0;
+  int over = size > max;
+  if (!over && size && !(msg.body = amqp_bytes_malloc((size_t)size)).bytes)
+    return EDP_ENOMEM; /* the connection is mid-content: unusable */
+  if (over && (rc = edp__queue_delivery(c, dv, &msg, size)))
+    return rc;
+  while (got < size) {
+    if ((rc = content_frame(c, AMQP_FRAME_BODY, &f)))
+      break;
+    amqp_bytes_t part = f.payload.body_fragment;
+    if (part.len > size - got) {
+      rc = edp__lib_error(c, AMQP_STATUS_BAD_AMQP_DATA);
+      break;
+    }
+    if (!over)
+      memcpy((char *)msg.body.bytes + got, part.bytes, part.len);
+    got += part.len;
+    if (over)
+      amqp_maybe_release_buffers_on_channel(c->st, c->chan);
+  }
+  if (!rc && !over)
+    rc = edp__queue_delivery(c, dv, &msg, 0);
+  amqp_bytes_free(msg.body);
+  return rc;
 }
 
 static void on_blocked(edp_conn *c, int blocked, amqp_bytes_t reason) {
@@ -404,11 +479,14 @@ static int process_frame(edp_conn *c, const amqp_frame_t *f) {
   }
   case AMQP_BASIC_DELIVER_METHOD: {
     amqp_basic_deliver_t dv = *(amqp_basic_deliver_t *)m;
+    size_t max = edp__consumer_max_body(c, dv.consumer_tag);
+    if (max)
+      return read_delivery_bounded(c, &dv, max);
     amqp_message_t msg;
     int rc = read_content(c, &msg);
     if (rc)
       return rc;
-    rc = edp__queue_delivery(c, &dv, &msg);
+    rc = edp__queue_delivery(c, &dv, &msg, 0);
     amqp_destroy_message(&msg);
     return rc;
   }
@@ -829,6 +907,12 @@ const char *edp_conn_reply_text(const edp_conn *c) {
   return c ? c->reply_text : "";
 }
 const char *edp_conn_url(const edp_conn *c) { return c ? c->masked : ""; }
+const char *edp_conn_user(const edp_conn *c) {
+  if (!c)
+    return "";
+  return c->url.auth_mechanism == EDP_AUTH_EXTERNAL ? c->tls_identity
+                                                    : c->url.user;
+}
 int edp_conn_is_open(const edp_conn *c) {
   return c && c->st && (c->open || c->chan_closed);
 }
