@@ -1,11 +1,12 @@
 # edp programs in a small runtime image. Build stage: Debian 12 with the
 # compiler and -dev packages; runtime stage: only the shared libraries the
-# programs need. No credentials in the image: the broker URL comes from
-# EDP_URL at run time (see docker-compose.yml).
+# programs need (ca-certificates: the system CA store, which amqps:// URLs
+# without cacertfile trust). No credentials in the image: the broker URL
+# comes from EDP_URL or EDP_URL_FILE at run time (see docker-compose.yml).
 FROM debian:12 AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      gcc libc6-dev make pkg-config librabbitmq-dev libjansson-dev \
+      gcc libc6-dev make pkg-config librabbitmq-dev libjansson-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile ./
@@ -17,7 +18,7 @@ RUN make -j2 all && make install PREFIX=/usr/local DESTDIR=/out
 FROM debian:12-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      librabbitmq4 libjansson4 \
+      librabbitmq4 libjansson4 libssl3 ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/edp --create-home edp
 COPY --from=build /out/usr/local/bin/ /usr/local/bin/

@@ -10,6 +10,12 @@
 #   make plots        redraws the plots from the CSV files in docs/img
 #                     (needs gnuplot: apt-get install gnuplot-nox)
 #   make faults       the whole fault matrix, written to docs/faults.md
+#   make check TLS=1, make faults TLS=1
+#                     the same on TLS nodes (client certificates required):
+#                     every node the suites start is a TLS node
+#   make fuzz         every libFuzzer target in tests/fuzz/ for FUZZ_SECONDS
+#                     each (clang, ASan+UBSan); make check replays their
+#                     corpora without clang
 #   make deps         installs missing Debian packages (as root)
 #   make install      PREFIX=/usr/local DESTDIR=
 
@@ -25,7 +31,8 @@ SOMAJOR := 0
 PKGS := librabbitmq jansson openssl
 DEB_PKGS := gcc g++ make pkg-config rabbitmq-server librabbitmq-dev libssl-dev \
             libjansson-dev check valgrind procps binutils \
-            docker-compose python3-yaml
+            docker-compose python3-yaml python3-pika amqp-tools \
+            librabbitmq-client-java openjdk-17-jdk-headless
 
 ifeq ($(SAN),1)
 OUT := build/san
@@ -36,6 +43,8 @@ OUT := build
 SANFLAGS :=
 endif
 BIN := $(if $(filter 1,$(SAN)),$(OUT)/bin,bin)
+# TLS=1: tests/broker.sh makes every node it starts a TLS node.
+export EDP_TLS := $(if $(filter 1,$(TLS)),1,0)
 
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
@@ -56,6 +65,22 @@ TEST_COMMON := tests/testlib.c tests/faultproxy.c
 TEST_OBJ := $(patsubst %.c,$(OUT)/obj/%.o,$(TEST_COMMON))
 UNIT_BINS := $(patsubst tests/%.c,$(OUT)/tests/%,$(UNIT_SRC))
 INTEG_BINS := $(patsubst tests/%.c,$(OUT)/tests/%,$(INTEG_SRC))
+
+# Fuzz targets: tests/fuzz/fuzz_<name>.c defines LLVMFuzzerTestOneInput
+# only; its corpus is tests/fuzz/<name>/, its dictionary tests/fuzz/<name>.dict.
+# make check links each with tests/fuzz/replay.c (normal CC) and replays
+# the corpus; make fuzz builds them with clang's libFuzzer in build/fuzz.
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+REPLAY_BINS := $(patsubst tests/fuzz/%.c,$(OUT)/tests/%,$(FUZZ_SRC))
+FUZZ_BINS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+            -fno-omit-frame-pointer
+FUZZ_CFLAGS = -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -Ilib \
+              -Ipatterns -Icmd $(PKG_CFLAGS) -g -O1 $(FUZZ_SAN) -MMD -MP
+FUZZ_DEB_PKGS := clang libclang-rt-14-dev
+FUZZ_OBJ := $(patsubst %.c,build/fuzz/obj/%.o,$(LIB_SRC) $(CMD_COMMON))
 
 BENCH_BINS := $(patsubst bench/%.c,$(OUT)/bench/%,$(wildcard bench/edp-bench-*.c))
 
@@ -96,6 +121,18 @@ $(OUT)/tests/integ_%: $(OUT)/obj/tests/integ_%.o $(TEST_OBJ) $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(SANFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS_ALL)
 
+$(OUT)/tests/fuzz_%: $(OUT)/obj/tests/fuzz/fuzz_%.o $(OUT)/obj/tests/fuzz/replay.o \
+                     $(OUT)/obj/cmd/cli.o $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(SANFLAGS) -o $@ $^ $(LDLIBS_ALL)
+
+build/fuzz/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+build/fuzz/fuzz_%: build/fuzz/obj/tests/fuzz/fuzz_%.o $(FUZZ_OBJ)
+	$(FUZZ_CC) $(FUZZ_SAN) -fsanitize=fuzzer -o $@ $^ $(LDLIBS_ALL)
+
 $(OUT)/obj/tests/%.o: tests/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -Itests -c $< -o $@
@@ -109,16 +146,22 @@ $(OUT)/edp.pc: FORCE
 	  'Libs: -L$${libdir} -ledp' 'Libs.private: -lpthread -lm' \
 	  'Cflags: -I$${includedir}' > $@
 
-tests: $(UNIT_BINS) $(INTEG_BINS) $(PROGS) $(BENCH_BINS)
+tests: $(UNIT_BINS) $(INTEG_BINS) $(PROGS) $(BENCH_BINS) $(REPLAY_BINS)
 
 # Unit tests need no broker; integration suites run against a private node
 # that tests/run-integration.sh starts and always stops.
 check: deps all tests
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
+	@set -e; for t in $(REPLAY_BINS); do n=$${t##*/fuzz_}; \
+	  echo "== $$t tests/fuzz/$$n"; $$t tests/fuzz/$$n; done
 	@if command -v valgrind >/dev/null && [ "$(SAN)" != 1 ]; then \
 	  for t in $(UNIT_BINS); do echo "== valgrind $$t"; \
 	    CK_FORK=no valgrind -q --error-exitcode=1 --leak-check=full \
 	      --errors-for-leak-kinds=definite,indirect $$t >/dev/null || exit 1; \
+	  done; \
+	  for t in $(REPLAY_BINS); do n=$${t##*/fuzz_}; echo "== valgrind $$t"; \
+	    valgrind -q --error-exitcode=1 --leak-check=full \
+	      --errors-for-leak-kinds=definite,indirect $$t tests/fuzz/$$n >/dev/null || exit 1; \
 	  done; fi
 	EDP_BIN=$(BIN) EDP_SANFLAGS='$(SANFLAGS)' tests/run-integration.sh $(INTEG_BINS) $(wildcard tests/integ_*.sh)
 
@@ -137,10 +180,17 @@ faults: deps all tests
 	rm -f $(OUT)/faults.rows
 	EDP_BIN=$(BIN) EDP_FAULTS_FULL=1 EDP_FAULTS_REPORT=$(CURDIR)/$(OUT)/faults.rows \
 	  tests/run-integration.sh $(FAULT_SUITES)
-	tests/faults-report.sh $(OUT)/faults.rows > docs/faults.md
+	tests/faults-report.sh $(OUT)/faults.rows > docs/faults$(if $(filter 1,$(TLS)),-tls).md
+
+# Every target for FUZZ_SECONDS on a copy of its corpus; fails on a crash.
+fuzz: deps fuzz-deps $(FUZZ_BINS)
+	tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_BINS)
+
+fuzz-deps:
+	@$(MAKE) -s deps DEB_PKGS="$(FUZZ_DEB_PKGS)"
 
 bench: deps all $(BENCH_BINS)
-	EDP_BIN=$(BIN) tests/with-broker.sh tests/bench.sh $(BENCH_BINS)
+	EDP_BIN=$(BIN) EDP_TLS=both tests/with-broker.sh tests/bench.sh $(BENCH_BINS)
 
 # gnuplot is not in DEB_PKGS: a missing gnuplot only skips the pictures.
 plots:
@@ -172,12 +222,12 @@ docs: all
 	tests/gen-program-docs.sh $(BIN) > docs/programs.md
 
 format:
-	clang-format -i lib/*.[ch] patterns/*.[ch] cmd/*.[ch] tests/*.[ch] bench/*.c
+	clang-format -i lib/*.[ch] patterns/*.[ch] cmd/*.[ch] tests/*.[ch] tests/fuzz/*.c bench/*.c
 
 clean:
 	rm -rf build bin
 
-.PHONY: all check tests bench plots faults demo deps install docs format clean FORCE
+.PHONY: all check tests bench plots faults fuzz fuzz-deps demo deps install docs format clean FORCE
 FORCE:
 .SECONDARY:
 

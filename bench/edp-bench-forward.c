@@ -6,6 +6,9 @@
  * Prints a markdown section; each rate is the median of three runs.
  * For the plot it also sweeps the confirm window (1, 8, 64, 512, 1024,
  * 4096) and writes forwarding-window.csv (see benchdata.h).
+ * With EDP_URL_TLS (make bench: a node with a plain and a TLS listener)
+ * it compares TLS with plain on that node, runs interleaved, with the
+ * client's CPU per message.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,8 +20,24 @@
 
 static cli app;
 static int seq_q;
+static const char *tls_url; /* the TLS rows connect here */
+static int use_tls;
+static double loop_cpu_s; /* client CPU of the last timed loop */
 
-static edp_conn *connect_or_die(void) { return cli_connect(&app, "edp-bench"); }
+static edp_conn *connect_or_die(void) {
+  if (!use_tls)
+    return cli_connect(&app, "edp-bench");
+  edp_conn_opts o;
+  edp_conn_opts_init(&o);
+  o.url = tls_url;
+  o.client_name = "edp-bench-tls";
+  edp_conn *c = NULL;
+  char why[600];
+  int rc = edp_conn_open(&o, &c, why, sizeof(why));
+  if (rc)
+    cli_die(&app, cli_exit_code(rc), "%s: %s", edp_strerror(rc), why);
+  return c;
+}
 
 static const char *fresh_queue(edp_conn *c, char *buf, size_t len) {
   snprintf(buf, len, "bench.fwd.%d.%d", (int)getpid(), ++seq_q);
@@ -47,6 +66,7 @@ static double publish_rate(int n, size_t window) {
   m.body_len = sizeof(body);
   m.persistent = 1;
   int64_t t0 = edp_now_ms();
+  double cpu0 = bench_self_cpu();
   for (int i = 0; i < n; i++) {
     int rc = 0;
     if (window)
@@ -67,6 +87,7 @@ static double publish_rate(int n, size_t window) {
     if (edp_conn_queue_inspect(c, q, &depth, NULL))
       cli_die(&app, CLI_UNAVAILABLE, "queue inspect failed");
   double secs = (double)(edp_now_ms() - t0) / 1000.0;
+  loop_cpu_s = bench_self_cpu() - cpu0;
   edp_conn_queue_delete(c, q);
   edp_conn_destroy(&c);
   return n / (secs > 0.001 ? secs : 0.001);
@@ -93,6 +114,7 @@ static double consume_rate(int n, int batch) {
   if (edp_conn_qos(c, 512) || edp_conn_consume(c, q, NULL, NULL, 0))
     cli_die(&app, CLI_UNAVAILABLE, "consume failed");
   int64_t t0 = edp_now_ms();
+  double cpu0 = bench_self_cpu();
   for (int i = 1; i <= n; i++) {
     edp_delivery d;
     int rc = edp_conn_receive(c, &d, 30000);
@@ -105,6 +127,7 @@ static double consume_rate(int n, int batch) {
       cli_die_err(&app, c, rc, "ack");
   }
   double secs = (double)(edp_now_ms() - t0) / 1000.0;
+  loop_cpu_s = bench_self_cpu() - cpu0;
   edp_conn_queue_delete(c, q);
   edp_conn_destroy(&c);
   return n / (secs > 0.001 ? secs : 0.001);
@@ -125,6 +148,39 @@ static double median3(double (*fn)(int, size_t), int n, size_t arg) {
 
 static double consume_adapter(int n, size_t batch) {
   return consume_rate(n, (int)batch);
+}
+
+/* One row of the TLS table: rate and client CPU per message, plain and
+ * TLS, medians of 3 runs taken alternately so both see the same machine. */
+typedef struct tls_row {
+  double rate[2], cpu_us[2]; /* [0] plain, [1] TLS */
+} tls_row;
+
+static double median_of3(double *r) {
+  qsort(r, 3, sizeof(double), cmp_double);
+  return r[1];
+}
+
+static tls_row tls_compare(double (*fn)(int, size_t), int n, size_t arg) {
+  double rate[2][3], cpu[2][3];
+  for (int i = 0; i < 3; i++)
+    for (use_tls = 0; use_tls < 2; use_tls++) {
+      rate[use_tls][i] = fn(n, arg);
+      cpu[use_tls][i] = loop_cpu_s * 1e6 / n;
+    }
+  use_tls = 0;
+  tls_row r;
+  for (int t = 0; t < 2; t++) {
+    r.rate[t] = median_of3(rate[t]);
+    r.cpu_us[t] = median_of3(cpu[t]);
+  }
+  return r;
+}
+
+static void print_tls_row(const char *name, const tls_row *r) {
+  printf("| %s | %.0f | %.0f | %.0f%% | %.1f | %.1f |\n", name, r->rate[0],
+         r->rate[1], 100.0 * r->rate[1] / r->rate[0], r->cpu_us[0],
+         r->cpu_us[1]);
 }
 
 int main(int argc, char **argv) {
@@ -204,5 +260,30 @@ int main(int argc, char **argv) {
   for (int i = 0; i < N_WIN; i++)
     printf(" %.0f%% |", 100.0 * wrate[i] / c);
   printf(" 100%% |\n");
+
+  tls_url = getenv("EDP_URL_TLS");
+  if (!tls_url || !tls_url[0]) {
+    printf("\nTLS rows: skipped (no EDP_URL_TLS; `make bench` sets it).\n");
+    return 0;
+  }
+  fprintf(stderr, "forwarding: TLS vs plain, publish...\n");
+  tls_row tp = tls_compare(publish_rate, 40000 * scale / div, 1024);
+  fprintf(stderr, "forwarding: TLS vs plain, consume...\n");
+  tls_row tc = tls_compare(consume_adapter, 30000 * scale / div, 1);
+  printf("\nTLS against plain on the same node (a TLS listener that requires "
+         "client certificates beside the plain one; TLS 1.3, the cipher "
+         "OpenSSL and the broker agree on; medians of 3 runs taken "
+         "alternately; client CPU is user + system of this process during "
+         "the timed loop):\n\n");
+  printf("| case | plain msg/s | TLS msg/s | TLS / plain | plain client "
+         "CPU us/msg | TLS client CPU us/msg |\n|---|---:|---:|---:|---:|"
+         "---:|\n");
+  print_tls_row("persistent, pipelined confirms, window 1024", &tp);
+  print_tls_row("consume, prefetch 512, one ack per message", &tc);
+  double worst = tp.rate[1] / tp.rate[0] < tc.rate[1] / tc.rate[0]
+                     ? tp.rate[1] / tp.rate[0]
+                     : tc.rate[1] / tc.rate[0];
+  printf("\nTarget: TLS >= 85%% of plain throughput: **%s** (worst %.0f%%).\n",
+         worst >= 0.85 ? "met" : "missed", 100.0 * worst);
   return 0;
 }

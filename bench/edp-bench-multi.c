@@ -32,7 +32,7 @@
 static cli app;
 static char base_dir[256];
 static char node_dir[NODES][300];
-static char node_url[NODES][128];
+static char node_url[NODES][512]; /* a TLS node's URL names its files */
 static pid_t owner;
 static int seq_q;
 
@@ -137,13 +137,6 @@ static double nodes_cpu(void) {
   return s;
 }
 
-static double self_cpu(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
-         (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
-}
-
 /* ---------- measurements ---------- */
 
 typedef struct result {
@@ -159,13 +152,13 @@ typedef struct meter {
 
 static void meter_start(meter *m) {
   m->t0 = edp_now_ms();
-  m->c0 = self_cpu();
+  m->c0 = bench_self_cpu();
   m->b0 = nodes_cpu();
 }
 
 static result meter_stop(const meter *m, int n) {
   double secs = (double)(edp_now_ms() - m->t0) / 1000.0;
-  result r = {n / (secs > 0.001 ? secs : 0.001), (self_cpu() - m->c0) * 1e6 / n,
+  result r = {n / (secs > 0.001 ? secs : 0.001), (bench_self_cpu() - m->c0) * 1e6 / n,
               (nodes_cpu() - m->b0) * 1e6 / n};
   return r;
 }

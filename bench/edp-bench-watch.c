@@ -26,7 +26,7 @@ static void *service(void *arg) {
   (void)arg;
   edp_conn_opts o;
   edp_conn_opts_init(&o);
-  o.url = app.url;
+  o.url = cli_url(&app);
   edp_conn *c = NULL;
   edp_watch_client *cl = NULL;
   int rc = edp_conn_open(&o, &c, NULL, 0);

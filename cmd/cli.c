@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static int stop_pipe[2] = {-1, -1};
@@ -32,8 +33,6 @@ static void on_signal(int sig) {
 void cli_init(cli *c, const char *prog) {
   memset(c, 0, sizeof(*c));
   c->prog = prog;
-  const char *env = getenv("EDP_URL");
-  c->url = env && env[0] ? env : EDP_URL_DEFAULT;
   if (pipe(stop_pipe) == 0) {
     for (int i = 0; i < 2; i++)
       fcntl(stop_pipe[i], F_SETFL, fcntl(stop_pipe[i], F_GETFL) | O_NONBLOCK);
@@ -50,10 +49,49 @@ void cli_init(cli *c, const char *prog) {
 int cli_stop_fd(void) { return stop_pipe[0]; }
 int cli_stopped(void) { return stopped; }
 
+/* A password in argv is visible to every user of the machine (ps,
+ * /proc/PID/cmdline): warn, and overwrite it in place, which hides it
+ * from later reads (not from one made before, hence the warning). The
+ * well-known guest password is no secret and gets no warning. */
+static void scrub_password(const cli *c, char *arg) {
+  edp_url u;
+  if (edp_url_parse(arg, &u, NULL, 0) || !u.pass[0] ||
+      u.auth_mechanism == EDP_AUTH_EXTERNAL || !strcmp(u.pass, "guest"))
+    return;
+  fprintf(stderr,
+          "%s: warning: a password in --url is visible to other users "
+          "of this machine; use --url-file or EDP_URL_FILE\n",
+          c->prog);
+  char *auth = strstr(arg, "://");
+  char *at = auth ? strchr(auth + 3, '@') : NULL;
+  char *colon = at ? memchr(auth + 3, ':', (size_t)(at - auth - 3)) : NULL;
+  if (colon)
+    memset(colon + 1, 'x', (size_t)(at - colon - 1));
+}
+
+static void add_url(cli *c, const char *url, const char *from) {
+  if (c->n_urls == CLI_MAX_URLS)
+    cli_die(c, CLI_USAGE, "%s: at most %d URLs", from, CLI_MAX_URLS);
+  c->urls[c->n_urls] = strdup(url);
+  if (!c->urls[c->n_urls])
+    cli_die(c, CLI_SOFTWARE, "out of memory");
+  c->n_urls++;
+}
+
 int cli_common_opt(cli *c, int opt, const char *arg, void (*usage)(void)) {
   switch (opt) {
   case 'u':
-    c->url = arg;
+    if (c->url_file)
+      cli_die(c, CLI_USAGE, "--url and --url-file exclude each other");
+    add_url(c, arg, "--url");
+    scrub_password(c, (char *)arg); /* optarg points into argv */
+    return 1;
+  case 'U':
+    if (c->n_urls)
+      cli_die(c, CLI_USAGE, "--url and --url-file exclude each other");
+    if (c->url_file)
+      cli_die(c, CLI_USAGE, "--url-file given twice");
+    c->url_file = arg;
     return 1;
   case 'j':
     c->json = 1;
@@ -70,6 +108,79 @@ int cli_common_opt(cli *c, int opt, const char *arg, void (*usage)(void)) {
   default:
     return 0;
   }
+}
+
+/* Reads the URLs of a secret file (Docker mounts secrets as files): one
+ * per line, blank lines and '#' comments skipped. A URL file is small;
+ * the limit keeps a wrong path (/dev/zero) from eating memory. */
+static void read_url_file(cli *c, const char *path, const char *from) {
+  enum { URL_FILE_MAX = 64 * 1024 };
+  FILE *f = fopen(path, "r");
+  if (!f)
+    cli_die(c, CLI_USAGE, "%s %s: %s", from, path, strerror(errno));
+  char *buf = malloc(URL_FILE_MAX + 1);
+  if (!buf)
+    cli_die(c, CLI_SOFTWARE, "out of memory");
+  size_t len = fread(buf, 1, URL_FILE_MAX + 1, f);
+  int failed = ferror(f);
+  fclose(f);
+  if (failed)
+    cli_die(c, CLI_USAGE, "%s %s: read error", from, path);
+  if (len > URL_FILE_MAX)
+    cli_die(c, CLI_USAGE, "%s %s: larger than %d bytes, not a URL file", from,
+            path, URL_FILE_MAX);
+  buf[len] = '\0';
+  if (memchr(buf, '\0', len))
+    cli_die(c, CLI_USAGE, "%s %s: holds a NUL byte, not a URL file", from,
+            path);
+  for (char *line = buf, *next; line; line = next) {
+    next = strchr(line, '\n');
+    if (next)
+      *next++ = '\0';
+    size_t n = strlen(line);
+    while (n && strchr(" \t\r", line[n - 1]))
+      line[--n] = '\0';
+    line += strspn(line, " \t");
+    if (line[0] && line[0] != '#')
+      add_url(c, line, from);
+  }
+  free(buf);
+  if (!c->n_urls)
+    cli_die(c, CLI_USAGE, "%s %s: no URL in it", from, path);
+}
+
+static void resolve_urls(cli *c) {
+  if (c->urls_resolved)
+    return;
+  c->urls_resolved = 1;
+  if (c->url_file) {
+    read_url_file(c, c->url_file, "--url-file");
+    return;
+  }
+  if (c->n_urls)
+    return;
+  const char *file = getenv("EDP_URL_FILE");
+  const char *env = getenv("EDP_URL");
+  if (file && file[0] && env && env[0])
+    cli_die(c, CLI_USAGE, "EDP_URL and EDP_URL_FILE are both set: unset one");
+  if (file && file[0])
+    read_url_file(c, file, "EDP_URL_FILE");
+  else
+    add_url(c, env && env[0] ? env : EDP_URL_DEFAULT, "EDP_URL");
+}
+
+const char *cli_url(cli *c) {
+  resolve_urls(c);
+  if (c->n_urls > 1)
+    cli_die(c, CLI_USAGE, "%zu broker URLs given; this program connects to one",
+            c->n_urls);
+  return c->urls[0];
+}
+
+const char *const *cli_urls(cli *c, size_t *n) {
+  resolve_urls(c);
+  *n = c->n_urls;
+  return (const char *const *)c->urls;
 }
 
 void cli_die(const cli *c, int code, const char *fmt, ...) {
@@ -145,10 +256,10 @@ void cli_log(void *ud, int level, const char *msg) {
           msg);
 }
 
-edp_conn *cli_connect(const cli *c, const char *client_name) {
+edp_conn *cli_connect(cli *c, const char *client_name) {
   edp_conn_opts o;
   edp_conn_opts_init(&o);
-  o.url = c->url;
+  o.url = cli_url(c);
   o.stop_fd = cli_stop_fd();
   o.client_name = client_name ? client_name : c->prog;
   o.log = cli_log;
@@ -211,16 +322,15 @@ void cli_conn_event(void *ud, const edp_conn_event *ev) {
   /* The library logged it to stderr already; --json makes it an event. */
   if (!c || !c->json)
     return;
-  json_t *o =
-      json_pack("{s:s, s:s, s:s, s:s}", "event", edp_conn_event_name(ev->type),
-                "reason", ev->reason, "url", ev->url ? ev->url : "",
-                "connection", ev->client_name ? ev->client_name : "");
+  /* The reason quotes the broker, which quotes queue names: any bytes. */
+  json_t *o = json_pack("{s:s}", "event", edp_conn_event_name(ev->type));
+  cli_json_set(o, "reason", ev->reason);
+  cli_json_set(o, "url", ev->url ? ev->url : "");
+  cli_json_set(o, "connection", ev->client_name ? ev->client_name : "");
   if (o && ev->reply_code)
     json_object_set_new(o, "reply_code", json_integer(ev->reply_code));
-  if (o && ev->queue)
-    json_object_set_new(o, "queue", json_string(ev->queue));
-  if (o && ev->tag)
-    json_object_set_new(o, "consumer_tag", json_string(ev->tag));
+  cli_json_set(o, "queue", ev->queue);
+  cli_json_set(o, "consumer_tag", ev->tag);
   if (o && (ev->type == EDP_CONN_RECONNECTED ||
             ev->type == EDP_CONN_CHANNEL_RESTORED))
     json_object_set_new(o, "republished",
@@ -236,4 +346,124 @@ void cli_say(const cli *c, const char *fmt, ...) {
   vprintf(fmt, ap);
   va_end(ap);
   fflush(stdout);
+}
+
+/* The length (1..4) of the valid UTF-8 sequence at p, n bytes left, with
+ * its code point in *cp; 0 if p starts none (overlong forms, surrogates
+ * and code points over U+10FFFF are not UTF-8, as for jansson). */
+static size_t utf8_seq(const unsigned char *p, size_t n, uint32_t *cp) {
+  static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
+  size_t len = p[0] < 0x80             ? 1
+               : (p[0] & 0xe0) == 0xc0 ? 2
+               : (p[0] & 0xf0) == 0xe0 ? 3
+               : (p[0] & 0xf8) == 0xf0 ? 4
+                                       : 0;
+  if (!len || len > n)
+    return 0;
+  uint32_t c = len == 1 ? p[0] : p[0] & (0x7f >> len);
+  for (size_t i = 1; i < len; i++) {
+    if ((p[i] & 0xc0) != 0x80)
+      return 0;
+    c = (c << 6) | (p[i] & 0x3f);
+  }
+  if (c < min[len] || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+    return 0;
+  *cp = c;
+  return len;
+}
+
+static char *base64(const unsigned char *p, size_t n) {
+  static const char a[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  char *out = malloc((n + 2) / 3 * 4 + 1), *o = out;
+  if (!out)
+    return NULL;
+  for (size_t i = 0; i < n; i += 3) {
+    uint32_t v = (uint32_t)p[i] << 16;
+    if (i + 1 < n)
+      v |= (uint32_t)p[i + 1] << 8;
+    if (i + 2 < n)
+      v |= p[i + 2];
+    *o++ = a[v >> 18];
+    *o++ = a[(v >> 12) & 63];
+    *o++ = i + 1 < n ? a[(v >> 6) & 63] : '=';
+    *o++ = i + 2 < n ? a[v & 63] : '=';
+  }
+  *o = '\0';
+  return out;
+}
+
+void cli_json_setn(json_t *o, const char *key, const char *s, size_t len) {
+  if (!o || !key || !s)
+    return;
+  const unsigned char *p = (const unsigned char *)s;
+  size_t i = 0, bad = 0;
+  uint32_t cp;
+  for (size_t k; i < len; i += k ? k : 1)
+    bad += !(k = utf8_seq(p + i, len - i, &cp));
+  json_t *v = bad ? NULL : json_stringn(s, len);
+  if (v) {
+    json_object_set_new(o, key, v);
+    return;
+  }
+  /* U+FFFD for each invalid byte: at most 3 bytes for 1. */
+  char *fixed = malloc(len + 2 * bad + 1), *f = fixed;
+  char *b64 = base64(p, len);
+  size_t kl = strlen(key);
+  char *k64 = malloc(kl + 5);
+  if (fixed && b64 && k64) {
+    for (size_t j = 0, k; j < len; j += k ? k : 1) {
+      if ((k = utf8_seq(p + j, len - j, &cp))) {
+        memcpy(f, p + j, k);
+        f += k;
+      } else {
+        memcpy(f, "\xef\xbf\xbd", 3);
+        f += 3;
+      }
+    }
+    memcpy(k64, key, kl);
+    memcpy(k64 + kl, "_b64", 5);
+    json_object_set_new(o, key, json_stringn(fixed, (size_t)(f - fixed)));
+    json_object_set_new(o, k64, json_string(b64));
+  }
+  free(fixed);
+  free(b64);
+  free(k64);
+}
+
+void cli_json_set(json_t *o, const char *key, const char *s) {
+  if (s)
+    cli_json_setn(o, key, s, strlen(s));
+}
+
+const char *cli_text(const char *s, size_t len, char *buf, size_t cap) {
+  const unsigned char *p = (const unsigned char *)(s ? s : "");
+  size_t o = 0;
+  if (!s)
+    len = 0;
+  for (size_t i = 0, k; i < len; i += k) {
+    char esc[8];
+    uint32_t cp = 0;
+    k = utf8_seq(p + i, len - i, &cp);
+    const char *out = (const char *)p + i;
+    size_t n = k;
+    if (!k || cp < 0x20 || cp == 0x7f || (cp >= 0x80 && cp < 0xa0) ||
+        cp == '\\') {
+      k = k ? k : 1;
+      n = cp == '\n'   ? (size_t)snprintf(esc, sizeof(esc), "\\n")
+          : cp == '\r' ? (size_t)snprintf(esc, sizeof(esc), "\\r")
+          : cp == '\t' ? (size_t)snprintf(esc, sizeof(esc), "\\t")
+          : cp == '\\' ? (size_t)snprintf(esc, sizeof(esc), "\\\\")
+          : cp >= 0x80
+              ? (size_t)snprintf(esc, sizeof(esc), "\\u%04x", (unsigned)cp)
+              : (size_t)snprintf(esc, sizeof(esc), "\\x%02x", p[i]);
+      out = esc;
+    }
+    if (o + n >= cap)
+      break;
+    memcpy(buf + o, out, n);
+    o += n;
+  }
+  buf[o] = '\0';
+  return buf;
 }

@@ -1,6 +1,6 @@
 /*
  * cli.h - what every edp program shares: the connection options (--url,
- * EDP_URL), --json output, --help/--version, exit codes, signal handling
+ * --url-file, EDP_URL_FILE, EDP_URL), --json output, --help/--version, exit codes, signal handling
  * and the die helpers. Lives in cmd/ only: the library never exits or
  * prints.
  */
@@ -28,16 +28,21 @@ enum {
 /* Long options every program accepts; put CLI_COMMON_LONGOPTS in the
  * program's table and "u:jvhV" in its short option string. */
 #define CLI_COMMON_LONGOPTS                                                    \
-  {"url", required_argument, NULL, 'u'}, {"json", no_argument, NULL, 'j'},     \
-      {"verbose", no_argument, NULL, 'v'}, {"help", no_argument, NULL, 'h'}, { \
+  {"url", required_argument, NULL, 'u'},                                       \
+      {"url-file", required_argument, NULL, 'U'},                              \
+      {"json", no_argument, NULL, 'j'}, {"verbose", no_argument, NULL, 'v'},   \
+      {"help", no_argument, NULL, 'h'}, {                                      \
     "version", no_argument, NULL, 'V'                                          \
   }
 #define CLI_COMMON_SHORTOPTS "u:jvhV"
 
 /* The help text of the common options, for each program's usage(). */
 #define CLI_COMMON_HELP                                                        \
-  "  -u, --url URL        broker URL (default: $EDP_URL, else\n"               \
+  "  -u, --url URL        broker URL (default: the file $EDP_URL_FILE\n"       \
+  "                       names, else $EDP_URL, else\n"                        \
   "                       " EDP_URL_DEFAULT ")\n"                              \
+  "      --url-file PATH  read the URL from PATH (a secret file): keeps\n"     \
+  "                       the password out of argv and the environment\n"    \
   "  -j, --json           one JSON object per event on stdout\n"               \
   "  -v, --verbose        log more on stderr\n"                                \
   "  -h, --help           this help\n"                                         \
@@ -45,16 +50,35 @@ enum {
   "Exit codes: 0 ok, 64 usage, 65 bad data, 69 broker unavailable,\n"          \
   "70 internal error, 77 access refused, 130 interrupted.\n"
 
+/* The most broker URLs a program takes (multi-broker's limit). */
+#define CLI_MAX_URLS 64
+
 typedef struct cli {
   const char *prog;
-  const char *url;
   int json;
   int verbose;
+  /* The broker URLs, private: read them with cli_url() or cli_urls(). */
+  const char *url_file; /* --url-file */
+  char *urls[CLI_MAX_URLS];
+  size_t n_urls;
+  int urls_resolved;
 } cli;
 
-/* Sets the program name, the URL default from EDP_URL, and installs the
- * SIGINT/SIGTERM handlers that make cli_stop_fd() readable. */
+/* Sets the program name and installs the SIGINT/SIGTERM handlers that
+ * make cli_stop_fd() readable. */
 void cli_init(cli *c, const char *prog);
+
+/* The broker URL of a one-broker program, chosen in this order: --url or
+ * --url-file, else the file $EDP_URL_FILE names, else $EDP_URL, else
+ * EDP_URL_DEFAULT. Dies with a usage error (64) when the choice is
+ * ambiguous (--url with --url-file, EDP_URL with EDP_URL_FILE, more than
+ * one URL) or the file can't be read. A URL file holds one URL per line;
+ * blank lines and lines starting with '#' are skipped. */
+const char *cli_url(cli *c);
+
+/* The same for programs that take several brokers: every --url given, or
+ * every URL of the file; sets *n. */
+const char *const *cli_urls(cli *c, size_t *n);
 
 /* Handles a common option; returns 1 if it was one. Exits for -h (after
  * calling usage) and -V. */
@@ -78,9 +102,9 @@ long cli_int(const cli *c, const char *name, const char *arg, long lo, long hi);
 int cli_stop_fd(void);
 int cli_stopped(void);
 
-/* Opens a connection to c->url with stop fd and stderr logging; dies with
+/* Opens a connection to cli_url(c) with stop fd and stderr logging; dies with
  * the right exit code and a one-line error on failure. */
-edp_conn *cli_connect(const cli *c, const char *client_name);
+edp_conn *cli_connect(cli *c, const char *client_name);
 
 /* The log callback used by cli_connect (ud is the cli). */
 void cli_log(void *ud, int level, const char *msg);
@@ -102,6 +126,22 @@ void cli_emit(json_t *obj);
  * log line on stderr says it in human text. Give it to patterns that open
  * their own connections. */
 void cli_conn_event(void *ud, const edp_conn_event *ev);
+
+/* Sets o[key] to the len bytes at s (nothing for NULL s or o). A JSON
+ * string holds only UTF-8, and a message_id or header from the broker may
+ * be anything; so for bytes that are not valid UTF-8, o[key] gets them
+ * with each invalid byte replaced by U+FFFD (readable) and o[key "_b64"]
+ * the exact bytes in base64 (RFC 4648, padded): the event is never lost,
+ * nor are the bytes (docs/programs.md). */
+void cli_json_setn(json_t *o, const char *key, const char *s, size_t len);
+void cli_json_set(json_t *o, const char *key, const char *s);
+
+/* The len bytes at s as one line of human text, in buf (cap bytes, at
+ * least 1; cut short at a whole escape): backslash, control characters,
+ * DEL, C1 controls and bytes that are not UTF-8 become \\, \n, \r, \t
+ * or \xHH, so that a message can neither forge output lines nor send
+ * terminal escapes. NULL s is "". Returns buf. */
+const char *cli_text(const char *s, size_t len, char *buf, size_t cap);
 
 /* Prints a human line on stdout and flushes, unless --json. */
 void cli_say(const cli *c, const char *fmt, ...)

@@ -73,8 +73,10 @@ static int handler(void *ud, const edp_amb_job *job) {
       snprintf(tname, sizeof(tname), "PRIORITY THREAD");
     else
       snprintf(tname, sizeof(tname), "NORMAL THREAD %s", num + 1);
-    printf("Processing message: %.*s  (T=%lld) - [%s]%s\n",
-           d->body_len > 200 ? 200 : (int)d->body_len, (const char *)d->body,
+    char text[801];
+    printf("Processing message: %s  (T=%lld) - [%s]%s\n",
+           cli_text(d->body, d->body_len > 200 ? 200 : d->body_len, text,
+                    sizeof(text)),
            (long long)((job->start_us - S.first_us) / 1000), tname,
            d->redelivered ? " (redelivered)" : "");
     fflush(stdout);
@@ -107,12 +109,12 @@ static void on_event(void *ud, int ev, const edp_amb_job *job) {
   if (app.json) {
     const edp_delivery *d = job->d;
     json_t *o = json_pack(
-        "{s:s,s:s,s:s?,s:s,s:I,s:I,s:I,s:b}", "event",
+        "{s:s,s:s,s:s,s:I,s:I,s:I,s:b}", "event",
         ev == EDP_AMB_PROCESSED ? "processed" : "dead_lettered", "kind",
-        edp_amb_kind_name(job->kind), "id", d->message_id, "thread",
-        job->thread_name, "sent_us", (json_int_t)job->sent_us, "start_us",
-        (json_int_t)job->start_us, "end_us", (json_int_t)job->end_us,
-        "redelivered", d->redelivered);
+        edp_amb_kind_name(job->kind), "thread", job->thread_name, "sent_us",
+        (json_int_t)job->sent_us, "start_us", (json_int_t)job->start_us,
+        "end_us", (json_int_t)job->end_us, "redelivered", d->redelivered);
+    cli_json_set(o, "id", d->message_id);
     if (job->sent_us)
       json_object_set_new(
           o, "latency_ms",
@@ -191,7 +193,7 @@ int main(int argc, char **argv) {
     cli_die(&app, CLI_USAGE, "--queue: 1 to 200 characters");
   edp_url u;
   char why[300];
-  if (edp_url_parse(app.url, &u, why, sizeof(why)))
+  if (edp_url_parse(cli_url(&app), &u, why, sizeof(why)))
     cli_die(&app, CLI_USAGE, "%s", why);
 
   pthread_mutex_init(&S.mu, NULL);
@@ -202,7 +204,7 @@ int main(int argc, char **argv) {
     cli_die(&app, CLI_SOFTWARE, "pipe failed");
   edp_conn_opts co;
   edp_conn_opts_init(&co);
-  co.url = app.url;
+  co.url = cli_url(&app);
   co.log = cli_log;
   co.log_ud = &app;
   co.on_event = cli_conn_event;

@@ -17,6 +17,14 @@ static cli app;
 
 #define MAX_LINE ((size_t)1 << 20)
 
+/* Long-only options: values no short option (or common one) can take. */
+enum {
+  OPT_MAX_WATCHES = 256,
+  OPT_MAX_PER_USER,
+  OPT_PRUNE_INTERVAL,
+  OPT_PRUNE_RATE
+};
+
 static void usage(void) {
   printf("usage: edp-config-server [options]\n"
          "Keeps configuration values and the services watching them; reads\n"
@@ -138,10 +146,10 @@ int main(int argc, char **argv) {
       {"store", required_argument, NULL, 's'},
       {"request-queue", required_argument, NULL, 'Q'},
       {"queue-prefix", required_argument, NULL, 'P'},
-      {"max-watches", required_argument, NULL, 'W'},
-      {"max-per-user", required_argument, NULL, 'U'},
-      {"prune-interval", required_argument, NULL, 'I'},
-      {"prune-rate", required_argument, NULL, 'R'},
+      {"max-watches", required_argument, NULL, OPT_MAX_WATCHES},
+      {"max-per-user", required_argument, NULL, OPT_MAX_PER_USER},
+      {"prune-interval", required_argument, NULL, OPT_PRUNE_INTERVAL},
+      {"prune-rate", required_argument, NULL, OPT_PRUNE_RATE},
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   edp_watch_server_opts so;
@@ -164,19 +172,19 @@ int main(int argc, char **argv) {
         cli_die(&app, CLI_USAGE, "--queue-prefix: at least 3 characters");
       so.queue_prefix = optarg;
       break;
-    case 'W':
+    case OPT_MAX_WATCHES:
       so.max_watches =
           (size_t)cli_int(&app, "--max-watches", optarg, 1, 10000000);
       break;
-    case 'U':
+    case OPT_MAX_PER_USER:
       so.max_per_user =
           (size_t)cli_int(&app, "--max-per-user", optarg, 1, 10000000);
       break;
-    case 'I':
+    case OPT_PRUNE_INTERVAL:
       so.prune_interval_ms =
           (int)cli_int(&app, "--prune-interval", optarg, 0, 86400) * 1000;
       break;
-    case 'R':
+    case OPT_PRUNE_RATE:
       so.prune_rate = (int)cli_int(&app, "--prune-rate", optarg, 1, 100000);
       break;
     default:

@@ -40,13 +40,18 @@ static int handler(void *ud, const edp_delivery *d, char *reason,
                    size_t reason_len) {
   receiver_run *r = ud;
   r->attempts++;
-  if (app.json)
-    cli_emit(json_pack("{s:s,s:s?,s:b}", "event", "received", "message_id",
-                       d->message_id, "redelivered", d->redelivered));
-  else
-    printf("Processing message: %.*s%s\n",
-           d->body_len > 200 ? 200 : (int)d->body_len, (const char *)d->body,
+  if (app.json) {
+    json_t *o = json_pack("{s:s,s:b}", "event", "received", "redelivered",
+                          d->redelivered);
+    cli_json_set(o, "message_id", d->message_id);
+    cli_emit(o);
+  } else {
+    char text[801];
+    printf("Processing message: %s%s\n",
+           cli_text(d->body, d->body_len > 200 ? 200 : d->body_len, text,
+                    sizeof(text)),
            d->redelivered ? " (redelivered)" : "");
+  }
   fflush(stdout);
   /* The work is bounded by --work-ms and is finished even after SIGINT:
    * rule 5 says finish or requeue in-flight work, and finishing is what
@@ -76,16 +81,19 @@ static void on_event(void *ud, int ev, const edp_delivery *d,
   static const char *names[] = {"processed", "retried", "dead_lettered",
                                 "duplicate"};
   if (app.json) {
-    json_t *o = json_pack("{s:s,s:s?,s:b}", "event", names[ev], "message_id",
-                          d->message_id, "redelivered", d->redelivered);
+    json_t *o = json_pack("{s:s,s:b}", "event", names[ev], "redelivered",
+                          d->redelivered);
+    cli_json_set(o, "message_id", d->message_id);
     if (reason && reason[0])
-      json_object_set_new(o, "reason", json_string(reason));
+      cli_json_set(o, "reason", reason);
     cli_emit(o);
-  } else if (ev == EDP_FWD_DEAD_LETTERED) {
-    printf("Moved to dead-letter queue: %s\n",
-           d->message_id ? d->message_id : "?");
-  } else if (ev == EDP_FWD_DUPLICATE) {
-    printf("Duplicate dropped: %s\n", d->message_id ? d->message_id : "?");
+  } else if (ev == EDP_FWD_DEAD_LETTERED || ev == EDP_FWD_DUPLICATE) {
+    char id[1025];
+    const char *mid = d->message_id ? d->message_id : "?";
+    printf("%s: %s\n",
+           ev == EDP_FWD_DUPLICATE ? "Duplicate dropped"
+                                   : "Moved to dead-letter queue",
+           cli_text(mid, strlen(mid), id, sizeof(id)));
   }
   fflush(stdout);
 }

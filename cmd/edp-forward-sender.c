@@ -52,11 +52,11 @@ static void on_confirm(void *ud, const edp_confirm *cf) {
   const char *ev = cf->status == EDP_CONFIRM_ACK    ? "confirmed"
                    : cf->status == EDP_CONFIRM_NACK ? "nacked"
                                                     : "returned";
-  json_t *o =
-      json_pack("{s:s,s:s?,s:I}", "event", ev, "message_id", cf->message_id,
-                "seq", (json_int_t)seq_of(cf->message_id));
+  json_t *o = json_pack("{s:s,s:I}", "event", ev, "seq",
+                        (json_int_t)seq_of(cf->message_id));
+  cli_json_set(o, "message_id", cf->message_id);
   if (cf->status == EDP_CONFIRM_RETURNED)
-    json_object_set_new(o, "reason", json_string(cf->reply_text));
+    cli_json_set(o, "reason", cf->reply_text);
   cli_emit(o);
 }
 

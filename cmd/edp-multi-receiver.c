@@ -20,6 +20,8 @@ static void usage(void) {
       "usage: edp-multi-receiver [options]\n"
       "Consumes the queue on every --url broker and prints each message.\n"
       "  -u, --url URL          a broker; repeat once per broker\n"
+      "      --url-file PATH    the brokers' URLs, one per line (a secret\n"
+      "                         file; default: the file $EDP_URL_FILE names)\n"
       "  -q, --queue NAME       queue (default edp.multi)\n"
       "  -n, --count N          exit 0 after N messages (default: run until\n"
       "                         SIGINT/SIGTERM, exit 130)\n"
@@ -44,14 +46,19 @@ static int handler(void *ud, int broker, const edp_delivery *d) {
   int64_t kseq = 0;
   edp_delivery_header_int(d, "x-edp-kseq", &kseq);
   const char *key = edp_delivery_header_str(d, "x-edp-key");
-  if (app.json)
-    cli_emit(json_pack("{s:s,s:i,s:s?,s:s?,s:I,s:b}", "event", "processed",
-                       "broker", broker, "message_id", d->message_id, "key",
-                       key, "kseq", (json_int_t)kseq, "redelivered",
-                       d->redelivered));
-  else
-    cli_say(&app, "received from broker %d: %.*s", broker,
-            d->body_len > 200 ? 200 : (int)d->body_len, (const char *)d->body);
+  if (app.json) {
+    json_t *o =
+        json_pack("{s:s,s:i,s:I,s:b}", "event", "processed", "broker", broker,
+                  "kseq", (json_int_t)kseq, "redelivered", d->redelivered);
+    cli_json_set(o, "message_id", d->message_id);
+    cli_json_set(o, "key", key);
+    cli_emit(o);
+  } else {
+    char text[801];
+    cli_say(&app, "received from broker %d: %s\n", broker,
+            cli_text(d->body, d->body_len > 200 ? 200 : d->body_len, text,
+                     sizeof(text)));
+  }
   r->processed++;
   __atomic_store_n(&r->last_msg_ms, edp_now_ms(), __ATOMIC_RELAXED);
   if (r->count > 0 && r->processed == (uint64_t)r->count) {
@@ -92,20 +99,12 @@ int main(int argc, char **argv) {
       {"quorum", no_argument, NULL, 'Q'},
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
-  const char *urls[EDP_MULTI_MAX_BROKERS];
-  size_t n_urls = 0;
   const char *queue = "edp.multi";
   long count = 0, idle_exit = 0, prefetch = 200;
   int quorum = 0;
   int opt;
   while ((opt = getopt_long(argc, argv, "q:n:p:" CLI_COMMON_SHORTOPTS, opts,
                             NULL)) != -1) {
-    if (opt == 'u') {
-      if (n_urls == EDP_MULTI_MAX_BROKERS)
-        cli_die(&app, CLI_USAGE, "at most %d --url", EDP_MULTI_MAX_BROKERS);
-      urls[n_urls++] = optarg;
-      continue;
-    }
     if (cli_common_opt(&app, opt, optarg, usage))
       continue;
     switch (opt) {
@@ -133,8 +132,8 @@ int main(int argc, char **argv) {
     cli_die(&app, CLI_USAGE, "unexpected argument '%s'", argv[optind]);
   if (!queue[0] || strlen(queue) > 200)
     cli_die(&app, CLI_USAGE, "--queue: 1 to 200 characters");
-  if (n_urls == 0)
-    urls[n_urls++] = app.url;
+  size_t n_urls;
+  const char *const *urls = cli_urls(&app, &n_urls);
 
   run r = {.count = count, .last_msg_ms = edp_now_ms()};
   if (pipe(r.done_pipe))

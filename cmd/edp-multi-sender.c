@@ -21,6 +21,8 @@ static void usage(void) {
       "Sends --count messages over every --url broker (publisher confirms,\n"
       "persistent, to the same durable queue on each).\n"
       "  -u, --url URL          a broker; repeat once per broker\n"
+      "      --url-file PATH    the brokers' URLs, one per line (a secret\n"
+      "                         file; default: the file $EDP_URL_FILE names)\n"
       "  -q, --queue NAME       queue (default edp.multi)\n"
       "  -n, --count N          messages to send (default 1000)\n"
       "      --rate R           at most R messages per second in all\n"
@@ -84,11 +86,13 @@ static void on_confirm(void *ud, int broker, const edp_confirm *cf) {
   }
   if (!app.json)
     return;
-  cli_emit(json_pack("{s:s,s:i,s:s?,s:I,s:I}", "event",
-                     cf->status == EDP_CONFIRM_ACK ? "confirmed" : "nacked",
-                     "broker", broker, "message_id", cf->message_id, "seq",
-                     (json_int_t)seq_of(cf->message_id), "t_ms",
-                     (json_int_t)edp_wall_ms()));
+  json_t *o =
+      json_pack("{s:s,s:i,s:I,s:I}", "event",
+                cf->status == EDP_CONFIRM_ACK ? "confirmed" : "nacked",
+                "broker", broker, "seq", (json_int_t)seq_of(cf->message_id),
+                "t_ms", (json_int_t)edp_wall_ms());
+  cli_json_set(o, "message_id", cf->message_id);
+  cli_emit(o);
 }
 
 static void on_event(void *ud, int broker, int ev, size_t count) {
@@ -173,8 +177,6 @@ int main(int argc, char **argv) {
       {"quorum", no_argument, NULL, 'Q'},
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
-  const char *urls[EDP_MULTI_MAX_BROKERS];
-  size_t n_urls = 0;
   const char *queue = "edp.multi";
   long count = 1000, rate = 0, keys = 16, window = 1024;
   long confirm_to = 5000, connect_to = 1000, down_max = 30000;
@@ -185,12 +187,6 @@ int main(int argc, char **argv) {
   int opt;
   while ((opt = getopt_long(argc, argv, "q:n:kw:" CLI_COMMON_SHORTOPTS, opts,
                             NULL)) != -1) {
-    if (opt == 'u') {
-      if (n_urls == EDP_MULTI_MAX_BROKERS)
-        cli_die(&app, CLI_USAGE, "at most %d --url", EDP_MULTI_MAX_BROKERS);
-      urls[n_urls++] = optarg;
-      continue;
-    }
     if (cli_common_opt(&app, opt, optarg, usage))
       continue;
     switch (opt) {
@@ -239,8 +235,8 @@ int main(int argc, char **argv) {
     cli_die(&app, CLI_USAGE, "unexpected argument '%s'", argv[optind]);
   if (!queue[0] || strlen(queue) > 200)
     cli_die(&app, CLI_USAGE, "--queue: 1 to 200 characters");
-  if (n_urls == 0)
-    urls[n_urls++] = app.url;
+  size_t n_urls;
+  const char *const *urls = cli_urls(&app, &n_urls);
 
   run r = {0};
   r.n = n_urls;
@@ -324,31 +320,35 @@ int main(int argc, char **argv) {
     die_unavailable(&r, rc, "waiting for confirms failed", down_max);
   report(&r, 1);
   json_t *per = json_array();
-  uint64_t confirmed = 0, rerouted = 0;
+  uint64_t confirmed = 0, rerouted = 0, returned = 0;
   for (size_t i = 0; i < r.n; i++) {
     edp_multi_broker_stats st;
     edp_multi_producer_stats(r.p, i, &st);
     confirmed += st.confirmed;
     rerouted += st.rerouted;
-    json_array_append_new(per, json_pack("{s:I,s:I,s:I,s:I}", "confirmed",
+    returned += st.returned;
+    json_array_append_new(per, json_pack("{s:I,s:I,s:I,s:I,s:I}", "confirmed",
                                          (json_int_t)st.confirmed, "rerouted",
-                                         (json_int_t)st.rerouted, "downs",
+                                         (json_int_t)st.rerouted, "returned",
+                                         (json_int_t)st.returned, "downs",
                                          (json_int_t)st.downs, "ups",
                                          (json_int_t)st.ups));
   }
   double secs = (double)(edp_now_ms() - start) / 1000.0;
   if (app.json)
-    cli_emit(json_pack("{s:s,s:I,s:I,s:I,s:f,s:o}", "event", "summary", "sent",
-                       (json_int_t)count, "confirmed", (json_int_t)confirmed,
-                       "rerouted", (json_int_t)rerouted, "seconds", secs,
+    cli_emit(json_pack("{s:s,s:I,s:I,s:I,s:I,s:f,s:o}", "event", "summary",
+                       "sent", (json_int_t)count, "confirmed",
+                       (json_int_t)confirmed, "rerouted", (json_int_t)rerouted,
+                       "returned", (json_int_t)returned, "seconds", secs,
                        "brokers", per));
   else
     json_decref(per);
   fprintf(stderr,
           "edp-multi-sender: %ld sent, %llu confirmed over %zu brokers in "
-          "%.1f s, %llu resent after a broker loss\n",
+          "%.1f s, %llu resent after a broker loss, %llu after their "
+          "queue was gone\n",
           count, (unsigned long long)confirmed, r.n, secs,
-          (unsigned long long)rerouted);
+          (unsigned long long)rerouted, (unsigned long long)returned);
   edp_multi_producer_destroy(&r.p);
   return r.refused ? CLI_DATAERR : CLI_OK;
 }

@@ -110,10 +110,11 @@ static void on_event(void *ud, const edp_sup_event *ev) {
   case EDP_SUP_FAILED:
     if (app.json) {
       int64_t sent = sent_ms_of(ev->d);
-      o = json_pack("{s:s,s:s?,s:i,s:b}", "event",
+      o = json_pack("{s:s,s:i,s:b}", "event",
                     ev->type == EDP_SUP_PROCESSED ? "processed" : "failed",
-                    "message_id", ev->d->message_id, "consumer", ev->consumer,
-                    "redelivered", ev->d->redelivered);
+                    "consumer", ev->consumer, "redelivered",
+                    ev->d->redelivered);
+      cli_json_set(o, "message_id", ev->d->message_id);
       json_object_set_new(o, "latency_ms",
                           sent >= 0 ? json_integer(edp_wall_ms() - sent)
                                     : json_null());
@@ -245,7 +246,7 @@ int main(int argc, char **argv) {
   main_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (main_efd < 0)
     cli_die(&app, CLI_SOFTWARE, "eventfd: %s", strerror(errno));
-  so.url = app.url;
+  so.url = cli_url(&app);
   so.handler = handler;
   so.on_event = on_event;
   so.log = log_locked;

@@ -34,7 +34,8 @@ static void usage(void) {
       "      --max-retries N    in-place retries before the .dlq (default 3)\n"
       "      --retry-delay-ms N pause before a retry (default 100)\n"
       "      --fail-every N     the first attempt of each trade whose seq is\n"
-      "                         a multiple of N fails (a transient error)\n"
+      "                         a multiple of N fails (a transient error;\n"
+      "                         a trade without a seq header never does)\n"
       "      --poison-seq S     every attempt of trades with seq S fails\n"
       "      --display          print the allocation map as it changes\n"
       "  -n, --count N          exit 0 after N trades were settled\n"
@@ -74,13 +75,18 @@ static int handler(void *ud, int worker, const char *context,
              p->poison_seq);
     return -1;
   }
-  if (p->fail_every > 0 && attempt == 1 && seq % p->fail_every == 0) {
+  /* seq 0: no usable seq header (a foreign producer's trade), which is no
+   * multiple of anything here. */
+  if (p->fail_every > 0 && attempt == 1 && seq > 0 &&
+      seq % p->fail_every == 0) {
     snprintf(reason, reason_len, "simulated transient error (--fail-every)");
     return -1;
   }
   (void)context;
-  cli_say(&app, "Thread %d: Placed (%lld) %.*s\n", worker + 1, (long long)seq,
-          d->body_len > 200 ? 200 : (int)d->body_len, (const char *)d->body);
+  char text[801];
+  cli_say(&app, "Thread %d: Placed (%lld) %s\n", worker + 1, (long long)seq,
+          cli_text(d->body, d->body_len > 200 ? 200 : d->body_len, text,
+                   sizeof(text)));
   return 0;
 }
 
@@ -90,20 +96,23 @@ static void on_event(void *ud, const edp_td_event *ev) {
   const edp_delivery *d = ev->d;
   if (app.json) {
     json_t *o = json_pack(
-        "{s:s,s:s,s:I,s:i,s:s?,s:i,s:b,s:I,s:I}", "event", names[ev->type],
-        "account", ev->context, "seq", (json_int_t)seq_of(d), "worker",
-        ev->worker + 1, "message_id", d->message_id, "attempts", ev->attempts,
-        "redelivered", d->redelivered, "start_us", (json_int_t)ev->started_us,
-        "end_us", (json_int_t)ev->finished_us);
+        "{s:s,s:I,s:i,s:i,s:b,s:I,s:I}", "event", names[ev->type], "seq",
+        (json_int_t)seq_of(d), "worker", ev->worker + 1, "attempts",
+        ev->attempts, "redelivered", d->redelivered, "start_us",
+        (json_int_t)ev->started_us, "end_us", (json_int_t)ev->finished_us);
+    cli_json_set(o, "account", ev->context);
+    cli_json_set(o, "message_id", d->message_id);
     /* When the outcome was settled with the broker, on the same clock as
      * start_us/end_us. */
     json_object_set_new(o, "settled_us", json_integer(edp_now_us()));
     if (ev->reason[0])
-      json_object_set_new(o, "reason", json_string(ev->reason));
+      cli_json_set(o, "reason", ev->reason);
     cli_emit(o);
   } else if (ev->type == EDP_TD_DEAD_LETTERED) {
+    char ctx[1025], why[1025];
     printf("Moved to dead-letter queue: (%lld) %s: %s\n", (long long)seq_of(d),
-           ev->context, ev->reason);
+           cli_text(ev->context, strlen(ev->context), ctx, sizeof(ctx)),
+           cli_text(ev->reason, strlen(ev->reason), why, sizeof(why)));
     fflush(stdout);
   }
 }
@@ -112,11 +121,16 @@ static void on_map(void *ud, int worker, const char *context, int in_flight) {
   disp *p = ud;
   if (!p->display)
     return;
-  if (app.json)
-    cli_emit(json_pack("{s:s,s:i,s:s,s:i}", "event", "map", "worker",
-                       worker + 1, "account", context, "in_flight", in_flight));
-  else
-    cli_say(&app, "Thread-%d,%s,%d\n", worker + 1, context, in_flight);
+  if (app.json) {
+    json_t *o = json_pack("{s:s,s:i,s:i}", "event", "map", "worker", worker + 1,
+                          "in_flight", in_flight);
+    cli_json_set(o, "account", context);
+    cli_emit(o);
+  } else {
+    char ctx[1025];
+    cli_say(&app, "Thread-%d,%s,%d\n", worker + 1,
+            cli_text(context, strlen(context), ctx, sizeof(ctx)), in_flight);
+  }
 }
 
 int main(int argc, char **argv) {

@@ -4,7 +4,7 @@
  * processing, retries, dead-letter queue) and exits after 5 s without one.
  *
  *   cc -o forward_receiver forward_receiver.c $(pkg-config --cflags --libs edp)
- *   EDP_URL=amqp://guest:guest@localhost:5672/ ./forward_receiver orders
+ *   EDP_URL=amqp://guest:guest@localhost:5672 ./forward_receiver orders
  */
 #include <edp.h>
 #include <stdio.h>
@@ -20,7 +20,7 @@ static int handle(void *ud, const edp_delivery *d, char *reason, size_t len) {
 int main(int argc, char **argv) {
   edp_conn_opts o;
   edp_conn_opts_init(&o);
-  o.url = getenv("EDP_URL"); /* NULL: amqp://guest:guest@localhost:5672/ */
+  o.url = getenv("EDP_URL"); /* NULL: amqp://guest:guest@localhost:5672 */
   edp_conn *c = NULL;
   char why[256];
   int rc = edp_conn_open(&o, &c, why, sizeof why);

@@ -219,6 +219,20 @@ static void refuse_poison(edp_conn *c) {
   }
 }
 
+/* amqp_read_message(), which leaks the message's pool when the body's
+ * malloc fails (rabbitmq-c 0.11 to this day): a broker may announce a
+ * body of any size up to 2^64 bytes, and one that does made us leak on
+ * every such delivery (found by tests/fuzz/fuzz_broker.c). Emptying the
+ * pool after any failure is safe: the other error paths emptied it
+ * already, and emptying is idempotent. */
+static amqp_rpc_reply_t read_message(edp_conn *c, amqp_channel_t ch,
+                                     amqp_message_t *msg) {
+  amqp_rpc_reply_t r = amqp_read_message(c->st, ch, msg, 0);
+  if (r.reply_type != AMQP_RESPONSE_NORMAL)
+    empty_amqp_pool(&msg->pool);
+  return r;
+}
+
 /* Frames rabbitmq-c queued for the closing channel while it waited for
  * an RPC reply came before the close: a basic.ack among them is a real
  * confirm (applied now, so the message isn't republished for nothing), a
@@ -242,7 +256,7 @@ static void drain_closed_channel(edp_conn *c, amqp_channel_t ch) {
     } else if (f.payload.method.id == AMQP_BASIC_RETURN_METHOD) {
       amqp_basic_return_t r = *(amqp_basic_return_t *)m;
       amqp_message_t msg;
-      amqp_rpc_reply_t rr = amqp_read_message(c->st, ch, &msg, 0);
+      amqp_rpc_reply_t rr = read_message(c, ch, &msg);
       if (rr.reply_type != AMQP_RESPONSE_NORMAL)
         return;
       edp__handle_return(c, &r, &msg);
@@ -320,7 +334,7 @@ static int content_interrupted(edp_conn *c, amqp_method_number_t id,
 }
 
 static int read_content(edp_conn *c, amqp_message_t *msg) {
-  amqp_rpc_reply_t r = amqp_read_message(c->st, c->chan, msg, 0);
+  amqp_rpc_reply_t r = read_message(c, c->chan, msg);
   if (r.reply_type == AMQP_RESPONSE_NORMAL)
     return 0;
   if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION)

@@ -235,6 +235,64 @@ typedef struct edp_header {
   int64_t num;
 } edp_header;
 
+/* A header value of any AMQP 0-9-1 field type (the field-table grammar as
+ * RabbitMQ and rabbitmq-c speak it); kind is the type's tag on the wire.
+ * Deliveries keep every header this way, nested arrays and tables
+ * included, so that a copy can publish them unchanged. */
+enum edp_field_kind {
+  EDP_FIELD_BOOL = 't',      /* v.i: 0 or 1 */
+  EDP_FIELD_I8 = 'b',        /* v.i */
+  EDP_FIELD_U8 = 'B',        /* v.i */
+  EDP_FIELD_I16 = 's',       /* v.i */
+  EDP_FIELD_U16 = 'u',       /* v.i */
+  EDP_FIELD_I32 = 'I',       /* v.i */
+  EDP_FIELD_U32 = 'i',       /* v.i */
+  EDP_FIELD_I64 = 'l',       /* v.i */
+  EDP_FIELD_U64 = 'L',       /* v.u */
+  EDP_FIELD_F32 = 'f',       /* v.f32 */
+  EDP_FIELD_F64 = 'd',       /* v.f64 */
+  EDP_FIELD_DECIMAL = 'D',   /* v.dec */
+  EDP_FIELD_STRING = 'S',    /* v.bytes: a longstr, any bytes */
+  EDP_FIELD_BYTES = 'x',     /* v.bytes: a byte array */
+  EDP_FIELD_TIMESTAMP = 'T', /* v.u: seconds since the epoch */
+  EDP_FIELD_ARRAY = 'A',     /* v.array */
+  EDP_FIELD_TABLE = 'F',     /* v.table */
+  EDP_FIELD_VOID = 'V'       /* no value */
+};
+
+typedef struct edp_field edp_field;
+typedef struct edp_value {
+  int kind; /* enum edp_field_kind */
+  union {
+    int64_t i;
+    uint64_t u;
+    float f32;
+    double f64;
+    struct {
+      uint8_t decimals;
+      uint32_t value;
+    } dec;
+    struct {
+      const char *ptr; /* in deliveries followed by a NUL not counted */
+      size_t len;
+    } bytes;
+    struct {
+      const struct edp_value *v;
+      size_t n;
+    } array;
+    struct {
+      const edp_field *v;
+      size_t n;
+    } table;
+  } v;
+} edp_value;
+
+struct edp_field {
+  const char *key; /* NUL-terminated */
+  size_t key_len;  /* its length; 0 means strlen(key) */
+  edp_value value;
+};
+
 typedef struct edp_msg {
   const char *exchange;    /* "" = default exchange */
   const char *routing_key; /* queue name on the default exchange */
@@ -249,6 +307,15 @@ typedef struct edp_msg {
   int64_t timestamp;   /* seconds since the epoch, 0 = not set */
   const edp_header *headers;
   size_t n_headers;
+  /* The rest of AMQP's basic properties, for copies of deliveries (see
+   * edp_msg_from_delivery): NULL = not set. */
+  const char *content_encoding, *expiration, *app_id, *cluster_id;
+  int delivery_mode; /* 0 (edp_msg_init): 2 if persistent, else 1;
+                        -1: not set; 1..255: this value */
+  /* Headers of any AMQP type, sent before `headers`; an entry of `headers`
+   * replaces every entry of table with the same key. */
+  const edp_field *table;
+  size_t n_table;
 } edp_msg;
 
 /* Zeroes *m with priority -1 and exchange "". */
@@ -321,7 +388,10 @@ size_t edp_conn_take_unconfirmed(edp_conn *c, edp_take_fn fn, void *ud);
  * broker acked it, EDP_ENACKED, EDP_ERETURNED (unroutable mandatory
  * message), EDP_ETIMEOUT, EDP_ECLOSED, EDP_EINVAL (not in confirm mode) or
  * an error of edp_conn_publish(). For the rare message that must be safe
- * before the caller goes on, e.g. a copy to a dead-letter queue. */
+ * before the caller goes on, e.g. a copy to a dead-letter queue. A stop
+ * (stop_fd readable) before the message is written returns EDP_ESTOPPED
+ * with nothing sent; once written, the stop is ignored until its confirm
+ * or timeout_ms, so that the caller knows whether the copy exists. */
 int edp_conn_publish_confirmed(edp_conn *c, const edp_msg *m, int timeout_ms);
 
 /* What recovering a lost connection took; the caller zeroes it. */
@@ -390,11 +460,14 @@ typedef struct edp_delivery {
   int priority;      /* -1 if not set */
   int64_t timestamp; /* 0 if not set */
   int persistent;
-  edp_header *headers; /* string and integer headers; others skipped */
+  edp_field *headers; /* every header, of every type, in wire order; one
+                         allocation (a deep copy) */
   size_t n_headers;
   char *user_id;     /* the user_id property (the broker refuses a publish
                         whose user_id is not the publisher's login user),
                         NULL if not set */
+  char *content_encoding, *expiration, *app_id, *cluster_id; /* or NULL */
+  int delivery_mode; /* as received, -1 if not set */
   uint64_t oversize; /* 0, or the announced body size over the consumer's
                         max_body: the body was dropped (body "", len 0) */
 } edp_delivery;
@@ -412,22 +485,26 @@ int edp_conn_receive(edp_conn *c, edp_delivery *d, int timeout_ms);
 /* Frees what a delivery owns and zeroes it. Accepts NULL. */
 void edp_delivery_clear(edp_delivery *d);
 
-/* A header's string value or NULL / an integer header into *v (0 or
- * EDP_ENOTFOUND). */
+/* The value of the first header named key, or NULL. */
+const edp_value *edp_delivery_header(const edp_delivery *d, const char *key);
+
+/* A header's string value (a longstr or byte array; NUL-terminated, cut
+ * at an inner NUL) or NULL / an integer header (of any integer type that
+ * fits int64_t) into *v (may be NULL): 0 or EDP_ENOTFOUND. */
 const char *edp_delivery_header_str(const edp_delivery *d, const char *key);
 int edp_delivery_header_int(const edp_delivery *d, const char *key, int64_t *v);
 
-/* Fills *m to publish d again: its body and properties (message_id,
- * content_type, correlation_id, reply_to, type, priority, timestamp),
- * persistent and mandatory. The caller sets exchange, routing_key and
- * headers; m points into d, which must outlive it. */
+/* Fills *m to publish d again unchanged: its body, every property as
+ * received (absent ones stay absent, delivery_mode included; a received
+ * delivery_mode 0 goes out as 1, a timestamp 0 as none) and every header
+ * (m->table), mandatory set. The caller sets exchange and routing_key and
+ * may add headers (m->headers replace those of the same key); m points
+ * into d, which must outlive it. */
 void edp_msg_from_delivery(edp_msg *m, const edp_delivery *d);
 
-/* d's headers with those of add[0..n_add) replacing or joining them, as a
- * malloc'd array (free() it) of n_out entries that point into d and add.
- * NULL when out of memory. */
-edp_header *edp_headers_merge(const edp_delivery *d, const edp_header *add,
-                              size_t n_add, size_t *n_out);
+/* Deep copy of fields[0..n) in one allocation (free() it, the array is its
+ * start); NULL for n == 0 or without memory (*out_n then 0). */
+edp_field *edp_fields_dup(const edp_field *fields, size_t n, size_t *out_n);
 
 /* Number of deliveries read from the socket and not yet received. */
 size_t edp_conn_pending_deliveries(const edp_conn *c);

@@ -125,6 +125,20 @@ static inline char *edp__dupstr(const char *s) { return s ? strdup(s) : NULL; }
 int edp__bytes_eq(amqp_bytes_t b, const char *s);
 amqp_bytes_t edp__bytes_of(const char *s);
 
+/* edp_fields.c: AMQP tables <-> edp_field arrays. from_amqp deep-copies t
+ * into one allocation (*out is its start; NULL when empty). to_amqp fills
+ * *out with entries from pool that point into f (f must outlive it).
+ * fields_size is the bytes of a deep copy, which copy_into writes into
+ * buf (aligned for edp_field). Errors: EDP_ENOMEM, EDP_EINVAL (a NULL
+ * key, a key over 255 bytes, an unknown kind). */
+int edp__fields_from_amqp(const amqp_table_t *t, edp_field **out, size_t *n);
+int edp__fields_to_amqp(amqp_pool_t *pool, const edp_field *f, size_t n,
+                        amqp_table_t *out);
+int edp__field_to_amqp(amqp_pool_t *pool, const edp_field *f,
+                       amqp_table_entry_t *out);
+size_t edp__fields_size(const edp_field *f, size_t n);
+edp_field *edp__fields_copy_into(void *buf, const edp_field *f, size_t n);
+
 /* Turns an RPC reply into 0 or an error, handling a channel or connection
  * close (the channel is then left closed for edp__ready to restore). */
 int edp__rpc_result(edp_conn *c, amqp_rpc_reply_t r);

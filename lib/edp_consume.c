@@ -33,10 +33,10 @@ void edp_delivery_clear(edp_delivery *d) {
   free(d->correlation_id);
   free(d->type);
   free(d->user_id);
-  for (size_t i = 0; i < d->n_headers; i++) {
-    free((char *)d->headers[i].key);
-    free((char *)d->headers[i].str);
-  }
+  free(d->content_encoding);
+  free(d->expiration);
+  free(d->app_id);
+  free(d->cluster_id);
   free(d->headers);
   memset(d, 0, sizeof(*d));
 }
@@ -50,37 +50,6 @@ void edp__drop_deliveries(edp_conn *c) {
   }
   c->dq_tail = NULL;
   c->n_dq = 0;
-}
-
-static int int_kind(const amqp_field_value_t *v, int64_t *out) {
-  switch (v->kind) {
-  case AMQP_FIELD_KIND_I8:
-    *out = v->value.i8;
-    return 1;
-  case AMQP_FIELD_KIND_U8:
-    *out = v->value.u8;
-    return 1;
-  case AMQP_FIELD_KIND_I16:
-    *out = v->value.i16;
-    return 1;
-  case AMQP_FIELD_KIND_U16:
-    *out = v->value.u16;
-    return 1;
-  case AMQP_FIELD_KIND_I32:
-    *out = v->value.i32;
-    return 1;
-  case AMQP_FIELD_KIND_U32:
-    *out = v->value.u32;
-    return 1;
-  case AMQP_FIELD_KIND_I64:
-    *out = v->value.i64;
-    return 1;
-  case AMQP_FIELD_KIND_U64:
-    *out = (int64_t)v->value.u64;
-    return 1;
-  default:
-    return 0;
-  }
 }
 
 static int fill_delivery(edp_delivery *d, const amqp_basic_deliver_t *dv,
@@ -111,32 +80,22 @@ static int fill_delivery(edp_delivery *d, const amqp_basic_deliver_t *dv,
   EDP__PROP(AMQP_BASIC_CORRELATION_ID_FLAG, correlation_id)
   EDP__PROP(AMQP_BASIC_TYPE_FLAG, type)
   EDP__PROP(AMQP_BASIC_USER_ID_FLAG, user_id)
+  EDP__PROP(AMQP_BASIC_CONTENT_ENCODING_FLAG, content_encoding)
+  EDP__PROP(AMQP_BASIC_EXPIRATION_FLAG, expiration)
+  EDP__PROP(AMQP_BASIC_APP_ID_FLAG, app_id)
+  EDP__PROP(AMQP_BASIC_CLUSTER_ID_FLAG, cluster_id)
 #undef EDP__PROP
   if (p->_flags & AMQP_BASIC_PRIORITY_FLAG)
     d->priority = p->priority;
   if (p->_flags & AMQP_BASIC_TIMESTAMP_FLAG)
     d->timestamp = (int64_t)p->timestamp;
-  if (p->_flags & AMQP_BASIC_DELIVERY_MODE_FLAG)
+  d->delivery_mode = -1;
+  if (p->_flags & AMQP_BASIC_DELIVERY_MODE_FLAG) {
+    d->delivery_mode = p->delivery_mode;
     d->persistent = p->delivery_mode == AMQP_DELIVERY_PERSISTENT;
-  if ((p->_flags & AMQP_BASIC_HEADERS_FLAG) && p->headers.num_entries > 0) {
-    d->headers = calloc((size_t)p->headers.num_entries, sizeof(edp_header));
-    if (!d->headers)
-      return EDP_ENOMEM;
-    for (int i = 0; i < p->headers.num_entries; i++) {
-      const amqp_table_entry_t *e = &p->headers.entries[i];
-      edp_header *h = &d->headers[d->n_headers];
-      if (e->value.kind == AMQP_FIELD_KIND_UTF8 ||
-          e->value.kind == AMQP_FIELD_KIND_BYTES) {
-        if (!(h->str = edp__dup_bytes(e->value.value.bytes)))
-          return EDP_ENOMEM;
-      } else if (!int_kind(&e->value, &h->num)) {
-        continue;
-      }
-      d->n_headers++; /* counted before the key so a failure frees str */
-      if (!(h->key = edp__dup_bytes(e->key)))
-        return EDP_ENOMEM;
-    }
   }
+  if (p->_flags & AMQP_BASIC_HEADERS_FLAG)
+    return edp__fields_from_amqp(&p->headers, &d->headers, &d->n_headers);
   return 0;
 }
 
@@ -407,56 +366,72 @@ int edp_conn_receive(edp_conn *c, edp_delivery *d, int timeout_ms) {
   return 0;
 }
 
-const char *edp_delivery_header_str(const edp_delivery *d, const char *key) {
-  for (size_t i = 0; d && key && i < d->n_headers; i++)
-    if (d->headers[i].str && !strcmp(d->headers[i].key, key))
-      return d->headers[i].str;
+const edp_value *edp_delivery_header(const edp_delivery *d, const char *key) {
+  size_t kl = key ? strlen(key) : 0;
+  for (size_t i = 0; d && key && i < d->n_headers; i++) {
+    const edp_field *f = &d->headers[i];
+    size_t fl = f->key_len ? f->key_len : strlen(f->key);
+    if (fl == kl && !memcmp(f->key, key, kl))
+      return &f->value;
+  }
   return NULL;
 }
 
+const char *edp_delivery_header_str(const edp_delivery *d, const char *key) {
+  const edp_value *v = edp_delivery_header(d, key);
+  return v && (v->kind == EDP_FIELD_STRING || v->kind == EDP_FIELD_BYTES)
+             ? v->v.bytes.ptr
+             : NULL;
+}
+
 int edp_delivery_header_int(const edp_delivery *d, const char *key,
-                            int64_t *v) {
-  for (size_t i = 0; d && key && i < d->n_headers; i++)
-    if (!d->headers[i].str && !strcmp(d->headers[i].key, key)) {
-      if (v)
-        *v = d->headers[i].num;
-      return 0;
-    }
-  return EDP_ENOTFOUND;
+                            int64_t *out) {
+  const edp_value *v = edp_delivery_header(d, key);
+  int64_t n;
+  switch (v ? v->kind : 0) {
+  case EDP_FIELD_I8:
+  case EDP_FIELD_U8:
+  case EDP_FIELD_I16:
+  case EDP_FIELD_U16:
+  case EDP_FIELD_I32:
+  case EDP_FIELD_U32:
+  case EDP_FIELD_I64:
+    n = v->v.i;
+    break;
+  case EDP_FIELD_U64:
+    if (v->v.u > INT64_MAX)
+      return EDP_ENOTFOUND;
+    n = (int64_t)v->v.u;
+    break;
+  default:
+    return EDP_ENOTFOUND;
+  }
+  if (out)
+    *out = n;
+  return 0;
 }
 
 void edp_msg_from_delivery(edp_msg *m, const edp_delivery *d) {
   edp_msg_init(m);
   m->body = d->body;
   m->body_len = d->body_len;
-  m->persistent = 1;
   m->mandatory = 1;
   m->message_id = d->message_id;
   m->content_type = d->content_type;
   m->correlation_id = d->correlation_id;
   m->reply_to = d->reply_to;
   m->type = d->type;
+  m->user_id = d->user_id;
+  m->content_encoding = d->content_encoding;
+  m->expiration = d->expiration;
+  m->app_id = d->app_id;
+  m->cluster_id = d->cluster_id;
+  m->persistent = d->persistent;
+  m->delivery_mode = d->delivery_mode;
   m->priority = d->priority;
   m->timestamp = d->timestamp;
-}
-
-edp_header *edp_headers_merge(const edp_delivery *d, const edp_header *add,
-                              size_t n_add, size_t *n_out) {
-  size_t n = 0;
-  edp_header *h = calloc(d->n_headers + n_add + 1, sizeof(*h));
-  if (!h)
-    return NULL;
-  for (size_t i = 0; i < d->n_headers; i++) {
-    int replaced = 0;
-    for (size_t k = 0; k < n_add && !replaced; k++)
-      replaced = !strcmp(d->headers[i].key, add[k].key);
-    if (!replaced)
-      h[n++] = d->headers[i];
-  }
-  for (size_t k = 0; k < n_add; k++)
-    h[n++] = add[k];
-  *n_out = n;
-  return h;
+  m->table = d->headers;
+  m->n_table = d->n_headers;
 }
 
 static int ack_common(edp_conn *c, uint32_t epoch, uint64_t tag, int multiple,

@@ -65,9 +65,14 @@ static void *copy_msg_into(const edp_msg *m, size_t head, size_t msg_off) {
                 slen(m->routing_key) + slen(m->message_id) +
                 slen(m->content_type) + slen(m->reply_to) +
                 slen(m->correlation_id) + slen(m->type) + slen(m->user_id) +
-                m->body_len;
+                slen(m->content_encoding) + slen(m->expiration) +
+                slen(m->app_id) + slen(m->cluster_id) + m->body_len;
   for (size_t i = 0; i < m->n_headers; i++)
     size += slen(m->headers[i].key) + slen(m->headers[i].str);
+  /* The table comes right after the headers array, which keeps it aligned
+   * (head and edp_header are multiples of 8 bytes). */
+  size_t table = edp__fields_size(m->table, m->n_table);
+  size += table;
   char *block = malloc(size);
   if (!block)
     return NULL;
@@ -76,6 +81,9 @@ static void *copy_msg_into(const edp_msg *m, size_t head, size_t msg_off) {
   *copy = *m;
   edp_header *h = (edp_header *)(block + head);
   char *cur = (char *)(h + m->n_headers);
+  copy->table =
+      m->n_table ? edp__fields_copy_into(cur, m->table, m->n_table) : NULL;
+  cur += table;
   for (size_t i = 0; i < m->n_headers; i++) {
     h[i].key = put_str(&cur, m->headers[i].key);
     h[i].str = put_str(&cur, m->headers[i].str);
@@ -90,10 +98,30 @@ static void *copy_msg_into(const edp_msg *m, size_t head, size_t msg_off) {
   copy->correlation_id = put_str(&cur, m->correlation_id);
   copy->type = put_str(&cur, m->type);
   copy->user_id = put_str(&cur, m->user_id);
+  copy->content_encoding = put_str(&cur, m->content_encoding);
+  copy->expiration = put_str(&cur, m->expiration);
+  copy->app_id = put_str(&cur, m->app_id);
+  copy->cluster_id = put_str(&cur, m->cluster_id);
   if (m->body_len)
     memcpy(cur, m->body, m->body_len);
   copy->body = cur;
   return block;
+}
+
+/* The copy and the size estimate trust a message's table, so a caller's
+ * table is checked first (NULL keys or pointers, unknown kinds, keys over
+ * 255 bytes) by converting it once. */
+static int table_check(const edp_msg *m) {
+  if (!m->n_table)
+    return 0;
+  if (!m->table)
+    return EDP_EINVAL;
+  amqp_pool_t pool;
+  init_amqp_pool(&pool, 4096);
+  amqp_table_t t;
+  int rc = edp__fields_to_amqp(&pool, m->table, m->n_table, &t);
+  empty_amqp_pool(&pool);
+  return rc;
 }
 
 static struct edp__pending *copy_msg(const edp_msg *m) {
@@ -102,7 +130,8 @@ static struct edp__pending *copy_msg(const edp_msg *m) {
 }
 
 edp_msg *edp_msg_dup(const edp_msg *m) {
-  if (!m || (m->body_len && !m->body) || (m->n_headers && !m->headers))
+  if (!m || (m->body_len && !m->body) || (m->n_headers && !m->headers) ||
+      table_check(m))
     return NULL;
   return copy_msg_into(m, sizeof(edp_msg), 0);
 }
@@ -247,13 +276,54 @@ void edp__refuse_pending(edp_conn *c,
 /* ---------- publishing ---------- */
 
 /* Sends one message; in confirm mode p (its copy) joins the pending list. */
+/* Fills props->headers from m: the table's entries that no simple header
+ * replaces, then the simple headers; nested values come from pool. */
+static int build_headers(const edp_msg *m, amqp_pool_t *pool,
+                         amqp_basic_properties_t *props) {
+  size_t n = 0, total = m->n_table + m->n_headers;
+  if (!total)
+    return 0;
+  if (total > INT32_MAX)
+    return EDP_EINVAL;
+  amqp_table_entry_t *e = amqp_pool_alloc(pool, total * sizeof(*e));
+  if (!e)
+    return EDP_ENOMEM;
+  for (size_t i = 0; i < m->n_table; i++) {
+    int rc = edp__field_to_amqp(pool, &m->table[i], &e[n]);
+    if (rc)
+      return rc;
+    int replaced = 0;
+    for (size_t k = 0; k < m->n_headers && !replaced; k++)
+      replaced = edp__bytes_eq(e[n].key, m->headers[k].key);
+    n += !replaced;
+  }
+  for (size_t k = 0; k < m->n_headers; k++, n++) {
+    e[n].key = amqp_cstring_bytes(m->headers[k].key);
+    if (m->headers[k].str) {
+      e[n].value.kind = AMQP_FIELD_KIND_UTF8;
+      e[n].value.value.bytes = amqp_cstring_bytes(m->headers[k].str);
+    } else {
+      e[n].value.kind = AMQP_FIELD_KIND_I64;
+      e[n].value.value.i64 = m->headers[k].num;
+    }
+  }
+  props->_flags |= AMQP_BASIC_HEADERS_FLAG;
+  props->headers.num_entries = (int)n;
+  props->headers.entries = e;
+  return 0;
+}
+
+/* Sends one message; in confirm mode p (its copy) joins the pending list. */
 int edp__send(edp_conn *c, const edp_msg *m, struct edp__pending *p,
               uint64_t *seq) {
   amqp_basic_properties_t props;
   memset(&props, 0, sizeof(props));
-  props._flags = AMQP_BASIC_DELIVERY_MODE_FLAG;
-  props.delivery_mode =
-      m->persistent ? AMQP_DELIVERY_PERSISTENT : AMQP_DELIVERY_NONPERSISTENT;
+  if (m->delivery_mode >= 0) {
+    props._flags = AMQP_BASIC_DELIVERY_MODE_FLAG;
+    props.delivery_mode = m->delivery_mode > 0 ? (uint8_t)m->delivery_mode
+                          : m->persistent      ? AMQP_DELIVERY_PERSISTENT
+                                               : AMQP_DELIVERY_NONPERSISTENT;
+  }
 #define EDP__SETPROP(flag, field)                                              \
   if (m->field) {                                                              \
     props._flags |= flag;                                                      \
@@ -265,44 +335,32 @@ int edp__send(edp_conn *c, const edp_msg *m, struct edp__pending *p,
   EDP__SETPROP(AMQP_BASIC_CORRELATION_ID_FLAG, correlation_id)
   EDP__SETPROP(AMQP_BASIC_TYPE_FLAG, type)
   EDP__SETPROP(AMQP_BASIC_USER_ID_FLAG, user_id)
+  EDP__SETPROP(AMQP_BASIC_CONTENT_ENCODING_FLAG, content_encoding)
+  EDP__SETPROP(AMQP_BASIC_EXPIRATION_FLAG, expiration)
+  EDP__SETPROP(AMQP_BASIC_APP_ID_FLAG, app_id)
+  EDP__SETPROP(AMQP_BASIC_CLUSTER_ID_FLAG, cluster_id)
 #undef EDP__SETPROP
   if (m->priority >= 0) {
     props._flags |= AMQP_BASIC_PRIORITY_FLAG;
     props.priority = (uint8_t)m->priority;
   }
-  if (m->timestamp > 0) {
+  if (m->timestamp != 0) {
     props._flags |= AMQP_BASIC_TIMESTAMP_FLAG;
     props.timestamp = (uint64_t)m->timestamp;
   }
-  amqp_table_entry_t stack_entries[8];
-  amqp_table_entry_t *entries = stack_entries;
-  if (m->n_headers > 8) {
-    entries = calloc(m->n_headers, sizeof(*entries));
-    if (!entries)
-      return EDP_ENOMEM;
-  }
-  if (m->n_headers) {
-    for (size_t i = 0; i < m->n_headers; i++) {
-      entries[i].key = amqp_cstring_bytes(m->headers[i].key);
-      if (m->headers[i].str) {
-        entries[i].value.kind = AMQP_FIELD_KIND_UTF8;
-        entries[i].value.value.bytes = amqp_cstring_bytes(m->headers[i].str);
-      } else {
-        entries[i].value.kind = AMQP_FIELD_KIND_I64;
-        entries[i].value.value.i64 = m->headers[i].num;
-      }
-    }
-    props._flags |= AMQP_BASIC_HEADERS_FLAG;
-    props.headers.num_entries = (int)m->n_headers;
-    props.headers.entries = entries;
+  amqp_pool_t pool;
+  init_amqp_pool(&pool, 4096);
+  int res = build_headers(m, &pool, &props);
+  if (res) {
+    empty_amqp_pool(&pool);
+    return res;
   }
   amqp_bytes_t body = {m->body_len, (void *)m->body};
-  int res = amqp_basic_publish(
-      c->st, c->chan, edp__bytes_of(m->exchange ? m->exchange : ""),
-      edp__bytes_of(m->routing_key ? m->routing_key : ""), m->mandatory, 0,
-      &props, body);
-  if (entries != stack_entries)
-    free(entries);
+  res = amqp_basic_publish(c->st, c->chan,
+                           edp__bytes_of(m->exchange ? m->exchange : ""),
+                           edp__bytes_of(m->routing_key ? m->routing_key : ""),
+                           m->mandatory, 0, &props, body);
+  empty_amqp_pool(&pool);
   if (res < 0)
     return edp__lib_error(c, res);
   if (p) {
@@ -323,7 +381,8 @@ int edp__send(edp_conn *c, const edp_msg *m, struct edp__pending *p,
  * and the method frame are bounded by a few hundred bytes plus names. */
 static size_t frame_size(const edp_conn *c, const edp_msg *m) {
   size_t fm = (size_t)(c->url.frame_max > 0 ? c->url.frame_max : 131072);
-  size_t n = m->body_len + 8 * (m->body_len / fm + 1) + 512;
+  size_t n = m->body_len + 8 * (m->body_len / fm + 1) + 512 +
+             edp__fields_size(m->table, m->n_table);
   for (size_t i = 0; i < m->n_headers; i++)
     n += (m->headers[i].key ? strlen(m->headers[i].key) : 0) +
          (m->headers[i].str ? strlen(m->headers[i].str) : 0) + 16;
@@ -410,6 +469,8 @@ int edp_conn_publish(edp_conn *c, const edp_msg *m, uint64_t *seq) {
     return rc;
   if (!m || (m->body_len && !m->body) || (m->n_headers && !m->headers))
     return EDP_EINVAL;
+  if ((rc = table_check(m)))
+    return rc;
   if (c->o.max_body && m->body_len > c->o.max_body)
     return EDP_ETOOBIG;
   for (size_t i = 0; i < m->n_headers; i++)
@@ -540,15 +601,29 @@ size_t edp_conn_take_unconfirmed(edp_conn *c, edp_take_fn fn, void *ud) {
   return n;
 }
 
+/* Non-zero once the stop fd is readable. */
+static int stop_requested(const edp_conn *c) {
+  struct pollfd p = {c->o.stop_fd, POLLIN, 0};
+  return c->o.stop_fd >= 0 && poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
 int edp_conn_publish_confirmed(edp_conn *c, const edp_msg *m, int timeout_ms) {
   if (!c)
     return EDP_EINVAL;
   if (!c->confirm)
     return EDP_EINVAL;
+  /* A stop either comes before the message is written (nothing sent) or is
+   * ignored until its confirm: a caller that gave up on a written message
+   * would settle the original as if the copy did not exist, and the
+   * broker would hold both (issue 12). */
+  if (stop_requested(c))
+    return EDP_ESTOPPED;
   uint64_t seq = 0;
   int rc = edp_conn_publish(c, m, &seq);
   if (rc)
     return rc;
+  int stop_fd = c->o.stop_fd;
+  c->o.stop_fd = -1;
   uint32_t epoch = c->epoch;
   c->sync_seq = seq;
   c->sync_status = -1;
@@ -569,6 +644,7 @@ int edp_conn_publish_confirmed(edp_conn *c, const edp_msg *m, int timeout_ms) {
     /* report_confirm() records our message's status when it comes. */
     rc = edp__pump(c, -1, left, NULL);
   }
+  c->o.stop_fd = stop_fd;
   /* A channel close (a publish to a missing exchange is one) is restored
    * here; its error says why. */
   if (c->chan_closed)

@@ -32,6 +32,7 @@
 #include <openssl/x509v3.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "edp_conn_internal.h"
 
@@ -118,6 +119,14 @@ static void cert_cn(const char *path, char *out, size_t len) {
   }
 }
 
+/* 1 if OpenSSL's last error is the network's (a reset, an EOF), not a
+ * word of TLS from the peer. */
+static int ssl_network_error(void) {
+  unsigned long e = ERR_peek_last_error();
+  return e && (ERR_GET_LIB(e) == ERR_LIB_SYS ||
+               ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING);
+}
+
 /* OpenSSL's reason for the last error of this thread, or "". */
 static const char *ssl_reason(void) {
   unsigned long e = ERR_peek_last_error();
@@ -138,6 +147,13 @@ int edp__tls_socket(edp_conn *c, amqp_socket_t **out, char *err_text,
        (readable(c, "certfile", u->certfile, err_text, err_len) ||
         readable(c, "keyfile", u->keyfile, err_text, err_len))))
     return EDP_ETLS;
+  /* A private key others can read is a key others may have copied. */
+  struct stat st;
+  if (u->keyfile[0] && stat(u->keyfile, &st) == 0 && (st.st_mode & 077))
+    edp__log(c, EDP_LOG_WARN,
+             "%s: keyfile %s can be read by other users (mode %04o): "
+             "chmod 600 it",
+             c->masked, u->keyfile, (unsigned)(st.st_mode & 07777));
   ERR_clear_error();
   amqp_socket_t *sock = amqp_ssl_socket_new(c->st);
   if (!sock) {
@@ -278,7 +294,9 @@ int edp__tls_explain(edp_conn *c, int status, int in_login, char *err_text,
     const char *a =
         c->tls_alert > 0 ? SSL_alert_desc_string_long(c->tls_alert) : "?";
     const char *w = reason_words(a);
-    if (!w && strstr(a, "required"))
+    /* OpenSSL 3.0 has no name for TLS 1.3's certificate_required alert. */
+    if (!w && (strstr(a, "required") ||
+               c->tls_alert == TLS13_AD_CERTIFICATE_REQUIRED))
       w = "the broker requires a client certificate (certfile, keyfile)";
     if (w)
       snprintf(why, sizeof(why), "%s", w);
@@ -286,6 +304,13 @@ int edp__tls_explain(edp_conn *c, int status, int in_login, char *err_text,
       snprintf(why, sizeof(why), "the broker refused the handshake: %s", a);
   } else if (words) {
     snprintf(why, sizeof(why), "%s", words);
+  } else if (!in_login && c->tls_started && ssl_network_error()) {
+    /* Reset or closed before the peer said a TLS word: see below. */
+    snprintf(why, sizeof(why),
+             "the connection was closed during the TLS handshake, before "
+             "the peer answered (%s)",
+             r);
+    rc = EDP_ECONNECT;
   } else if (r[0]) {
     snprintf(why, sizeof(why), "TLS handshake failed: %s", r);
   } else if (status == AMQP_STATUS_TIMEOUT && c->tls_started && !in_login) {
@@ -305,16 +330,33 @@ int edp__tls_explain(edp_conn *c, int status, int in_login, char *err_text,
              "handshake: it refused our client certificate %.200s (its log "
              "says why)",
              c->url.certfile);
+  } else if (in_login && (status == AMQP_STATUS_SSL_ERROR ||
+                          status == AMQP_STATUS_SOCKET_ERROR ||
+                          status == AMQP_STATUS_CONNECTION_CLOSED)) {
+    /* The same close when we sent no certificate: a broker that requires
+     * one (fail_if_no_peer_cert) refuses it this way under TLS 1.3. */
+    snprintf(why, sizeof(why),
+             "the broker closed the connection right after the TLS "
+             "handshake: no client certificate was given and it probably "
+             "requires one (certfile, keyfile)");
   } else if (in_login) {
     return 0; /* not a TLS matter: the caller says what it is */
   } else if (!c->tls_started) {
     return 0;
+  } else if (status == AMQP_STATUS_CONNECTION_CLOSED ||
+             status == AMQP_STATUS_SSL_CONNECTION_FAILED ||
+             status == AMQP_STATUS_SOCKET_ERROR) {
+    /* Closed or reset before the peer said a TLS word: no refusal, a
+     * broker going down or a balancer with nothing behind it. Retried,
+     * like an unreachable broker (a plain AMQP port answers with bytes
+     * that are not TLS: "does not speak TLS" above). */
+    snprintf(why, sizeof(why),
+             "the connection was closed during the TLS handshake, before "
+             "the peer answered");
+    rc = EDP_ECONNECT;
   } else {
     snprintf(why, sizeof(why), "TLS handshake failed: %s",
-             status == AMQP_STATUS_CONNECTION_CLOSED ||
-                     status == AMQP_STATUS_SSL_CONNECTION_FAILED
-                 ? "the peer closed the connection (not a TLS port?)"
-                 : amqp_error_string2(status));
+             amqp_error_string2(status));
   }
   snprintf(err_text, err_len, "%s: %s", c->masked, why);
   ERR_clear_error();

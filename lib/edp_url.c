@@ -219,7 +219,7 @@ int edp_url_parse(const char *url, edp_url *out, char *err_text,
    * so rather than read a piece of the password as the host. */
   size_t alen = strcspn(p, "/?#");
   const char *auth_end = p + alen;
-  if (*auth_end && strchr(auth_end, '@') && !memchr(p, '@', alen))
+  if (*auth_end && strchr(auth_end, '@'))
     return fail(err_text, err_len,
                 "'@' after the host: a user name or password holds an "
                 "unescaped '/', '?' or '#' (write %%2F, %%3F, %%23; '@' as "
@@ -242,8 +242,6 @@ int edp_url_parse(const char *url, edp_url *out, char *err_text,
       if (decode(colon + 1, (size_t)(at - colon - 1), out->pass,
                  sizeof(out->pass)))
         return fail(err_text, err_len, "bad password in URL");
-    } else {
-      out->pass[0] = '\0';
     }
     hostpart = at + 1;
   }
@@ -293,17 +291,18 @@ int edp_url_parse(const char *url, edp_url *out, char *err_text,
                 "bad port in URL (not a number in 1..65535)");
   }
 
+  /* No path means the default vhost "/"; a path, even an empty one, is
+   * the vhost itself: amqp://host/ is the vhost "" (as rabbitmq-c, the
+   * Java client and the specification's appendix read it). */
   const char *rest = auth_end;
   if (*rest == '/') {
     rest++;
     size_t plen = strcspn(rest, "?");
-    if (plen > 0) {
-      if (memchr(rest, '/', plen))
-        return fail(err_text, err_len,
-                    "vhost must be one path segment (write '/' as %%2f)");
-      if (decode(rest, plen, out->vhost, sizeof(out->vhost)))
-        return fail(err_text, err_len, "bad vhost in URL");
-    }
+    if (memchr(rest, '/', plen))
+      return fail(err_text, err_len,
+                  "vhost must be one path segment (write '/' as %%2f)");
+    if (decode(rest, plen, out->vhost, sizeof(out->vhost)))
+      return fail(err_text, err_len, "bad vhost in URL");
     rest += plen;
   }
   if (*rest == '?')
@@ -348,17 +347,64 @@ char *edp_url_mask(const char *url, char *out, size_t out_len) {
   return out;
 }
 
+/* Appends s to out[*o..cap) percent-encoded: everything but RFC 3986's
+ * unreserved characters, so that the result parses back to s. */
+static void encode(const char *s, char *out, size_t cap, size_t *o) {
+  static const char hex[] = "0123456789ABCDEF";
+  for (; *s && *o + 4 < cap; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (isalnum(c) || strchr("-._~", c)) {
+      out[(*o)++] = (char)c;
+    } else {
+      out[(*o)++] = '%';
+      out[(*o)++] = hex[c >> 4];
+      out[(*o)++] = hex[c & 15];
+    }
+  }
+  out[*o] = '\0';
+}
+
+/* Appends the literal text s to out[*o..cap), truncating. */
+static void append(const char *s, char *out, size_t cap, size_t *o) {
+  for (; *s && *o + 1 < cap; s++)
+    out[(*o)++] = *s;
+  out[*o] = '\0';
+}
+
+/* An IPv6 literal: hex digits, ':' and '.' only (it goes in brackets). */
+static int is_ipv6(const char *h) {
+  return strchr(h, ':') && strspn(h, "0123456789abcdefABCDEF:.") == strlen(h);
+}
+
 char *edp_url_format_masked(const edp_url *u, char *out, size_t out_len) {
   if (!out || out_len == 0)
     return out;
-  int v6 = strchr(u->host, ':') != NULL;
-  const char *vh = strcmp(u->vhost, "/") ? u->vhost : "";
-  const char *scheme = u->tls ? "amqps" : "amqp";
+  /* Built whole first (each field encoded fits: 3 bytes per byte), then
+   * truncated as snprintf would. */
+  char buf[2048], port[16];
+  size_t o = 0, cap = sizeof(buf);
+  append(u->tls ? "amqps://" : "amqp://", buf, cap, &o);
+  if (u->auth_mechanism != EDP_AUTH_EXTERNAL) {
+    encode(u->user, buf, cap, &o);
+    append(":***@", buf, cap, &o);
+  }
+  if (is_ipv6(u->host)) {
+    append("[", buf, cap, &o);
+    append(u->host, buf, cap, &o);
+    append("]", buf, cap, &o);
+  } else {
+    encode(u->host, buf, cap, &o);
+  }
+  snprintf(port, sizeof(port), ":%d", u->port);
+  append(port, buf, cap, &o);
+  /* The default vhost "/" is written as no path at all: every client
+   * reads that as "/", while a trailing '/' would mean the vhost "". */
+  if (strcmp(u->vhost, "/")) {
+    append("/", buf, cap, &o);
+    encode(u->vhost, buf, cap, &o);
+  }
   if (u->auth_mechanism == EDP_AUTH_EXTERNAL)
-    snprintf(out, out_len, "%s://%s%s%s:%d/%s?auth_mechanism=external", scheme,
-             v6 ? "[" : "", u->host, v6 ? "]" : "", u->port, vh);
-  else
-    snprintf(out, out_len, "%s://%s:***@%s%s%s:%d/%s", scheme, u->user,
-             v6 ? "[" : "", u->host, v6 ? "]" : "", u->port, vh);
+    append("?auth_mechanism=external", buf, cap, &o);
+  snprintf(out, out_len, "%s", buf);
   return out;
 }

@@ -12,7 +12,8 @@
 extern "C" {
 #endif
 
-#define EDP_URL_DEFAULT "amqp://guest:guest@localhost:5672/"
+/* No path: the default vhost "/" (a trailing '/' would be the vhost ""). */
+#define EDP_URL_DEFAULT "amqp://guest:guest@localhost:5672"
 
 /* Values of edp_url.auth_mechanism. */
 enum { EDP_AUTH_PLAIN = 0, EDP_AUTH_EXTERNAL = 1 };
@@ -42,8 +43,13 @@ typedef struct edp_url {
 } edp_url;
 
 /* Parses url into *out: amqp:// or amqps:// (TLS, default port 5671).
- * A missing user/password means guest/guest, a missing or "/" path means
- * vhost "/", "%2f" is decoded. TLS query options are refused on amqp://
+ * RabbitMQ's URI specification, its appendix examples included: a
+ * missing user or password means guest, an empty host localhost, no
+ * path the default vhost "/", and a path is the vhost itself, decoded:
+ * amqp://host/ is the vhost "", amqp://host/%2f is "/". A vhost holding
+ * '/' must write it as %2f; a '@' anywhere after the host is refused
+ * (a password with an unescaped '/', '?' or '#', or a '@' to write as
+ * %40). TLS query options are refused on amqp://
  * (a URL that asks for a CA file must never silently connect in plain),
  * certfile and keyfile go together, and auth_mechanism=external needs
  * them. The characters / ? # @ in a user name or password must be
@@ -64,7 +70,10 @@ char *edp_url_mask(const char *url, char *out, size_t out_len);
 
 /* Writes the canonical masked form of a parsed URL to out
  * (amqps://user:***@host:5671/vh; with auth_mechanism=external there is no
- * password: amqps://host:5671/vh?auth_mechanism=external). Returns out. */
+ * password: amqps://host:5671/vh?auth_mechanism=external). User, host and
+ * vhost are percent-encoded, and the vhost "/" is written as no path
+ * (amqp://user:***@host:5672), so the text reads back as the same fields
+ * in edp and in other clients. Returns out. */
 char *edp_url_format_masked(const edp_url *u, char *out, size_t out_len);
 
 #ifdef __cplusplus

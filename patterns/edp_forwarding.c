@@ -220,23 +220,78 @@ static void emit(edp_fwd_receiver *r, int ev, const edp_delivery *d,
     r->o.on_event(r->o.ud, ev, d, reason);
 }
 
-/* Copies a failed message to target with the retry count and reason, and
- * waits for the broker's confirm. Returns 0 only if the copy is safe. */
-static int forward_copy(edp_fwd_receiver *r, const edp_delivery *d,
-                        const char *target, int64_t retries,
-                        const char *reason) {
-  edp_header ours[3] = {{EDP_FWD_HDR_RETRIES, NULL, retries},
-                        {EDP_FWD_HDR_REASON, reason, 0},
-                        {EDP_FWD_HDR_QUEUE, r->queue, 0}};
+int edp_fwd_publish_copy(edp_conn *c, const edp_delivery *d,
+                         const edp_fwd_copy *o, int timeout_ms) {
+  if (!c || !d || !o || !o->target || !o->queue || !o->reason ||
+      o->n_extra > 4 || (o->n_extra && !o->extra))
+    return EDP_EINVAL;
+  edp_header h[11];
+  size_t n = 0;
+  h[n++] = (edp_header){EDP_FWD_HDR_RETRIES, NULL, o->retries};
+  h[n++] = (edp_header){EDP_FWD_HDR_REASON, o->reason, 0};
+  h[n++] = (edp_header){EDP_FWD_HDR_QUEUE, o->queue, 0};
+  /* A retry copy comes back through the default exchange under the
+   * queue's name: the first hop's exchange and key are the ones to keep. */
+  int64_t prior = 0;
+  if (edp_delivery_header_int(d, EDP_FWD_HDR_RETRIES, &prior) || prior < 1 ||
+      !edp_delivery_header(d, EDP_FWD_HDR_EXCHANGE) ||
+      !edp_delivery_header(d, EDP_FWD_HDR_ROUTING_KEY)) {
+    h[n++] =
+        (edp_header){EDP_FWD_HDR_EXCHANGE, d->exchange ? d->exchange : "", 0};
+    h[n++] = (edp_header){EDP_FWD_HDR_ROUTING_KEY,
+                          d->routing_key ? d->routing_key : "", 0};
+  }
   edp_msg m;
   edp_msg_from_delivery(&m, d);
-  m.routing_key = target;
-  m.headers = edp_headers_merge(d, ours, 3, &m.n_headers);
-  if (!m.headers)
-    return EDP_ENOMEM;
-  int rc = edp_conn_publish_confirmed(r->c, &m, 30000);
-  free((edp_header *)m.headers);
-  return rc;
+  m.routing_key = o->target;
+  if (d->user_id && strcmp(d->user_id, edp_conn_user(c))) {
+    m.user_id = NULL;
+    h[n++] = (edp_header){EDP_FWD_HDR_USER_ID, d->user_id, 0};
+  }
+  if (o->dead && d->expiration) {
+    m.expiration = NULL;
+    h[n++] = (edp_header){EDP_FWD_HDR_EXPIRATION, d->expiration, 0};
+  }
+  for (size_t k = 0; k < o->n_extra; k++)
+    h[n++] = o->extra[k];
+  m.headers = h;
+  m.n_headers = n;
+  return edp_conn_publish_confirmed(c, &m, timeout_ms);
+}
+
+/* Copies a failed message to target with the retry count and reason, and
+ * waits for the broker's confirm. Returns 0 only if the copy is safe. */
+static int forward_copy(edp_fwd_receiver *r, const edp_delivery *d, int dead,
+                        int64_t retries, const char *reason) {
+  edp_fwd_copy o = {.target = dead ? r->dlq : r->queue,
+                    .queue = r->queue,
+                    .retries = retries,
+                    .reason = reason,
+                    .dead = dead};
+  return edp_fwd_publish_copy(r->c, d, &o, 30000);
+}
+
+/* The retries a delivery already had. x-edp-retries comes from whoever
+ * published the message, so only an integer in [0, max_retries] counts;
+ * anything else (negative, too big, another type) means the retries are
+ * used up and *why says so: a forged count can neither keep a failing
+ * message cycling forever nor overflow. */
+static int64_t retries_of(const edp_fwd_receiver *r, const edp_delivery *d,
+                          char *why, size_t why_len) {
+  const edp_value *v = edp_delivery_header(d, EDP_FWD_HDR_RETRIES);
+  int64_t n = 0;
+  why[0] = '\0';
+  if (!v)
+    return 0;
+  if (edp_delivery_header_int(d, EDP_FWD_HDR_RETRIES, &n))
+    snprintf(why, why_len, "; x-edp-retries of type '%c' is not an integer",
+             v->kind > 32 && v->kind < 127 ? v->kind : '?');
+  else if (n < 0 || n > r->o.max_retries)
+    snprintf(why, why_len, "; x-edp-retries %lld is not in [0, %d]",
+             (long long)n, r->o.max_retries);
+  else
+    return n;
+  return r->o.max_retries;
 }
 
 static int receiver_recover(edp_fwd_receiver *r) {
@@ -273,13 +328,15 @@ static int call_handler(void *ud) {
 static int handle(edp_fwd_receiver *r, const edp_delivery *d) {
   if (d->redelivered)
     r->st.redelivered++;
-  if (r->seen && d->message_id && edp_idset_contains(r->seen, d->message_id)) {
+  /* An empty message_id names nothing: it is never a dedup key. */
+  int keyed = r->seen && d->message_id && d->message_id[0];
+  if (keyed && edp_idset_contains(r->seen, d->message_id)) {
     r->st.duplicates++;
     emit(r, EDP_FWD_DUPLICATE, d, "");
     return settle(r, d, 1);
   }
-  int64_t retries = 0;
-  edp_delivery_header_int(d, EDP_FWD_HDR_RETRIES, &retries);
+  char bad[96];
+  int64_t retries = retries_of(r, d, bad, sizeof(bad));
   char reason[256] = "";
   /* The handler runs on the worker while this thread services the
    * connection. Whatever happened to the connection meanwhile, the
@@ -294,8 +351,7 @@ static int handle(edp_fwd_receiver *r, const edp_delivery *d) {
     return wrc;
   if (h == 0) {
     int rc = settle(r, d, 1);
-    if (!rc && r->seen && d->message_id &&
-        edp_idset_add(r->seen, d->message_id) < 0)
+    if (!rc && keyed && edp_idset_add(r->seen, d->message_id) < 0)
       rc = EDP_ENOMEM;
     r->st.processed++;
     emit(r, EDP_FWD_PROCESSED, d, "");
@@ -303,8 +359,14 @@ static int handle(edp_fwd_receiver *r, const edp_delivery *d) {
   }
   if (!reason[0])
     snprintf(reason, sizeof(reason), "handler failed");
+  if (bad[0]) {
+    size_t len = strlen(reason);
+    if (len + strlen(bad) >= sizeof(reason))
+      len = sizeof(reason) - strlen(bad) - 1;
+    snprintf(reason + len, sizeof(reason) - len, "%s", bad);
+  }
   int dead = retries >= r->o.max_retries;
-  int rc = forward_copy(r, d, dead ? r->dlq : r->queue, retries + 1, reason);
+  int rc = forward_copy(r, d, dead, retries + 1, reason);
   if (rc == EDP_ECLOSED)
     return receiver_recover(r); /* the original comes back redelivered */
   if (rc) {

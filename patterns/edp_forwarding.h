@@ -32,10 +32,41 @@
 extern "C" {
 #endif
 
-/* Header names the receiver sets on retried and dead-lettered messages. */
+/* Header names the receiver sets on retried and dead-lettered messages
+ * (docs/forwarding.md compares them with Spring AMQP's and x-death). */
 #define EDP_FWD_HDR_RETRIES "x-edp-retries"
 #define EDP_FWD_HDR_REASON "x-edp-reason"
 #define EDP_FWD_HDR_QUEUE "x-edp-original-queue"
+#define EDP_FWD_HDR_EXCHANGE "x-edp-original-exchange"
+#define EDP_FWD_HDR_ROUTING_KEY "x-edp-original-routing-key"
+#define EDP_FWD_HDR_USER_ID "x-edp-original-user-id"
+#define EDP_FWD_HDR_EXPIRATION "x-edp-original-expiration"
+
+/* What a retry or dead-letter copy adds to the delivery it copies. */
+typedef struct edp_fwd_copy {
+  const char *target;      /* queue to publish to (default exchange) */
+  const char *queue;       /* the queue the delivery came from */
+  int64_t retries;         /* x-edp-retries of the copy */
+  const char *reason;      /* x-edp-reason */
+  int dead;                /* a dead-letter copy: see below */
+  const edp_header *extra; /* more headers, at most 4 (may be NULL) */
+  size_t n_extra;
+} edp_fwd_copy;
+
+/* Publishes a faithful copy of d to o->target and waits for its confirm
+ * (edp_conn_publish_confirmed): body, every property and every header
+ * unchanged, plus x-edp-retries, x-edp-reason, x-edp-original-queue and,
+ * unless d is already a retry copy (x-edp-retries >= 1 with both present),
+ * x-edp-original-exchange and -routing-key. Two properties can't always
+ * travel: a user_id other than c's login user (the broker would close the
+ * channel, 406) moves to x-edp-original-user-id; a dead-letter copy's
+ * expiration moves to x-edp-original-expiration, so that it does not
+ * expire in the .dlq (what RabbitMQ's own dead-lettering does). Returns 0
+ * once the broker confirmed the copy, else an error of
+ * edp_conn_publish_confirmed() (EDP_ESTOPPED: nothing was sent) or
+ * EDP_EINVAL. */
+int edp_fwd_publish_copy(edp_conn *c, const edp_delivery *d,
+                         const edp_fwd_copy *o, int timeout_ms);
 
 /* Declares queue (durable) and its dead-letter queue "<queue>.dlq".
  * Returns 0 or an edp_conn error (EDP_EPRECONDITION if the queue exists
@@ -141,8 +172,10 @@ void edp_fwd_receiver_destroy(edp_fwd_receiver **r);
  * EDP_ESTOPPED / a reconnect error. A lost connection is reconnected;
  * messages in flight then come back redelivered. A stop (the connection's
  * stop_fd) while the handler runs lets the handler finish; a success is
- * then acked, a failure goes back to the queue (its retry copy can't be
- * confirmed once stopped), and the next call returns EDP_ESTOPPED. The
+ * then acked, a failure goes back to the queue untouched (no retry copy is
+ * published once stopped; a copy already written is waited for and the
+ * original acked: settled exactly once either way), and the next call
+ * returns EDP_ESTOPPED. The
  * connection is not serviced after the stop, so a handler that goes on
  * for more than two heartbeat intervals after it loses the ack and its
  * message comes back redelivered. */

@@ -111,6 +111,9 @@ struct pbroker {
   struct held *h_head, *h_tail;
   size_t n_held;
   size_t resent; /* published again by edp_conn's own recovery, not logged */
+  /* A message came back unroutable: the queue is gone on this broker. */
+  int redeclare;
+  int64_t next_redeclare;
   edp_multi_broker_stats st;
 };
 
@@ -158,9 +161,32 @@ static void p_conn_log(void *ud, int level, const char *msg) {
     b->p->o.log(b->p->o.log_ud, level, msg);
 }
 
+/* A message for the producer's own queue, which it publishes mandatory. */
+static int to_our_queue(const edp_multi_producer *p, const edp_msg *m) {
+  return (!m->exchange || !m->exchange[0]) && m->routing_key &&
+         !strcmp(m->routing_key, p->queue);
+}
+
 static void p_confirmed(void *ud, const edp_confirm *cf) {
   struct pbroker *b = ud;
   b->last_progress = edp_now_ms();
+  /* Our queue is gone on this broker (an operator, a policy, an
+   * auto-delete): the broker acks a message it dropped. Keep it, behind
+   * any kept before it; service() declares the queue again and sends it,
+   * so no confirm covers a lost message. */
+  struct held *h = NULL;
+  if (cf->status == EDP_CONFIRM_RETURNED && cf->msg &&
+      to_our_queue(b->p, cf->msg) && (h = held_copy(cf->msg))) {
+    if (b->h_tail)
+      b->h_tail->next = h;
+    else
+      b->h_head = h;
+    b->h_tail = h;
+    b->n_held++;
+    b->st.returned++;
+    b->redeclare = 1;
+    return;
+  }
   if (cf->status == EDP_CONFIRM_ACK)
     b->st.confirmed++;
   else
@@ -393,6 +419,34 @@ static int lost(int rc) {
   return rc < 0 && rc != EDP_ESTOPPED && rc != EDP_ECHANNEL;
 }
 
+/* Declares the queue again, waits until every message published before
+ * that was confirmed or came back (a return comes before its ack), then
+ * sends the returned ones in their order. */
+static int requeue_returned(edp_multi_producer *p, struct pbroker *b) {
+  b->redeclare = 0;
+  size_t n = b->n_held;
+  int rc = edp_conn_queue_declare(b->c, p->queue, p->has_qo ? &p->qo : NULL,
+                                  NULL, 0, NULL, NULL);
+  if (!rc)
+    rc = edp_conn_wait_confirms(b->c, 0, p->o.confirm_timeout_ms);
+  if (!rc) {
+    mlog(p->o.log, p->o.log_ud, EDP_LOG_WARN,
+         "broker %d: queue %s was gone (%zu message(s) came back "
+         "unroutable); declared it again",
+         b->idx, p->queue, b->n_held > n ? b->n_held : n);
+    rc = send_kept(p, b);
+  }
+  if (rc && !lost(rc)) {
+    mlog(p->o.log, p->o.log_ud, EDP_LOG_WARN,
+         "broker %d: cannot declare queue %s again: %s (%d %s); retrying",
+         b->idx, p->queue, edp_strerror(rc), edp_conn_reply_code(b->c),
+         edp_conn_reply_text(b->c));
+    b->redeclare = 1;
+    b->next_redeclare = edp_now_ms() + 1000;
+  }
+  return rc;
+}
+
 /* Retries, stall detection and rerouting; cheap enough for every call. */
 static void service(edp_multi_producer *p) {
   int64_t now = edp_now_ms();
@@ -408,6 +462,12 @@ static void service(edp_multi_producer *p) {
       int rc = edp_conn_wait(b->c, -1, 0);
       if (lost(rc))
         broker_down(p, b, edp_strerror(rc));
+    }
+    if (b->live && b->redeclare && now >= b->next_redeclare) {
+      int rc = requeue_returned(p, b);
+      if (lost(rc))
+        broker_down(p, b, edp_strerror(rc));
+      now = edp_now_ms();
     }
     if (!b->live && now >= b->next_retry) {
       try_up(p, b);
@@ -590,6 +650,8 @@ int edp_multi_publish(edp_multi_producer *p, const edp_msg *m,
   edp_msg mm = *m;
   if (!mm.routing_key && (!mm.exchange || !mm.exchange[0]))
     mm.routing_key = p->queue;
+  if (to_our_queue(p, &mm))
+    mm.mandatory = 1; /* a queue deleted under us returns, see p_confirmed */
   service(p);
   for (;;) {
     struct pbroker *b;

@@ -152,7 +152,10 @@ typedef struct edp_multi_broker_stats {
   int live;            /* 1 while in rotation */
   uint64_t published;  /* publishes on this broker, resends included */
   uint64_t confirmed;  /* acked by the broker */
-  uint64_t nacked;     /* nacked or returned */
+  uint64_t nacked;     /* nacked, or returned from another route */
+  /* Returned because the queue was gone on this broker: declared again
+   * and sent again (they count as published twice). */
+  uint64_t returned;
   uint64_t rerouted;   /* unconfirmed messages moved to other brokers */
   uint64_t downs, ups; /* transitions */
   size_t unconfirmed;  /* now in flight or lost with the connection */

@@ -254,19 +254,15 @@ static int dead_letter(edp_td *td, td_task *t, const char *reason) {
   edp_delivery *d = &t->d;
   if (d->epoch != edp_conn_epoch(td->c) || !edp_conn_is_open(td->c))
     return EDP_ESTALE;
-  edp_header ours[4] = {
-      {EDP_FWD_HDR_RETRIES, NULL, t->attempts > 0 ? t->attempts - 1 : 0},
-      {EDP_FWD_HDR_REASON, reason, 0},
-      {EDP_FWD_HDR_QUEUE, td->queue, 0},
-      {EDP_TD_HDR_CONTEXT, t->ctx, 0}};
-  edp_msg m;
-  edp_msg_from_delivery(&m, d);
-  m.routing_key = td->dlq;
-  m.headers = edp_headers_merge(d, ours, 4, &m.n_headers);
-  if (!m.headers)
-    return EDP_ENOMEM;
-  int rc = edp_conn_publish_confirmed(td->c, &m, 30000);
-  free((edp_header *)m.headers);
+  edp_header ctx = {EDP_TD_HDR_CONTEXT, t->ctx, 0};
+  edp_fwd_copy o = {.target = td->dlq,
+                    .queue = td->queue,
+                    .retries = t->attempts > 0 ? t->attempts - 1 : 0,
+                    .reason = reason,
+                    .dead = 1,
+                    .extra = &ctx,
+                    .n_extra = 1};
+  int rc = edp_fwd_publish_copy(td->c, d, &o, 30000);
   if (!rc)
     rc = edp_conn_ack(td->c, d->epoch, d->tag, 0);
   return rc;

@@ -2,9 +2,13 @@
 # Private RabbitMQ nodes for tests, demos and benchmarks.
 #
 #   tests/broker.sh start DIR      start a node whose files live in DIR, print its URL
-#   tests/broker.sh start-tls DIR  the same with a TLS listener as well (see make_certs
-#                                  and start_tls below); prints the amqp:// URL,
-#                                  then the amqps:// one (also in DIR/url-tls)
+#                                  (with EDP_TLS=1 a new node is a TLS node, as below;
+#                                  EDP_TLS=both: the same plus a plain listener, whose
+#                                  URL it prints; the amqps:// one is in DIR/url-tls)
+#   tests/broker.sh start-tls DIR  the same as a TLS node, as production runs one: TLS
+#                                  listener only, client certificates required (see
+#                                  make_certs and tls_config below); prints its
+#                                  amqps:// URL (with the CA and a client certificate)
 #   tests/broker.sh stop DIR       stop it gracefully (data kept in DIR)
 #   tests/broker.sh restart DIR    stop, then start again on the same ports and data
 #   tests/broker.sh kill DIR       SIGKILL the node (a crash); 'start DIR' revives it
@@ -16,6 +20,10 @@
 #                                  start_app); both must share one epmd
 #                                  (EDP_EPMD_PORT) and the Erlang cookie
 #                                  (~/.erlang.cookie: same user)
+#   tests/broker.sh certs DIR [HOST [USER]]
+#                                  only make the test certificates (below) in DIR,
+#                                  the server's for HOST too, the client's for USER
+#                                  (the compose stack's TLS override uses them)
 #   tests/broker.sh close-conns DIR [NAME]
 #                                  close client connections (those whose
 #                                  connection_name is NAME), as a broker would
@@ -77,13 +85,17 @@ DIST_PORT=$dist
 EPMD_PORT=${EDP_EPMD_PORT:-4369}
 ENV
     cat > "$dir/rabbitmq.conf" <<CONF
-listeners.tcp.default = 127.0.0.1:$port
 loopback_users = none
 log.file.level = warning
 log.console = false
 max_message_size = 4194304
 CONF
     echo '[rabbitmq_consistent_hash_exchange].' > "$dir/enabled_plugins"
+    case ${EDP_TLS:-0} in
+      1) tls_config "$dir"; echo "listeners.tcp = none" >> "$dir/rabbitmq.conf" ;;
+      both) tls_config "$dir"; echo "listeners.tcp.default = 127.0.0.1:$port" >> "$dir/rabbitmq.conf" ;;
+      *) echo "listeners.tcp.default = 127.0.0.1:$port" >> "$dir/rabbitmq.conf" ;;
+    esac
     echo '[].' > "$dir/advanced.config"
     mkdir -p "$dir/mnesia" "$dir/log"
   fi
@@ -100,20 +112,34 @@ CONF
     kill_node "$dir"
     exit 1
   fi
-  echo "amqp://guest:guest@127.0.0.1:$PORT/" > "$dir/url"
+  # The node is up; make sure its listeners are too (bounded).
+  local p
+  for p in $(grep -o '127.0.0.1:[0-9]*$' "$dir/rabbitmq.conf" | cut -d: -f2); do
+    for _ in $(seq 1 100); do port_free "$p" || break; sleep 0.1; done
+    if port_free "$p"; then die "node $NODE is up but does not listen on $p"; fi
+  done
+  # No trailing slash: a path is the vhost (RabbitMQ URI specification),
+  # and "/" would be the vhost "" for amqp-tools, pika and the Java client.
+  echo "amqp://guest:guest@127.0.0.1:$PORT" > "$dir/url"
+  if [ -n "${TLS_PORT:-}" ]; then
+    local t=$dir/tls
+    echo "amqps://guest:guest@localhost:$TLS_PORT?cacertfile=$t/ca.pem&certfile=$t/client.pem&keyfile=$t/client.key" > "$dir/url-tls"
+    if grep -q '^listeners.tcp = none' "$dir/rabbitmq.conf"; then cp "$dir/url-tls" "$dir/url"; fi
+  fi
   cat "$dir/url"
 }
 
 # Test certificates in DIR/tls, made with openssl (EC P-256, 30 days):
 #   ca.pem                 the CA the node trusts and the clients verify with
 #   server.pem/.key        CN=localhost, SAN DNS:localhost and IP:127.0.0.1
+#                          (and DNS:HOST when given)
 #   server-expired.pem/.key the same names, valid for one day ten days ago
-#   client.pem/.key        CN=edp-tls-user (a user the tests create)
+#   client.pem/.key        CN=edp-tls-user (a user the tests create), or USER
 #   nouser.pem/.key        CN=edp-no-such-user (a user that never exists)
 #   other-ca.pem           an unrelated CA, and other-client.pem/.key
 #                          (CN=edp-tls-user) signed by it
 make_certs() {
-  local t=$1
+  local t=$1 host=${2:-} user=${3:-edp-tls-user}
   mkdir -p "$t"
   (
     cd "$t"
@@ -135,14 +161,14 @@ make_certs() {
     srv='basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=DNS:localhost,IP:127.0.0.1'
+subjectAltName=DNS:localhost,IP:127.0.0.1'"${host:+,DNS:$host}"
     cli='basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature
 extendedKeyUsage=clientAuth'
     mkca ca edp-test-ca
     mkca other-ca edp-unrelated-ca
     issue server localhost ca "$srv"
-    issue client edp-tls-user ca "$cli"
+    issue client "$user" ca "$cli"
     issue nouser edp-no-such-user ca "$cli"
     issue other-client edp-tls-user other-ca "$cli"
     # An expired server certificate needs a start date in the past, which
@@ -175,55 +201,36 @@ CNF
   ) || die "making test certificates in $t failed (see $t/openssl.log)"
 }
 
-# A node with the plain listener and a TLS listener on 127.0.0.1 (peer
-# certificates verified when sent, not required: fail_if_no_peer_cert
-# false, so PLAIN over TLS works without one) and EXTERNAL login by the
-# client certificate's CN (rabbitmq_auth_mechanism_ssl).
-start_tls() {
+# A TLS node as a bank would run one: a TLS listener on 127.0.0.1 and no
+# plain one (the caller adds listeners.tcp = none: RABBITMQ_NODE_PORT still
+# names PORT, but nothing opens there), TLS 1.2 and 1.3 only, client certificates verified
+# and required (fail_if_no_peer_cert), and EXTERNAL login by the client
+# certificate's CN (rabbitmq_auth_mechanism_ssl) beside PLAIN.
+tls_config() {
   local dir=$1
-  mkdir -p "$dir"
-  dir=$(cd "$dir" && pwd)
-  if [ ! -f "$dir/node.env" ]; then
-    command -v openssl >/dev/null || die "start-tls needs openssl"
-    local port; port=$(free_port)
-    local dist=$((port + 20000 > 65000 ? port - 15000 : port + 20000))
-    local tport
-    for _ in $(seq 1 50); do
-      tport=$(free_port); [ "$tport" != "$port" ] && [ "$tport" != "$dist" ] && break
-    done
-    make_certs "$dir/tls"
-    cat > "$dir/node.env" <<ENV
-NODE=edp$port@localhost
-PORT=$port
-DIST_PORT=$dist
-TLS_PORT=$tport
-EPMD_PORT=${EDP_EPMD_PORT:-4369}
-ENV
-    cat > "$dir/rabbitmq.conf" <<CONF
-listeners.tcp.default = 127.0.0.1:$port
+  command -v openssl >/dev/null || die "a TLS node needs openssl"
+  # shellcheck disable=SC1091
+  . "$dir/node.env"
+  local tport
+  for _ in $(seq 1 50); do
+    tport=$(free_port); [ "$tport" != "$PORT" ] && [ "$tport" != "$DIST_PORT" ] && break
+  done
+  echo "TLS_PORT=$tport" >> "$dir/node.env"
+  make_certs "$dir/tls"
+  cat >> "$dir/rabbitmq.conf" <<CONF
 listeners.ssl.default = 127.0.0.1:$tport
 ssl_options.cacertfile = $dir/tls/ca.pem
 ssl_options.certfile = $dir/tls/server.pem
 ssl_options.keyfile = $dir/tls/server.key
 ssl_options.verify = verify_peer
-ssl_options.fail_if_no_peer_cert = false
+ssl_options.fail_if_no_peer_cert = true
+ssl_options.versions.1 = tlsv1.3
+ssl_options.versions.2 = tlsv1.2
 auth_mechanisms.1 = PLAIN
 auth_mechanisms.2 = EXTERNAL
 ssl_cert_login_from = common_name
-loopback_users = none
-log.file.level = warning
-log.console = false
-max_message_size = 4194304
 CONF
-    echo '[rabbitmq_consistent_hash_exchange,rabbitmq_auth_mechanism_ssl].' > "$dir/enabled_plugins"
-    echo '[].' > "$dir/advanced.config"
-    mkdir -p "$dir/mnesia" "$dir/log"
-  fi
-  start "$dir"
-  # shellcheck disable=SC1091
-  . "$dir/node.env"
-  echo "amqps://guest:guest@localhost:$TLS_PORT/?cacertfile=$dir/tls/ca.pem" > "$dir/url-tls"
-  cat "$dir/url-tls"
+  echo '[rabbitmq_consistent_hash_exchange,rabbitmq_auth_mechanism_ssl].' > "$dir/enabled_plugins"
 }
 
 kill_node() {
@@ -254,7 +261,8 @@ cmd=${1:-}; dir=${2:-}
 [ -n "$cmd" ] && [ -n "$dir" ] || die "usage: broker.sh start|start-tls|stop|restart|kill|url|ctl DIR [ARGS]"
 case $cmd in
   start) start "$dir" ;;
-  start-tls) start_tls "$dir" ;;
+  start-tls) EDP_TLS=1 start "$dir" ;;
+  certs) make_certs "$dir" "${3:-}" "${4:-}" ;;
   stop) stop "$dir" ;;
   restart) stop "$dir"; start "$dir" ;;
   kill) kill_node "$dir" ;;

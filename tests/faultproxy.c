@@ -628,14 +628,17 @@ int fp_wait_active(fp_proxy *p, uint64_t n, int timeout_ms) {
 int fp_port(const fp_proxy *p) { return p ? p->port : -1; }
 
 int fp_url(const fp_proxy *p, const char *broker_url, char *out, size_t len) {
-  static const char scheme[] = "amqp://";
   if (!p || !broker_url || !out || !len)
     return -1;
-  if (strncmp(broker_url, scheme, sizeof(scheme) - 1) != 0)
+  /* amqps:// too: the proxy relays TLS bytes it cannot read, and the test
+   * certificates name 127.0.0.1. */
+  const char *auth = !strncmp(broker_url, "amqp://", 7)    ? broker_url + 7
+                     : !strncmp(broker_url, "amqps://", 8) ? broker_url + 8
+                                                           : NULL;
+  if (!auth)
     return -1;
   /* The authority runs to the first '/', '?' or '#'; the credentials end
    * at its last '@' (a literal '@' in a password is percent-encoded). */
-  const char *auth = broker_url + sizeof(scheme) - 1;
   size_t auth_len = strcspn(auth, "/?#");
   const char *host = auth;
   for (size_t i = 0; i < auth_len; i++)

@@ -39,13 +39,13 @@ int fp_start(const char *target_host, int target_port, fp_proxy **out);
 /* The TCP port the proxy listens on (on 127.0.0.1), or -1 for NULL. */
 int fp_port(const fp_proxy *p);
 
-/* Rewrites broker_url (amqp://user:pass@host:port/vhost?query) so that it
+/* Rewrites broker_url (amqp[s]://user:pass@host:port/vhost?query) so that it
  * points at the proxy: host and port become 127.0.0.1 and fp_port(p); the
  * scheme, credentials, vhost and query are kept byte for byte. The host is
  * replaced too because the proxy listens on loopback only. Writes a
- * NUL-terminated string to out. Returns 0, or -1 if the URL is not
- * amqp:// (the library speaks nothing else yet) or out (len bytes) is too
- * small (out is then the empty string). */
+ * NUL-terminated string to out. Returns 0, or -1 if the URL is neither
+ * amqp:// nor amqps:// or out (len bytes) is too small (out is then the
+ * empty string). */
 int fp_url(const fp_proxy *p, const char *broker_url, char *out, size_t len);
 
 /*

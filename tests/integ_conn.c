@@ -92,7 +92,7 @@ END_TEST
 
 START_TEST(heartbeats_keep_idle_connection) {
   char url[600];
-  snprintf(url, sizeof(url), "%s?heartbeat=1", t_url());
+  t_url_query(t_url(), "?heartbeat=1", url, sizeof(url));
   edp_conn *c = open_named("t-heartbeat", url);
   const char *q = t_unique("conn.hb");
   edp_queue_opts qo;

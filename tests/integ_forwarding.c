@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "edp.h"
+#include "edp_conn_internal.h"
 #include "t_calls.h"
 #include "testlib.h"
 
@@ -376,14 +377,19 @@ static int sender_exit(char **args, const char *stdin_data, int bound_ms) {
 
 START_TEST(bad_input_exit_codes) {
   const char *q = t_unique("fwd.bad");
-  char url[512], wrongpw[600], novhost[600];
-  snprintf(url, sizeof(url), "%s", t_url());
-  edp_url u;
-  ck_assert_int_eq(edp_url_parse(url, &u, NULL, 0), 0);
-  snprintf(wrongpw, sizeof(wrongpw), "amqp://guest:wrong@%s:%d/", u.host,
-           u.port);
-  snprintf(novhost, sizeof(novhost), "amqp://guest:guest@%s:%d/no-such-vhost",
-           u.host, u.port);
+  /* The broker's URL with another password or vhost; the scheme and the
+   * query (a TLS node's CA and client certificate) stay. */
+  const char *url = t_url();
+  const char *auth = strstr(url, "://") + 3;
+  size_t auth_len = strcspn(auth, "/?");
+  const char *query = auth + auth_len + strcspn(auth + auth_len, "?");
+  const char *cred = strstr(url, "guest:guest@");
+  ck_assert_ptr_nonnull(cred);
+  char wrongpw[1200], novhost[1200];
+  snprintf(wrongpw, sizeof(wrongpw), "%.*sguest:wrong@%s", (int)(cred - url),
+           url, cred + strlen("guest:guest@"));
+  snprintf(novhost, sizeof(novhost), "%.*s/no-such-vhost%s",
+           (int)(auth + auth_len - url), url, query);
 
   char *malformed[] = {"--url", "amqp://guest:guest@host:port/", "x", NULL};
   ck_assert_int_eq(sender_exit(malformed, NULL, 5000), 64);
@@ -406,11 +412,11 @@ START_TEST(bad_input_exit_codes) {
   memset(body, 'a', big);
   body[big] = '\n';
   body[big + 1] = '\0';
-  char *client_limit[] = {"--url",      url,       "--queue", (char *)q,
-                          "--max-body", "1048576", NULL};
+  char *client_limit[] = {"--url",      (char *)url, "--queue", (char *)q,
+                          "--max-body", "1048576",   NULL};
   ck_assert_int_eq(sender_exit(client_limit, body, 15000), 65);
-  char *broker_limit[] = {"--url",      url, "--queue", (char *)q,
-                          "--max-body", "0", NULL};
+  char *broker_limit[] = {"--url",      (char *)url, "--queue", (char *)q,
+                          "--max-body", "0",         NULL};
   ck_assert_int_eq(sender_exit(broker_limit, body, 15000), 65);
   free(body);
   /* nothing half-sent sits in the queue */
@@ -511,6 +517,423 @@ START_TEST(long_handler_keeps_connection) {
 }
 END_TEST
 
+/* ---- faithful copies (issue 12) ---- */
+
+int amqp_encode_table(amqp_bytes_t encoded, amqp_table_t *input,
+                      size_t *offset);
+
+/* The wire encoding of fields, minus those named x-edp-*. */
+static size_t encode_foreign(const edp_field *f, size_t n, char *buf,
+                             size_t cap) {
+  edp_field keep[64];
+  size_t k = 0;
+  for (size_t i = 0; i < n && k < 64; i++)
+    if (strncmp(f[i].key, "x-edp-", 6))
+      keep[k++] = f[i];
+  amqp_pool_t pool;
+  init_amqp_pool(&pool, 4096);
+  amqp_table_t t;
+  ck_assert_int_eq(edp__fields_to_amqp(&pool, keep, k, &t), 0);
+  size_t off = 0;
+  amqp_bytes_t out = {cap, buf};
+  ck_assert_int_eq(amqp_encode_table(out, &t, &off), 0);
+  empty_amqp_pool(&pool);
+  return off;
+}
+
+static const char gz_body[] = "\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"
+                              "\xcb\x48\xcd\xc9\xc9\x07\x00\x86\xa6\x10\x36"
+                              "\x05\x00\x00\x00";
+static const edp_value death_keys[2] = {
+    {.kind = EDP_FIELD_STRING, .v.bytes = {"orig.key", 8}},
+    {.kind = EDP_FIELD_ARRAY, .v.array = {NULL, 0}}};
+static const edp_field death[4] = {
+    {"count", 0, {.kind = EDP_FIELD_I64, .v.i = 1}},
+    {"reason", 0, {.kind = EDP_FIELD_STRING, .v.bytes = {"expired", 7}}},
+    {"time", 0, {.kind = EDP_FIELD_TIMESTAMP, .v.u = 1764580000}},
+    {"routing-keys", 0, {.kind = EDP_FIELD_ARRAY, .v.array = {death_keys, 2}}}};
+static const edp_value deaths[1] = {
+    {.kind = EDP_FIELD_TABLE, .v.table = {death, 4}}};
+static const edp_field every_type[16] = {
+    {"bool", 0, {.kind = EDP_FIELD_BOOL, .v.i = 1}},
+    {"i8", 0, {.kind = EDP_FIELD_I8, .v.i = -7}},
+    {"u8", 0, {.kind = EDP_FIELD_U8, .v.i = 200}},
+    {"i16", 0, {.kind = EDP_FIELD_I16, .v.i = -300}},
+    {"u16", 0, {.kind = EDP_FIELD_U16, .v.i = 60000}},
+    {"i32", 0, {.kind = EDP_FIELD_I32, .v.i = -70000}},
+    {"u32", 0, {.kind = EDP_FIELD_U32, .v.i = 4000000000LL}},
+    {"i64", 0, {.kind = EDP_FIELD_I64, .v.i = -5000000000LL}},
+    {"f32", 0, {.kind = EDP_FIELD_F32, .v.f32 = 1.25f}},
+    {"f64", 0, {.kind = EDP_FIELD_F64, .v.f64 = -2.5e-300}},
+    {"dec", 0, {.kind = EDP_FIELD_DECIMAL, .v.dec = {3, 1234567}}},
+    {"bytes", 0, {.kind = EDP_FIELD_BYTES, .v.bytes = {"a\0b\xff", 4}}},
+    {"when", 0, {.kind = EDP_FIELD_TIMESTAMP, .v.u = 1764582000}},
+    {"nothing", 0, {.kind = EDP_FIELD_VOID}},
+    {"x-death", 0, {.kind = EDP_FIELD_ARRAY, .v.array = {deaths, 1}}},
+    {"tbl", 0, {.kind = EDP_FIELD_TABLE, .v.table = {death, 2}}}};
+
+/* Publishes one message with every property and every header type through
+ * amq.direct (bound to q with orig.key), as the guest user. */
+static void publish_full(edp_conn *c, const char *id) {
+  edp_msg m;
+  edp_msg_init(&m);
+  m.exchange = "amq.direct";
+  m.routing_key = "orig.key";
+  m.body = gz_body;
+  m.body_len = sizeof(gz_body) - 1;
+  m.message_id = id;
+  m.content_type = "text/plain";
+  m.content_encoding = "gzip";
+  m.correlation_id = "corr-1";
+  m.reply_to = "reply.q";
+  m.type = "greeting";
+  m.app_id = "app-1";
+  m.user_id = "guest";
+  m.expiration = "600000";
+  m.delivery_mode = 1;
+  m.priority = 7;
+  m.timestamp = 1764582001;
+  m.table = every_type;
+  m.n_table = 16;
+  ck_assert_int_eq(edp_conn_confirm_select(c), 0);
+  ck_assert_int_eq(edp_conn_publish_confirmed(c, &m, 10000), 0);
+}
+
+typedef struct copy_log {
+  int attempts;
+  char exp2[32], user2[32]; /* what the retry copy carried */
+  int mode2;
+} copy_log;
+
+static int fail_always(void *ud, const edp_delivery *d, char *reason,
+                       size_t reason_len) {
+  copy_log *l = ud;
+  if (++l->attempts == 2) {
+    snprintf(l->exp2, sizeof(l->exp2), "%s", d->expiration ?: "(none)");
+    snprintf(l->user2, sizeof(l->user2), "%s", d->user_id ?: "(none)");
+    l->mode2 = d->delivery_mode;
+  }
+  snprintf(reason, reason_len, "always fails");
+  return -1;
+}
+
+/* Runs a receiver as url until the .dlq holds want messages. */
+static void fail_into_dlq(const char *url, const char *q, int max_retries,
+                          copy_log *l, uint32_t want) {
+  edp_conn_opts co;
+  edp_conn_opts_init(&co);
+  co.url = url;
+  edp_conn *c = NULL;
+  ck_assert_int_eq(edp_conn_open(&co, &c, NULL, 0), 0);
+  edp_fwd_receiver_opts ro;
+  edp_fwd_receiver_opts_init(&ro);
+  ro.queue = q;
+  ro.max_retries = max_retries;
+  ro.handler = fail_always;
+  ro.ud = l;
+  edp_fwd_receiver *r = NULL;
+  ck_assert_int_eq(edp_fwd_receiver_new(c, &ro, &r), 0);
+  edp_fwd_receiver_stats st;
+  long long deadline = t_now_ms() + 30000;
+  do {
+    int rc = edp_fwd_receive(r, 2000);
+    ck_assert(rc == 0 || rc == EDP_ETIMEOUT);
+    edp_fwd_receiver_stats_get(r, &st);
+  } while (st.dead_lettered < want && t_now_ms() < deadline);
+  ck_assert_uint_eq(st.dead_lettered, want);
+  edp_fwd_receiver_destroy(&r);
+  edp_conn_destroy(&c);
+}
+
+static void take_one(const char *queue, edp_delivery *d) {
+  edp_conn *c = open_conn();
+  ck_assert_int_eq(edp_conn_consume(c, queue, NULL, NULL, 0), 0);
+  ck_assert_int_eq(edp_conn_receive(c, d, 10000), 0);
+  ck_assert_int_eq(edp_conn_ack(c, d->epoch, d->tag, 0), 0);
+  edp_conn_destroy(&c);
+}
+
+static int ctl(const char *args) {
+  char cmd[1024];
+  snprintf(cmd, sizeof(cmd), "tests/broker.sh ctl '%s' %s >/dev/null 2>&1",
+           t_broker_dir(), args);
+  return system(cmd);
+}
+
+/* A retried and then dead-lettered message keeps its body, every property
+ * and every header byte for byte, and gains where it came from; the user_id
+ * of another user moves to a header (the broker would refuse it), the
+ * dead-letter copy's expiration too (it would expire in the .dlq). */
+START_TEST(copies_are_faithful) {
+  const char *q = t_unique("fwd.copy");
+  char dlq[300];
+  snprintf(dlq, sizeof(dlq), "%s.dlq", q);
+  edp_conn *c = open_conn();
+  ck_assert_int_eq(edp_fwd_declare(c, q), 0);
+  ck_assert_int_eq(edp_conn_queue_bind(c, q, "amq.direct", "orig.key"), 0);
+  publish_full(c, "fc-1");
+
+  /* Another user receives: guest's user_id is foreign to it. */
+  ck_assert_int_eq(ctl("add_user edpcopier pw"), 0);
+  ck_assert_int_eq(ctl("set_permissions -p / edpcopier '.*' '.*' '.*'"), 0);
+  char url[600];
+  const char *at = strchr(t_url(), '@');
+  snprintf(url, sizeof(url), "amqp://edpcopier:pw%s", at);
+  copy_log l = {0};
+  fail_into_dlq(url, q, 1, &l, 1);
+  ck_assert_int_eq(l.attempts, 2);
+  /* The retry copy kept its expiration and mode; the user_id moved. */
+  ck_assert_str_eq(l.exp2, "600000");
+  ck_assert_str_eq(l.user2, "(none)");
+  ck_assert_int_eq(l.mode2, 1);
+  ck_assert_uint_eq(depth(q), 0);
+
+  edp_delivery d;
+  take_one(dlq, &d);
+  ck_assert_uint_eq(d.body_len, sizeof(gz_body) - 1);
+  ck_assert(!memcmp(d.body, gz_body, d.body_len));
+  ck_assert_str_eq(d.message_id, "fc-1");
+  ck_assert_str_eq(d.content_type, "text/plain");
+  ck_assert_str_eq(d.content_encoding, "gzip");
+  ck_assert_str_eq(d.correlation_id, "corr-1");
+  ck_assert_str_eq(d.reply_to, "reply.q");
+  ck_assert_str_eq(d.type, "greeting");
+  ck_assert_str_eq(d.app_id, "app-1");
+  ck_assert_int_eq(d.delivery_mode, 1);
+  ck_assert_int_eq(d.persistent, 0);
+  ck_assert_int_eq(d.priority, 7);
+  ck_assert_int_eq(d.timestamp, 1764582001);
+  ck_assert_ptr_null(d.user_id);
+  ck_assert_ptr_null(d.expiration);
+  ck_assert_str_eq(edp_delivery_header_str(&d, EDP_FWD_HDR_USER_ID), "guest");
+  ck_assert_str_eq(edp_delivery_header_str(&d, EDP_FWD_HDR_EXPIRATION),
+                   "600000");
+  ck_assert_str_eq(edp_delivery_header_str(&d, EDP_FWD_HDR_EXCHANGE),
+                   "amq.direct");
+  ck_assert_str_eq(edp_delivery_header_str(&d, EDP_FWD_HDR_ROUTING_KEY),
+                   "orig.key");
+  ck_assert_str_eq(edp_delivery_header_str(&d, EDP_FWD_HDR_QUEUE), q);
+  ck_assert_str_eq(edp_delivery_header_str(&d, EDP_FWD_HDR_REASON),
+                   "always fails");
+  int64_t retries = 0;
+  ck_assert_int_eq(edp_delivery_header_int(&d, EDP_FWD_HDR_RETRIES, &retries),
+                   0);
+  ck_assert_int_eq(retries, 2);
+  /* Every original header, in order, encodes to the same bytes. */
+  static char want[8192], got[8192];
+  size_t wl = encode_foreign(every_type, 16, want, sizeof(want));
+  size_t gl = encode_foreign(d.headers, d.n_headers, got, sizeof(got));
+  ck_assert_uint_eq(gl, wl);
+  ck_assert(!memcmp(got, want, wl));
+  edp_delivery_clear(&d);
+
+  /* The publisher's own user keeps its user_id on the copy. */
+  publish_full(c, "fc-2");
+  copy_log l2 = {0};
+  fail_into_dlq(t_url(), q, 0, &l2, 1);
+  take_one(dlq, &d);
+  ck_assert_str_eq(d.message_id, "fc-2");
+  ck_assert_str_eq(d.user_id, "guest");
+  ck_assert_ptr_null(edp_delivery_header(&d, EDP_FWD_HDR_USER_ID));
+  edp_delivery_clear(&d);
+  edp_conn_destroy(&c);
+  ck_assert_int_eq(ctl("delete_user edpcopier"), 0);
+}
+END_TEST
+
+/* x-edp-retries comes from any publisher: negative, too big, or not an
+ * integer, it counts as exhausted. Each such message fails once and goes to
+ * the .dlq with a reason that says why; none cycles. */
+START_TEST(untrusted_retries_dead_letter_at_once) {
+  const char *q = t_unique("fwd.badcount");
+  char dlq[300];
+  snprintf(dlq, sizeof(dlq), "%s.dlq", q);
+  edp_conn *c = open_conn();
+  ck_assert_int_eq(edp_fwd_declare(c, q), 0);
+  ck_assert_int_eq(edp_conn_confirm_select(c), 0);
+  edp_field bad[6] = {
+      {EDP_FWD_HDR_RETRIES, 0, {.kind = EDP_FIELD_I64, .v.i = -5}},
+      {EDP_FWD_HDR_RETRIES, 0, {.kind = EDP_FIELD_I64, .v.i = INT64_MIN}},
+      {EDP_FWD_HDR_RETRIES, 0, {.kind = EDP_FIELD_I64, .v.i = INT64_MAX}},
+      {EDP_FWD_HDR_RETRIES, 0, {.kind = EDP_FIELD_U64, .v.u = UINT64_MAX}},
+      {EDP_FWD_HDR_RETRIES, 0, {.kind = EDP_FIELD_STRING, .v.bytes = {"1", 1}}},
+      {EDP_FWD_HDR_RETRIES, 0, {.kind = EDP_FIELD_F64, .v.f64 = 0.5}}};
+  const char *why[6] = {"-5 is not in", "is not in", "is not in",
+                        "type 'L'",     "type 'S'",  "type 'd'"};
+  for (int i = 0; i < 6; i++) {
+    char id[16];
+    snprintf(id, sizeof(id), "bad-%d", i);
+    edp_msg m;
+    edp_msg_init(&m);
+    m.routing_key = q;
+    m.body = "x";
+    m.body_len = 1;
+    m.message_id = id;
+    m.table = &bad[i];
+    m.n_table = 1;
+    ck_assert_int_eq(edp_conn_publish_confirmed(c, &m, 10000), 0);
+  }
+  copy_log l = {0};
+  fail_into_dlq(t_url(), q, 3, &l, 6);
+  ck_assert_int_eq(l.attempts, 6); /* once each, never retried */
+  ck_assert_uint_eq(depth(q), 0);
+  ck_assert_uint_eq(depth(dlq), 6);
+  ck_assert_int_eq(edp_conn_consume(c, dlq, NULL, NULL, 0), 0);
+  for (int i = 0; i < 6; i++) {
+    edp_delivery d;
+    ck_assert_int_eq(edp_conn_receive(c, &d, 10000), 0);
+    int k = atoi(d.message_id + 4);
+    const char *reason = edp_delivery_header_str(&d, EDP_FWD_HDR_REASON);
+    ck_assert_msg(reason && strstr(reason, why[k]), "%s: %s", d.message_id,
+                  reason ? reason : "(none)");
+    ck_assert_ptr_nonnull(strstr(reason, "always fails"));
+    int64_t n = 0;
+    ck_assert_int_eq(edp_delivery_header_int(&d, EDP_FWD_HDR_RETRIES, &n), 0);
+    ck_assert_int_eq(n, 4);
+    ck_assert_int_eq(edp_conn_ack(c, d.epoch, d.tag, 0), 0);
+    edp_delivery_clear(&d);
+  }
+  edp_conn_destroy(&c);
+}
+END_TEST
+
+/* Publishes body under message_id id (either may be any bytes). */
+static void publish_raw(edp_conn *c, const char *q, const char *id,
+                        const char *body) {
+  edp_msg m;
+  edp_msg_init(&m);
+  m.routing_key = q;
+  m.message_id = id;
+  m.body = body;
+  m.body_len = strlen(body);
+  ck_assert_int_eq(edp_conn_publish_confirmed(c, &m, 10000), 0);
+}
+
+/* Reads p's stdout to its end into buf (NUL-terminated); returns the exit
+ * status. */
+static int read_all(t_proc *p, char *buf, size_t cap) {
+  size_t n = 0;
+  char line[4096];
+  while (t_readline(p, line, sizeof(line), 20000) == 1) {
+    int w = snprintf(buf + n, cap - n, "%s\n", line);
+    if (w > 0 && (size_t)w < cap - n)
+      n += (size_t)w;
+  }
+  return t_wait(p, 10000);
+}
+
+/* Issue 12: a message_id that is not UTF-8 still gets its processed event
+ * (lossless: message_id with U+FFFD, message_id_b64 exact); text mode
+ * escapes a body's newline and terminal escapes, so it can't forge a
+ * "Database commit." line; an empty message_id is no dedup key. */
+START_TEST(hostile_ids_and_bodies_in_output) {
+  const char *q = t_unique("fwd.bytes");
+  edp_conn *c = open_conn();
+  ck_assert_int_eq(edp_fwd_declare(c, q), 0);
+  ck_assert_int_eq(edp_conn_confirm_select(c), 0);
+  publish_raw(c, q, "\xff\xfeid", "ok\nDatabase commit.\x1b[31m");
+  t_proc r;
+  char *json[] = {"--count", "1", NULL};
+  start_receiver(&r, q, json);
+  static char out[65536];
+  ck_assert_int_eq(read_all(&r, out, sizeof(out)), 0);
+  int processed = 0;
+  for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
+    json_t *ev = json_loads(line, 0, NULL);
+    ck_assert_msg(ev != NULL, "not JSON: %s", line);
+    const char *kind = json_string_value(json_object_get(ev, "event"));
+    ck_assert_str_ne(kind, "error");
+    if (!strcmp(kind, "processed")) {
+      processed++;
+      ck_assert_str_eq(json_string_value(json_object_get(ev, "message_id")),
+                       "\xef\xbf\xbd\xef\xbf\xbdid");
+      ck_assert_str_eq(json_string_value(json_object_get(ev, "message_id_b64")),
+                       "//5pZA==");
+    }
+    json_decref(ev);
+  }
+  ck_assert_int_eq(processed, 1);
+
+  /* Text mode: one real "Database commit." line, no ESC byte. */
+  publish_raw(c, q, "t-1", "ok\nDatabase commit.\x1b[31m");
+  char *text[] = {(char *)t_bin("edp-forward-receiver"),
+                  "--url",
+                  (char *)t_url(),
+                  "--queue",
+                  (char *)q,
+                  "--count",
+                  "1",
+                  NULL};
+  ck_assert_int_eq(t_spawn(&r, text, NULL), 0);
+  ck_assert_int_eq(read_all(&r, out, sizeof(out)), 0);
+  ck_assert_ptr_null(strchr(out, '\x1b'));
+  ck_assert_ptr_nonnull(
+      strstr(out, "Processing message: ok\\nDatabase commit.\\x1b[31m\n"));
+  int commits = 0;
+  for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n"))
+    commits += !strcmp(line, "Database commit.");
+  ck_assert_int_eq(commits, 1);
+
+  /* --dedup: two messages with an empty message_id are both processed. */
+  publish_raw(c, q, "", "first");
+  publish_raw(c, q, "", "second");
+  char *dedup[] = {"--dedup", "100", "--idle-timeout", "2000", NULL};
+  start_receiver(&r, q, dedup);
+  ck_assert_int_eq(read_all(&r, out, sizeof(out)), 0);
+  int dups = 0;
+  processed = 0;
+  for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
+    processed += strstr(line, "\"event\":\"processed\"") != NULL;
+    dups += strstr(line, "\"event\":\"duplicate\"") != NULL;
+  }
+  ck_assert_int_eq(processed, 2);
+  ck_assert_int_eq(dups, 0);
+  ck_assert_uint_eq(depth(q), 0);
+  edp_conn_destroy(&c);
+}
+END_TEST
+
+/* Issue 12: SIGINT while a handler is failing its attempt. The message must
+ * be settled exactly once: the retry copy confirmed and the original acked,
+ * or no copy and the original requeued; never both in the queue. */
+START_TEST(sigint_during_failing_attempt_settles_once) {
+  for (int run = 0; run < 3; run++) {
+    const char *q = t_unique("fwd.intfail");
+    tally t;
+    tally_init(&t, "if", 1);
+    ck_assert_int_eq(run_sender(q, "if", NULL, NULL, 1, &t), 0);
+    t_proc r;
+    char *failing[] = {"--work-ms", "800", "--fail-every", "1", "--prefetch",
+                       "1",         NULL};
+    start_receiver(&r, q, failing);
+    ck_assert(await_event(&r, &t, "received", 20000));
+    t_signal(&r, SIGINT);
+    ck_assert_int_eq(t_collect(&r, 20000, on_event, &t), 130);
+    char dlq[300];
+    snprintf(dlq, sizeof(dlq), "%s.dlq", q);
+    uint32_t in_q = depth(q), in_dlq = depth(dlq);
+    fprintf(stderr,
+            "sigint_during_failing_attempt: run %d: %u in queue, %u in .dlq, "
+            "%d retried event(s)\n",
+            run, in_q, in_dlq, t.retried);
+    ck_assert_uint_eq(in_q + in_dlq, 1);
+    /* The stop came before the copy: the original went back, untouched. */
+    ck_assert_uint_eq(in_q, 1);
+    edp_conn *c = open_conn();
+    ck_assert_int_eq(edp_conn_consume(c, q, NULL, NULL, 0), 0);
+    edp_delivery d;
+    ck_assert_int_eq(edp_conn_receive(c, &d, 10000), 0);
+    ck_assert_str_eq(d.message_id, "if-1");
+    ck_assert_int_eq(d.redelivered, 1);
+    ck_assert_int_eq(edp_delivery_header_int(&d, EDP_FWD_HDR_RETRIES, NULL),
+                     EDP_ENOTFOUND);
+    edp_delivery_clear(&d);
+    edp_conn_destroy(&c);
+    tally_free(&t);
+  }
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("forwarding");
   TCase *tc = tcase_create("forwarding");
@@ -524,6 +947,13 @@ int main(void) {
   tcase_add_test(tc, persistent_survive_restart_transient_do_not);
   tcase_add_test(tc, long_handler_keeps_connection);
   suite_add_tcase(s, tc);
+  TCase *copies = tcase_create("copies");
+  tcase_set_timeout(copies, 300);
+  tcase_add_test(copies, sigint_during_failing_attempt_settles_once);
+  tcase_add_test(copies, copies_are_faithful);
+  tcase_add_test(copies, untrusted_retries_dead_letter_at_once);
+  tcase_add_test(copies, hostile_ids_and_bodies_in_output);
+  suite_add_tcase(s, copies);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
   int failed = srunner_ntests_failed(sr);

@@ -34,7 +34,7 @@
 static char base_dir[256];
 static pid_t owner; /* Check forks a child per test: only we clean up */
 static char node_dir[NODES][300];
-static char node_url[NODES][128];
+static char node_url[NODES][512]; /* a TLS node's URL names its files */
 
 /* ---------- the nodes ---------- */
 
@@ -959,6 +959,97 @@ START_TEST(producer_channel_error_is_not_a_lost_broker) {
 }
 END_TEST
 
+/* Issue 12 (found by the interop suite): the queue deleted on the brokers
+ * under a running producer. The producer published without mandatory, so
+ * the brokers acked messages they dropped: reported confirmed, gone. Now
+ * it publishes mandatory; a message that comes back is kept, the queue is
+ * declared again and the message sent again, behind the messages of its
+ * key kept before it: every message confirmed once, in a queue once, each
+ * key in order on its broker. */
+START_TEST(queue_deleted_under_producer_loses_nothing) {
+  const char *q = t_unique("multi.pdel");
+  pledger l = {0};
+  const char *urls[NODES];
+  for (int i = 0; i < NODES; i++)
+    urls[i] = node_url[i];
+  edp_multi_producer_opts o;
+  edp_multi_producer_opts_init(&o);
+  o.urls = urls;
+  o.n_urls = NODES;
+  o.queue = q;
+  o.mode = EDP_MULTI_KEY;
+  o.on_confirm = p_on_confirm;
+  o.on_event = p_on_event;
+  o.ud = &l;
+  edp_multi_producer *p = NULL;
+  ck_assert_int_eq(edp_multi_producer_new(&o, &p, NULL, 0), 0);
+  enum { N = 60, KEYS = 8 };
+  long long t0 = 0;
+  for (int i = 0; i < N; i++) {
+    if (i == 20) { /* the first 20 are in the queues: delete them all */
+      ck_assert_int_eq(edp_multi_flush(p, 20000), 0);
+      delete_everywhere(q);
+      t0 = t_now_ms();
+    }
+    char id[32], key[8];
+    snprintf(id, sizeof(id), "ps-%d", i);
+    snprintf(key, sizeof(key), "K%d", i % KEYS);
+    edp_msg m;
+    edp_msg_init(&m);
+    m.body = id;
+    m.body_len = strlen(id);
+    m.message_id = id;
+    m.persistent = 1;
+    ck_assert_int_eq(edp_multi_publish(p, &m, key), 0);
+  }
+  ck_assert_int_eq(edp_multi_flush(p, 20000), 0);
+  long long ms = t_now_ms() - t0;
+  uint64_t returned = 0;
+  for (int i = 0; i < NODES; i++) {
+    edp_multi_broker_stats st;
+    ck_assert_int_eq(edp_multi_producer_stats(p, (size_t)i, &st), 0);
+    returned += st.returned;
+    ck_assert_msg(l.downs[i] == 0, "broker %d reported down", i);
+  }
+  ck_assert_int_eq(l.nacks, 0);
+  for (int i = 0; i < N; i++)
+    ck_assert_msg(l.acked[i] == 1, "ps-%d acked %d times", i, l.acked[i]);
+  ck_assert_uint_ge(returned, 1);
+  /* The 40 after the deletion are in the queues, once, each key in order. */
+  int seen = 0;
+  for (int node = 0; node < NODES; node++) {
+    edp_conn *c = node_conn(node);
+    ck_assert_int_eq(edp_conn_qos(c, 100), 0);
+    ck_assert_int_eq(edp_conn_consume(c, q, NULL, NULL, 0), 0);
+    int last[KEYS];
+    for (int k = 0; k < KEYS; k++)
+      last[k] = -1;
+    edp_delivery d;
+    while (edp_conn_receive(c, &d, 1000) == 0) {
+      int i = atoi(d.message_id + 3);
+      ck_assert_msg(i >= 20 && i < N, "ps-%d in the new queue", i);
+      ck_assert_msg(i > last[i % KEYS], "key K%d: ps-%d after ps-%d", i % KEYS,
+                    i, last[i % KEYS]);
+      last[i % KEYS] = i;
+      seen++;
+      ck_assert_int_eq(edp_conn_ack(c, d.epoch, d.tag, 0), 0);
+      edp_delivery_clear(&d);
+    }
+    edp_conn_destroy(&c);
+  }
+  ck_assert_int_eq(seen, N - 20);
+  char outcome[200];
+  snprintf(outcome, sizeof(outcome),
+           "queue declared again: %llu returned and resent, %d/%d confirmed "
+           "once, 40/40 in the queues once, each key in order",
+           (unsigned long long)returned, l.acks, N);
+  t_fault_row("multi-broker (producer)", "queue deleted under the producer",
+              "key mode, publishing", outcome, ms);
+  edp_multi_producer_destroy(&p);
+  delete_everywhere(q);
+}
+END_TEST
+
 int main(void) {
   nodes_start();
   Suite *su = suite_create("multi_broker");
@@ -968,6 +1059,7 @@ int main(void) {
   tcase_add_test(tf, queue_deleted_under_consumer_consumes_again);
   tcase_add_test(tf, queue_deleted_not_redeclarable_is_reported);
   tcase_add_test(tf, producer_channel_error_is_not_a_lost_broker);
+  tcase_add_test(tf, queue_deleted_under_producer_loses_nothing);
   suite_add_tcase(su, tf);
   TCase *tc = tcase_create("multi_broker");
   tcase_set_timeout(tc, 240);

@@ -38,6 +38,14 @@ static const char *need_env(const char *name) {
 }
 
 const char *t_url(void) { return need_env("EDP_URL"); }
+
+char *t_url_query(const char *base, const char *query, char *out, size_t len) {
+  if (query && query[0] == '?' && strchr(base, '?'))
+    snprintf(out, len, "%s&%s", base, query + 1);
+  else
+    snprintf(out, len, "%s%s", base, query ? query : "");
+  return out;
+}
 const char *t_broker_dir(void) { return need_env("EDP_BROKER_DIR"); }
 
 static char *slot(void) {
@@ -268,6 +276,6 @@ struct fp_proxy *t_proxy(const char *query, char *url, size_t len) {
   ck_assert_int_eq(fp_start("127.0.0.1", u.port, &p), 0);
   char base[512];
   ck_assert_int_eq(fp_url(p, t_url(), base, sizeof(base)), 0);
-  snprintf(url, len, "%s%s", base, query ? query : "");
+  t_url_query(base, query, url, len);
   return p;
 }

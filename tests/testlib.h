@@ -14,6 +14,11 @@
 /* URL of the harness's broker; aborts the test if unset. */
 const char *t_url(void);
 
+/* Writes base with query ("?name=value...") appended to out: as '&...'
+ * when base has a query already (a TLS node's URL names its CA file).
+ * Returns out. */
+char *t_url_query(const char *base, const char *query, char *out, size_t len);
+
 /* The broker's dir for tests/broker.sh (restart, kill, close-conns). */
 const char *t_broker_dir(void);
 

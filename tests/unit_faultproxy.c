@@ -808,6 +808,15 @@ START_TEST(url_rewrite) {
   snprintf(want, sizeof(want), "amqp://u@127.0.0.1:%d/%%2f", port);
   ck_assert_str_eq(out, want);
 
+  /* TLS: the proxy relays the bytes; the scheme and the CA stay. */
+  ck_assert_int_eq(
+      fp_url(p, "amqps://u:p@localhost:5671/?cacertfile=/c.pem", out,
+             sizeof(out)),
+      0);
+  snprintf(want, sizeof(want), "amqps://u:p@127.0.0.1:%d/?cacertfile=/c.pem",
+           port);
+  ck_assert_str_eq(out, want);
+
   ck_assert_int_eq(fp_url(p, "http://h:1/", out, sizeof(out)), -1);
   ck_assert_int_eq(fp_url(p, "amqp://h:1/", out, 10), -1);
   ck_assert_str_eq(out, "");

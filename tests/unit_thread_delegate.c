@@ -132,7 +132,9 @@ START_TEST(context_extraction) {
   memset(&d, 0, sizeof(d));
   char rk[] = "trade.eq.A-136";
   char body[] = "{\"account\":\"B-123\",\"n\":42,\"x\":[1]}";
-  edp_header h[2] = {{"acct", "Q-665", 0}, {"num", NULL, 7}};
+  edp_field h[2] = {
+      {"acct", 0, {.kind = EDP_FIELD_STRING, .v.bytes = {"Q-665", 5}}},
+      {"num", 0, {.kind = EDP_FIELD_I16, .v.i = 7}}};
   d.routing_key = rk;
   d.body = body;
   d.body_len = strlen(body);
