@@ -2,16 +2,14 @@
  * unit_watch.c - the watch pattern's parsers and registry without a
  * broker: what a request may say, the indexes behind ownership and
  * quotas, the store format (both versions) and what a store must not
- * claim, and the regression inputs the fuzzers keep in tests/fuzz/.
+ * claim (the fuzzers' corpora are replayed by make check).
  */
 #include <check.h>
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "edp.h"
-#include "edp_file.h"
 #include "edp_watch_internal.h"
 
 #define TOKEN "0123456789abcdef0123456789abcdef"
@@ -161,44 +159,6 @@ START_TEST(store_claims_refused) {
 }
 END_TEST
 
-/* Every input the fuzzers keep (seeds and what they found) runs here:
- * loads or is refused, never crashes (valgrind and ASan watch). */
-static int replay(const char *dir, int store) {
-  DIR *d = opendir(dir);
-  ck_assert_ptr_nonnull(d);
-  struct dirent *e;
-  int n = 0;
-  while ((e = readdir(d))) {
-    if (e->d_name[0] == '.')
-      continue;
-    char path[512];
-    snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-    char *text = NULL;
-    size_t len = 0;
-    ck_assert_int_eq(edp_file_read(path, 1 << 20, &text, &len), 0);
-    if (store) {
-      edp__watch_reg r;
-      ck_assert_int_eq(edp__watch_reg_init(&r), 0);
-      edp__watch_store_parse(&r, text, len, "svc.");
-      edp__watch_reg_free(&r);
-    } else {
-      edp__watch_req req;
-      edp__watch_parse_request(text, len, "amq.gen-fuzz", "svc.", &req);
-      edp__watch_req_clear(&req);
-    }
-    free(text);
-    n++;
-  }
-  closedir(d);
-  return n;
-}
-
-START_TEST(fuzz_regressions) {
-  ck_assert_int_gt(replay("tests/fuzz/watch_request", 0), 5);
-  ck_assert_int_gt(replay("tests/fuzz/watch_store", 1), 3);
-}
-END_TEST
-
 int main(void) {
   Suite *s = suite_create("watch");
   TCase *tc = tcase_create("watch");
@@ -206,7 +166,6 @@ int main(void) {
   tcase_add_test(tc, registry_indexes);
   tcase_add_test(tc, store_round_trip_and_format_1);
   tcase_add_test(tc, store_claims_refused);
-  tcase_add_test(tc, fuzz_regressions);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
