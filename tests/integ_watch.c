@@ -735,15 +735,6 @@ static const char *url_as(const char *user) {
   return url;
 }
 
-/* rabbitmqctl ARGS on the harness's node; its exit code. */
-static int ctl(const char *args) {
-  char cmd[1024];
-  snprintf(cmd, sizeof(cmd), "tests/broker.sh ctl '%s' %s >/dev/null 2>&1",
-           t_broker_dir(), args);
-  int st = system(cmd);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static edp_conn *open_as(const char *user) {
   edp_conn_opts o;
   edp_conn_opts_init(&o);
@@ -1148,13 +1139,13 @@ START_TEST(crash_before_ack_answers_the_redelivered_request) {
   char q[1][256];
   tmp_queue(c, q[0], sizeof(q[0]));
   register_raw(c, rq, q[0], "crash-1");
-  ck_assert_int_eq(ctl("set_vm_memory_high_watermark 0"), 0);
+  ck_assert_int_eq(t_ctl("set_vm_memory_high_watermark 0"), 0);
   t_proc srv;
   start_server(&srv, store, rq);
   json_t *ev = await_json(&srv, "saved", NULL, NULL, 20000);
   t_signal(&srv, SIGKILL);
   t_wait(&srv, 10000);
-  ck_assert_int_eq(ctl("set_vm_memory_high_watermark 0.4"), 0);
+  ck_assert_int_eq(t_ctl("set_vm_memory_high_watermark 0.4"), 0);
   ck_assert_ptr_nonnull(ev);
   json_decref(ev);
   json_t *w = stored_watch(store, q[0]);
@@ -1190,8 +1181,8 @@ int main(void) {
     return EXIT_FAILURE;
   /* The attacker's own login (password = name), before Check forks; it
    * may exist from an earlier run on the same node. */
-  ctl("add_user " MALLORY " " MALLORY);
-  if (ctl("set_permissions -p / " MALLORY " '.*' '.*' '.*'") != 0)
+  t_ctl("add_user " MALLORY " " MALLORY);
+  if (t_ctl("set_permissions -p / " MALLORY " '.*' '.*' '.*'") != 0)
     return EXIT_FAILURE;
   Suite *s = suite_create("watch");
   TCase *tc = tcase_create("watch");
