@@ -17,6 +17,14 @@ static cli app;
 
 #define MAX_LINE ((size_t)1 << 20)
 
+/* Long-only options: values no short option (or common one) can take. */
+enum {
+  OPT_MAX_WATCHES = 256,
+  OPT_MAX_PER_USER,
+  OPT_PRUNE_INTERVAL,
+  OPT_PRUNE_RATE
+};
+
 static void usage(void) {
   printf("usage: edp-config-server [options]\n"
          "Keeps configuration values and the services watching them; reads\n"
@@ -24,14 +32,21 @@ static void usage(void) {
          "  -s, --store FILE       the JSON store (default config-store.json)\n"
          "      --request-queue Q  registration queue (default config.q)\n"
          "      --queue-prefix P   also accept watch queues named P...\n"
-         "                         (default: only server-named "
-         "amq.gen-)\n" CLI_COMMON_HELP);
+         "                         (default: only server-named amq.gen-)\n"
+         "      --max-watches N    registry bound (default 10000)\n"
+         "      --max-per-user N   watches one user_id may hold (default "
+         "1000)\n"
+         "      --prune-interval S ping each watch's queue every S seconds\n"
+         "                         to remove orphans (default 30, 0 = "
+         "never)\n"
+         "      --prune-rate N     at most N pings a second (default "
+         "500)\n" CLI_COMMON_HELP);
 }
 
 static void on_event(void *ud, const edp_watch_info *in) {
   (void)ud;
-  static const char *names[] = {"registered", "notified", "removed", "rejected",
-                                "changed"};
+  static const char *names[] = {"registered", "notified", "removed",
+                                "rejected",   "changed",  "saved"};
   if (app.json) {
     json_t *o = json_pack("{s:s}", "event", names[in->event]);
     if (in->queue)
@@ -44,6 +59,12 @@ static void on_event(void *ud, const edp_watch_info *in) {
       json_object_set_new(o, "version", json_integer(in->version));
     if (in->detail && in->event == EDP_WATCH_REJECTED)
       json_object_set_new(o, "reason", json_string(in->detail));
+    if (in->user)
+      json_object_set_new(o, "user", json_string(in->user));
+    if (in->event == EDP_WATCH_SAVED) {
+      json_object_set_new(o, "watches", json_integer(in->version));
+      json_object_set_new(o, "reason", json_string(in->detail));
+    }
     cli_emit(o);
     return;
   }
@@ -61,8 +82,11 @@ static void on_event(void *ud, const edp_watch_info *in) {
            in->queue);
     break;
   case EDP_WATCH_REJECTED:
-    fprintf(stderr, "edp-config-server: rejected a registration: %s\n",
-            in->detail);
+    fprintf(stderr,
+            "edp-config-server: rejected a registration (user %s): %s\n",
+            in->user ? in->user : "?", in->detail);
+    break;
+  case EDP_WATCH_SAVED:
     break;
   case EDP_WATCH_CHANGED:
     printf("Config %s changed (version %lld)\n", in->key,
@@ -122,6 +146,10 @@ int main(int argc, char **argv) {
       {"store", required_argument, NULL, 's'},
       {"request-queue", required_argument, NULL, 'Q'},
       {"queue-prefix", required_argument, NULL, 'P'},
+      {"max-watches", required_argument, NULL, OPT_MAX_WATCHES},
+      {"max-per-user", required_argument, NULL, OPT_MAX_PER_USER},
+      {"prune-interval", required_argument, NULL, OPT_PRUNE_INTERVAL},
+      {"prune-rate", required_argument, NULL, OPT_PRUNE_RATE},
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   edp_watch_server_opts so;
@@ -143,6 +171,21 @@ int main(int argc, char **argv) {
       if (strlen(optarg) < 3)
         cli_die(&app, CLI_USAGE, "--queue-prefix: at least 3 characters");
       so.queue_prefix = optarg;
+      break;
+    case OPT_MAX_WATCHES:
+      so.max_watches =
+          (size_t)cli_int(&app, "--max-watches", optarg, 1, 10000000);
+      break;
+    case OPT_MAX_PER_USER:
+      so.max_per_user =
+          (size_t)cli_int(&app, "--max-per-user", optarg, 1, 10000000);
+      break;
+    case OPT_PRUNE_INTERVAL:
+      so.prune_interval_ms =
+          (int)cli_int(&app, "--prune-interval", optarg, 0, 86400) * 1000;
+      break;
+    case OPT_PRUNE_RATE:
+      so.prune_rate = (int)cli_int(&app, "--prune-rate", optarg, 1, 100000);
       break;
     default:
       fprintf(stderr, "Try 'edp-config-server --help'.\n");
@@ -182,12 +225,14 @@ int main(int argc, char **argv) {
   if (!buf)
     cli_die(&app, CLI_SOFTWARE, "out of memory");
   while (code < 0) {
-    rc = edp_conn_wait(conn, in_fd, -1);
+    /* Woken once a second at least: serving also paces the pings that
+     * find orphaned watches. */
+    rc = edp_conn_wait(conn, in_fd, 1000);
     if (rc == EDP_ESTOPPED || cli_stopped()) {
       code = CLI_INTERRUPTED;
       break;
     }
-    if (rc < 0 || (rc & EDP_READY_DELIVERY)) {
+    if (rc <= 0 || (rc & EDP_READY_DELIVERY)) {
       int src = edp_watch_server_serve(s, 0);
       if (src == EDP_ESTOPPED)
         code = CLI_INTERRUPTED;

@@ -91,10 +91,11 @@ int main(int argc, char **argv) {
     if (rc == EDP_ETIMEOUT)
       break;
     if (rc == EDP_ESTOPPED || cli_stopped()) {
+      edp_watch_update_clear(&u); /* an update may have come with the signal */
       code = CLI_INTERRUPTED;
       break;
     }
-    if (rc == EDP_EACCESS) {
+    if (rc == EDP_EACCESS || rc == EDP_EPROTOCOL) {
       fprintf(stderr, "edp-watch-service: registration refused: %s\n",
               u.value ? u.value : "?");
       edp_watch_update_clear(&u);
@@ -133,6 +134,16 @@ int main(int argc, char **argv) {
       changes++;
     edp_watch_update_clear(&u);
   }
+  /* Messages someone else put in our queue: worth knowing, never shown. */
+  size_t dropped = edp_watch_client_dropped(cl);
+  if (dropped && app.json)
+    cli_emit(json_pack("{s:s,s:s,s:I}", "event", "dropped", "service", name,
+                       "count", (json_int_t)dropped));
+  else if (dropped)
+    fprintf(stderr,
+            "edp-watch-service: dropped %zu message(s) not from the config "
+            "server\n",
+            dropped);
   edp_watch_client_destroy(&cl);
   edp_conn_destroy(&conn);
   return code;

@@ -388,8 +388,12 @@ static int read_delivery_bounded(edp_conn *c, const amqp_basic_deliver_t *dv,
   msg.properties = *(amqp_basic_properties_t *)f.payload.properties.decoded;
   uint64_t size = f.payload.properties.body_size, got = 0;
   int over = size > max;
-  if (!over && size && !(msg.body = amqp_bytes_malloc((size_t)size)).bytes)
-    return EDP_ENOMEM; /* the connection is mid-content: unusable */
+  if (!over && size && !(msg.body = amqp_bytes_malloc((size_t)size)).bytes) {
+    /* Given back to the broker; the pump skips its body frames (content
+     * frames without a method). */
+    amqp_basic_reject(c->st, c->chan, dv->delivery_tag, 1);
+    return EDP_ENOMEM;
+  }
   if (over && (rc = edp__queue_delivery(c, dv, &msg, size)))
     return rc;
   while (got < size) {

@@ -15,13 +15,28 @@
  * and then every change. After a reconnect its queue has a new name and it
  * registers again by itself.
  *
+ * Ownership (docs/watch.md has the threat model): a watch belongs to the
+ * user_id of the request that created it (the broker refuses a publish
+ * whose user_id is not the publisher's login user) and to a random token
+ * the server sends only into the watch's own queue, which only the
+ * connection that declared it can read. Changing a watch takes both;
+ * a request that has neither gets no answer in someone else's queue.
+ * Clients accept a change only if it carries their token.
+ *
  * Wire format (JSON bodies):
- *   request  {"service":"name","queue":"amq.gen-...","keys":["a","b"]}
- *            reply_to (required) and correlation_id as AMQP properties;
+ *   request  {"service":"name","queue":"amq.gen-...","keys":["a","b"],
+ *             "token":"<32 hex>"}  (token only to change one's own watch)
+ *            reply_to (required, = queue), correlation_id and user_id
+ *            (required: the publisher's login user) as AMQP properties;
  *            "keys" missing or [] watches every key.
- *   reply    {"ok":true,"version":N,"values":{"a":{"value":V,"version":n}}}
+ *   reply    {"ok":true,"version":N,"token":"<32 hex>",
+ *             "values":{"a":{"value":V,"version":n}}}
  *            or {"ok":false,"error":"reason"}; type "edp.watch.reply".
- *   change   {"key":"a","value":V,"version":n}; type "edp.watch.change".
+ *   change   {"key":"a","value":V,"version":n,"token":"<32 hex>"};
+ *            type "edp.watch.change".
+ *   ping     {} of type "edp.watch.ping": proof that the queue still
+ *            exists (a basic.return says it is gone); clients drop it.
+ * Everything the server publishes carries user_id = its login user.
  */
 #ifndef EDP_WATCH_H
 #define EDP_WATCH_H
@@ -43,6 +58,7 @@ extern "C" {
 #define EDP_WATCH_MAX_KEY_LEN 200
 #define EDP_WATCH_MAX_NAME_LEN 128 /* service name */
 #define EDP_WATCH_MAX_VALUE 65536  /* a value, serialized */
+#define EDP_WATCH_BATCH 128        /* requests per store write (prefetch) */
 
 /* ---- server ---- */
 
@@ -51,7 +67,9 @@ enum edp_watch_event {
   EDP_WATCH_NOTIFIED = 1,   /* a change was published to queue */
   EDP_WATCH_REMOVED = 2,    /* queue is gone: watch left the registry */
   EDP_WATCH_REJECTED = 3,   /* a bad request; detail says why */
-  EDP_WATCH_CHANGED = 4     /* a value changed (key, version) */
+  EDP_WATCH_CHANGED = 4,    /* a value changed (key, version) */
+  EDP_WATCH_SAVED = 5       /* the store was written (version = watches;
+                               detail: why, e.g. "batch of 12") */
 };
 
 typedef struct edp_watch_info {
@@ -61,6 +79,7 @@ typedef struct edp_watch_info {
   const char *key;     /* NOTIFIED, CHANGED */
   int64_t version;     /* NOTIFIED, CHANGED */
   const char *detail;  /* REJECTED: the reason */
+  const char *user;    /* REGISTERED, REJECTED: the request's user_id */
 } edp_watch_info;
 
 typedef void (*edp_watch_event_fn)(void *ud, const edp_watch_info *info);
@@ -71,7 +90,13 @@ typedef struct edp_watch_server_opts {
   /* Queue names a request may register, besides server-named "amq.gen-"
    * ones: those starting with this prefix. NULL: only amq.gen-. */
   const char *queue_prefix;
-  size_t max_watches; /* registry bound, default 10000 */
+  size_t max_watches;  /* registry bound, default 10000 */
+  size_t max_per_user; /* watches one user_id may hold, default 1000 */
+  /* Orphans: each watch's queue is pinged (a mandatory message; a
+   * basic.return removes the watch) once per prune_interval_ms (default
+   * 30000, 0 = never), at most prune_rate pings a second (default 500). */
+  int prune_interval_ms;
+  int prune_rate;
   edp_watch_event_fn on_event;
   void *ud;
 } edp_watch_server_opts;
@@ -90,10 +115,15 @@ int edp_watch_server_new(edp_conn *c, const edp_watch_server_opts *o,
 /* Frees the server (not its connection); *s = NULL; accepts NULL. */
 void edp_watch_server_destroy(edp_watch_server **s);
 
-/* Serves what arrived: handles queued registration requests, waiting up to
- * timeout_ms for the first. Returns 0 when one or more were handled (bad
- * ones included: they are rejected and acked), EDP_ETIMEOUT, EDP_ESTOPPED,
- * or a reconnect error. */
+/* Serves what arrived: handles queued registration requests in batches of
+ * up to EDP_WATCH_BATCH (one store write per batch, the replies published
+ * after it; at most 8 batches a call), waiting up to timeout_ms for the
+ * first; and pings the watches
+ * that are due (call it at least once a second for pruning to keep its
+ * pace). Returns 0 when one or more were handled (bad ones included: they
+ * are rejected and acked; a batch whose store write failed is answered
+ * "store not writable"), EDP_ETIMEOUT, EDP_ESTOPPED, or a reconnect
+ * error. */
 int edp_watch_server_serve(edp_watch_server *s, int timeout_ms);
 
 /* Sets key to value (a JSON text; anything that does not parse as JSON is
@@ -141,13 +171,19 @@ void edp_watch_client_destroy(edp_watch_client **cl);
 /* The client's current queue name (changes after a reconnect). */
 const char *edp_watch_client_queue(const edp_watch_client *cl);
 
+/* Messages dropped as not the server's: a reply without our
+ * correlation_id, a change without our token, anything else but a ping. */
+size_t edp_watch_client_dropped(const edp_watch_client *cl);
+
 /* The next update, waiting up to timeout_ms: first the registration
  * confirmation (key NULL), the reply's values (initial = 1), then each
  * change. Changes with a version
  * not newer than the last one seen for that key are dropped (a change
  * republished after the server's reconnect). Returns 0, EDP_ETIMEOUT,
  * EDP_ESTOPPED, EDP_EACCESS (the server rejected the registration; the
- * reason is logged and in *u->value), or a reconnect error. */
+ * reason is in u->value), EDP_EPROTOCOL (a reply without a token, from a
+ * server older than the token), or a reconnect error. Only the reply to
+ * our registration and changes with the token it gave are believed. */
 int edp_watch_client_next(edp_watch_client *cl, edp_watch_update *u,
                           int timeout_ms);
 

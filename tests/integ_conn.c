@@ -305,6 +305,53 @@ START_TEST(publish_confirmed_outcomes) {
 }
 END_TEST
 
+/* A consumer's max_body: bodies up to it arrive whole (several frames),
+ * a bigger one arrives empty and flagged with its size, its frames read
+ * and dropped, and the message after it is intact (the frames stayed in
+ * step). user_id comes through as the broker checked it. */
+START_TEST(max_body_drops_big_bodies_frame_by_frame) {
+  edp_conn *c = open_named("c-maxbody", NULL);
+  const char *q = t_unique("conn.maxbody");
+  ck_assert_int_eq(edp_conn_queue_declare(c, q, NULL, NULL, 0, NULL, NULL), 0);
+  const size_t sizes[] = {10, 300000, 1000000, 20}; /* frame_max 131072 */
+  char *body = malloc(1000000);
+  ck_assert_ptr_nonnull(body);
+  for (size_t i = 0; i < 1000000; i++)
+    body[i] = (char)('a' + i % 26);
+  for (int i = 0; i < 4; i++) {
+    edp_msg m;
+    edp_msg_init(&m);
+    m.routing_key = q;
+    m.body = body;
+    m.body_len = sizes[i];
+    m.user_id = edp_conn_user(c);
+    ck_assert_int_eq(edp_conn_publish(c, &m, NULL), 0);
+  }
+  edp_consume_opts co;
+  edp_consume_opts_init(&co);
+  co.max_body = 300000;
+  ck_assert_int_eq(edp_conn_consume(c, q, &co, NULL, 0), 0);
+  for (int i = 0; i < 4; i++) {
+    edp_delivery d;
+    ck_assert_int_eq(edp_conn_receive(c, &d, 10000), 0);
+    ck_assert_str_eq(d.user_id, "guest");
+    if (sizes[i] > co.max_body) {
+      ck_assert_uint_eq(d.oversize, sizes[i]);
+      ck_assert_uint_eq(d.body_len, 0);
+    } else {
+      ck_assert_uint_eq(d.oversize, 0);
+      ck_assert_uint_eq(d.body_len, sizes[i]);
+      ck_assert_int_eq(memcmp(d.body, body, sizes[i]), 0);
+    }
+    ck_assert_int_eq(edp_conn_ack(c, d.epoch, d.tag, 0), 0);
+    edp_delivery_clear(&d);
+  }
+  free(body);
+  edp_conn_queue_delete(c, q);
+  edp_conn_destroy(&c);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("conn");
   TCase *tc = tcase_create("conn");
@@ -316,6 +363,7 @@ int main(void) {
   tcase_add_test(tc, reconnect_restores_consumer_and_topology);
   tcase_add_test(tc, reconnect_gives_up_when_broker_is_gone);
   tcase_add_test(tc, take_unconfirmed_after_loss);
+  tcase_add_test(tc, max_body_drops_big_bodies_frame_by_frame);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

@@ -176,15 +176,6 @@ static uint32_t depth(edp_conn *c, const char *q) {
   return n;
 }
 
-/* rabbitmqctl against the harness's node; args are trusted test text. */
-static int ctl(const char *args) {
-  char cmd[1024];
-  snprintf(cmd, sizeof(cmd), "tests/broker.sh ctl '%s' %s >/dev/null 2>&1",
-           t_broker_dir(), args);
-  int st = system(cmd);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* ---------- channel errors inside synchronous calls ---------- */
 
 /* Confirms in flight when a passive declare of a missing queue closes the
@@ -547,7 +538,7 @@ START_TEST(memory_alarm_blocks_publisher) {
   ck_assert_int_eq(edp_conn_confirm_select(c), 0);
   const char *q = t_unique("faults.alarm");
   ck_assert_int_eq(edp_conn_queue_declare(c, q, NULL, NULL, 0, NULL, NULL), 0);
-  ck_assert_int_eq(ctl("set_vm_memory_high_watermark 0"), 0);
+  ck_assert_int_eq(t_ctl("set_vm_memory_high_watermark 0"), 0);
   long long t0 = t_now_ms();
   /* Publish until the broker says blocked; a 64 KiB body fills socket
    * buffers quickly if we were still writing blind. */
@@ -584,7 +575,7 @@ START_TEST(memory_alarm_blocks_publisher) {
   edp_conn_destroy(&c);
   long long destroy_ms = t_now_ms() - td;
   ck_assert_int_lt(destroy_ms, 2000);
-  ck_assert_int_eq(ctl("set_vm_memory_high_watermark 0.4"), 0);
+  ck_assert_int_eq(t_ctl("set_vm_memory_high_watermark 0.4"), 0);
   /* After the alarm: a new connection publishes and gets confirms. */
   uint64_t zero;
   ssize_t r = read(stop, &zero, sizeof(zero));
@@ -628,14 +619,14 @@ static void alarm_deadline_then_resume(const char *fault, const char *raise,
   ck_assert_int_eq(edp_conn_confirm_select(c), 0);
   const char *q = t_unique("faults.alarm2");
   ck_assert_int_eq(edp_conn_queue_declare(c, q, NULL, NULL, 0, NULL, NULL), 0);
-  ck_assert_int_eq(ctl(raise), 0);
+  ck_assert_int_eq(t_ctl(raise), 0);
   long long t0 = t_now_ms();
   int i = 0, rc = 0;
   while (t_now_ms() - t0 < 30000 && !(rc = publish_id(c, "", q, i, 0)))
     i++;
   ck_assert_int_eq(rc, EDP_ETIMEOUT);
   ck_assert(edp_conn_is_blocked(c));
-  ck_assert_int_eq(ctl(clear), 0);
+  ck_assert_int_eq(t_ctl(clear), 0);
   /* The one that timed out was not sent: send it again, then the rest. */
   for (int k = i; k < i + 10; k++) {
     rc = publish_id(c, "", q, k, 0);
@@ -676,7 +667,7 @@ END_TEST
  * (exit 130), where the old one hung in a write. */
 START_TEST(forward_sender_sigterm_while_blocked) {
   const char *q = t_unique("faults.prog");
-  ck_assert_int_eq(ctl("set_vm_memory_high_watermark 0"), 0);
+  ck_assert_int_eq(t_ctl("set_vm_memory_high_watermark 0"), 0);
   char *argv[] = {(char *)t_bin("edp-forward-sender"),
                   "--url",
                   (char *)t_url(),
@@ -702,7 +693,7 @@ START_TEST(forward_sender_sigterm_while_blocked) {
     ;
   int code = t_wait(&p, 3000);
   long long exit_ms = t_now_ms() - t_term;
-  ck_assert_int_eq(ctl("set_vm_memory_high_watermark 0.4"), 0);
+  ck_assert_int_eq(t_ctl("set_vm_memory_high_watermark 0.4"), 0);
   ck_assert_int_eq(code, 130);
   ck_assert_int_lt(exit_ms, 2000);
   char outcome[160];
@@ -925,7 +916,7 @@ END_TEST
 START_TEST(consumer_timeout_recovered) {
   ledger *l = calloc(1, sizeof(*l));
   ck_assert_int_eq(
-      ctl("eval 'application:set_env(rabbit, consumer_timeout, 1000).'"), 0);
+      t_ctl("eval 'application:set_env(rabbit, consumer_timeout, 1000).'"), 0);
   edp_conn *c = open_conn("f-ctimeout", l, -1);
   const char *q = t_unique("faults.ctimeout");
   ck_assert_int_eq(edp_conn_queue_declare(c, q, NULL, NULL, 0, NULL, NULL), 0);
@@ -948,7 +939,7 @@ START_TEST(consumer_timeout_recovered) {
               "channel restored, message redelivered once, late ack refused "
               "(ESTALE), no exit",
               t_now_ms() - t0);
-  ctl("eval 'application:set_env(rabbit, consumer_timeout, 1800000).'");
+  t_ctl("eval 'application:set_env(rabbit, consumer_timeout, 1800000).'");
   edp_delivery_clear(&held);
   edp_delivery_clear(&again);
   ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);

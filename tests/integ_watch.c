@@ -24,17 +24,32 @@ static const char *store_path(void) {
   return p;
 }
 
-static void start_server(t_proc *p, const char *store, const char *rq) {
-  char *argv[] = {(char *)t_bin("edp-config-server"),
-                  "--url",
-                  (char *)t_url(),
-                  "--store",
-                  (char *)store,
-                  "--request-queue",
-                  (char *)rq,
-                  "--json",
-                  NULL};
+/* Starts the config server; extra (may be NULL) adds options. */
+static void start_server_with(t_proc *p, const char *store, const char *rq,
+                              const char *const *extra) {
+  char *argv[24] = {(char *)t_bin("edp-config-server"),
+                    "--url",
+                    (char *)t_url(),
+                    "--store",
+                    (char *)store,
+                    "--request-queue",
+                    (char *)rq,
+                    "--json"};
+  int n = 8;
+  for (; extra && *extra && n < 23; extra++)
+    argv[n++] = (char *)*extra;
+  argv[n] = NULL;
   ck_assert_int_eq(t_spawn_stdin(p, argv), 0);
+}
+
+static void start_server(t_proc *p, const char *store, const char *rq) {
+  start_server_with(p, store, rq, NULL);
+}
+
+/* SIGTERM: the server stops cleanly with 130. */
+static void stop_server(t_proc *p) {
+  t_signal(p, SIGTERM);
+  ck_assert_int_eq(t_wait(p, 15000), 130);
 }
 
 static void start_service(t_proc *p, const char *name, const char *rq,
@@ -149,8 +164,7 @@ START_TEST(changes_reach_every_service_once_in_order) {
     ck_assert_str_eq(ca.seen[i], want[i]);
     ck_assert_str_eq(cb.seen[i], want[i]);
   }
-  t_signal(&srv, SIGTERM);
-  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+  stop_server(&srv);
 }
 END_TEST
 
@@ -175,8 +189,7 @@ START_TEST(killed_service_is_removed_at_next_change) {
   ck_assert_int_eq(t_collect(&b, 30000, on_change, &cb), 0);
   ck_assert_int_eq(cb.n, 1);
   ck_assert_str_eq(cb.seen[0], "color:1");
-  t_signal(&srv, SIGTERM);
-  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+  stop_server(&srv);
   /* exactly the dead service left the stored registry */
   json_t *st = json_load_file(store, 0, NULL);
   ck_assert_ptr_nonnull(st);
@@ -200,8 +213,7 @@ START_TEST(registry_survives_server_restart) {
   json_t *ev = await_json(&srv, "notified", "queue", ql, 20000);
   ck_assert_ptr_nonnull(ev);
   json_decref(ev);
-  t_signal(&srv, SIGTERM);
-  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+  stop_server(&srv);
 
   /* registered while the server is down: the request waits in the queue */
   start_service(&late, "svc-late", rq, NULL, "1");
@@ -217,22 +229,28 @@ START_TEST(registry_survives_server_restart) {
   ck_assert_str_eq(cl.seen[1], "mode:2"); /* values and versions survived */
   ck_assert_int_eq(cn.n, 1);
   ck_assert_str_eq(cn.seen[0], "mode:2");
-  t_signal(&srv, SIGTERM);
-  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+  stop_server(&srv);
 }
 END_TEST
 
 /* Publishes a raw registration request. */
-static void send_raw(edp_conn *c, const char *rq, const char *body, size_t len,
-                     const char *reply_to, const char *corr) {
+static void send_as(edp_conn *c, const char *rq, const char *body, size_t len,
+                    const char *reply_to, const char *corr,
+                    const char *user_id) {
   edp_msg m;
   edp_msg_init(&m);
+  m.user_id = user_id;
   m.routing_key = rq;
   m.body = body;
   m.body_len = len;
   m.reply_to = reply_to;
   m.correlation_id = corr;
   ck_assert_int_eq(edp_conn_publish(c, &m, NULL), 0);
+}
+
+static void send_raw(edp_conn *c, const char *rq, const char *body, size_t len,
+                     const char *reply_to, const char *corr) {
+  send_as(c, rq, body, len, reply_to, corr, NULL);
 }
 
 START_TEST(hostile_requests_change_nothing) {
@@ -407,8 +425,7 @@ START_TEST(hostile_requests_change_nothing) {
   ck_assert_int_eq(t_wait(&ok, 10000), 130);
   edp_conn_queue_delete(c, victim);
   edp_conn_destroy(&c);
-  t_signal(&srv, SIGTERM);
-  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+  stop_server(&srv);
 }
 END_TEST
 
@@ -427,8 +444,7 @@ START_TEST(service_started_before_any_server) {
   ck_assert_int_eq(t_collect(&svc, 30000, on_change, &c), 0);
   ck_assert_int_eq(c.n, 1);
   ck_assert_str_eq(c.seen[0], "k:1");
-  t_signal(&srv, SIGTERM);
-  ck_assert_int_eq(t_wait(&srv, 15000), 130);
+  stop_server(&srv);
 }
 END_TEST
 
@@ -706,8 +722,467 @@ START_TEST(request_queue_deleted_is_served_again) {
 }
 END_TEST
 
+/* ---------- hostile clients: hijack, forgery, exhaustion ---------- */
+
+/* The second user main() creates: an attacker with its own login. */
+#define MALLORY "edp-mallory"
+
+/* t_url() with another user's credentials. */
+static const char *url_as(const char *user) {
+  static char url[600];
+  const char *at = strchr(t_url(), '@');
+  snprintf(url, sizeof(url), "amqp://%s:%s%s", user, user, at);
+  return url;
+}
+
+static edp_conn *open_as(const char *user) {
+  edp_conn_opts o;
+  edp_conn_opts_init(&o);
+  o.url = url_as(user);
+  edp_conn *c = NULL;
+  char why[300];
+  int rc = edp_conn_open(&o, &c, why, sizeof(why));
+  ck_assert_msg(rc == 0, "open as %s: %s", user, why);
+  return c;
+}
+
+/* A temporary queue as a service declares it. */
+static void tmp_queue(edp_conn *c, char *name, size_t len) {
+  edp_queue_opts qo;
+  edp_queue_opts_init(&qo);
+  qo.durable = 0;
+  qo.exclusive = 1;
+  qo.auto_delete = 1;
+  ck_assert_int_eq(edp_conn_queue_declare(c, "", &qo, name, len, NULL, NULL),
+                   0);
+}
+
+/* Declares the request queue as a service does, so that a request sent
+ * before the server declared it waits instead of being dropped. */
+static void declare_rq(edp_conn *c, const char *rq) {
+  ck_assert_int_eq(edp_conn_queue_declare(c, rq, NULL, NULL, 0, NULL, NULL), 0);
+}
+
+/* Registers queue q as user (its connection c), {"queue":q}. */
+static void register_raw(edp_conn *c, const char *rq, const char *q,
+                         const char *corr) {
+  char body[400];
+  snprintf(body, sizeof(body), "{\"queue\":\"%s\"}", q);
+  send_as(c, rq, body, strlen(body), q, corr, edp_conn_user(c));
+}
+
+/* Takes the replies waiting in queues q[0..n) (consumed on c): for each,
+ * 1 ok, 0 error (its text in err[i] if err), -1 none within timeout. */
+static void take_replies(edp_conn *c, char q[][256], int n, int *ok,
+                         char err[][128], int timeout_ms) {
+  for (int i = 0; i < n; i++) {
+    ok[i] = -1;
+    ck_assert_int_eq(edp_conn_consume(c, q[i], NULL, NULL, 0), 0);
+  }
+  int got = 0;
+  edp_delivery d;
+  while (got < n && edp_conn_receive(c, &d, timeout_ms) == 0) {
+    for (int i = 0; i < n; i++) {
+      if (strcmp(q[i], d.routing_key))
+        continue;
+      json_t *r = json_loadb(d.body, d.body_len, 0, NULL);
+      ck_assert_str_eq(d.type, "edp.watch.reply");
+      ok[i] = json_is_true(json_object_get(r, "ok"));
+      if (err)
+        snprintf(err[i], 128, "%s",
+                 json_string_value(json_object_get(r, "error")) ?: "");
+      json_decref(r);
+      got++;
+    }
+    edp_conn_ack(c, d.epoch, d.tag, 0);
+    edp_delivery_clear(&d);
+  }
+}
+
+/* The watch of queue in the store file (a new reference) or NULL. */
+static json_t *stored_watch(const char *store, const char *queue) {
+  json_t *j = json_load_file(store, 0, NULL);
+  json_t *found = NULL, *w;
+  size_t i;
+  json_array_foreach(json_object_get(j, "watches"), i, w) {
+    if (!strcmp(json_string_value(json_object_get(w, "queue")), queue))
+      found = json_incref(w);
+  }
+  json_decref(j);
+  return found;
+}
+
+START_TEST(hijack_attempts_change_nothing_and_get_no_reply) {
+  const char *rq = t_unique("config.q");
+  const char *store = store_path();
+  t_proc srv, victim;
+  start_server(&srv, store, rq);
+  start_service(&victim, "svc-victim", rq, "color", "1");
+  char q[256];
+  await_registered(&victim, q, sizeof(q));
+  json_t *before = stored_watch(store, q);
+  ck_assert_ptr_nonnull(before);
+
+  /* Another user, the same user (every service logs in as guest), no
+   * user_id, a guessed token: each tries to take the victim's queue. */
+  edp_conn *mallory = open_as(MALLORY), *guest = open_conn();
+  char body[600];
+  snprintf(body, sizeof(body),
+           "{\"service\":\"evil\",\"queue\":\"%s\",\"keys\":[\"nokey\"]}", q);
+  send_as(mallory, rq, body, strlen(body), q, "h1", MALLORY);
+  send_as(guest, rq, body, strlen(body), q, "h2", "guest");
+  send_as(guest, rq, body, strlen(body), q, "h3", NULL);
+  snprintf(body, sizeof(body),
+           "{\"service\":\"evil\",\"queue\":\"%s\",\"keys\":[\"nokey\"],"
+           "\"token\":\"0123456789abcdef0123456789abcdef\"}",
+           q);
+  send_as(guest, rq, body, strlen(body), q, "h4", "guest");
+  /* A user_id that is not the login user: the broker refuses it. */
+  edp_msg m;
+  edp_msg_init(&m);
+  m.routing_key = rq;
+  m.body = body;
+  m.body_len = strlen(body);
+  m.reply_to = q;
+  m.user_id = "guest";
+  ck_assert_int_eq(edp_conn_confirm_select(mallory), 0);
+  ck_assert_int_eq(edp_conn_publish_confirmed(mallory, &m, 10000),
+                   EDP_EPRECONDITION);
+  for (int i = 0; i < 4; i++) {
+    json_t *ev = await_json(&srv, "rejected", NULL, NULL, 20000);
+    ck_assert_msg(ev != NULL, "hijack %d not rejected", i + 1);
+    ck_assert_ptr_null(json_object_get(ev, "queue")); /* no reply sent */
+    ck_assert_ptr_nonnull(
+        strstr(json_string_value(json_object_get(ev, "reason")),
+               "registered by another client"));
+    json_decref(ev);
+  }
+  /* The victim's watch is as it was, and it still gets its key. */
+  json_t *after = stored_watch(store, q);
+  ck_assert(json_equal(before, after));
+  json_decref(before);
+  json_decref(after);
+  ck_assert_int_eq(t_write(&srv, "set color red\n"), 0);
+  json_t *ev = await_json(&victim, "config", "key", "color", 20000);
+  ck_assert_ptr_nonnull(ev);
+  ck_assert_str_eq(json_string_value(json_object_get(ev, "value")), "red");
+  json_decref(ev);
+  /* It exits after its one change; no message it had to drop came. */
+  ck_assert_int_eq(t_wait(&victim, 10000), 0);
+  ck_assert_ptr_null(await_json(&victim, "dropped", NULL, NULL, 100));
+  edp_conn_destroy(&mallory);
+  edp_conn_destroy(&guest);
+  stop_server(&srv);
+}
+END_TEST
+
+START_TEST(forged_changes_are_dropped_and_poison_nothing) {
+  const char *rq = t_unique("config.q");
+  t_proc srv;
+  start_server(&srv, store_path(), rq);
+  edp_conn *wc = open_conn(), *evil = open_as(MALLORY);
+  const char *keys[] = {"color"};
+  edp_watch_client *cl = NULL;
+  ck_assert_int_eq(edp_watch_client_new(wc, "svc", keys, 1, rq, &cl), 0);
+  ck_assert(await_update(cl, NULL, 0, 20000));
+  const char *q = edp_watch_client_queue(cl);
+  /* A change with a huge version and no token, one with a wrong token, a
+   * reply that answers nothing we asked. */
+  const char *forged[] = {
+      "{\"key\":\"color\",\"value\":\"evil\",\"version\":9000000000000000}",
+      "{\"key\":\"color\",\"value\":\"evil\",\"version\":9000000000000000,"
+      "\"token\":\"0123456789abcdef0123456789abcdef\"}",
+      "{\"ok\":true,\"version\":1,\"token\":\"0123456789abcdef0123456789abcd"
+      "ef\",\"values\":{\"color\":{\"value\":\"evil\",\"version\":99}}}"};
+  const char *types[] = {"edp.watch.change", "edp.watch.change",
+                         "edp.watch.reply"};
+  for (int i = 0; i < 3; i++) {
+    edp_msg m;
+    edp_msg_init(&m);
+    m.routing_key = q;
+    m.body = forged[i];
+    m.body_len = strlen(forged[i]);
+    m.type = types[i];
+    m.correlation_id = "guess";
+    ck_assert_int_eq(edp_conn_publish(evil, &m, NULL), 0);
+  }
+  /* Two real changes after them: both arrive, in order. */
+  ck_assert_int_eq(t_write(&srv, "set color red\nset color blue\n"), 0);
+  edp_watch_update u;
+  int64_t last = 0;
+  for (int i = 0; i < 2; i++) {
+    ck_assert_int_eq(edp_watch_client_next(cl, &u, 20000), 0);
+    ck_assert_str_eq(u.key, "color");
+    ck_assert_str_eq(u.value, i ? "\"blue\"" : "\"red\"");
+    ck_assert_int_gt(u.version, last);
+    ck_assert_int_lt(u.version, 1000);
+    last = u.version;
+    edp_watch_update_clear(&u);
+  }
+  ck_assert_uint_eq(edp_watch_client_dropped(cl), 3);
+  edp_watch_client_destroy(&cl);
+  edp_conn_destroy(&wc);
+  edp_conn_destroy(&evil);
+  stop_server(&srv);
+}
+END_TEST
+
+START_TEST(quotas_refuse_with_clear_errors) {
+  const char *rq = t_unique("config.q");
+  t_proc srv;
+  const char *extra[] = {"--max-per-user", "3", "--max-watches", "5", NULL};
+  start_server_with(&srv, store_path(), rq, extra);
+  edp_conn *guest = open_conn(), *mallory = open_as(MALLORY);
+  declare_rq(guest, rq);
+  char q[8][256];
+  for (int i = 0; i < 8; i++) {
+    edp_conn *c = i < 4 ? guest : mallory;
+    tmp_queue(c, q[i], sizeof(q[i]));
+  }
+  /* One at a time, so the order (and so who hits which bound) is fixed. */
+  int ok[8];
+  char err[8][128];
+  for (int i = 0; i < 8; i++) {
+    edp_conn *c = i < 4 ? guest : mallory;
+    register_raw(c, rq, q[i], "quota");
+    take_replies(c, &q[i], 1, &ok[i], &err[i], 20000);
+  }
+  /* guest: 3 watches, then its quota; mallory: 2 more make 5 in all. */
+  for (int i = 0; i < 3; i++)
+    ck_assert_int_eq(ok[i], 1);
+  ck_assert_int_eq(ok[3], 0);
+  ck_assert_ptr_nonnull(strstr(err[3], "quota exceeded"));
+  ck_assert_int_eq(ok[4], 1);
+  ck_assert_int_eq(ok[5], 1);
+  for (int i = 6; i < 8; i++) {
+    ck_assert_int_eq(ok[i], 0);
+    ck_assert_str_eq(err[i], "registry full");
+  }
+  edp_conn_destroy(&guest);
+  edp_conn_destroy(&mallory);
+  stop_server(&srv);
+}
+END_TEST
+
+/* Peak resident memory of a process, in KiB (VmHWM), -1 if unknown. */
+static long peak_kib(pid_t pid) {
+  char path[64], line[256];
+  snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+  FILE *f = fopen(path, "r");
+  long kib = -1;
+  while (f && fgets(line, sizeof(line), f))
+    sscanf(line, "VmHWM: %ld kB", &kib);
+  if (f)
+    fclose(f);
+  return kib;
+}
+
+START_TEST(oversize_request_is_not_read) {
+  const char *rq = t_unique("config.q");
+  t_proc srv;
+  start_server(&srv, store_path(), rq);
+  edp_conn *c = open_conn();
+  declare_rq(c, rq);
+  char q[1][256], big_q[256];
+  tmp_queue(c, q[0], sizeof(q[0]));
+  tmp_queue(c, big_q, sizeof(big_q));
+  ck_assert_int_eq(edp_conn_consume(c, big_q, NULL, NULL, 0), 0);
+  /* Settle the server's start before measuring its peak. */
+  register_raw(c, rq, q[0], "first");
+  int ok;
+  take_replies(c, q, 1, &ok, NULL, 20000);
+  ck_assert_int_eq(ok, 1);
+  long base = peak_kib(srv.pid);
+  const size_t big = 4000000; /* the test node allows 4 MiB */
+  char *body = malloc(big);
+  ck_assert_ptr_nonnull(body);
+  memset(body, ' ', big);
+  send_as(c, rq, body, big, big_q, "big", "guest");
+  free(body);
+  json_t *ev = await_json(&srv, "rejected", NULL, NULL, 60000);
+  ck_assert_ptr_nonnull(ev);
+  ck_assert_str_eq(json_string_value(json_object_get(ev, "reason")),
+                   "request too large");
+  json_decref(ev);
+  long peak = peak_kib(srv.pid);
+  fprintf(stderr,
+          "oversize: server peak RSS %ld KiB before, %ld after a "
+          "4 MB request\n",
+          base, peak);
+  ck_assert_int_lt(peak - base, 2 * 1024);
+  edp_delivery d;
+  ck_assert_int_eq(edp_conn_receive(c, &d, 20000), 0);
+  ck_assert_ptr_nonnull(strstr(d.body, "request too large"));
+  edp_delivery_clear(&d);
+  edp_conn_destroy(&c);
+  stop_server(&srv);
+}
+END_TEST
+
+START_TEST(orphan_pruned_without_a_change) {
+  const char *rq = t_unique("config.q");
+  const char *store = store_path();
+  t_proc srv;
+  const char *extra[] = {"--prune-interval", "1", NULL};
+  start_server_with(&srv, store, rq, extra);
+  edp_conn *c = open_conn(), *live = open_conn();
+  declare_rq(c, rq);
+  char q[1][256], lq[1][256];
+  tmp_queue(c, q[0], sizeof(q[0]));
+  tmp_queue(live, lq[0], sizeof(lq[0]));
+  int ok;
+  register_raw(c, rq, q[0], "orphan");
+  take_replies(c, q, 1, &ok, NULL, 20000);
+  ck_assert_int_eq(ok, 1);
+  register_raw(live, rq, lq[0], "live");
+  take_replies(live, lq, 1, &ok, NULL, 20000);
+  ck_assert_int_eq(ok, 1);
+  long long t0 = t_now_ms();
+  edp_conn_destroy(&c); /* the broker deletes its exclusive queue */
+  json_t *ev = await_json(&srv, "removed", NULL, NULL, 20000);
+  ck_assert_ptr_nonnull(ev);
+  ck_assert_str_eq(json_string_value(json_object_get(ev, "queue")), q[0]);
+  json_decref(ev);
+  fprintf(stderr, "orphan: removed %lld ms after its connection closed\n",
+          t_now_ms() - t0);
+  ev = await_json(&srv, "saved", NULL, NULL, 20000);
+  ck_assert_ptr_nonnull(ev);
+  json_decref(ev);
+  /* The live one stays (its pings are dropped by clients, here acked). */
+  ck_assert_ptr_null(stored_watch(store, q[0]));
+  json_t *w = stored_watch(store, lq[0]);
+  ck_assert_ptr_nonnull(w);
+  json_decref(w);
+  edp_conn_destroy(&live);
+  stop_server(&srv);
+}
+END_TEST
+
+#define FLOOD_QUEUES 1500
+#define FLOOD_JUNK 10000
+
+static void count_saves(void *ud, json_t *ev) {
+  int *n = ud;
+  if (!ev)
+    return;
+  const char *k = json_string_value(json_object_get(ev, "event"));
+  if (k && !strcmp(k, "saved"))
+    n[0]++;
+  else if (k && !strcmp(k, "registered"))
+    n[1]++;
+}
+
+START_TEST(flood_is_batched_and_a_service_behind_it_registers) {
+  const char *rq = t_unique("config.q");
+  t_proc srv;
+  start_server(&srv, store_path(), rq);
+  /* The attacker: FLOOD_QUEUES real queues (over its 1000 quota), then
+   * FLOOD_JUNK malformed requests, all queued before the service's. */
+  edp_conn *m = open_as(MALLORY);
+  declare_rq(m, rq);
+  char(*q)[256] = calloc(FLOOD_QUEUES, sizeof(*q));
+  ck_assert_ptr_nonnull(q);
+  for (int i = 0; i < FLOOD_QUEUES; i++)
+    tmp_queue(m, q[i], sizeof(q[i]));
+  long long t0 = t_now_ms();
+  for (int i = 0; i < FLOOD_QUEUES; i++)
+    register_raw(m, rq, q[i], "flood");
+  char junk_q[256];
+  tmp_queue(m, junk_q, sizeof(junk_q)); /* unregistered: each gets a reply */
+  for (int i = 0; i < FLOOD_JUNK; i++)
+    send_as(m, rq, "{\"queue\":5}", 11, junk_q, "junk", MALLORY);
+  t_proc svc;
+  long long t1 = t_now_ms();
+  start_service(&svc, "svc-late", rq, NULL, NULL);
+  /* Read the server's events meanwhile: a server whose stdout nobody
+   * reads stops at a full pipe. */
+  int n[2] = {0, 0}, registered = 0;
+  static char line[65536];
+  while (!registered && t_now_ms() - t1 < 120000) {
+    while (t_readline(&srv, line, sizeof(line), 20) == 1) {
+      json_t *ev = json_loads(line, 0, NULL);
+      count_saves(n, ev);
+      json_decref(ev);
+    }
+    if (t_readline(&svc, line, sizeof(line), 20) == 1)
+      registered = strstr(line, "\"registered\"") != NULL;
+  }
+  long long t2 = t_now_ms();
+  ck_assert_msg(registered, "the service behind the flood did not register");
+  fprintf(stderr,
+          "flood: %d registrations + %d junk published in %lld ms; the "
+          "service behind them registered %lld ms later\n",
+          FLOOD_QUEUES, FLOOD_JUNK, t1 - t0, t2 - t1);
+  t_signal(&svc, SIGTERM);
+  ck_assert_int_eq(t_wait(&svc, 10000), 130);
+  t_signal(&srv, SIGTERM);
+  ck_assert_int_eq(t_collect(&srv, 20000, count_saves, n), 130);
+  /* 1000 of the attacker's (its quota) and the service's; far fewer
+   * store writes than registrations. */
+  fprintf(stderr, "flood: %d registrations, %d store writes\n", n[1], n[0]);
+  ck_assert_int_eq(n[1], 1001);
+  ck_assert_int_lt(n[0], n[1] / 10);
+  edp_conn_destroy(&m);
+  free(q);
+}
+END_TEST
+
+/* The server dies after the store write that holds a registration and
+ * before the request's ack (a memory alarm holds its reply): the
+ * restarted server gets the request again, redelivered, and answers its
+ * creator with the token the store kept. */
+START_TEST(crash_before_ack_answers_the_redelivered_request) {
+  const char *rq = t_unique("config.q");
+  const char *store = store_path();
+  edp_conn *c = open_conn();
+  declare_rq(c, rq);
+  char q[1][256];
+  tmp_queue(c, q[0], sizeof(q[0]));
+  register_raw(c, rq, q[0], "crash-1");
+  ck_assert_int_eq(t_ctl("set_vm_memory_high_watermark 0"), 0);
+  t_proc srv;
+  start_server(&srv, store, rq);
+  json_t *ev = await_json(&srv, "saved", NULL, NULL, 20000);
+  t_signal(&srv, SIGKILL);
+  t_wait(&srv, 10000);
+  ck_assert_int_eq(t_ctl("set_vm_memory_high_watermark 0.4"), 0);
+  ck_assert_ptr_nonnull(ev);
+  json_decref(ev);
+  json_t *w = stored_watch(store, q[0]);
+  ck_assert_ptr_nonnull(w);
+  start_server(&srv, store, rq);
+  /* One reply at least (two if the first got out before the kill), each
+   * ok with the stored token. */
+  ck_assert_int_eq(edp_conn_consume(c, q[0], NULL, NULL, 0), 0);
+  int replies = 0;
+  edp_delivery d;
+  while (edp_conn_receive(c, &d, replies ? 2000 : 20000) == 0) {
+    json_t *r = json_loadb(d.body, d.body_len, 0, NULL);
+    ck_assert(json_is_true(json_object_get(r, "ok")));
+    ck_assert_str_eq(json_string_value(json_object_get(r, "token")),
+                     json_string_value(json_object_get(w, "token")));
+    ck_assert_str_eq(d.correlation_id, "crash-1");
+    json_decref(r);
+    edp_conn_ack(c, d.epoch, d.tag, 0);
+    edp_delivery_clear(&d);
+    replies++;
+  }
+  ck_assert_int_ge(replies, 1);
+  fprintf(stderr, "crash before ack: %d repl%s\n", replies,
+          replies == 1 ? "y" : "ies");
+  json_decref(w);
+  edp_conn_destroy(&c);
+  stop_server(&srv);
+}
+END_TEST
+
 int main(void) {
   if (!mkdtemp(store_dir))
+    return EXIT_FAILURE;
+  /* The attacker's own login (password = name), before Check forks; it
+   * may exist from an earlier run on the same node. */
+  t_ctl("add_user " MALLORY " " MALLORY);
+  if (t_ctl("set_permissions -p / " MALLORY " '.*' '.*' '.*'") != 0)
     return EXIT_FAILURE;
   Suite *s = suite_create("watch");
   TCase *tc = tcase_create("watch");
@@ -722,6 +1197,17 @@ int main(void) {
   tcase_add_test(tc, set_with_broker_unreachable_fails);
   tcase_add_test(tc, request_queue_deleted_is_served_again);
   suite_add_tcase(s, tc);
+  /* CK_RUN_CASE=hostile runs these alone. */
+  TCase *th = tcase_create("hostile");
+  tcase_set_timeout(th, 240);
+  tcase_add_test(th, hijack_attempts_change_nothing_and_get_no_reply);
+  tcase_add_test(th, forged_changes_are_dropped_and_poison_nothing);
+  tcase_add_test(th, quotas_refuse_with_clear_errors);
+  tcase_add_test(th, oversize_request_is_not_read);
+  tcase_add_test(th, orphan_pruned_without_a_change);
+  tcase_add_test(th, flood_is_batched_and_a_service_behind_it_registers);
+  tcase_add_test(th, crash_before_ack_answers_the_redelivered_request);
+  suite_add_tcase(s, th);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
   int failed = srunner_ntests_failed(sr);

@@ -68,6 +68,14 @@ const char *t_unique(const char *base) {
   return b;
 }
 
+int t_ctl(const char *args) {
+  char cmd[1024];
+  snprintf(cmd, sizeof(cmd), "tests/broker.sh ctl '%s' %s >/dev/null 2>&1",
+           t_broker_dir(), args);
+  int st = system(cmd);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 int t_broker(const char *cmd, const char *arg, char *out, size_t out_len) {
   char command[1024];
   snprintf(command, sizeof(command), "tests/broker.sh %s '%s' %s%s%s", cmd,

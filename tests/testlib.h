@@ -26,6 +26,10 @@ const char *t_broker_dir(void);
  * If out is not NULL, its first output line is copied there. */
 int t_broker(const char *cmd, const char *arg, char *out, size_t out_len);
 
+/* Runs rabbitmqctl ARGS (a shell word list, quoted as needed) on the
+ * harness's node, output discarded; returns its exit code. */
+int t_ctl(const char *args);
+
 /* Path of a program in $EDP_BIN (default "bin"): static buffer per call
  * slot, valid until 16 more calls. */
 const char *t_bin(const char *prog);
