@@ -50,17 +50,17 @@ static void on_event(void *ud, const edp_watch_info *in) {
   if (app.json) {
     json_t *o = json_pack("{s:s}", "event", names[in->event]);
     if (in->queue)
-      json_object_set_new(o, "queue", json_string(in->queue));
+      cli_json_set(o, "queue", in->queue);
     if (in->service)
-      json_object_set_new(o, "service", json_string(in->service));
+      cli_json_set(o, "service", in->service);
     if (in->key)
-      json_object_set_new(o, "key", json_string(in->key));
+      cli_json_set(o, "key", in->key);
     if (in->event == EDP_WATCH_NOTIFIED || in->event == EDP_WATCH_CHANGED)
       json_object_set_new(o, "version", json_integer(in->version));
     if (in->detail && in->event == EDP_WATCH_REJECTED)
-      json_object_set_new(o, "reason", json_string(in->detail));
+      cli_json_set(o, "reason", in->detail);
     if (in->user)
-      json_object_set_new(o, "user", json_string(in->user));
+      cli_json_set(o, "user", in->user);
     if (in->event == EDP_WATCH_SAVED) {
       json_object_set_new(o, "watches", json_integer(in->version));
       json_object_set_new(o, "reason", json_string(in->detail));
@@ -68,29 +68,35 @@ static void on_event(void *ud, const edp_watch_info *in) {
     cli_emit(o);
     return;
   }
+  /* Names and keys come from requests anyone may send: escaped, so they
+   * can neither forge lines nor send terminal escapes. */
+  char svc[256], q[512], key[512], why[512], user[256];
+  cli_text(in->service ? in->service : "?",
+           in->service ? strlen(in->service) : 1, svc, sizeof(svc));
+  cli_text(in->queue, in->queue ? strlen(in->queue) : 0, q, sizeof(q));
+  cli_text(in->key, in->key ? strlen(in->key) : 0, key, sizeof(key));
+  cli_text(in->detail, in->detail ? strlen(in->detail) : 0, why, sizeof(why));
+  cli_text(in->user ? in->user : "?", in->user ? strlen(in->user) : 1, user,
+           sizeof(user));
   switch (in->event) {
   case EDP_WATCH_REGISTERED:
-    printf("Registered service %s (%s)\n", in->service ? in->service : "?",
-           in->queue);
+    printf("Registered service %s (%s)\n", svc, q);
     break;
   case EDP_WATCH_NOTIFIED:
-    printf("Notified %s (%s) of %s\n", in->service ? in->service : "?",
-           in->queue, in->key);
+    printf("Notified %s (%s) of %s\n", svc, q, key);
     break;
   case EDP_WATCH_REMOVED:
-    printf("Service not found: %s\nRemoving service from registry\n",
-           in->queue);
+    printf("Service not found: %s\nRemoving service from registry\n", q);
     break;
   case EDP_WATCH_REJECTED:
     fprintf(stderr,
-            "edp-config-server: rejected a registration (user %s): %s\n",
-            in->user ? in->user : "?", in->detail);
+            "edp-config-server: rejected a registration (user %s): %s\n", user,
+            why);
     break;
   case EDP_WATCH_SAVED:
     break;
   case EDP_WATCH_CHANGED:
-    printf("Config %s changed (version %lld)\n", in->key,
-           (long long)in->version);
+    printf("Config %s changed (version %lld)\n", key, (long long)in->version);
     break;
   }
   fflush(stdout);

@@ -116,17 +116,23 @@ int main(int argc, char **argv) {
                edp_watch_client_queue(cl));
     } else if (app.json) {
       json_t *v = json_loads(u.value, JSON_DECODE_ANY, NULL);
-      cli_emit(json_pack("{s:s,s:s,s:s,s:o?,s:I,s:b}", "event", "config",
-                         "service", name, "key", u.key, "value", v, "version",
-                         (json_int_t)u.version, "initial", u.initial));
+      json_t *o =
+          json_pack("{s:s,s:o?,s:I,s:b}", "event", "config", "value", v,
+                    "version", (json_int_t)u.version, "initial", u.initial);
+      cli_json_set(o, "service", name);
+      cli_json_set(o, "key", u.key);
+      cli_emit(o);
     } else {
       /* A string value prints as the talk shows it, without quotes. */
       json_t *v = json_loads(u.value, JSON_DECODE_ANY, NULL);
       const char *text = json_is_string(v) ? json_string_value(v) : u.value;
+      char key[512], val[2048];
+      cli_text(u.key, strlen(u.key), key, sizeof(key));
+      cli_text(text, text ? strlen(text) : 0, val, sizeof(val));
       if (u.initial)
-        printf("Config value %s: %s\n", u.key, text);
+        printf("Config value %s: %s\n", key, val);
       else
-        printf("New Config Value Received: %s = %s\n", u.key, text);
+        printf("New Config Value Received: %s = %s\n", key, val);
       json_decref(v);
     }
     fflush(stdout);
