@@ -383,11 +383,8 @@ START_TEST(bad_input_exit_codes) {
   const char *auth = strstr(url, "://") + 3;
   size_t auth_len = strcspn(auth, "/?");
   const char *query = auth + auth_len + strcspn(auth + auth_len, "?");
-  const char *cred = strstr(url, "guest:guest@");
-  ck_assert_ptr_nonnull(cred);
   char wrongpw[1200], novhost[1200];
-  snprintf(wrongpw, sizeof(wrongpw), "%.*sguest:wrong@%s", (int)(cred - url),
-           url, cred + strlen("guest:guest@"));
+  t_url_as("guest", "wrong", wrongpw, sizeof(wrongpw));
   snprintf(novhost, sizeof(novhost), "%.*s/no-such-vhost%s",
            (int)(auth + auth_len - url), url, query);
 
@@ -676,9 +673,8 @@ START_TEST(copies_are_faithful) {
   /* Another user receives: guest's user_id is foreign to it. */
   ck_assert_int_eq(ctl("add_user edpcopier pw"), 0);
   ck_assert_int_eq(ctl("set_permissions -p / edpcopier '.*' '.*' '.*'"), 0);
-  char url[600];
-  const char *at = strchr(t_url(), '@');
-  snprintf(url, sizeof(url), "amqp://edpcopier:pw%s", at);
+  char url[1200];
+  t_url_as("edpcopier", "pw", url, sizeof(url));
   copy_log l = {0};
   fail_into_dlq(url, q, 1, &l, 1);
   ck_assert_int_eq(l.attempts, 2);

@@ -892,6 +892,26 @@ static void p_on_event(void *ud, int broker, int ev, size_t count) {
     l->downs[broker]++;
 }
 
+/* A producer over every node whose confirms and events go to l. */
+static edp_multi_producer *ledger_producer(const char *q, int mode,
+                                           pledger *l) {
+  const char *urls[NODES];
+  for (int i = 0; i < NODES; i++)
+    urls[i] = node_url[i];
+  edp_multi_producer_opts o;
+  edp_multi_producer_opts_init(&o);
+  o.urls = urls;
+  o.n_urls = NODES;
+  o.queue = q;
+  o.mode = mode;
+  o.on_confirm = p_on_confirm;
+  o.on_event = p_on_event;
+  o.ud = l;
+  edp_multi_producer *p = NULL;
+  ck_assert_int_eq(edp_multi_producer_new(&o, &p, NULL, 0), 0);
+  return p;
+}
+
 /* A publish to a missing exchange closes that broker's channel; the core
  * restores it inside the call that meets the close and reports the
  * message nacked (EDP_ECHANNEL from a wait now means "restored"). The
@@ -901,19 +921,7 @@ static void p_on_event(void *ud, int broker, int ev, size_t count) {
 START_TEST(producer_channel_error_is_not_a_lost_broker) {
   const char *q = t_unique("multi.poison");
   pledger l = {0};
-  const char *urls[NODES];
-  for (int i = 0; i < NODES; i++)
-    urls[i] = node_url[i];
-  edp_multi_producer_opts o;
-  edp_multi_producer_opts_init(&o);
-  o.urls = urls;
-  o.n_urls = NODES;
-  o.queue = q;
-  o.on_confirm = p_on_confirm;
-  o.on_event = p_on_event;
-  o.ud = &l;
-  edp_multi_producer *p = NULL;
-  ck_assert_int_eq(edp_multi_producer_new(&o, &p, NULL, 0), 0);
+  edp_multi_producer *p = ledger_producer(q, EDP_MULTI_ROUND_ROBIN, &l);
   const int n = 30;
   long long t0 = t_now_ms();
   for (int i = 0; i <= n; i++) {
@@ -969,20 +977,7 @@ END_TEST
 START_TEST(queue_deleted_under_producer_loses_nothing) {
   const char *q = t_unique("multi.pdel");
   pledger l = {0};
-  const char *urls[NODES];
-  for (int i = 0; i < NODES; i++)
-    urls[i] = node_url[i];
-  edp_multi_producer_opts o;
-  edp_multi_producer_opts_init(&o);
-  o.urls = urls;
-  o.n_urls = NODES;
-  o.queue = q;
-  o.mode = EDP_MULTI_KEY;
-  o.on_confirm = p_on_confirm;
-  o.on_event = p_on_event;
-  o.ud = &l;
-  edp_multi_producer *p = NULL;
-  ck_assert_int_eq(edp_multi_producer_new(&o, &p, NULL, 0), 0);
+  edp_multi_producer *p = ledger_producer(q, EDP_MULTI_KEY, &l);
   enum { N = 60, KEYS = 8 };
   long long t0 = 0;
   for (int i = 0; i < N; i++) {

@@ -144,12 +144,12 @@ static const char *tls_url(const char *host, int port, const char *ca,
   return tls_url_cert(host, port, ca, "client", query);
 }
 
-/* The port of EDP_URL's plain node. */
+/* The port of EDP_URL's plain node, or 0 under make check TLS=1, where
+ * every node is a TLS node. */
 static int plain_port(void) {
   edp_url u;
   ck_assert_int_eq(edp_url_parse(t_url(), &u, NULL, 0), 0);
-  ck_assert_int_eq(u.tls, 0);
-  return u.port;
+  return u.tls ? 0 : u.port;
 }
 
 /* Opens url; returns its error code and the time it took in *ms. */
@@ -179,6 +179,16 @@ static void expect_refused(const char *url, int want_rc, const char *cause) {
   ck_assert_msg(!strchr(why, '\n'), "not one line: %s", why);
   ck_assert_msg(!strstr(why, ":guest@"), "password shown: %s", why);
   ck_assert_int_lt(ms, REFUSE_BOUND_MS);
+}
+
+/* A fault proxy in front of the TLS node; url gets the URL through it
+ * (the certificate names 127.0.0.1 too). */
+static fp_proxy *tls_proxy(char *url, size_t len) {
+  fp_proxy *fp = NULL;
+  ck_assert_int_eq(fp_start("127.0.0.1", tls_port, &fp), 0);
+  ck_assert_int_eq(
+      fp_url(fp, tls_url("localhost", tls_port, "ca", NULL), url, len), 0);
+  return fp;
 }
 
 /* ---------- verified TLS works ---------- */
@@ -320,8 +330,12 @@ START_TEST(refused_no_client_cert) {
 END_TEST
 
 START_TEST(refused_wrong_kind_of_port) {
-  expect_refused(tls_url("localhost", plain_port(), "ca", NULL), EDP_ETLS,
-                 "does not speak TLS");
+  if (plain_port())
+    expect_refused(tls_url("localhost", plain_port(), "ca", NULL), EDP_ETLS,
+                   "does not speak TLS");
+  else
+    fprintf(stderr, "  (no plain node under TLS=1: amqps:// against a plain "
+                    "port not tried)\n");
   char url[300];
   snprintf(url, sizeof(url), "amqp://guest:guest@localhost:%d", tls_port);
   expect_refused(url, EDP_ECONNECT, "amqps://");
@@ -361,12 +375,8 @@ END_TEST
  * down, a balancer with nothing behind it) is no refusal either: 69, and
  * the same URL works once something answers. */
 START_TEST(reset_in_handshake_is_unreachable) {
-  fp_proxy *fp = NULL;
-  ck_assert_int_eq(fp_start("127.0.0.1", tls_port, &fp), 0);
   char url[2048];
-  ck_assert_int_eq(
-      fp_url(fp, tls_url("localhost", tls_port, "ca", NULL), url, sizeof(url)),
-      0);
+  fp_proxy *fp = tls_proxy(url, sizeof(url));
   ck_assert_int_eq(fp_refuse(fp, 1), 0);
   char why[600];
   long long ms;
@@ -629,12 +639,8 @@ END_TEST
 /* The TLS stream cut mid-record with messages in flight (a fault proxy
  * in front of the node; the certificate names 127.0.0.1). */
 START_TEST(sender_survives_cut_mid_record) {
-  fp_proxy *fp = NULL;
-  ck_assert_int_eq(fp_start("127.0.0.1", tls_port, &fp), 0);
   char url[2048];
-  ck_assert_int_eq(
-      fp_url(fp, tls_url("localhost", tls_port, "ca", NULL), url, sizeof(url)),
-      0);
+  fp_proxy *fp = tls_proxy(url, sizeof(url));
   char queue[128];
   snprintf(queue, sizeof(queue), "%s", t_unique("edp.tls.cut"));
   midsend m = {0};

@@ -729,10 +729,8 @@ END_TEST
 
 /* t_url() with another user's credentials. */
 static const char *url_as(const char *user) {
-  static char url[600];
-  const char *at = strchr(t_url(), '@');
-  snprintf(url, sizeof(url), "amqp://%s:%s%s", user, user, at);
-  return url;
+  static char url[1200];
+  return t_url_as(user, user, url, sizeof(url));
 }
 
 static edp_conn *open_as(const char *user) {

@@ -39,6 +39,20 @@ static const char *need_env(const char *name) {
 
 const char *t_url(void) { return need_env("EDP_URL"); }
 
+char *t_url_as(const char *user, const char *pass, char *out, size_t len) {
+  const char *base = t_url(), *auth = strstr(base, "://");
+  ck_assert_ptr_nonnull(auth);
+  auth += 3;
+  /* The credentials end at the authority's last '@'. */
+  const char *host = auth;
+  for (const char *p = auth; *p && !strchr("/?#", *p); p++)
+    if (*p == '@')
+      host = p + 1;
+  snprintf(out, len, "%.*s%s:%s@%s", (int)(auth - base), base, user, pass,
+           host);
+  return out;
+}
+
 char *t_url_query(const char *base, const char *query, char *out, size_t len) {
   if (query && query[0] == '?' && strchr(base, '?'))
     snprintf(out, len, "%s&%s", base, query + 1);

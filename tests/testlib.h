@@ -19,6 +19,10 @@ const char *t_url(void);
  * Returns out. */
 char *t_url_query(const char *base, const char *query, char *out, size_t len);
 
+/* Writes t_url() logged in as user:pass to out, with its scheme, host and
+ * query kept (a TLS node's URL names its files). Returns out. */
+char *t_url_as(const char *user, const char *pass, char *out, size_t len);
+
 /* The broker's dir for tests/broker.sh (restart, kill, close-conns). */
 const char *t_broker_dir(void);
 
