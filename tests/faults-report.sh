@@ -8,10 +8,20 @@ rows=${1:?usage: faults-report.sh ROWS_FILE}
 [ -s "$rows" ] || { echo "faults-report.sh: no rows in $rows" >&2; exit 1; }
 version=$(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo unknown)
 rmqc=$(dpkg-query -W -f='${Version}' librabbitmq-dev 2>/dev/null || echo unknown)
-cat <<HEAD
-# The fault matrix
+title="The fault matrix" tls_note=""
+if [ "${EDP_TLS:-0}" = 1 ]; then
+  title="The fault matrix over TLS"
+  tls_note="Over TLS: \`make faults TLS=1\` made every node a TLS node (TLS listener
+only, client certificates required) and every connection amqps://; the
+fault proxy relays the TLS bytes, so its cuts land in the middle of TLS
+records. The same suites and checks as [faults.md](faults.md).
 
-Written by \`make faults\` from the run of $(date -u '+%Y-%m-%d %H:%M UTC')
+"
+fi
+cat <<HEAD
+# $title
+
+${tls_note}Written by \`make faults\` from the run of $(date -u '+%Y-%m-%d %H:%M UTC')
 on $(nproc) cores, RabbitMQ $version, rabbitmq-c $rmqc. Each row is one
 test in \`tests/integ_faults.c\` (or a pattern suite) that injected the
 fault at that moment and checked the outcome by accounting: which message
