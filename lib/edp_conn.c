@@ -53,7 +53,8 @@ void edp__log(edp_conn *c, int level, const char *fmt, ...) {
 }
 
 /* Tells the owner what happened; reason NULL means the broker's last
- * reply text (and code), the usual cause. */
+ * reply text, the usual cause. The code is always the last reply's (0 for
+ * UNBLOCKED), also beside a reason given here. */
 static void event_full(edp_conn *c, int type, const char *reason,
                        const char *queue, const char *tag,
                        uint64_t republished) {
@@ -527,7 +528,7 @@ int edp__pump(edp_conn *c, int wake_fd, int timeout_ms, int *woke) {
           slice = (int)left;
       }
       struct pollfd fds[3] = {{amqp_get_sockfd(c->st), POLLIN, 0},
-                              {c->o.stop_fd, POLLIN, 0},
+                              {c->ignore_stop ? -1 : c->o.stop_fd, POLLIN, 0},
                               {wake_fd, POLLIN, 0}};
       int n = poll(fds, 3, slice);
       if (n < 0 && errno != EINTR)
@@ -832,6 +833,7 @@ int edp_conn_open(const edp_conn_opts *o, edp_conn **out, char *err_text,
   c->o.url = c->url_raw;
   c->o.client_name = c->client_name;
   c->prefetch = -1;
+  init_amqp_pool(&c->hdr_pool, 4096);
   c->on_event = o->on_event;
   c->on_event_ud = o->on_event_ud;
   c->rand_state =
@@ -895,6 +897,7 @@ void edp_conn_destroy(edp_conn **cp) {
   edp__free_pending_list(c->lost_head);
   edp__free_topology(c);
   edp__free_consumers(c);
+  empty_amqp_pool(&c->hdr_pool);
   free(c->url_raw);
   free(c->client_name);
   free(c);

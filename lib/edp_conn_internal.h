@@ -72,6 +72,12 @@ struct edp_conn {
   int tls_alert; /* the first fatal alert the broker sent, 0 = none */
   char tls_subject[256];
   char tls_identity[256]; /* the client certificate's CN, for EXTERNAL */
+  /* edp_conn_publish_confirmed waits out the confirm of a message it
+   * wrote: the pump does not end at the stop fd meanwhile. */
+  int ignore_stop;
+  /* Memory for the headers of the message being published; kept and
+   * recycled, so a publish with headers allocates nothing. */
+  amqp_pool_t hdr_pool;
 
   amqp_connection_state_t st; /* NULL once the connection is lost */
   amqp_channel_t chan;        /* the current channel's number */
@@ -137,6 +143,8 @@ int edp__fields_to_amqp(amqp_pool_t *pool, const edp_field *f, size_t n,
 int edp__field_to_amqp(amqp_pool_t *pool, const edp_field *f,
                        amqp_table_entry_t *out);
 size_t edp__fields_size(const edp_field *f, size_t n);
+/* A field's key length (key_len, or strlen(key) where it is 0). */
+size_t edp__field_key_len(const edp_field *f);
 edp_field *edp__fields_copy_into(void *buf, const edp_field *f, size_t n);
 
 /* Turns an RPC reply into 0 or an error, handling a channel or connection

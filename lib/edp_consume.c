@@ -370,7 +370,7 @@ const edp_value *edp_delivery_header(const edp_delivery *d, const char *key) {
   size_t kl = key ? strlen(key) : 0;
   for (size_t i = 0; d && key && i < d->n_headers; i++) {
     const edp_field *f = &d->headers[i];
-    size_t fl = f->key_len ? f->key_len : strlen(f->key);
+    size_t fl = edp__field_key_len(f);
     if (fl == kl && !memcmp(f->key, key, kl))
       return &f->value;
   }

@@ -38,7 +38,7 @@ static const char *put_bytes(arena *a, const void *p, size_t len) {
   return d;
 }
 
-static size_t key_len(const edp_field *f) {
+size_t edp__field_key_len(const edp_field *f) {
   return f->key_len ? f->key_len : strlen(f->key);
 }
 
@@ -66,7 +66,7 @@ static void copy_value(arena *a, edp_value *dst, const edp_value *s) {
 static const edp_field *copy_fields(arena *a, const edp_field *s, size_t n) {
   edp_field *f = take(a, n * sizeof(edp_field), alignof(edp_field));
   for (size_t i = 0; i < n; i++) {
-    size_t kl = key_len(&s[i]);
+    size_t kl = edp__field_key_len(&s[i]);
     const char *k = put_bytes(a, s[i].key, kl);
     copy_value(a, f ? &f[i].value : NULL, &s[i].value);
     if (f) {
@@ -297,7 +297,7 @@ int edp__field_to_amqp(amqp_pool_t *pool, const edp_field *f,
                        amqp_table_entry_t *out) {
   if (!f->key)
     return EDP_EINVAL;
-  size_t kl = key_len(f);
+  size_t kl = edp__field_key_len(f);
   if (kl > 255) /* a shortstr */
     return EDP_EINVAL;
   out->key = bytes_of(f->key, kl);

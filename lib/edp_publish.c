@@ -275,7 +275,6 @@ void edp__refuse_pending(edp_conn *c,
 
 /* ---------- publishing ---------- */
 
-/* Sends one message; in confirm mode p (its copy) joins the pending list. */
 /* Fills props->headers from m: the table's entries that no simple header
  * replaces, then the simple headers; nested values come from pool. */
 static int build_headers(const edp_msg *m, amqp_pool_t *pool,
@@ -348,11 +347,9 @@ int edp__send(edp_conn *c, const edp_msg *m, struct edp__pending *p,
     props._flags |= AMQP_BASIC_TIMESTAMP_FLAG;
     props.timestamp = (uint64_t)m->timestamp;
   }
-  amqp_pool_t pool;
-  init_amqp_pool(&pool, 4096);
-  int res = build_headers(m, &pool, &props);
+  int res = build_headers(m, &c->hdr_pool, &props);
   if (res) {
-    empty_amqp_pool(&pool);
+    recycle_amqp_pool(&c->hdr_pool);
     return res;
   }
   amqp_bytes_t body = {m->body_len, (void *)m->body};
@@ -360,7 +357,7 @@ int edp__send(edp_conn *c, const edp_msg *m, struct edp__pending *p,
                            edp__bytes_of(m->exchange ? m->exchange : ""),
                            edp__bytes_of(m->routing_key ? m->routing_key : ""),
                            m->mandatory, 0, &props, body);
-  empty_amqp_pool(&pool);
+  recycle_amqp_pool(&c->hdr_pool);
   if (res < 0)
     return edp__lib_error(c, res);
   if (p) {
@@ -622,8 +619,7 @@ int edp_conn_publish_confirmed(edp_conn *c, const edp_msg *m, int timeout_ms) {
   int rc = edp_conn_publish(c, m, &seq);
   if (rc)
     return rc;
-  int stop_fd = c->o.stop_fd;
-  c->o.stop_fd = -1;
+  c->ignore_stop = 1;
   uint32_t epoch = c->epoch;
   c->sync_seq = seq;
   c->sync_status = -1;
@@ -644,7 +640,7 @@ int edp_conn_publish_confirmed(edp_conn *c, const edp_msg *m, int timeout_ms) {
     /* report_confirm() records our message's status when it comes. */
     rc = edp__pump(c, -1, left, NULL);
   }
-  c->o.stop_fd = stop_fd;
+  c->ignore_stop = 0;
   /* A channel close (a publish to a missing exchange is one) is restored
    * here; its error says why. */
   if (c->chan_closed)
