@@ -127,6 +127,14 @@ static int ssl_network_error(void) {
                ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING);
 }
 
+/* rabbitmq-c's words for a connection that ended under it. */
+static int closed_status(int status) {
+  return status == AMQP_STATUS_CONNECTION_CLOSED ||
+         status == AMQP_STATUS_SOCKET_ERROR ||
+         status == AMQP_STATUS_SSL_ERROR ||
+         status == AMQP_STATUS_SSL_CONNECTION_FAILED;
+}
+
 /* OpenSSL's reason for the last error of this thread, or "". */
 static const char *ssl_reason(void) {
   unsigned long e = ERR_peek_last_error();
@@ -304,12 +312,16 @@ int edp__tls_explain(edp_conn *c, int status, int in_login, char *err_text,
       snprintf(why, sizeof(why), "the broker refused the handshake: %s", a);
   } else if (words) {
     snprintf(why, sizeof(why), "%s", words);
-  } else if (!in_login && c->tls_started && ssl_network_error()) {
-    /* Reset or closed before the peer said a TLS word: see below. */
+  } else if (!in_login && c->tls_started &&
+             (ssl_network_error() || (!r[0] && closed_status(status)))) {
+    /* Closed or reset before the peer said a TLS word: no refusal, a
+     * broker going down or a balancer with nothing behind it. Retried,
+     * like an unreachable broker (a plain AMQP port answers with bytes
+     * that are not TLS: "does not speak TLS" above). */
     snprintf(why, sizeof(why),
              "the connection was closed during the TLS handshake, before "
-             "the peer answered (%s)",
-             r);
+             "the peer answered%s%s%s",
+             r[0] ? " (" : "", r, r[0] ? ")" : "");
     rc = EDP_ECONNECT;
   } else if (r[0]) {
     snprintf(why, sizeof(why), "TLS handshake failed: %s", r);
@@ -318,42 +330,24 @@ int edp__tls_explain(edp_conn *c, int status, int in_login, char *err_text,
      * stall, not a refusal; retried like an unreachable broker. */
     snprintf(why, sizeof(why), "TLS handshake timed out");
     rc = EDP_ECONNECT;
-  } else if (in_login && c->url.certfile[0] &&
-             (status == AMQP_STATUS_SSL_ERROR ||
-              status == AMQP_STATUS_SOCKET_ERROR ||
-              status == AMQP_STATUS_CONNECTION_CLOSED)) {
-    /* Under TLS 1.3 the broker refuses our certificate after we sent our
-     * first bytes; it then closes with those unread, the kernel answers
-     * with a reset and the reset discards its alert before we read it. */
-    snprintf(why, sizeof(why),
-             "the broker closed the connection right after the TLS "
-             "handshake: it refused our client certificate %.200s (its log "
-             "says why)",
-             c->url.certfile);
-  } else if (in_login && (status == AMQP_STATUS_SSL_ERROR ||
-                          status == AMQP_STATUS_SOCKET_ERROR ||
-                          status == AMQP_STATUS_CONNECTION_CLOSED)) {
-    /* The same close when we sent no certificate: a broker that requires
-     * one (fail_if_no_peer_cert) refuses it this way under TLS 1.3. */
-    snprintf(why, sizeof(why),
-             "the broker closed the connection right after the TLS "
-             "handshake: no client certificate was given and it probably "
-             "requires one (certfile, keyfile)");
-  } else if (in_login) {
+  } else if (in_login && closed_status(status)) {
+    /* Under TLS 1.3 the broker refuses a client certificate, or the lack
+     * of one (fail_if_no_peer_cert), after we sent our first bytes; it
+     * then closes with those unread, the kernel answers with a reset and
+     * the reset discards its alert before we read it. */
+    if (c->url.certfile[0])
+      snprintf(why, sizeof(why),
+               "the broker closed the connection right after the TLS "
+               "handshake: it refused our client certificate %.200s (its "
+               "log says why)",
+               c->url.certfile);
+    else
+      snprintf(why, sizeof(why),
+               "the broker closed the connection right after the TLS "
+               "handshake: no client certificate was given and it probably "
+               "requires one (certfile, keyfile)");
+  } else if (in_login || !c->tls_started) {
     return 0; /* not a TLS matter: the caller says what it is */
-  } else if (!c->tls_started) {
-    return 0;
-  } else if (status == AMQP_STATUS_CONNECTION_CLOSED ||
-             status == AMQP_STATUS_SSL_CONNECTION_FAILED ||
-             status == AMQP_STATUS_SOCKET_ERROR) {
-    /* Closed or reset before the peer said a TLS word: no refusal, a
-     * broker going down or a balancer with nothing behind it. Retried,
-     * like an unreachable broker (a plain AMQP port answers with bytes
-     * that are not TLS: "does not speak TLS" above). */
-    snprintf(why, sizeof(why),
-             "the connection was closed during the TLS handshake, before "
-             "the peer answered");
-    rc = EDP_ECONNECT;
   } else {
     snprintf(why, sizeof(why), "TLS handshake failed: %s",
              amqp_error_string2(status));
