@@ -26,9 +26,6 @@
 #include "edp_util.h"
 #include "edp_watch_internal.h"
 
-#define TYPE_REPLY "edp.watch.reply"
-#define TYPE_CHANGE "edp.watch.change"
-#define TYPE_PING "edp.watch.ping"
 #define MAX_STORE ((size_t)256 << 20)
 #define CONFIRM_TIMEOUT_MS 30000
 #define SERVE_MAX (8 * EDP_WATCH_BATCH) /* requests per serve call */
@@ -103,7 +100,7 @@ static void server_confirmed(void *ud, const edp_confirm *cf) {
       return; /* the watch stays; the next ping retries its removal */
     if ((s->gone[s->n_gone] = strdup(q)))
       s->n_gone++;
-  } else if (cf->status == EDP_CONFIRM_ACK && cf->msg->type &&
+  } else if (cf->status == EDP_CONFIRM_ACK && s->o.on_event && cf->msg->type &&
              !strcmp(cf->msg->type, TYPE_CHANGE)) {
     /* The change says which key and version it carries: one published
      * again after a reconnect may be confirmed during a later call. */
@@ -270,7 +267,7 @@ size_t edp_watch_server_key_count(const edp_watch_server *s) {
 /* The current values a watch of keys (NULL/empty = all) should get. */
 static json_t *values_for(edp_watch_server *s, json_t *keys) {
   if (!keys || json_array_size(keys) == 0)
-    return json_deep_copy(s->r.values);
+    return json_incref(s->r.values); /* read only, serialised at once */
   json_t *out = json_object();
   size_t i;
   json_t *k;
@@ -464,20 +461,20 @@ static int prune_step(edp_watch_server *s) {
 /* Collects up to EDP_WATCH_BATCH deliveries, waiting up to timeout_ms for
  * the first. Returns how many (>= 0) or an error. */
 static int collect(edp_watch_server *s, struct item *items, int timeout_ms) {
-  int n = 0;
+  int n = 0, rc = 0;
   for (int attempts = 0; n < EDP_WATCH_BATCH && attempts < 10;) {
     if (edp_conn_consumers(s->c) == 0 && edp_conn_is_open(s->c)) {
       /* The request queue was deleted under us (the notice may have gone
        * to the owner's own edp_conn_wait): serve a new one. */
       attempts++;
-      int rc = serve_requests(s);
+      rc = serve_requests(s);
       if (rc == EDP_ECLOSED)
         continue;
       if (rc)
-        return rc;
+        goto fail;
     }
     memset(&items[n], 0, sizeof(items[n]));
-    int rc = edp_conn_receive(s->c, &items[n].d, n ? 0 : timeout_ms);
+    rc = edp_conn_receive(s->c, &items[n].d, n ? 0 : timeout_ms);
     if (rc == EDP_ENOTFOUND)
       continue; /* the consumer ended: consumed again above */
     if (rc == EDP_ETIMEOUT)
@@ -485,16 +482,20 @@ static int collect(edp_watch_server *s, struct item *items, int timeout_ms) {
     if (rc == EDP_ECLOSED) {
       attempts++;
       if ((rc = edp_conn_reconnect(s->c)))
-        return rc;
+        goto fail;
       continue;
     }
     if (rc == EDP_ECHANNEL)
       continue;
     if (rc)
-      return rc;
+      goto fail;
     n++;
   }
   return n;
+fail: /* unacked: the broker gives them again */
+  while (n > 0)
+    edp_delivery_clear(&items[--n].d);
+  return rc;
 }
 
 int edp_watch_server_serve(edp_watch_server *s, int timeout_ms) {

@@ -20,9 +20,6 @@
 #include "edp_util.h"
 #include "edp_watch_internal.h"
 
-#define TYPE_REPLY "edp.watch.reply"
-#define TYPE_CHANGE "edp.watch.change"
-
 struct edp_watch_client {
   edp_conn *c;
   char *service, *request_queue;
@@ -293,7 +290,7 @@ int edp_watch_client_next(edp_watch_client *cl, edp_watch_update *u,
         if (!rc)
           rc = 1; /* deliver it after the ack */
       }
-    } else if (!d.type || strcmp(d.type, "edp.watch.ping")) {
+    } else if (!d.type || strcmp(d.type, TYPE_PING)) {
       /* Not from the server (no reply we wait for, no change with our
        * token): anyone can publish into our queue. Counted, dropped. */
       cl->dropped++;

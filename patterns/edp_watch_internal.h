@@ -13,6 +13,10 @@
 
 #include "edp_watch.h"
 
+/* The message types of the watch protocol (docs/wire.md). */
+#define TYPE_REPLY "edp.watch.reply"
+#define TYPE_CHANGE "edp.watch.change"
+#define TYPE_PING "edp.watch.ping"
 #define EDP__WATCH_TOKEN_HEX 32 /* a watch's owner token: 128 random bits */
 #define EDP__WATCH_MAX_USER 255 /* a user_id or correlation_id we keep */
 

@@ -267,11 +267,11 @@ void edp__watch_remove(edp__watch_reg *r, const char *queue) {
   json_object_del(r->by_queue, w->queue);
   edp__watch_free(w);
   r->w[i] = r->w[--r->n_w];
-  /* The moved watch keeps its place in the index; setting an existing
-   * key replaces its value in place, it cannot fail for memory. */
+  /* The moved watch's index entry changes in place: no allocation, so
+   * the index cannot be left pointing past the end. */
   if (i < r->n_w)
-    json_object_set_new(r->by_queue, r->w[i].queue,
-                        json_integer((json_int_t)i));
+    json_integer_set(json_object_get(r->by_queue, r->w[i].queue),
+                     (json_int_t)i);
 }
 
 /* ---------- the store ---------- */
