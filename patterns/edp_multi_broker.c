@@ -161,6 +161,16 @@ static void p_conn_log(void *ud, int level, const char *msg) {
     b->p->o.log(b->p->o.log_ud, level, msg);
 }
 
+/* Appends h to the messages b keeps, in order. */
+static void held_push(struct pbroker *b, struct held *h) {
+  if (b->h_tail)
+    b->h_tail->next = h;
+  else
+    b->h_head = h;
+  b->h_tail = h;
+  b->n_held++;
+}
+
 /* A message for the producer's own queue, which it publishes mandatory. */
 static int to_our_queue(const edp_multi_producer *p, const edp_msg *m) {
   return (!m->exchange || !m->exchange[0]) && m->routing_key &&
@@ -177,12 +187,7 @@ static void p_confirmed(void *ud, const edp_confirm *cf) {
   struct held *h = NULL;
   if (cf->status == EDP_CONFIRM_RETURNED && cf->msg &&
       to_our_queue(b->p, cf->msg) && (h = held_copy(cf->msg))) {
-    if (b->h_tail)
-      b->h_tail->next = h;
-    else
-      b->h_head = h;
-    b->h_tail = h;
-    b->n_held++;
+    held_push(b, h);
     b->st.returned++;
     b->redeclare = 1;
     return;
@@ -424,7 +429,6 @@ static int lost(int rc) {
  * sends the returned ones in their order. */
 static int requeue_returned(edp_multi_producer *p, struct pbroker *b) {
   b->redeclare = 0;
-  size_t n = b->n_held;
   int rc = edp_conn_queue_declare(b->c, p->queue, p->has_qo ? &p->qo : NULL,
                                   NULL, 0, NULL, NULL);
   if (!rc)
@@ -433,12 +437,13 @@ static int requeue_returned(edp_multi_producer *p, struct pbroker *b) {
     mlog(p->o.log, p->o.log_ud, EDP_LOG_WARN,
          "broker %d: queue %s was gone (%zu message(s) came back "
          "unroutable); declared it again",
-         b->idx, p->queue, b->n_held > n ? b->n_held : n);
+         b->idx, p->queue, b->n_held);
     rc = send_kept(p, b);
   }
   if (rc && !lost(rc)) {
     mlog(p->o.log, p->o.log_ud, EDP_LOG_WARN,
-         "broker %d: cannot declare queue %s again: %s (%d %s); retrying",
+         "broker %d: cannot declare queue %s again and resend to it: %s "
+         "(%d %s); retrying",
          b->idx, p->queue, edp_strerror(rc), edp_conn_reply_code(b->c),
          edp_conn_reply_text(b->c));
     b->redeclare = 1;
@@ -632,12 +637,7 @@ static int hold(edp_multi_producer *p, struct pbroker *b, const edp_msg *m) {
   struct held *h = held_copy(m);
   if (!h)
     return EDP_ENOMEM;
-  if (b->h_tail)
-    b->h_tail->next = h;
-  else
-    b->h_head = h;
-  b->h_tail = h;
-  b->n_held++;
+  held_push(b, h);
   if (b->n_held == 1)
     p_event(p, b, EDP_MULTI_HELD, kept + 1);
   return 0;
