@@ -138,12 +138,16 @@ static int cmp_double(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
+static double median_of3(double *r) {
+  qsort(r, 3, sizeof(double), cmp_double);
+  return r[1];
+}
+
 static double median3(double (*fn)(int, size_t), int n, size_t arg) {
   double r[3];
   for (int i = 0; i < 3; i++)
     r[i] = fn(n, arg);
-  qsort(r, 3, sizeof(double), cmp_double);
-  return r[1];
+  return median_of3(r);
 }
 
 static double consume_adapter(int n, size_t batch) {
@@ -155,11 +159,6 @@ static double consume_adapter(int n, size_t batch) {
 typedef struct tls_row {
   double rate[2], cpu_us[2]; /* [0] plain, [1] TLS */
 } tls_row;
-
-static double median_of3(double *r) {
-  qsort(r, 3, sizeof(double), cmp_double);
-  return r[1];
-}
 
 static tls_row tls_compare(double (*fn)(int, size_t), int n, size_t arg) {
   double rate[2][3], cpu[2][3];

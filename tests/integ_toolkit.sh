@@ -89,6 +89,10 @@ expect_usage "larger than" "$s" --url-file /dev/zero x
 expect_usage "no URL in it" "$s" --url-file /dev/null x
 expect_usage "connects to one" "$s" --url-file "$tmp/url2" x
 expect_usage "exclude each other" "$s" --url "$EDP_URL" --url-file "$tmp/url" x
+expect_usage "exclude each other" "$s" --url-file "$tmp/url" --url "$EDP_URL" x
+expect_usage "given twice" "$s" --url-file "$tmp/url" --url-file "$tmp/url" x
+printf '%s\0\n' "$EDP_URL" > "$tmp/url-nul"
+expect_usage "NUL byte" "$s" --url-file "$tmp/url-nul" x
 # A listener that never answers keeps the sender in its connect, so its
 # argv can be read the way another user would (ps, /proc/PID/cmdline).
 port_file="$tmp/port"
@@ -109,7 +113,7 @@ grep -q 'password in --url is visible' "$tmp/err" || fail "no warning for a pass
 [[ $argv != *"$secret"* && $argv == *bob:xxxxxxxxxxxxxxx@* ]] || fail "password left in argv: $argv"
 ! grep -q -e 's3cr' -e '%2Ft' "$tmp/err" || fail "password in a message: $(cat "$tmp/err")"
 [ $rc = 69 ] || fail "a broker that never answers: exit $rc, not 69"
-echo "ok: --url-file, EDP_URL_FILE, 6 refused ambiguities, argv scrubbed, exit 69 on timeout"
+echo "ok: --url-file, EDP_URL_FILE, 9 refused ambiguities, argv scrubbed, exit 69 on timeout"
 echo "-- docker-compose.yml"
 if command -v docker-compose >/dev/null; then
   if docker-compose -f docker-compose.yml config -q 2>/dev/null; then
