@@ -62,7 +62,7 @@ static void fill(edp_conn *c, char *q, size_t qlen, long n) {
   run_no++;
   snprintf(ex, sizeof(ex), "bench.td.%d", (int)getpid());
   snprintf(q, qlen, "bench.td.%d.%d", (int)getpid(), run_no);
-  int rc = edp_td_declare(c, ex, q, "trade.eq.*");
+  int rc = edp_td_declare(c, ex, q, "trade.eq.*", NULL);
   if (rc)
     die("declare", rc);
   static int seqs[ACCOUNTS];

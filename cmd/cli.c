@@ -225,7 +225,63 @@ int cli_exit_code(int err) {
   }
 }
 
+int cli_queue_opt(cli *c, int opt, const char *arg, edp_queue_kind *k) {
+  switch (opt) {
+  case CLI_OPT_QUEUE_TYPE:
+    if (strcmp(arg, "classic") && strcmp(arg, "quorum"))
+      cli_die(c, CLI_USAGE, "--queue-type: classic or quorum, got '%s'", arg);
+    k->type = arg;
+    return 1;
+  case CLI_OPT_DELIVERY_LIMIT:
+    k->delivery_limit = cli_int(c, "delivery-limit", arg, 0, 1000000000L);
+    c->delivery_limit_set = 1;
+    return 1;
+  case CLI_OPT_SINGLE_ACTIVE:
+    k->single_active = 1;
+    return 1;
+  default:
+    return 0;
+  }
+}
+
+void cli_queue_done(cli *c, edp_queue_kind *k) {
+  int quorum = k->type && !strcmp(k->type, "quorum");
+  if (c->delivery_limit_set && k->delivery_limit && !quorum)
+    cli_die(c, CLI_USAGE,
+            "--delivery-limit needs --queue-type quorum (a classic queue "
+            "does not count deliveries)");
+  if (quorum && !c->delivery_limit_set)
+    k->delivery_limit = CLI_DELIVERY_LIMIT_DEFAULT;
+}
+
+/* The broker's 406 for a queue declared again with other arguments says
+ * "inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': received
+ * the value 'quorum' of type 'longstr' but current is none". Said
+ * plainly, with what to do about it. */
+static void explain_precondition(const cli *c, edp_conn *conn) {
+  const char *t = edp_conn_reply_text(conn);
+  const char *arg = strstr(t, "inequivalent arg '");
+  const char *queue = strstr(t, " for queue '");
+  const char *got = strstr(t, ": received ");
+  const char *has = got ? strstr(got, " but current is ") : NULL;
+  if (!arg || !queue || !got || !has)
+    return;
+  arg += strlen("inequivalent arg '");
+  queue += strlen(" for queue '");
+  int arg_len = (int)strcspn(arg, "'"), queue_len = (int)strcspn(queue, "'");
+  got += strlen(": received ");
+  has += strlen(" but current is ");
+  fprintf(stderr,
+          "%s: queue '%.*s' exists with another %.*s: asked %.*s, it has "
+          "%s. Give the options it was declared with (e.g. --queue-type) "
+          "or delete it first (rabbitmqctl delete_queue).\n",
+          c->prog, queue_len, queue, arg_len, arg,
+          (int)(has - strlen(" but current is ") - got), got, has);
+}
+
 void cli_die_err(const cli *c, edp_conn *conn, int err, const char *what) {
+  if (conn && err == EDP_EPRECONDITION)
+    explain_precondition(c, conn);
   if (conn && edp_conn_reply_code(conn))
     cli_die(c, cli_exit_code(err), "%s: %s (broker: %d %s)", what,
             edp_strerror(err), edp_conn_reply_code(conn),

@@ -1,8 +1,8 @@
 /*
  * cli.h - what every edp program shares: the connection options (--url,
- * --url-file, EDP_URL_FILE, EDP_URL), --json output, --help/--version, exit codes, signal handling
- * and the die helpers. Lives in cmd/ only: the library never exits or
- * prints.
+ * --url-file, EDP_URL_FILE, EDP_URL), --json output, --help/--version, exit
+ * codes, signal handling and the die helpers. Lives in cmd/ only: the library
+ * never exits or prints.
  */
 #ifndef EDP_CLI_H
 #define EDP_CLI_H
@@ -42,13 +42,39 @@ enum {
   "                       names, else $EDP_URL, else\n"                        \
   "                       " EDP_URL_DEFAULT ")\n"                              \
   "      --url-file PATH  read the URL from PATH (a secret file): keeps\n"     \
-  "                       the password out of argv and the environment\n"    \
+  "                       the password out of argv and the environment\n"      \
   "  -j, --json           one JSON object per event on stdout\n"               \
   "  -v, --verbose        log more on stderr\n"                                \
   "  -h, --help           this help\n"                                         \
   "  -V, --version        print the version\n"                                 \
   "Exit codes: 0 ok, 64 usage, 65 bad data, 69 broker unavailable,\n"          \
   "70 internal error, 77 access refused, 130 interrupted.\n"
+
+/* Options of the programs that declare a durable queue of the user's
+ * kind (edp_queue_kind): put CLI_QUEUE_LONGOPTS in the option table and
+ * CLI_QUEUE_HELP in the usage, and hand options to cli_queue_opt(). The
+ * forwarding programs also take CLI_SINGLE_ACTIVE_LONGOPT. */
+enum {
+  CLI_OPT_QUEUE_TYPE = 0x200,
+  CLI_OPT_DELIVERY_LIMIT,
+  CLI_OPT_SINGLE_ACTIVE
+};
+#define CLI_QUEUE_LONGOPTS                                                     \
+  {"queue-type", required_argument, NULL, CLI_OPT_QUEUE_TYPE}, {               \
+    "delivery-limit", required_argument, NULL, CLI_OPT_DELIVERY_LIMIT          \
+  }
+#define CLI_SINGLE_ACTIVE_LONGOPT                                              \
+  { "single-active", no_argument, NULL, CLI_OPT_SINGLE_ACTIVE }
+#define CLI_QUEUE_HELP                                                         \
+  "      --queue-type T   classic (default) or quorum (replicated over a\n"    \
+  "                       cluster); the queue's other users must agree\n"      \
+  "      --delivery-limit N  quorum: the broker moves a message delivered\n"   \
+  "                       N+1 times unsettled (its consumer crashed each\n"    \
+  "                       time) to QUEUE.dlq (default 20; 0 = the\n"           \
+  "                       broker's default: none on 3.x, 20 on 4.x)\n"
+#define CLI_SINGLE_ACTIVE_HELP                                                 \
+  "      --single-active  one consumer at a time (ordered consumption):\n"     \
+  "                       others stand by and take over in order\n"
 
 /* The most broker URLs a program takes (multi-broker's limit). */
 #define CLI_MAX_URLS 64
@@ -62,7 +88,21 @@ typedef struct cli {
   char *urls[CLI_MAX_URLS];
   size_t n_urls;
   int urls_resolved;
+  int delivery_limit_set; /* --delivery-limit given */
 } cli;
+
+/* The default --delivery-limit of a quorum queue: RabbitMQ 4.x's own
+ * default, so that a queue behaves alike on 3.x and 4.x. */
+#define CLI_DELIVERY_LIMIT_DEFAULT 20
+
+/* Handles a queue option into k; returns 1 if it was one. Dies with a
+ * usage error for a type other than classic or quorum. */
+int cli_queue_opt(cli *c, int opt, const char *arg, edp_queue_kind *k);
+
+/* Call once after the options: dies with a usage error for a delivery
+ * limit on a classic queue, and gives a quorum queue the default limit
+ * when none was given. */
+void cli_queue_done(cli *c, edp_queue_kind *k);
 
 /* Sets the program name and installs the SIGINT/SIGTERM handlers that
  * make cli_stop_fd() readable. */

@@ -40,7 +40,7 @@ static void usage(void) {
       "      --no-lane-check    ambulance: start standard work after priority\n"
       "                         work without asking the broker whether the\n"
       "                         priority queue is empty (for "
-      "measuring)\n" CLI_COMMON_HELP);
+      "measuring)\n" CLI_QUEUE_HELP CLI_COMMON_HELP);
 }
 
 /* Shared by the consumer threads; out_mu also keeps output lines whole. */
@@ -136,6 +136,7 @@ int main(int argc, char **argv) {
       {"prefetch", required_argument, NULL, 'P'},
       {"priority-prefetch", required_argument, NULL, 'R'},
       {"no-lane-check", no_argument, NULL, 'L'},
+      CLI_QUEUE_LONGOPTS,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   edp_amb_receiver_opts ro;
@@ -145,9 +146,12 @@ int main(int argc, char **argv) {
   S.work_ms = 2000;
   S.count = -1;
   int opt;
+  edp_queue_kind kind = {0};
   while ((opt = getopt_long(argc, argv, "m:q:t:w:n:" CLI_COMMON_SHORTOPTS, opts,
                             NULL)) != -1) {
     if (cli_common_opt(&app, opt, optarg, usage))
+      continue;
+    if (cli_queue_opt(&app, opt, optarg, &kind))
       continue;
     switch (opt) {
     case 'm':
@@ -187,6 +191,11 @@ int main(int argc, char **argv) {
       return CLI_USAGE;
     }
   }
+  cli_queue_done(&app, &kind);
+  if (ro.mode == EDP_AMB_NATIVE && kind.type && !strcmp(kind.type, "quorum"))
+    cli_die(&app, CLI_USAGE,
+            "--mode native needs a classic queue: a quorum queue has no "
+            "x-max-priority (use --mode ambulance or carpool: two lanes)");
   if (optind < argc)
     cli_die(&app, CLI_USAGE, "unexpected argument '%s'", argv[optind]);
   if (!ro.base[0] || strlen(ro.base) > 200)
@@ -211,6 +220,7 @@ int main(int argc, char **argv) {
   co.on_event_ud = &app;
   ro.conn = &co;
   ro.handler = handler;
+  ro.kind = kind;
   ro.on_event = on_event;
   edp_amb_receiver *r = NULL;
   char err[600];

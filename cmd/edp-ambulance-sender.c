@@ -29,7 +29,7 @@ static void usage(void) {
          "                         0 = as fast as possible)\n"
          "      --interval MS      demo pace (default 500)\n"
          "      --transient        transient messages (default "
-         "persistent)\n" CLI_COMMON_HELP);
+         "persistent)\n" CLI_QUEUE_HELP CLI_COMMON_HELP);
 }
 
 typedef struct run {
@@ -91,6 +91,7 @@ int main(int argc, char **argv) {
       {"rate", required_argument, NULL, 'r'},
       {"interval", required_argument, NULL, 'I'},
       {"transient", no_argument, NULL, 'T'},
+      CLI_QUEUE_LONGOPTS,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   const char *base = "edp.ambulance";
@@ -98,9 +99,12 @@ int main(int argc, char **argv) {
   edp_amb_sender_opts so;
   edp_amb_sender_opts_init(&so);
   int opt;
+  edp_queue_kind kind = {0};
   while ((opt = getopt_long(argc, argv, "m:q:s:p:r:" CLI_COMMON_SHORTOPTS, opts,
                             NULL)) != -1) {
     if (cli_common_opt(&app, opt, optarg, usage))
+      continue;
+    if (cli_queue_opt(&app, opt, optarg, &kind))
       continue;
     switch (opt) {
     case 'm':
@@ -133,6 +137,11 @@ int main(int argc, char **argv) {
       return CLI_USAGE;
     }
   }
+  cli_queue_done(&app, &kind);
+  if (so.mode == EDP_AMB_NATIVE && kind.type && !strcmp(kind.type, "quorum"))
+    cli_die(&app, CLI_USAGE,
+            "--mode native needs a classic queue: a quorum queue has no "
+            "x-max-priority (use --mode ambulance or carpool: two lanes)");
   if (optind < argc)
     cli_die(&app, CLI_USAGE, "unexpected argument '%s'", argv[optind]);
   if (!base[0] || strlen(base) > 200)
@@ -141,6 +150,7 @@ int main(int argc, char **argv) {
   run r = {0};
   r.conn = cli_connect(&app, "edp-ambulance-sender");
   so.base = base;
+  so.kind = kind;
   int rc = edp_amb_sender_new(r.conn, &so, &r.s);
   if (rc)
     cli_die_err(&app, r.conn, rc, "cannot set up the queues");

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -25,15 +26,20 @@ static void usage(void) {
          "never)\n"
          "      --fail-match TEXT  messages whose body contains TEXT always\n"
          "                         fail (a poison message)\n"
+         "      --crash-match TEXT the process dies (exit 70, no ack, no\n"
+         "                         retry written) on a message whose body\n"
+         "                         contains TEXT: a crash, for the\n"
+         "                         delivery limit of a quorum queue\n"
          "      --max-retries N    requeues before the .dlq (default 3)\n"
          "      --prefetch N       unacked messages in flight (default 32)\n"
          "      --dedup N          drop message_ids seen among the last N\n"
-         "                         (default 0: off)\n" CLI_COMMON_HELP);
+         "                         (default 0: off)\n" CLI_QUEUE_HELP
+             CLI_SINGLE_ACTIVE_HELP CLI_COMMON_HELP);
 }
 
 typedef struct receiver_run {
   long work_ms, fail_every, attempts;
-  const char *fail_match;
+  const char *fail_match, *crash_match;
 } receiver_run;
 
 static int handler(void *ud, const edp_delivery *d, char *reason,
@@ -44,6 +50,8 @@ static int handler(void *ud, const edp_delivery *d, char *reason,
     json_t *o = json_pack("{s:s,s:b}", "event", "received", "redelivered",
                           d->redelivered);
     cli_json_set(o, "message_id", d->message_id);
+    /* What a dead-letter queue's reader wants to know. */
+    cli_json_set(o, "dead_reason", edp_fwd_dead_reason(d));
     cli_emit(o);
   } else {
     char text[801];
@@ -58,6 +66,11 @@ static int handler(void *ud, const edp_delivery *d, char *reason,
    * a database commit would do. */
   if (r->work_ms > 0)
     edp_sleep_ms((int)r->work_ms, -1);
+  if (r->crash_match &&
+      memmem(d->body, d->body_len, r->crash_match, strlen(r->crash_match))) {
+    fprintf(stderr, "edp-forward-receiver: simulated crash (--crash-match)\n");
+    _exit(CLI_SOFTWARE);
+  }
   if (r->fail_every > 0 && r->attempts % r->fail_every == 0) {
     snprintf(reason, reason_len, "simulated failure (--fail-every %ld)",
              r->fail_every);
@@ -84,6 +97,11 @@ static void on_event(void *ud, int ev, const edp_delivery *d,
     json_t *o = json_pack("{s:s,s:b}", "event", names[ev], "redelivered",
                           d->redelivered);
     cli_json_set(o, "message_id", d->message_id);
+    /* Quorum queues count the deliveries that ended unsettled. */
+    if (edp_delivery_header(d, "x-delivery-count"))
+      json_object_set_new(
+          o, "delivery_count",
+          json_integer((json_int_t)edp_fwd_delivery_count(d, INT64_MAX)));
     if (reason && reason[0])
       cli_json_set(o, "reason", reason);
     cli_emit(o);
@@ -108,8 +126,11 @@ int main(int argc, char **argv) {
       {"fail-every", required_argument, NULL, 'F'},
       {"max-retries", required_argument, NULL, 'R'},
       {"fail-match", required_argument, NULL, 'X'},
+      {"crash-match", required_argument, NULL, 'K'},
       {"prefetch", required_argument, NULL, 'p'},
       {"dedup", required_argument, NULL, 'D'},
+      CLI_QUEUE_LONGOPTS,
+      CLI_SINGLE_ACTIVE_LONGOPT,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   const char *queue = "edp.forward";
@@ -118,9 +139,12 @@ int main(int argc, char **argv) {
   edp_fwd_receiver_opts ro;
   edp_fwd_receiver_opts_init(&ro);
   int opt;
+  edp_queue_kind kind = {0};
   while ((opt = getopt_long(argc, argv, "q:n:" CLI_COMMON_SHORTOPTS, opts,
                             NULL)) != -1) {
     if (cli_common_opt(&app, opt, optarg, usage))
+      continue;
+    if (cli_queue_opt(&app, opt, optarg, &kind))
       continue;
     switch (opt) {
     case 'q':
@@ -143,6 +167,11 @@ int main(int argc, char **argv) {
         cli_die(&app, CLI_USAGE, "--fail-match: empty text");
       run.fail_match = optarg;
       break;
+    case 'K':
+      if (!optarg[0])
+        cli_die(&app, CLI_USAGE, "--crash-match: empty text");
+      run.crash_match = optarg;
+      break;
     case 'R':
       ro.max_retries = (int)cli_int(&app, "max-retries", optarg, 0, 1000);
       break;
@@ -157,6 +186,7 @@ int main(int argc, char **argv) {
       return CLI_USAGE;
     }
   }
+  cli_queue_done(&app, &kind);
   if (optind < argc)
     cli_die(&app, CLI_USAGE, "unexpected argument '%s'", argv[optind]);
   if (!queue[0] || strlen(queue) > 200)
@@ -165,6 +195,7 @@ int main(int argc, char **argv) {
   edp_conn *conn = cli_connect(&app, "edp-forward-receiver");
   ro.queue = queue;
   ro.handler = handler;
+  ro.kind = kind;
   ro.on_event = on_event;
   ro.ud = &run;
   edp_fwd_receiver *r = NULL;

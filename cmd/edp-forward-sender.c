@@ -30,7 +30,7 @@ static void usage(void) {
       "      --id-prefix P      message_id is P-SEQ (default: a per-run id)\n"
       "      --max-body BYTES   refuse bigger messages (default 134217728,\n"
       "                         RabbitMQ's default; 0 = let the broker "
-      "decide)\n" CLI_COMMON_HELP);
+      "decide)\n" CLI_QUEUE_HELP CLI_COMMON_HELP);
 }
 
 static uint64_t seq_of(const char *message_id) {
@@ -110,6 +110,7 @@ int main(int argc, char **argv) {
       {"id-prefix", required_argument, NULL, 'I'},
       {"max-body", required_argument, NULL, 'M'},
       {"rate", required_argument, NULL, 'r'},
+      CLI_QUEUE_LONGOPTS,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   const char *queue = "edp.forward";
@@ -120,9 +121,12 @@ int main(int argc, char **argv) {
   snprintf(r.prefix, sizeof(r.prefix), "m%lx%x", (long)time(NULL),
            (unsigned)getpid());
   int opt;
+  edp_queue_kind kind = {0};
   while ((opt = getopt_long(argc, argv, "q:n:w:" CLI_COMMON_SHORTOPTS, opts,
                             NULL)) != -1) {
     if (cli_common_opt(&app, opt, optarg, usage))
+      continue;
+    if (cli_queue_opt(&app, opt, optarg, &kind))
       continue;
     switch (opt) {
     case 'q':
@@ -157,6 +161,7 @@ int main(int argc, char **argv) {
       return CLI_USAGE;
     }
   }
+  cli_queue_done(&app, &kind);
   if (!queue[0] || strlen(queue) > 200)
     cli_die(&app, CLI_USAGE, "--queue: 1 to 200 characters");
   if (count >= 0 && optind < argc)
@@ -168,6 +173,7 @@ int main(int argc, char **argv) {
   edp_fwd_sender_opts so;
   edp_fwd_sender_opts_init(&so);
   so.queue = queue;
+  so.kind = kind;
   so.persistent = persistent;
   so.confirm_window = (size_t)window;
   so.on_confirm = on_confirm;

@@ -39,7 +39,7 @@ static void usage(void) {
       "      --id-prefix P       message_id is P-SEQ (default: a per-run "
       "id)\n"
       "  -w, --confirm-window N  messages in flight (default "
-      "1024)\n" CLI_COMMON_HELP);
+      "1024)\n" CLI_QUEUE_HELP CLI_COMMON_HELP);
 }
 
 /* Parses a duration "N", "Ns" or "Nms" (N >= 1) into ms; -1 if malformed. */
@@ -168,6 +168,7 @@ int main(int argc, char **argv) {
       {"duration", required_argument, NULL, 'd'},
       {"id-prefix", required_argument, NULL, 'I'},
       {"confirm-window", required_argument, NULL, 'w'},
+      CLI_QUEUE_LONGOPTS,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   const char *queue = "edp.supervisor", *profile = NULL, *duration = NULL;
@@ -176,9 +177,12 @@ int main(int argc, char **argv) {
   snprintf(r.prefix, sizeof(r.prefix), "L%lx%x", (long)time(NULL),
            (unsigned)getpid());
   int opt;
+  edp_queue_kind kind = {0};
   while ((opt = getopt_long(argc, argv, "q:p:r:d:w:" CLI_COMMON_SHORTOPTS, opts,
                             NULL)) != -1) {
     if (cli_common_opt(&app, opt, optarg, usage))
+      continue;
+    if (cli_queue_opt(&app, opt, optarg, &kind))
       continue;
     switch (opt) {
     case 'q':
@@ -207,6 +211,7 @@ int main(int argc, char **argv) {
       return CLI_USAGE;
     }
   }
+  cli_queue_done(&app, &kind);
   if (optind < argc)
     cli_die(&app, CLI_USAGE, "unexpected argument '%s'", argv[optind]);
   if (!queue[0] || strlen(queue) > 200)
@@ -232,6 +237,7 @@ int main(int argc, char **argv) {
   r.conn = cli_connect(&app, "edp-load");
   edp_fwd_sender_opts fo;
   edp_fwd_sender_opts_init(&fo);
+  fo.kind = kind;
   fo.queue = queue;
   fo.confirm_window = (size_t)window;
   int rc = edp_fwd_sender_new(r.conn, &fo, &r.s);

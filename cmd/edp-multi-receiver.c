@@ -26,8 +26,9 @@ static void usage(void) {
       "  -n, --count N          exit 0 after N messages (default: run until\n"
       "                         SIGINT/SIGTERM, exit 130)\n"
       "      --idle-exit-ms MS  exit 0 after MS without a message (0: never)\n"
-      "  -p, --prefetch N       unacked messages per broker (default 200)\n"
-      "      --quorum           declare the queue as a quorum queue\n"
+      "  -p, --prefetch N       unacked messages per broker (default "
+      "200)\n" CLI_QUEUE_HELP
+      "      --quorum           the same as --queue-type quorum\n"
       "Events (--json): processed (broker, message_id, key, kseq,\n"
       "redelivered), broker_up, broker_down, consumer_cancelled (the queue\n"
       "was deleted; declared again, then broker_up), "
@@ -97,15 +98,18 @@ int main(int argc, char **argv) {
       {"idle-exit-ms", required_argument, NULL, 'i'},
       {"prefetch", required_argument, NULL, 'p'},
       {"quorum", no_argument, NULL, 'Q'},
+      CLI_QUEUE_LONGOPTS,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   const char *queue = "edp.multi";
   long count = 0, idle_exit = 0, prefetch = 200;
-  int quorum = 0;
   int opt;
+  edp_queue_kind kind = {0};
   while ((opt = getopt_long(argc, argv, "q:n:p:" CLI_COMMON_SHORTOPTS, opts,
                             NULL)) != -1) {
     if (cli_common_opt(&app, opt, optarg, usage))
+      continue;
+    if (cli_queue_opt(&app, opt, optarg, &kind))
       continue;
     switch (opt) {
     case 'q':
@@ -121,13 +125,14 @@ int main(int argc, char **argv) {
       prefetch = cli_int(&app, "prefetch", optarg, 0, 65535);
       break;
     case 'Q':
-      quorum = 1;
+      kind.type = "quorum";
       break;
     default:
       fprintf(stderr, "Try 'edp-multi-receiver --help'.\n");
       return CLI_USAGE;
     }
   }
+  cli_queue_done(&app, &kind);
   if (optind < argc)
     cli_die(&app, CLI_USAGE, "unexpected argument '%s'", argv[optind]);
   if (!queue[0] || strlen(queue) > 200)
@@ -140,8 +145,10 @@ int main(int argc, char **argv) {
     cli_die(&app, CLI_SOFTWARE, "pipe: %s", strerror(errno));
   edp_queue_opts qo;
   edp_queue_opts_init(&qo);
-  if (quorum)
-    qo.queue_type = "quorum";
+  char dlq[256];
+  snprintf(dlq, sizeof(dlq), "%s.dlq", queue);
+  if (edp_queue_opts_kind(&qo, &kind, dlq))
+    cli_die(&app, CLI_USAGE, "--queue-type, --delivery-limit: invalid");
   edp_multi_consumer_opts o;
   edp_multi_consumer_opts_init(&o);
   o.urls = urls;

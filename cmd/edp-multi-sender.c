@@ -37,8 +37,9 @@ static void usage(void) {
       "(5000)\n"
       "      --connect-timeout-ms MS  one connect attempt (default 1000)\n"
       "      --down-max-ms MS   give up (exit 69) when no broker could take\n"
-      "                         messages for MS (default 30000)\n"
-      "      --quorum           declare the queue as a quorum queue\n"
+      "                         messages for MS (default "
+      "30000)\n" CLI_QUEUE_HELP
+      "      --quorum           the same as --queue-type quorum\n"
       "Every second: per-broker confirmed rates on stderr. Events (--json):\n"
       "confirmed, nacked, broker_down, broker_up, rerouted, held, summary.\n"
       "  -j, --json           one JSON object per event on stdout\n"
@@ -175,19 +176,23 @@ int main(int argc, char **argv) {
       {"connect-timeout-ms", required_argument, NULL, 'c'},
       {"down-max-ms", required_argument, NULL, 'D'},
       {"quorum", no_argument, NULL, 'Q'},
+      CLI_QUEUE_LONGOPTS,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   const char *queue = "edp.multi";
   long count = 1000, rate = 0, keys = 16, window = 1024;
   long confirm_to = 5000, connect_to = 1000, down_max = 30000;
-  int key_mode = 0, quorum = 0;
+  int key_mode = 0;
   char prefix[64];
   snprintf(prefix, sizeof(prefix), "m%lx%x", (long)time(NULL),
            (unsigned)getpid());
   int opt;
+  edp_queue_kind kind = {0};
   while ((opt = getopt_long(argc, argv, "q:n:kw:" CLI_COMMON_SHORTOPTS, opts,
                             NULL)) != -1) {
     if (cli_common_opt(&app, opt, optarg, usage))
+      continue;
+    if (cli_queue_opt(&app, opt, optarg, &kind))
       continue;
     switch (opt) {
     case 'q':
@@ -224,13 +229,14 @@ int main(int argc, char **argv) {
       down_max = cli_int(&app, "down-max-ms", optarg, 0, 86400000L);
       break;
     case 'Q':
-      quorum = 1;
+      kind.type = "quorum";
       break;
     default:
       fprintf(stderr, "Try 'edp-multi-sender --help'.\n");
       return CLI_USAGE;
     }
   }
+  cli_queue_done(&app, &kind);
   if (optind < argc)
     cli_die(&app, CLI_USAGE, "unexpected argument '%s'", argv[optind]);
   if (!queue[0] || strlen(queue) > 200)
@@ -243,8 +249,10 @@ int main(int argc, char **argv) {
   r.last_report = edp_now_ms();
   edp_queue_opts qo;
   edp_queue_opts_init(&qo);
-  if (quorum)
-    qo.queue_type = "quorum";
+  char dlq[256];
+  snprintf(dlq, sizeof(dlq), "%s.dlq", queue);
+  if (edp_queue_opts_kind(&qo, &kind, dlq))
+    cli_die(&app, CLI_USAGE, "--queue-type, --delivery-limit: invalid");
   edp_multi_producer_opts o;
   edp_multi_producer_opts_init(&o);
   o.urls = urls;

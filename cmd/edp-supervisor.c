@@ -48,7 +48,7 @@ static void usage(void) {
          "edp-supervisor)\n"
          "  -n, --count N           exit 0 after N processed messages\n"
          "      --idle-timeout MS   exit 0 when nothing was processed for MS "
-         "ms\n" CLI_COMMON_HELP);
+         "ms\n" CLI_QUEUE_HELP CLI_COMMON_HELP);
 }
 
 /* The send time edp-load put in the body, or -1. */
@@ -170,6 +170,7 @@ int main(int argc, char **argv) {
       {"name", required_argument, NULL, 'A'},
       {"count", required_argument, NULL, 'n'},
       {"idle-timeout", required_argument, NULL, 'i'},
+      CLI_QUEUE_LONGOPTS,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   edp_sup_opts so;
@@ -178,9 +179,12 @@ int main(int argc, char **argv) {
   so.name = "edp-supervisor";
   long count = -1, idle = -1;
   int opt;
+  edp_queue_kind kind = {0};
   while ((opt = getopt_long(argc, argv, "q:n:" CLI_COMMON_SHORTOPTS, opts,
                             NULL)) != -1) {
     if (cli_common_opt(&app, opt, optarg, usage))
+      continue;
+    if (cli_queue_opt(&app, opt, optarg, &kind))
       continue;
     switch (opt) {
     case 'q':
@@ -231,6 +235,7 @@ int main(int argc, char **argv) {
       return CLI_USAGE;
     }
   }
+  cli_queue_done(&app, &kind);
   if (optind < argc)
     cli_die(&app, CLI_USAGE, "unexpected argument '%s'", argv[optind]);
   if (!so.queue[0] || strlen(so.queue) > 200)
@@ -248,6 +253,7 @@ int main(int argc, char **argv) {
     cli_die(&app, CLI_SOFTWARE, "eventfd: %s", strerror(errno));
   so.url = cli_url(&app);
   so.handler = handler;
+  so.kind = kind;
   so.on_event = on_event;
   so.log = log_locked;
   so.log_ud = &app;

@@ -14,6 +14,7 @@
 #include "cli.h"
 
 static cli app;
+static const char *drained_queue; /* for the role events */
 
 static void usage(void) {
   printf(
@@ -43,7 +44,7 @@ static void usage(void) {
       "                         trade) for MS ms (default: run until stopped)\n"
       "JSON events: processed, dead_lettered, requeued (with account, seq,\n"
       "worker, message_id), map (with --display) and a final "
-      "summary.\n" CLI_COMMON_HELP);
+      "summary.\n" CLI_QUEUE_HELP CLI_COMMON_HELP);
 }
 
 typedef struct disp {
@@ -90,10 +91,32 @@ static int handler(void *ud, int worker, const char *context,
   return 0;
 }
 
+/* Which dispatcher of a single-active queue works: a standby says so at
+ * the start, and again when the broker hands it the queue (its first
+ * delivery). */
+static void say_role(const char *queue, int standby, int takeover) {
+  if (app.json) {
+    json_t *o = json_pack("{s:s,s:b}", "event", standby ? "standby" : "active",
+                          "takeover", takeover);
+    cli_json_set(o, "queue", queue);
+    json_object_set_new(o, "at_us", json_integer(edp_now_us()));
+    cli_emit(o);
+  }
+  fprintf(stderr, "edp-trade-dispatcher: %s on %s\n",
+          standby    ? "standby: another dispatcher is active"
+          : takeover ? "active: took over"
+                     : "active",
+          queue);
+}
+
 static void on_event(void *ud, const edp_td_event *ev) {
   (void)ud;
   static const char *names[] = {"processed", "dead_lettered", "requeued"};
   const edp_delivery *d = ev->d;
+  if (ev->type == EDP_TD_ACTIVE) {
+    say_role(drained_queue, 0, 1);
+    return;
+  }
   if (app.json) {
     json_t *o = json_pack(
         "{s:s,s:I,s:i,s:i,s:b,s:I,s:I}", "event", names[ev->type], "seq",
@@ -151,6 +174,7 @@ int main(int argc, char **argv) {
       {"display", no_argument, NULL, 'd'},
       {"count", required_argument, NULL, 'n'},
       {"idle-timeout", required_argument, NULL, 'i'},
+      CLI_QUEUE_LONGOPTS,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   const char *exchange = "edp.trades", *queue = "edp.trades";
@@ -159,9 +183,12 @@ int main(int argc, char **argv) {
   edp_td_opts o;
   edp_td_opts_init(&o);
   int opt;
+  edp_queue_kind kind = {0};
   while ((opt = getopt_long(argc, argv, "e:q:w:n:" CLI_COMMON_SHORTOPTS, opts,
                             NULL)) != -1) {
     if (cli_common_opt(&app, opt, optarg, usage))
+      continue;
+    if (cli_queue_opt(&app, opt, optarg, &kind))
       continue;
     switch (opt) {
     case 'e':
@@ -226,6 +253,7 @@ int main(int argc, char **argv) {
       return CLI_USAGE;
     }
   }
+  cli_queue_done(&app, &kind);
   if (optind < argc)
     cli_die(&app, CLI_USAGE, "unexpected argument '%s'", argv[optind]);
   if (!exchange[0] || strlen(exchange) > 180 || !queue[0] ||
@@ -241,14 +269,16 @@ int main(int argc, char **argv) {
   if (shard) {
     snprintf(hash_exchange, sizeof(hash_exchange), "%s.hash", exchange);
     snprintf(shard_queue, sizeof(shard_queue), "%s.%ld", queue, shard);
-    rc = edp_td_declare_shards(conn, hash_exchange, queue, 0, (int)shard);
+    rc =
+        edp_td_declare_shards(conn, hash_exchange, queue, 0, (int)shard, &kind);
     queue = shard_queue;
   } else {
-    rc = edp_td_declare(conn, exchange, queue, "trade.eq.*");
+    rc = edp_td_declare(conn, exchange, queue, "trade.eq.*", &kind);
   }
   if (rc)
     cli_die_err(&app, conn, rc, "cannot set up the exchange and queue");
   o.queue = queue;
+  o.kind = kind;
   o.handler = handler;
   o.on_event = on_event;
   o.on_map = on_map;
@@ -258,8 +288,11 @@ int main(int argc, char **argv) {
     cli_die_err(&app, conn, rc, "cannot start the dispatcher");
   fprintf(stderr, "edp-trade-dispatcher: %d workers waiting for trades on %s\n",
           o.workers, queue);
-
+  drained_queue = queue;
   edp_td_stats st;
+  edp_td_stats_get(td, &st);
+  say_role(queue, st.standby, 0);
+
   int code = CLI_OK;
   int64_t started = edp_now_ms();
   for (;;) {

@@ -33,7 +33,7 @@ static void usage(void) {
       "      --id-prefix P      message_id is P-ACCOUNT-SEQ\n"
       "JSON events: {\"event\":\"sent\",\"account\",\"seq\",\"message_id\"}\n"
       "once the broker confirmed the trade (seq counts per account "
-      "from 1).\n" CLI_COMMON_HELP);
+      "from 1).\n" CLI_QUEUE_HELP CLI_COMMON_HELP);
 }
 
 typedef struct trade {
@@ -167,6 +167,7 @@ int main(int argc, char **argv) {
       {"shards", required_argument, NULL, 'S'},
       {"seed", required_argument, NULL, 's'},
       {"id-prefix", required_argument, NULL, 'I'},
+      CLI_QUEUE_LONGOPTS,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   const char *exchange = "edp.trades", *queue = "edp.trades";
@@ -177,9 +178,12 @@ int main(int argc, char **argv) {
   snprintf(r.prefix, sizeof(r.prefix), "t%lx%x", (long)time(NULL),
            (unsigned)getpid());
   int opt;
+  edp_queue_kind kind = {0};
   while ((opt = getopt_long(argc, argv, "e:q:a:n:r:" CLI_COMMON_SHORTOPTS, opts,
                             NULL)) != -1) {
     if (cli_common_opt(&app, opt, optarg, usage))
+      continue;
+    if (cli_queue_opt(&app, opt, optarg, &kind))
       continue;
     switch (opt) {
     case 'e':
@@ -214,6 +218,7 @@ int main(int argc, char **argv) {
       return CLI_USAGE;
     }
   }
+  cli_queue_done(&app, &kind);
   if (optind < argc)
     cli_die(&app, CLI_USAGE, "unexpected argument '%s'", argv[optind]);
   if (!exchange[0] || strlen(exchange) > 180 || !queue[0] ||
@@ -226,9 +231,10 @@ int main(int argc, char **argv) {
   snprintf(hash_exchange, sizeof(hash_exchange), "%s.hash", exchange);
   /* Declaring the queues here too means no trade is unroutable when the
    * sender starts before the dispatchers. */
-  int rc = shards ? edp_td_declare_shards(r.conn, hash_exchange, queue,
-                                          (int)shards, 0)
-                  : edp_td_declare(r.conn, exchange, queue, "trade.eq.*");
+  int rc = shards
+               ? edp_td_declare_shards(r.conn, hash_exchange, queue,
+                                       (int)shards, 0, &kind)
+               : edp_td_declare(r.conn, exchange, queue, "trade.eq.*", &kind);
   if (rc)
     cli_die_err(&app, r.conn, rc, "cannot set up the exchange and queues");
   r.exchange = shards ? hash_exchange : exchange;

@@ -181,14 +181,55 @@ typedef struct edp_queue_opts {
   long message_ttl_ms;                 /* x-message-ttl, -1 = none */
   long max_length;                     /* x-max-length, -1 = none */
   const char *overflow; /* x-overflow: drop-head, reject-publish */
+  int single_active;    /* x-single-active-consumer: one consumer at a time
+                           gets deliveries, the others wait as standbys */
+  long delivery_limit;  /* x-delivery-limit (quorum only), -1 = none */
+  const char *dead_letter_strategy; /* x-dead-letter-strategy (quorum):
+                                       at-most-once, at-least-once */
 } edp_queue_opts;
 
 void edp_queue_opts_init(edp_queue_opts *o);
 
+/* The kind of durable queue a pattern declares for its users, the choice
+ * an operator makes (docs/ha.md):
+ * - type NULL or "classic": the node's own queue; "quorum": replicated
+ *   over the cluster's nodes (Raft), durable only, no priorities on
+ *   RabbitMQ 3.x;
+ * - delivery_limit (quorum only, 0 = none): the broker dead-letters a
+ *   message delivered this many times plus one without being settled
+ *   (its consumer crashed or lost the connection every time) to the
+ *   queue's "<queue>.dlq", at least once (x-dead-letter-strategy
+ *   at-least-once, which needs x-overflow reject-publish);
+ * - single_active: only one consumer gets deliveries, the others stand by
+ *   and the broker hands the queue to one of them when it goes away. */
+typedef struct edp_queue_kind {
+  const char *type;
+  long delivery_limit;
+  int single_active;
+} edp_queue_kind;
+
+/* Sets o (after edp_queue_opts_init) for a durable queue of kind k (NULL
+ * = classic) whose dead letters go to dlq ("" or NULL = none: a delivery
+ * limit then drops, so the patterns always give one). Returns 0, or
+ * EDP_EINVAL for an unknown type, a delivery limit on a classic queue or
+ * a negative one. */
+int edp_queue_opts_kind(edp_queue_opts *o, const edp_queue_kind *k,
+                        const char *dlq);
+
+/* Declares the durable queue name of kind k (NULL = classic) and, when
+ * with_dlq or a delivery limit asks for it, "<name>.dlq" first (same
+ * type, no limit, never single-active). name is at most 200 bytes.
+ * Errors: those of edp_queue_opts_kind() and edp_conn_queue_declare(). */
+int edp_conn_declare_kind(edp_conn *c, const char *name,
+                          const edp_queue_kind *k, int with_dlq);
+
 /* Declares a queue. name "" asks the broker to name it; the name is written
  * to name_out (may be NULL). msgs/consumers (may be NULL) receive the
- * counts. Errors: EDP_EPRECONDITION (exists with other arguments),
- * EDP_EACCESS, EDP_ECLOSED, EDP_ECHANNEL, EDP_ETIMEOUT, EDP_EINVAL. */
+ * counts. Errors: EDP_EPRECONDITION (exists with other arguments: the
+ * broker's reply text, edp_conn_reply_text(), names the first that
+ * differs), EDP_EACCESS, EDP_ECLOSED, EDP_ECHANNEL, EDP_ETIMEOUT,
+ * EDP_EINVAL (also: a quorum queue that is not durable, exclusive or
+ * auto-delete, or a queue type other than classic and quorum). */
 int edp_conn_queue_declare(edp_conn *c, const char *name,
                            const edp_queue_opts *o, char *name_out,
                            size_t name_out_len, uint32_t *msgs,
@@ -463,9 +504,9 @@ typedef struct edp_delivery {
   edp_field *headers; /* every header, of every type, in wire order; one
                          allocation (a deep copy) */
   size_t n_headers;
-  char *user_id;     /* the user_id property (the broker refuses a publish
-                        whose user_id is not the publisher's login user),
-                        NULL if not set */
+  char *user_id; /* the user_id property (the broker refuses a publish
+                    whose user_id is not the publisher's login user),
+                    NULL if not set */
   char *content_encoding, *expiration, *app_id, *cluster_id; /* or NULL */
   int delivery_mode; /* as received, -1 if not set */
   uint64_t oversize; /* 0, or the announced body size over the consumer's

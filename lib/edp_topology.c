@@ -22,6 +22,70 @@ void edp_queue_opts_init(edp_queue_opts *o) {
   o->durable = 1;
   o->message_ttl_ms = -1;
   o->max_length = -1;
+  o->delivery_limit = -1;
+}
+
+/* Only what the patterns can consume: a stream queue needs offsets and
+ * credit flow that the patterns don't speak. */
+static int known_type(const char *t) {
+  return !t || !strcmp(t, "classic") || !strcmp(t, "quorum");
+}
+
+static int is_quorum(const char *t) { return t && !strcmp(t, "quorum"); }
+
+int edp_queue_opts_kind(edp_queue_opts *o, const edp_queue_kind *k,
+                        const char *dlq) {
+  if (!o)
+    return EDP_EINVAL;
+  if (!k)
+    return 0;
+  if (!known_type(k->type) || k->delivery_limit < 0 ||
+      (k->delivery_limit > 0 && !is_quorum(k->type)))
+    return EDP_EINVAL;
+  o->durable = 1;
+  /* A classic queue is declared without x-queue-type, as every queue was
+   * before: RabbitMQ compares the arguments given, and one user's
+   * "classic" must match another's nothing. */
+  o->queue_type = is_quorum(k->type) ? k->type : NULL;
+  o->single_active = k->single_active;
+  if (k->delivery_limit > 0) {
+    o->delivery_limit = k->delivery_limit;
+    if (dlq && dlq[0]) {
+      /* At-least-once dead-lettering: the broker keeps the message until
+       * the .dlq confirmed it (the default, at-most-once, may drop it on
+       * a leader change). It needs reject-publish overflow. */
+      o->dead_letter_exchange = "";
+      o->dead_letter_routing_key = dlq;
+      o->dead_letter_strategy = "at-least-once";
+      o->overflow = "reject-publish";
+    }
+  }
+  return 0;
+}
+
+int edp_conn_declare_kind(edp_conn *c, const char *name,
+                          const edp_queue_kind *k, int with_dlq) {
+  if (!c || !name || !name[0] || strlen(name) > 200)
+    return EDP_EINVAL;
+  char dlq[256];
+  snprintf(dlq, sizeof(dlq), "%s.dlq", name);
+  int need_dlq = with_dlq || (k && k->delivery_limit > 0);
+  edp_queue_opts qo;
+  edp_queue_opts_init(&qo);
+  int rc = edp_queue_opts_kind(&qo, k, need_dlq ? dlq : NULL);
+  if (rc)
+    return rc;
+  /* The .dlq first: a message dead-lettered meanwhile has somewhere to
+   * go. It keeps its messages as long as the main queue does (same type)
+   * and is read by whoever looks, so it has no limit and no standby. */
+  if (need_dlq) {
+    edp_queue_opts dq;
+    edp_queue_opts_init(&dq);
+    dq.queue_type = qo.queue_type;
+    if ((rc = edp_conn_queue_declare(c, dlq, &dq, NULL, 0, NULL, NULL)))
+      return rc;
+  }
+  return edp_conn_queue_declare(c, name, &qo, NULL, 0, NULL, NULL);
 }
 
 static void free_qo(edp_queue_opts *q) {
@@ -29,6 +93,7 @@ static void free_qo(edp_queue_opts *q) {
   free((char *)q->dead_letter_routing_key);
   free((char *)q->queue_type);
   free((char *)q->overflow);
+  free((char *)q->dead_letter_strategy);
 }
 
 static void free_op(struct edp__topo_op *op) {
@@ -79,7 +144,7 @@ static struct edp__topo_op *find_op(edp_conn *c, int kind, const char *name,
   return NULL;
 }
 
-/* Builds x-arguments of a queue declare into entries (at most 7). */
+/* Builds x-arguments of a queue declare into entries (at most 10). */
 static amqp_table_t queue_args(const edp_queue_opts *o, amqp_table_entry_t *e) {
   int n = 0;
   if (o->dead_letter_exchange) {
@@ -117,6 +182,21 @@ static amqp_table_t queue_args(const edp_queue_opts *o, amqp_table_entry_t *e) {
     e[n].value.kind = AMQP_FIELD_KIND_UTF8;
     e[n++].value.value.bytes = amqp_cstring_bytes(o->overflow);
   }
+  if (o->single_active) {
+    e[n].key = amqp_cstring_bytes("x-single-active-consumer");
+    e[n].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+    e[n++].value.value.boolean = 1;
+  }
+  if (o->delivery_limit >= 0) {
+    e[n].key = amqp_cstring_bytes("x-delivery-limit");
+    e[n].value.kind = AMQP_FIELD_KIND_I64;
+    e[n++].value.value.i64 = o->delivery_limit;
+  }
+  if (o->dead_letter_strategy) {
+    e[n].key = amqp_cstring_bytes("x-dead-letter-strategy");
+    e[n].value.kind = AMQP_FIELD_KIND_UTF8;
+    e[n++].value.value.bytes = amqp_cstring_bytes(o->dead_letter_strategy);
+  }
   amqp_table_t t = {n, e};
   return t;
 }
@@ -125,7 +205,7 @@ int edp__queue_declare_raw(edp_conn *c, const char *name,
                            const edp_queue_opts *o, int passive, char *name_out,
                            size_t name_out_len, uint32_t *msgs,
                            uint32_t *consumers) {
-  amqp_table_entry_t e[7];
+  amqp_table_entry_t e[10];
   amqp_queue_declare_ok_t *ok = amqp_queue_declare(
       c->st, c->chan, edp__bytes_of(name), passive, o->durable, o->exclusive,
       o->auto_delete, queue_args(o, e));
@@ -154,6 +234,12 @@ int edp_conn_queue_declare(edp_conn *c, const char *name,
     edp_queue_opts_init(&defaults);
     o = &defaults;
   }
+  /* The broker would refuse these with a channel close; say it here. */
+  if (!known_type(o->queue_type) ||
+      (is_quorum(o->queue_type) &&
+       (!o->durable || o->exclusive || o->auto_delete || o->max_priority)) ||
+      (o->delivery_limit >= 0 && !is_quorum(o->queue_type)))
+    return EDP_EINVAL;
   if (!name)
     name = "";
   char actual[256];
@@ -176,10 +262,12 @@ int edp_conn_queue_declare(edp_conn *c, const char *name,
   op->qo.dead_letter_routing_key = edp__dupstr(o->dead_letter_routing_key);
   op->qo.queue_type = edp__dupstr(o->queue_type);
   op->qo.overflow = edp__dupstr(o->overflow);
+  op->qo.dead_letter_strategy = edp__dupstr(o->dead_letter_strategy);
   if (!op->name || (o->dead_letter_exchange && !op->qo.dead_letter_exchange) ||
       (o->dead_letter_routing_key && !op->qo.dead_letter_routing_key) ||
       (o->queue_type && !op->qo.queue_type) ||
-      (o->overflow && !op->qo.overflow))
+      (o->overflow && !op->qo.overflow) ||
+      (o->dead_letter_strategy && !op->qo.dead_letter_strategy))
     return drop_last_op(c);
   return 0;
 }

@@ -109,14 +109,27 @@ int edp_amb_queue_name(int mode, const char *base, int kind, char *out,
   return n < 0 || (size_t)n >= out_len ? EDP_EINVAL : 0;
 }
 
-int edp_amb_declare(edp_conn *c, int mode, const char *base) {
+int edp_amb_declare(edp_conn *c, int mode, const char *base,
+                    const edp_queue_kind *k) {
   if (!c || mode < 0 || mode > 3 || !valid_base(base))
     return EDP_EINVAL;
+  edp_queue_kind lanes = {0};
+  if (k)
+    lanes = *k;
+  lanes.single_active = 0;
   char dlq[MAX_BASE + 8], q[MAX_BASE + 16];
   snprintf(dlq, sizeof(dlq), "%s.dlq", base);
   edp_queue_opts qo;
   edp_queue_opts_init(&qo);
-  int rc = edp_conn_queue_declare(c, dlq, &qo, NULL, 0, NULL, NULL);
+  int rc = edp_queue_opts_kind(&qo, &lanes, dlq);
+  if (!rc && mode == EDP_AMB_NATIVE && qo.queue_type)
+    rc = EDP_EINVAL;
+  if (rc)
+    return rc;
+  edp_queue_opts dq;
+  edp_queue_opts_init(&dq);
+  dq.queue_type = qo.queue_type;
+  rc = edp_conn_queue_declare(c, dlq, &dq, NULL, 0, NULL, NULL);
   /* A rejected message goes through the default exchange to the .dlq:
    * handler failures are kept, not dropped and not looped. */
   qo.dead_letter_exchange = "";
@@ -164,7 +177,7 @@ int edp_amb_sender_new(edp_conn *c, const edp_amb_sender_opts *o,
       o->confirm_window < 1)
     return EDP_EINVAL;
   *out = NULL;
-  int rc = edp_amb_declare(c, o->mode, o->base);
+  int rc = edp_amb_declare(c, o->mode, o->base, &o->kind);
   if (!rc)
     rc = edp_conn_confirm_select(c);
   if (rc)
@@ -584,7 +597,7 @@ static int setup_thread(edp_amb_receiver *r, int i, char *err, size_t err_len) {
   rc = edp_conn_open(&co, &t->c, err, err_len);
   if (rc)
     return rc;
-  rc = edp_amb_declare(t->c, o->mode, r->base);
+  rc = edp_amb_declare(t->c, o->mode, r->base, &r->o.kind);
   edp_consume_opts cs;
   edp_consume_opts_init(&cs);
   if (!rc && t->role == ROLE_PRIORITY_FIRST) {
@@ -650,6 +663,9 @@ int edp_amb_receiver_start(const edp_amb_receiver_opts *o,
   if (!r)
     return EDP_ENOMEM;
   r->o = *o;
+  /* The type is one of two names: keep our own copy of it. */
+  r->o.kind.type =
+      o->kind.type && !strcmp(o->kind.type, "quorum") ? "quorum" : NULL;
   snprintf(r->base, sizeof(r->base), "%s", o->base);
   r->o.base = r->base;
   r->stop_pipe[0] = r->stop_pipe[1] = r->fail_pipe[0] = r->fail_pipe[1] = -1;

@@ -78,10 +78,16 @@ const char *edp_amb_kind_name(int kind);
 int edp_amb_queue_name(int mode, const char *base, int kind, char *out,
                        size_t out_len);
 
-/* Declares the durable queues of mode (and "<base>.dlq") on c. Returns 0
- * or an edp_conn error: EDP_EPRECONDITION if a queue exists with other
- * arguments, EDP_EINVAL for a bad mode or base. */
-int edp_amb_declare(edp_conn *c, int mode, const char *base);
+/* Declares the durable queues of mode (and "<base>.dlq") on c, of kind k
+ * (NULL = classic; single_active is ignored: lanes have several
+ * consumers). The lanes of carpool and ambulance can be quorum queues;
+ * the native priority queue can't: RabbitMQ 3.x refuses x-max-priority
+ * on a quorum queue, and 4.x's quorum queues know only two priorities,
+ * not the ten this mode uses (docs/ha.md). Returns 0 or an edp_conn
+ * error: EDP_EPRECONDITION if a queue exists with other arguments,
+ * EDP_EINVAL for a bad mode or base, or a quorum native queue. */
+int edp_amb_declare(edp_conn *c, int mode, const char *base,
+                    const edp_queue_kind *k);
 
 /* ---- sender ---- */
 
@@ -90,6 +96,7 @@ typedef struct edp_amb_sender edp_amb_sender;
 typedef struct edp_amb_sender_opts {
   int mode;               /* layout to publish to, default EDP_AMB_AMBULANCE */
   const char *base;       /* queue name base, required */
+  edp_queue_kind kind;    /* the queues' kind: the receiver's must match */
   int persistent;         /* default 1 */
   size_t confirm_window;  /* unconfirmed messages in flight, default 1024 */
   int confirm_timeout_ms; /* longest wait for the broker, default 30000 */
@@ -166,6 +173,7 @@ typedef void (*edp_amb_event_fn)(void *ud, int event, const edp_amb_job *job);
 typedef struct edp_amb_receiver_opts {
   int mode;                  /* default EDP_AMB_AMBULANCE */
   const char *base;          /* queue name base, required */
+  edp_queue_kind kind;       /* the queues' kind: the sender's must match */
   int threads;               /* standard threads, default 1 (1..64) */
   int standard_prefetch;     /* per consumer on standard/fifo/native queues,
                                 default 1 */

@@ -22,17 +22,17 @@
 /* Consecutive lost connections in one call before we give up. */
 #define MAX_RECOVERIES 10
 
-int edp_fwd_declare(edp_conn *c, const char *queue) {
-  if (!c || !queue || !queue[0] || strlen(queue) > 200)
-    return EDP_EINVAL;
-  edp_queue_opts qo;
-  edp_queue_opts_init(&qo);
-  int rc = edp_conn_queue_declare(c, queue, &qo, NULL, 0, NULL, NULL);
-  if (rc)
-    return rc;
-  char dlq[256];
-  snprintf(dlq, sizeof(dlq), "%s.dlq", queue);
-  return edp_conn_queue_declare(c, dlq, &qo, NULL, 0, NULL, NULL);
+int edp_fwd_declare(edp_conn *c, const char *queue, const edp_queue_kind *k) {
+  return edp_conn_declare_kind(c, queue, k, 1);
+}
+
+int64_t edp_fwd_delivery_count(const edp_delivery *d, int64_t cap) {
+  int64_t n = 0;
+  if (!d || !edp_delivery_header(d, "x-delivery-count"))
+    return 0;
+  if (edp_delivery_header_int(d, "x-delivery-count", &n) || n < 0 || n > cap)
+    return cap;
+  return n;
 }
 
 /* ---------- sender ---------- */
@@ -43,6 +43,17 @@ struct edp_fwd_sender {
   char *queue;
   edp_fwd_sender_stats st;
 };
+
+const char *edp_fwd_dead_reason(const edp_delivery *d) {
+  static const char *const names[] = {EDP_FWD_HDR_REASON,
+                                      "x-first-death-reason"};
+  for (size_t i = 0; d && i < 2; i++) {
+    const char *s = edp_delivery_header_str(d, names[i]);
+    if (s)
+      return s;
+  }
+  return NULL;
+}
 
 void edp_fwd_sender_opts_init(edp_fwd_sender_opts *o) {
   memset(o, 0, sizeof(*o));
@@ -66,7 +77,7 @@ int edp_fwd_sender_new(edp_conn *c, const edp_fwd_sender_opts *o,
   if (!c || !o || !out || !o->queue)
     return EDP_EINVAL;
   *out = NULL;
-  int rc = edp_fwd_declare(c, o->queue);
+  int rc = edp_fwd_declare(c, o->queue, &o->kind);
   if (rc)
     return rc;
   edp_fwd_sender *s = calloc(1, sizeof(*s));
@@ -187,7 +198,7 @@ int edp_fwd_receiver_new(edp_conn *c, const edp_fwd_receiver_opts *o,
   if (!rc)
     rc = edp_worker_new(&r->w);
   if (!rc)
-    rc = edp_fwd_declare(c, o->queue);
+    rc = edp_fwd_declare(c, o->queue, &o->kind);
   if (!rc)
     rc = edp_conn_qos(c, o->prefetch);
   if (!rc)
@@ -337,6 +348,13 @@ static int handle(edp_fwd_receiver *r, const edp_delivery *d) {
   }
   char bad[96];
   int64_t retries = retries_of(r, d, bad, sizeof(bad));
+  /* A delivery that ended unsettled before (a consumer crashed or lost
+   * its connection holding it: the broker's x-delivery-count) was a
+   * failed attempt too. The count starts again at 0 in a retry copy, so
+   * the copy carries the sum in x-edp-retries. */
+  retries += edp_fwd_delivery_count(d, r->o.max_retries);
+  if (retries > r->o.max_retries)
+    retries = r->o.max_retries;
   char reason[256] = "";
   /* The handler runs on the worker while this thread services the
    * connection. Whatever happened to the connection meanwhile, the

@@ -68,10 +68,23 @@ typedef struct edp_fwd_copy {
 int edp_fwd_publish_copy(edp_conn *c, const edp_delivery *d,
                          const edp_fwd_copy *o, int timeout_ms);
 
-/* Declares queue (durable) and its dead-letter queue "<queue>.dlq".
- * Returns 0 or an edp_conn error (EDP_EPRECONDITION if the queue exists
- * with other arguments). */
-int edp_fwd_declare(edp_conn *c, const char *queue);
+/* Declares queue (durable, of kind k: NULL = classic) and its dead-letter
+ * queue "<queue>.dlq". Sender and receiver must give the same kind: the
+ * broker refuses a queue declared again with other arguments. Returns 0
+ * or an edp_conn error (EDP_EPRECONDITION if the queue exists with other
+ * arguments, EDP_EINVAL for a bad kind). */
+int edp_fwd_declare(edp_conn *c, const char *queue, const edp_queue_kind *k);
+
+/* The broker's count of earlier deliveries of d that ended unsettled
+ * (x-delivery-count, set by quorum queues: a consumer that crashed or
+ * lost its connection with the message in hand), 0 when absent. Only a
+ * value in [0, cap] counts; anything else reads as cap. */
+int64_t edp_fwd_delivery_count(const edp_delivery *d, int64_t cap);
+
+/* Why d is in a dead-letter queue: x-edp-reason where edp put it there,
+ * else x-first-death-reason where the broker did ("delivery_limit",
+ * "rejected", "expired", "maxlen"), else NULL. The string lives as d. */
+const char *edp_fwd_dead_reason(const edp_delivery *d);
 
 /* ---- sender ---- */
 
@@ -79,6 +92,7 @@ typedef struct edp_fwd_sender edp_fwd_sender;
 
 typedef struct edp_fwd_sender_opts {
   const char *queue;      /* required; declared with its .dlq */
+  edp_queue_kind kind;    /* the queue's kind: the receiver's must match */
   int persistent;         /* default 1 */
   size_t confirm_window;  /* messages in flight, default 1024;
                              0 = no confirms (fire-and-forget, unsafe) */
@@ -146,8 +160,12 @@ typedef void (*edp_fwd_event_fn)(void *ud, int event, const edp_delivery *d,
 
 typedef struct edp_fwd_receiver_opts {
   const char *queue;         /* required; declared with its .dlq */
+  edp_queue_kind kind;       /* the queue's kind: the sender's must match */
   int prefetch;              /* unacked deliveries, default 32 */
-  int max_retries;           /* requeues before the .dlq, default 3 */
+  int max_retries;           /* failed attempts before the .dlq, default 3:
+                                the handler's failures (x-edp-retries)
+                                plus the broker's count of deliveries
+                                that ended unsettled (x-delivery-count) */
   size_t dedup_window;       /* remembered message_ids, 0 = no dedup */
   edp_fwd_handler handler;   /* required */
   edp_fwd_event_fn on_event; /* may be NULL */

@@ -130,6 +130,24 @@ struct edp_multi_producer {
   unsigned rand_state;
 };
 
+/* Declares the queue as the user asked (qo may be NULL); a queue whose
+ * dead letters go to another queue (a quorum queue's delivery limit)
+ * gets that one first, of the same type, so nothing dead-lettered is
+ * dropped for want of a target. */
+static int declare_queue(edp_conn *c, const char *queue,
+                         const edp_queue_opts *qo) {
+  if (qo && qo->dead_letter_routing_key && qo->dead_letter_routing_key[0]) {
+    edp_queue_opts dq;
+    edp_queue_opts_init(&dq);
+    dq.queue_type = qo->queue_type;
+    int rc = edp_conn_queue_declare(c, qo->dead_letter_routing_key, &dq, NULL,
+                                    0, NULL, NULL);
+    if (rc)
+      return rc;
+  }
+  return edp_conn_queue_declare(c, queue, qo, NULL, 0, NULL, NULL);
+}
+
 void edp_multi_producer_opts_init(edp_multi_producer_opts *o) {
   memset(o, 0, sizeof(*o));
   o->mode = EDP_MULTI_ROUND_ROBIN;
@@ -270,8 +288,7 @@ static int p_open(edp_multi_producer *p, struct pbroker *b, char *why,
   edp_conn_on_event(c, p_conn_event, b);
   rc = edp_conn_confirm_select(c);
   if (!rc)
-    rc = edp_conn_queue_declare(c, p->queue, p->has_qo ? &p->qo : NULL, NULL, 0,
-                                NULL, NULL);
+    rc = declare_queue(c, p->queue, p->has_qo ? &p->qo : NULL);
   if (rc) {
     snprintf(why, why_len, "%s: setting up queue %s: %s (%d %s)",
              edp_conn_url(c), p->queue, edp_strerror(rc),
@@ -429,8 +446,7 @@ static int lost(int rc) {
  * sends the returned ones in their order. */
 static int requeue_returned(edp_multi_producer *p, struct pbroker *b) {
   b->redeclare = 0;
-  int rc = edp_conn_queue_declare(b->c, p->queue, p->has_qo ? &p->qo : NULL,
-                                  NULL, 0, NULL, NULL);
+  int rc = declare_queue(b->c, p->queue, p->has_qo ? &p->qo : NULL);
   if (!rc)
     rc = edp_conn_wait_confirms(b->c, 0, p->o.confirm_timeout_ms);
   if (!rc) {
@@ -820,8 +836,7 @@ static void c_event(struct cbroker *b, int ev) {
 static int c_setup(edp_multi_consumer *mc, edp_conn *c) {
   int rc = edp_conn_qos(c, mc->o.prefetch);
   if (!rc)
-    rc = edp_conn_queue_declare(c, mc->queue, mc->has_qo ? &mc->qo : NULL, NULL,
-                                0, NULL, NULL);
+    rc = declare_queue(c, mc->queue, mc->has_qo ? &mc->qo : NULL);
   if (!rc)
     rc = edp_conn_consume(c, mc->queue, NULL, NULL, 0);
   return rc;
@@ -832,8 +847,7 @@ static int c_setup(edp_multi_consumer *mc, edp_conn *c) {
  * queue declare is recorded already; the consumer record is gone with the
  * cancel, so this consume makes a new one. */
 static int c_resubscribe(edp_multi_consumer *mc, edp_conn *c) {
-  int rc = edp_conn_queue_declare(c, mc->queue, mc->has_qo ? &mc->qo : NULL,
-                                  NULL, 0, NULL, NULL);
+  int rc = declare_queue(c, mc->queue, mc->has_qo ? &mc->qo : NULL);
   if (!rc)
     rc = edp_conn_consume(c, mc->queue, NULL, NULL, 0);
   return rc;

@@ -149,10 +149,10 @@ int edp_multi_poll(edp_multi_producer *p, int timeout_ms);
 int edp_multi_flush(edp_multi_producer *p, int timeout_ms);
 
 typedef struct edp_multi_broker_stats {
-  int live;            /* 1 while in rotation */
-  uint64_t published;  /* publishes on this broker, resends included */
-  uint64_t confirmed;  /* acked by the broker */
-  uint64_t nacked;     /* nacked, or returned from another route */
+  int live;           /* 1 while in rotation */
+  uint64_t published; /* publishes on this broker, resends included */
+  uint64_t confirmed; /* acked by the broker */
+  uint64_t nacked;    /* nacked, or returned from another route */
   /* Returned because the queue was gone on this broker: declared again
    * and sent again (they count as published twice). */
   uint64_t returned;

@@ -630,12 +630,16 @@ int edp_sup_new(const edp_sup_opts *o, edp_sup **out, char *err_text,
   if (!o || !o->queue || !o->queue[0] || strlen(o->queue) > 200 ||
       !o->handler || o->prefetch < 1 || o->prefetch > 65535 ||
       o->interval_ms < 10 || o->hint_ms < 0 ||
-      edp_sup_policy_check(&o->policy) || (o->name && strlen(o->name) > 200))
+      edp_sup_policy_check(&o->policy) || (o->name && strlen(o->name) > 200) ||
+      o->kind.single_active)
     return set_err(err_text, err_len, EDP_EINVAL, "invalid options");
   edp_sup *s = calloc(1, sizeof(*s));
   if (!s)
     return EDP_ENOMEM;
   s->o = *o;
+  /* The type is one of two names: keep our own copy of it. */
+  s->o.kind.type =
+      o->kind.type && !strcmp(o->kind.type, "quorum") ? "quorum" : NULL;
   s->stop_efd = -1;
   s->hint_efd = -1;
   pthread_mutex_init(&s->mu, NULL);
@@ -666,9 +670,7 @@ int edp_sup_new(const edp_sup_opts *o, edp_sup **out, char *err_text,
   conn_opts(s, &co, client, s->stop_efd);
   int rc = edp_conn_open(&co, &s->c, why, sizeof(why));
   if (!rc) {
-    edp_queue_opts qo;
-    edp_queue_opts_init(&qo);
-    rc = edp_conn_queue_declare(s->c, s->queue, &qo, NULL, 0, NULL, NULL);
+    rc = edp_conn_declare_kind(s->c, s->queue, &s->o.kind, 0);
     if (rc)
       snprintf(why, sizeof(why), "declaring queue %s: %s (%d %s)", s->queue,
                edp_strerror(rc), edp_conn_reply_code(s->c),

@@ -125,21 +125,24 @@ typedef struct edp_sup_event {
 typedef void (*edp_sup_event_fn)(void *ud, const edp_sup_event *ev);
 
 typedef struct edp_sup_opts {
-  const char *url;   /* broker URL; NULL = EDP_URL_DEFAULT; copied */
-  const char *queue; /* required; declared durable if missing */
-  const char *name;  /* connection names are "<name>-supervisor" and
-                        "<name>-consumer-<id>"; default "edp-sup" */
-  int prefetch;      /* per consumer, >= 1, default 1 */
-  int interval_ms;   /* depth reading period, >= 10, default 1000 */
-  int hint_ms;       /* a consumer that finds its next message already
-                        waiting right after its ack (a backlog) wakes the
-                        supervisor for an extra reading, at most one per
-                        hint_ms after the previous reading, and none while
-                        max consumers are alive; only when supervise is
-                        on; >= 0, 0 = no hints (readings only every
-                        interval); default 20 */
-  int supervise;     /* default 1; 0 = static: always policy.min
-                        consumers (the baseline) */
+  const char *url;     /* broker URL; NULL = EDP_URL_DEFAULT; copied */
+  const char *queue;   /* required; declared durable if missing */
+  edp_queue_kind kind; /* its kind (type and delivery limit: with a limit,
+                          "<queue>.dlq" too); never single-active, which
+                          would leave every consumer but one idle */
+  const char *name;    /* connection names are "<name>-supervisor" and
+                          "<name>-consumer-<id>"; default "edp-sup" */
+  int prefetch;        /* per consumer, >= 1, default 1 */
+  int interval_ms;     /* depth reading period, >= 10, default 1000 */
+  int hint_ms;         /* a consumer that finds its next message already
+                          waiting right after its ack (a backlog) wakes the
+                          supervisor for an extra reading, at most one per
+                          hint_ms after the previous reading, and none while
+                          max consumers are alive; only when supervise is
+                          on; >= 0, 0 = no hints (readings only every
+                          interval); default 20 */
+  int supervise;       /* default 1; 0 = static: always policy.min
+                          consumers (the baseline) */
   edp_sup_policy policy;
   int heartbeat_s;           /* of every connection; default 10 */
   edp_sup_handler handler;   /* required */

@@ -80,20 +80,32 @@ struct edp_td {
 
 /* ---------- topology ---------- */
 
+/* A dispatcher's queue: of the user's kind, always single-active, since
+ * two dispatchers taking one account's messages at once lose its order. */
+static int declare_ordered(edp_conn *c, const char *queue,
+                           const edp_queue_kind *k) {
+  edp_queue_kind ordered = {0};
+  if (k)
+    ordered = *k;
+  ordered.single_active = 1;
+  return edp_fwd_declare(c, queue, &ordered);
+}
+
 int edp_td_declare(edp_conn *c, const char *exchange, const char *queue,
-                   const char *binding_key) {
+                   const char *binding_key, const edp_queue_kind *k) {
   if (!c || !exchange || !exchange[0] || !binding_key)
     return EDP_EINVAL;
   int rc = edp_conn_exchange_declare(c, exchange, "topic", 1);
   if (!rc)
-    rc = edp_fwd_declare(c, queue);
+    rc = declare_ordered(c, queue, k);
   if (!rc)
     rc = edp_conn_queue_bind(c, queue, exchange, binding_key);
   return rc;
 }
 
 int edp_td_declare_shards(edp_conn *c, const char *exchange,
-                          const char *queue_prefix, int shards, int shard) {
+                          const char *queue_prefix, int shards, int shard,
+                          const edp_queue_kind *kind) {
   if (!c || !exchange || !exchange[0] || !queue_prefix || shard < 0 ||
       (shard == 0 && (shards < 1 || shards > 1000)) ||
       strlen(queue_prefix) > 190)
@@ -103,7 +115,7 @@ int edp_td_declare_shards(edp_conn *c, const char *exchange,
   for (int k = lo; !rc && k <= hi; k++) {
     char q[256];
     snprintf(q, sizeof(q), "%s.%d", queue_prefix, k);
-    rc = edp_fwd_declare(c, q);
+    rc = declare_ordered(c, q, kind);
     /* The binding key of a consistent-hash exchange is the shard's weight:
      * equal weights give each queue an equal share of the hash ring. */
     if (!rc)
@@ -335,6 +347,16 @@ static void lost(edp_td *td) {
 /* Takes ownership of *d (zeroed on return) and hands it to a worker. */
 static int dispatch(edp_td *td, edp_delivery *d) {
   td->st.received++;
+  if (td->st.standby) {
+    td->st.standby = 0;
+    edp_td_event ev = {.type = EDP_TD_ACTIVE,
+                       .worker = -1,
+                       .context = "",
+                       .d = d,
+                       .reason = ""};
+    if (td->o.on_event)
+      td->o.on_event(td->o.ud, &ev);
+  }
   td->st.last_activity_ms = edp_now_ms();
   if (d->redelivered)
     td->st.redelivered++;
@@ -512,8 +534,10 @@ int edp_td_new(edp_conn *c, const edp_td_opts *o, edp_td **out) {
     td->stopped = 0;
   }
   if (!rc) {
+    /* The .dlq as edp_td_declare made it: same type, nothing more. */
     edp_queue_opts qo;
     edp_queue_opts_init(&qo);
+    qo.queue_type = o->kind.type;
     rc = edp_conn_queue_declare(c, td->dlq, &qo, NULL, 0, NULL, NULL);
   }
   if (!rc)
@@ -523,8 +547,15 @@ int edp_td_new(edp_conn *c, const edp_td_opts *o, edp_td **out) {
   if (!rc)
     rc = edp_conn_consume(c, td->queue, NULL, td->consumer_tag,
                           sizeof(td->consumer_tag));
+  uint32_t consumers = 0;
   if (!rc)
+    rc = edp_conn_queue_inspect(c, td->queue, NULL, &consumers);
+  if (!rc) {
+    /* On a single-active queue, a consumer that found another one there
+     * waits as a standby until the broker hands it the queue. */
+    td->st.standby = consumers > 1;
     sync_epoch(td);
+  }
   if (rc) {
     edp_td_destroy(&td);
     return rc;

@@ -55,20 +55,28 @@ extern "C" {
 
 /* ---- topology ---- */
 
-/* Declares the topic exchange (durable), queue (durable) and its
- * "<queue>.dlq", and binds queue to exchange with binding_key (e.g.
- * "trade.eq.*"). Returns 0 or an edp_conn error. */
+/* Declares the topic exchange (durable), queue (durable, of kind k: NULL
+ * = classic) and its "<queue>.dlq", and binds queue to exchange with
+ * binding_key (e.g. "trade.eq.*"). The queue is always single-active
+ * (x-single-active-consumer): a second dispatcher on it stands by instead
+ * of taking messages of the same accounts at the same time, and takes
+ * over, in queue order, when the first goes away. Senders and dispatchers
+ * must give the same kind. Returns 0 or an edp_conn error
+ * (EDP_EPRECONDITION: the queue exists with other arguments, e.g. from a
+ * version without single-active queues). */
 int edp_td_declare(edp_conn *c, const char *exchange, const char *queue,
-                   const char *binding_key);
+                   const char *binding_key, const edp_queue_kind *k);
 
 /* Sharded topology: an x-consistent-hash exchange (durable) and shard
- * queues "<queue_prefix>.<k>" (each with its .dlq) bound with weight 1.
- * shard 0 declares all of 1..shards (what a sender does), shard k only
- * queue k (what the dispatcher of shard k does; shards is then ignored).
- * Needs the rabbitmq_consistent_hash_exchange plugin (else EDP_ECLOSED or
+ * queues "<queue_prefix>.<k>" (each single-active, of kind k, with its
+ * .dlq) bound with weight 1. shard 0 declares all of 1..shards (what a
+ * sender does), shard k only queue k (what the dispatcher of shard k
+ * does; shards is then ignored). Needs the
+ * rabbitmq_consistent_hash_exchange plugin (else EDP_ECLOSED or
  * EDP_ECHANNEL with the broker's reply). */
 int edp_td_declare_shards(edp_conn *c, const char *exchange,
-                          const char *queue_prefix, int shards, int shard);
+                          const char *queue_prefix, int shards, int shard,
+                          const edp_queue_kind *k);
 
 /* ---- context ---- */
 
@@ -100,8 +108,11 @@ enum edp_td_event_type {
   EDP_TD_PROCESSED = 0,     /* handler succeeded; acked */
   EDP_TD_DEAD_LETTERED = 1, /* failed max_retries + 1 times, or no context;
                                copied to the .dlq, then acked */
-  EDP_TD_REQUEUED = 2       /* not acked (connection lost or shutting
+  EDP_TD_REQUEUED = 2,      /* not acked (connection lost or shutting
                                down): the broker redelivers it */
+  EDP_TD_ACTIVE = 3         /* a standby dispatcher got its first delivery:
+                               it is the queue's active consumer now (d is
+                               that delivery; worker -1) */
 };
 
 typedef struct edp_td_event {
@@ -127,6 +138,7 @@ typedef void (*edp_td_map_fn)(void *ud, int worker, const char *context,
 
 typedef struct edp_td_opts {
   const char *queue;        /* required: the queue to drain */
+  edp_queue_kind kind;      /* its kind (for its .dlq), as declared */
   int workers;              /* default 5, 1..1024 */
   int prefetch;             /* unacked messages; default 0 = 16 x workers
                                (at least 32), at most 65535 */
@@ -186,6 +198,8 @@ typedef struct edp_td_stats {
   size_t contexts;          /* entries in the allocation map */
   int64_t last_activity_ms; /* edp_now_ms() of the last delivery or
                                settlement */
+  int standby; /* another consumer held the queue when this one started
+                  and no delivery came yet (single active consumer) */
 } edp_td_stats;
 
 void edp_td_stats_get(const edp_td *td, edp_td_stats *out);

@@ -211,7 +211,7 @@ START_TEST(fwd_reset_mid_stream) {
   fwd_ledger *l = calloc(1, sizeof(*l));
   const char *q = t_unique("rows.fwd.rst");
   edp_conn *admin = admin_conn();
-  ck_assert_int_eq(edp_fwd_declare(admin, q), 0);
+  ck_assert_int_eq(edp_fwd_declare(admin, q, NULL), 0);
   publish_ids(admin, q, 0, n);
   char url[600];
   fp_proxy *p = t_proxy("?heartbeat=2", url, sizeof(url));
@@ -255,7 +255,7 @@ START_TEST(fwd_channel_error_mid_stream) {
   fwd_ledger *l = calloc(1, sizeof(*l));
   const char *q = t_unique("rows.fwd.ch");
   edp_conn *admin = admin_conn();
-  ck_assert_int_eq(edp_fwd_declare(admin, q), 0);
+  ck_assert_int_eq(edp_fwd_declare(admin, q, NULL), 0);
   publish_ids(admin, q, 0, n);
   edp_conn *c = open_url(t_url(), "rows-fwd-ch");
   edp_fwd_receiver *r = fwd_receiver(c, q, l, 32);
@@ -318,7 +318,7 @@ START_TEST(fwd_queue_deleted_under_receiver) {
   fwd_ledger *l = calloc(1, sizeof(*l));
   const char *q = t_unique("rows.fwd.del");
   edp_conn *admin = admin_conn();
-  ck_assert_int_eq(edp_fwd_declare(admin, q), 0);
+  ck_assert_int_eq(edp_fwd_declare(admin, q, NULL), 0);
   publish_ids(admin, q, 0, n);
   edp_conn *c = open_url(t_url(), "rows-fwd-del");
   edp_fwd_receiver *r = fwd_receiver(c, q, l, 8);
@@ -378,7 +378,7 @@ START_TEST(fwd_program_sigterm_in_handler) {
   const int n = 30;
   const char *q = t_unique("rows.fwd.sig");
   edp_conn *admin = admin_conn();
-  ck_assert_int_eq(edp_fwd_declare(admin, q), 0);
+  ck_assert_int_eq(edp_fwd_declare(admin, q, NULL), 0);
   publish_ids(admin, q, 0, n);
   char *argv[] = {(char *)t_bin("edp-forward-receiver"),
                   "--url",
@@ -610,7 +610,7 @@ static void td_test(const char *name, int reset, void (*fault)(edp_conn *c),
   char ex[300];
   snprintf(ex, sizeof(ex), "%s.x", q);
   edp_conn *admin = admin_conn();
-  ck_assert_int_eq(edp_td_declare(admin, ex, q, "trade.eq.*"), 0);
+  ck_assert_int_eq(edp_td_declare(admin, ex, q, "trade.eq.*", NULL), 0);
   td_publish(admin, ex);
   char url[600] = "";
   fp_proxy *p = reset ? t_proxy("?heartbeat=2", url, sizeof(url)) : NULL;

@@ -666,7 +666,7 @@ START_TEST(copies_are_faithful) {
   char dlq[300];
   snprintf(dlq, sizeof(dlq), "%s.dlq", q);
   edp_conn *c = open_conn();
-  ck_assert_int_eq(edp_fwd_declare(c, q), 0);
+  ck_assert_int_eq(edp_fwd_declare(c, q, NULL), 0);
   ck_assert_int_eq(edp_conn_queue_bind(c, q, "amq.direct", "orig.key"), 0);
   publish_full(c, "fc-1");
 
@@ -745,7 +745,7 @@ START_TEST(untrusted_retries_dead_letter_at_once) {
   char dlq[300];
   snprintf(dlq, sizeof(dlq), "%s.dlq", q);
   edp_conn *c = open_conn();
-  ck_assert_int_eq(edp_fwd_declare(c, q), 0);
+  ck_assert_int_eq(edp_fwd_declare(c, q, NULL), 0);
   ck_assert_int_eq(edp_conn_confirm_select(c), 0);
   edp_field bad[6] = {
       {EDP_FWD_HDR_RETRIES, 0, {.kind = EDP_FIELD_I64, .v.i = -5}},
@@ -825,7 +825,7 @@ static int read_all(t_proc *p, char *buf, size_t cap) {
 START_TEST(hostile_ids_and_bodies_in_output) {
   const char *q = t_unique("fwd.bytes");
   edp_conn *c = open_conn();
-  ck_assert_int_eq(edp_fwd_declare(c, q), 0);
+  ck_assert_int_eq(edp_fwd_declare(c, q, NULL), 0);
   ck_assert_int_eq(edp_conn_confirm_select(c), 0);
   publish_raw(c, q, "\xff\xfeid", "ok\nDatabase commit.\x1b[31m");
   t_proc r;
