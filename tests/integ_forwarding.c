@@ -930,6 +930,194 @@ START_TEST(sigint_during_failing_attempt_settles_once) {
 }
 END_TEST
 
+/* ---------- quorum queues (issue 14) ---------- */
+
+/* The same run as ten_thousand_exactly_once on a quorum queue: every
+ * message processed once, and the queue really is a quorum queue (a
+ * classic declare of it is refused with the broker's explanation). */
+START_TEST(quorum_queue_end_to_end) {
+  const char *q = t_unique("fwd.qq");
+  tally t;
+  tally_init(&t, "qq", 3000);
+  ck_assert_int_eq(run_sender(q, "qq", "--queue-type", "quorum", 3000, &t), 0);
+  ck_assert_int_eq(t.confirmed, 3000);
+  t_proc r;
+  char *extra[] = {"--queue-type", "quorum", "--idle-timeout", "3000", NULL};
+  start_receiver(&r, q, extra);
+  ck_assert_int_eq(t_collect(&r, 120000, on_event, &t), 0);
+  for (int i = 1; i <= 3000; i++)
+    ck_assert_msg(t.processed[i] == 1, "seq %d processed %d times", i,
+                  t.processed[i]);
+  ck_assert_int_eq(t.foreign, 0);
+  ck_assert_uint_eq(depth(q), 0);
+  edp_conn *c = open_conn();
+  ck_assert_int_eq(edp_fwd_declare(c, q, NULL), EDP_EPRECONDITION);
+  ck_assert_ptr_nonnull(
+      strstr(edp_conn_reply_text(c), "inequivalent arg 'x-queue-type'"));
+  edp_conn_destroy(&c);
+  tally_free(&t);
+}
+END_TEST
+
+/* A message that kills its consumer on every delivery (a crash: no
+ * handler failure, no retry copy ever written) ends in <queue>.dlq after
+ * the queue's delivery limit, with the broker's reason; the others flow.
+ * Delivery limit 2: three deliveries, three crashes, then the .dlq. */
+START_TEST(crashing_message_reaches_dlq_after_delivery_limit) {
+  const char *q = t_unique("fwd.crash");
+  char *send[] = {(char *)t_bin("edp-forward-sender"),
+                  "--url",
+                  (char *)t_url(),
+                  "-q",
+                  (char *)q,
+                  "--id-prefix",
+                  "cr",
+                  "--queue-type",
+                  "quorum",
+                  "--delivery-limit",
+                  "2",
+                  "a",
+                  "b",
+                  "poison",
+                  "c",
+                  "d",
+                  NULL};
+  t_proc p;
+  ck_assert_int_eq(t_spawn(&p, send, NULL), 0);
+  char line[4096];
+  while (t_readline(&p, line, sizeof(line), 30000) == 1)
+    ;
+  ck_assert_int_eq(t_wait(&p, 10000), 0);
+  int crashes = 0, processed = 0;
+  for (int run = 0; run < 8; run++) {
+    char *extra[] = {"--queue-type",
+                     "quorum",
+                     "--delivery-limit",
+                     "2",
+                     "--prefetch",
+                     "1",
+                     "--crash-match",
+                     "poison",
+                     "--idle-timeout",
+                     "2000",
+                     NULL};
+    t_proc r;
+    start_receiver(&r, q, extra);
+    tally t;
+    tally_init(&t, "cr", 5); /* poison is cr-3 */
+    int rc = t_collect(&r, 60000, on_event, &t);
+    for (int i = 1; i <= 5; i++)
+      processed += t.processed[i];
+    ck_assert_int_eq(t.processed[3], 0);
+    tally_free(&t);
+    if (rc == 70) {
+      crashes++;
+      continue;
+    }
+    ck_assert_int_eq(rc, 0);
+    break;
+  }
+  ck_assert_int_eq(crashes, 3);
+  ck_assert_int_eq(processed, 4);
+  ck_assert_uint_eq(depth(q), 0);
+  /* The .dlq holds the crasher with the broker's reason. */
+  char dlq[256];
+  snprintf(dlq, sizeof(dlq), "%s.dlq", q);
+  edp_delivery d;
+  take_one(dlq, &d);
+  ck_assert_int_eq((int)d.body_len, 6);
+  ck_assert_int_eq(memcmp(d.body, "poison", 6), 0);
+  ck_assert_str_eq(edp_fwd_dead_reason(&d), "delivery_limit");
+  edp_delivery_clear(&d);
+}
+END_TEST
+
+/* x-delivery-count is a failed attempt too: a message that crashed its
+ * consumer twice and then fails in the handler is dead-lettered after
+ * max_retries attempts in all, not max_retries more. */
+START_TEST(delivery_count_counts_as_attempts) {
+  const char *q = t_unique("fwd.dc");
+  char *send[] = {(char *)t_bin("edp-forward-sender"),
+                  "--url",
+                  (char *)t_url(),
+                  "-q",
+                  (char *)q,
+                  "--id-prefix",
+                  "dc",
+                  "--queue-type",
+                  "quorum",
+                  "--delivery-limit",
+                  "10",
+                  "poison",
+                  NULL};
+  t_proc p;
+  ck_assert_int_eq(t_spawn(&p, send, NULL), 0);
+  char line[4096];
+  while (t_readline(&p, line, sizeof(line), 30000) == 1)
+    ;
+  ck_assert_int_eq(t_wait(&p, 10000), 0);
+  for (int run = 0; run < 2; run++) {
+    char *extra[] = {"--queue-type",
+                     "quorum",
+                     "--delivery-limit",
+                     "10",
+                     "--crash-match",
+                     "poison",
+                     "--idle-timeout",
+                     "2000",
+                     NULL};
+    t_proc r;
+    start_receiver(&r, q, extra);
+    ck_assert_int_eq(t_wait(&r, 30000), 70);
+  }
+  tally t;
+  tally_init(&t, "dc", 1);
+  char *extra[] = {"--queue-type",
+                   "quorum",
+                   "--delivery-limit",
+                   "10",
+                   "--max-retries",
+                   "3",
+                   "--fail-match",
+                   "poison",
+                   "--idle-timeout",
+                   "2000",
+                   NULL};
+  t_proc r;
+  start_receiver(&r, q, extra);
+  ck_assert_int_eq(t_collect(&r, 60000, on_event, &t), 0);
+  /* Attempts 1 and 2 crashed; attempt 3 failed (a retry copy carrying
+   * x-edp-retries 3); attempt 4 failed: the .dlq. */
+  ck_assert_int_eq(t.retried, 1);
+  ck_assert_int_eq(t.dead, 1);
+  tally_free(&t);
+}
+END_TEST
+
+/* A program declaring an existing queue with another type: exit 65 and a
+ * line that names the queue and the difference. */
+START_TEST(redeclare_with_other_type_is_explained) {
+  const char *q = t_unique("fwd.redecl");
+  tally t;
+  tally_init(&t, "rd", 1);
+  ck_assert_int_eq(run_sender(q, "rd", NULL, NULL, 1, &t), 0);
+  tally_free(&t);
+  char cmd[2048];
+  snprintf(cmd, sizeof(cmd),
+           "%s --url '%s' -q '%s' --queue-type quorum x 2>&1 >/dev/null",
+           t_bin("edp-forward-sender"), t_url(), q);
+  char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+  t_proc p;
+  ck_assert_int_eq(t_spawn(&p, argv, NULL), 0);
+  char out[8192];
+  ck_assert_int_eq(read_all(&p, out, sizeof(out)), 65);
+  char want[512];
+  snprintf(want, sizeof(want),
+           "queue '%s.dlq' exists with another x-queue-type", q);
+  ck_assert_msg(strstr(out, want), "no explanation in: %s", out);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("forwarding");
   TCase *tc = tcase_create("forwarding");
@@ -942,6 +1130,10 @@ int main(void) {
   tcase_add_test(tc, broker_closes_connection_mid_send);
   tcase_add_test(tc, persistent_survive_restart_transient_do_not);
   tcase_add_test(tc, long_handler_keeps_connection);
+  tcase_add_test(tc, quorum_queue_end_to_end);
+  tcase_add_test(tc, crashing_message_reaches_dlq_after_delivery_limit);
+  tcase_add_test(tc, delivery_count_counts_as_attempts);
+  tcase_add_test(tc, redeclare_with_other_type_is_explained);
   suite_add_tcase(s, tc);
   TCase *copies = tcase_create("copies");
   tcase_set_timeout(copies, 300);
