@@ -544,18 +544,19 @@ int edp_td_new(edp_conn *c, const edp_td_opts *o, edp_td **out) {
     rc = edp_conn_qos(c, td->o.prefetch);
   if (!rc)
     rc = edp_conn_confirm_select(c);
-  if (!rc)
-    rc = edp_conn_consume(c, td->queue, NULL, td->consumer_tag,
-                          sizeof(td->consumer_tag));
+  /* On a single-active queue, a consumer that finds another one there
+   * waits as a standby until the broker hands it the queue. Counted
+   * before consuming: a quorum queue counts only its active consumer. */
   uint32_t consumers = 0;
   if (!rc)
     rc = edp_conn_queue_inspect(c, td->queue, NULL, &consumers);
   if (!rc) {
-    /* On a single-active queue, a consumer that found another one there
-     * waits as a standby until the broker hands it the queue. */
-    td->st.standby = consumers > 1;
-    sync_epoch(td);
+    td->st.standby = consumers > 0;
+    rc = edp_conn_consume(c, td->queue, NULL, td->consumer_tag,
+                          sizeof(td->consumer_tag));
   }
+  if (!rc)
+    sync_epoch(td);
   if (rc) {
     edp_td_destroy(&td);
     return rc;

@@ -199,7 +199,10 @@ typedef struct edp_td_stats {
   int64_t last_activity_ms; /* edp_now_ms() of the last delivery or
                                settlement */
   int standby; /* another consumer held the queue when this one started
-                  and no delivery came yet (single active consumer) */
+                  and no delivery came yet (single active consumer). Two
+                  dispatchers that start in the same instant may both
+                  read 0 and call themselves active: the broker's standby
+                  one then reports EDP_TD_ACTIVE at its first delivery */
 } edp_td_stats;
 
 void edp_td_stats_get(const edp_td *td, edp_td_stats *out);

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "edp.h"
+#include "t_nodes.h"
 #include "testlib.h"
 
 #define NODES 3
@@ -30,92 +31,6 @@
  * sender never waits longer than confirm_timeout (5 s) plus one connect
  * attempt (1 s) for a dying broker. */
 #define FAILOVER_BOUND_MS 6000
-
-static char base_dir[256];
-static pid_t owner; /* Check forks a child per test: only we clean up */
-static char node_dir[NODES][300];
-static char node_url[NODES][512]; /* a TLS node's URL names its files */
-
-/* ---------- the nodes ---------- */
-
-static pid_t spawn_broker(const char *cmd, const char *dir, const char *arg) {
-  pid_t pid = fork();
-  if (pid == 0) {
-    int null = open("/dev/null", 1);
-    if (null >= 0)
-      dup2(null, 1);
-    execl("tests/broker.sh", "broker.sh", cmd, dir, arg, (char *)NULL);
-    _exit(127);
-  }
-  return pid;
-}
-
-static int wait_pid(pid_t pid) {
-  int st = 0;
-  if (pid <= 0 || waitpid(pid, &st, 0) < 0)
-    return -1;
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-static int broker_cmd(const char *cmd, int node, const char *arg) {
-  return wait_pid(spawn_broker(cmd, node_dir[node], arg));
-}
-
-static void nodes_stop(void) {
-  if (!base_dir[0] || getpid() != owner)
-    return;
-  pid_t pids[NODES];
-  for (int i = 0; i < NODES; i++)
-    pids[i] = spawn_broker("stop", node_dir[i], NULL);
-  for (int i = 0; i < NODES; i++)
-    if (wait_pid(pids[i]) != 0)
-      broker_cmd("kill", i, NULL);
-  char cmd[300];
-  snprintf(cmd, sizeof(cmd), "rm -rf '%s'", base_dir);
-  if (system(cmd) != 0)
-    fprintf(stderr, "could not remove %s\n", base_dir);
-  base_dir[0] = '\0';
-}
-
-static void on_signal(int sig) {
-  nodes_stop(); /* not async-signal-safe, but we exit right after */
-  signal(sig, SIG_DFL);
-  raise(sig);
-}
-
-static void nodes_start(void) {
-  owner = getpid();
-  snprintf(base_dir, sizeof(base_dir), "/tmp/edp-multi.XXXXXX");
-  if (!mkdtemp(base_dir)) {
-    perror("mkdtemp");
-    exit(EXIT_FAILURE);
-  }
-  signal(SIGTERM, on_signal);
-  signal(SIGINT, on_signal);
-  atexit(nodes_stop);
-  fprintf(stderr, "starting %d RabbitMQ nodes in %s...\n", NODES, base_dir);
-  /* In parallel: about 15 s for three instead of 25 s one after another. */
-  pid_t pids[NODES];
-  for (int i = 0; i < NODES; i++) {
-    snprintf(node_dir[i], sizeof(node_dir[i]), "%s/n%d", base_dir, i);
-    pids[i] = spawn_broker("start", node_dir[i], NULL);
-  }
-  for (int i = 0; i < NODES; i++) {
-    if (wait_pid(pids[i]) != 0) {
-      fprintf(stderr, "node %d did not start\n", i);
-      exit(EXIT_FAILURE); /* atexit stops the others */
-    }
-    char path[1024];
-    snprintf(path, sizeof(path), "%s/url", node_dir[i]);
-    FILE *f = fopen(path, "r");
-    if (!f || !fgets(node_url[i], sizeof(node_url[i]), f)) {
-      fprintf(stderr, "no URL for node %d\n", i);
-      exit(EXIT_FAILURE);
-    }
-    fclose(f);
-    node_url[i][strcspn(node_url[i], "\n")] = '\0';
-  }
-}
 
 /* ---------- running the programs ---------- */
 
@@ -126,7 +41,7 @@ static void build_argv(char **argv, const char *prog, const char **extra,
   argv[n++] = (char *)t_bin(prog);
   for (int i = 0; with_urls && i < NODES; i++) {
     argv[n++] = "--url";
-    argv[n++] = node_url[i];
+    argv[n++] = t_node_url[i];
   }
   argv[n++] = "--json";
   for (int i = 0; extra[i]; i++)
@@ -282,7 +197,7 @@ static int all_processed(const tally *t) {
 static uint32_t depth_on(int node, const char *queue) {
   edp_conn_opts o;
   edp_conn_opts_init(&o);
-  o.url = node_url[node];
+  o.url = t_node_url[node];
   edp_conn *c = NULL;
   ck_assert_int_eq(edp_conn_open(&o, &c, NULL, 0), 0);
   uint32_t msgs = 0;
@@ -305,7 +220,7 @@ static void drain_rest(tally *t, const char *q, int first, int last,
   argv[n++] = (char *)t_bin("edp-multi-receiver");
   for (int i = first; i <= last; i++) {
     argv[n++] = "--url";
-    argv[n++] = node_url[i];
+    argv[n++] = t_node_url[i];
   }
   argv[n++] = "--json";
   if (quorum)
@@ -382,14 +297,14 @@ START_TEST(node_killed_mid_run) {
     pump_lines(&s, &t, 0);
     pump_lines(&r, &t, 1);
     if (!killed_at && t.confirms >= 3000) {
-      ck_assert_int_eq(broker_cmd("kill", 1, NULL), 0);
+      ck_assert_int_eq(t_node_cmd("kill", 1, NULL), 0);
       killed_at = t_now_ms();
-      starter = spawn_broker("start", node_dir[1], NULL); /* ~8 s */
+      starter = t_broker_spawn("start", t_node_dir[1], NULL); /* ~8 s */
     }
   }
   ck_assert_msg(s.eof, "sender did not finish");
   ck_assert_int_eq(t_wait(&s, 10000), 0);
-  ck_assert_int_eq(wait_pid(starter), 0);
+  ck_assert_int_eq(t_pid_wait(starter), 0);
   ck_assert_int_eq(t.confirms, n);
   ck_assert_int_ge(t.downs[1], 1);
   /* Back in the rotation before the run ended (restarted ~2 s in, a node
@@ -507,7 +422,7 @@ START_TEST(all_down_exits_69) {
   /* A malformed URL among them is a usage error. */
   char *bad[] = {(char *)t_bin("edp-multi-sender"),
                  "--url",
-                 node_url[0],
+                 t_node_url[0],
                  "--url",
                  "http://nope",
                  "-n",
@@ -521,8 +436,8 @@ END_TEST
 /* The clustered alternative: the three nodes joined into one cluster, a
  * quorum queue, one node stopped mid-run: nothing confirmed is lost. */
 START_TEST(cluster_quorum_survives_stopped_node) {
-  ck_assert_int_eq(broker_cmd("join", 1, node_dir[0]), 0);
-  ck_assert_int_eq(broker_cmd("join", 2, node_dir[0]), 0);
+  ck_assert_int_eq(t_node_cmd("join", 1, t_node_dir[0]), 0);
+  ck_assert_int_eq(t_node_cmd("join", 2, t_node_dir[0]), 0);
   const int n = 6000;
   const char *q = t_unique("multi.quorum");
   const char *prefix = t_unique("qq");
@@ -541,7 +456,7 @@ START_TEST(cluster_quorum_survives_stopped_node) {
     pump_lines(&s, &t, 0);
     pump_lines(&r, &t, 1);
     if (!stopped && t.confirms >= 2000) {
-      ck_assert_int_eq(broker_cmd("stop", 2, NULL), 0);
+      ck_assert_int_eq(t_node_cmd("stop", 2, NULL), 0);
       stopped = 1;
     }
   }
@@ -651,7 +566,7 @@ static int await_count(cledger *l, const int *counter, int want,
 static edp_conn *node_conn(int node) {
   edp_conn_opts o;
   edp_conn_opts_init(&o);
-  o.url = node_url[node];
+  o.url = t_node_url[node];
   edp_conn *c = NULL;
   ck_assert_int_eq(edp_conn_open(&o, &c, NULL, 0), 0);
   return c;
@@ -681,7 +596,7 @@ static void publish_to(int node, const char *q, const char *prefix, int first,
 static edp_multi_consumer *start_consumer(cledger *l, const char *q,
                                           const char **urls) {
   for (int i = 0; i < NODES; i++)
-    urls[i] = node_url[i];
+    urls[i] = t_node_url[i];
   edp_multi_consumer_opts o;
   edp_multi_consumer_opts_init(&o);
   o.urls = urls;
@@ -897,7 +812,7 @@ static edp_multi_producer *ledger_producer(const char *q, int mode,
                                            pledger *l) {
   const char *urls[NODES];
   for (int i = 0; i < NODES; i++)
-    urls[i] = node_url[i];
+    urls[i] = t_node_url[i];
   edp_multi_producer_opts o;
   edp_multi_producer_opts_init(&o);
   o.urls = urls;
@@ -1046,7 +961,7 @@ START_TEST(queue_deleted_under_producer_loses_nothing) {
 END_TEST
 
 int main(void) {
-  nodes_start();
+  t_nodes_start(NODES, "multi");
   Suite *su = suite_create("multi_broker");
   /* Broker-side faults through the library (CK_RUN_CASE=faults alone). */
   TCase *tf = tcase_create("faults");
@@ -1069,6 +984,6 @@ int main(void) {
   srunner_run_all(sr, CK_NORMAL);
   int failed = srunner_ntests_failed(sr);
   srunner_free(sr);
-  nodes_stop();
+  t_nodes_stop();
   return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
