@@ -53,6 +53,9 @@ static void on_json(void *ud, json_t *o) {
 }
 
 /* Starts a receiver with --json and waits for its "ready" line. */
+/* The --queue-type both programs get (NULL: none). */
+static const char *amb_queue_type;
+
 static void start_receiver(t_proc *p, const char *mode, const char *base,
                            const char *threads, const char *work,
                            const char *count) {
@@ -68,6 +71,8 @@ static void start_receiver(t_proc *p, const char *mode, const char *base,
                   "--count",
                   (char *)count,
                   "--json",
+                  amb_queue_type ? "--queue-type" : NULL,
+                  (char *)amb_queue_type,
                   NULL};
   ck_assert_int_eq(t_spawn(p, argv, NULL), 0);
   char line[4096];
@@ -231,9 +236,19 @@ static void backlog_run(const char *mode, evs *e) {
   memset(e, 0, sizeof(*e));
   t_proc rcv, snd;
   start_receiver(&rcv, mode, base, "2", "5", "2020");
-  char *extra[] = {"--mode",     (char *)mode, "--queue",    (char *)base,
-                   "--standard", "2000",       "--priority", "20",
-                   "--rate",     "20",         NULL};
+  char *extra[] = {"--mode",
+                   (char *)mode,
+                   "--queue",
+                   (char *)base,
+                   "--standard",
+                   "2000",
+                   "--priority",
+                   "20",
+                   "--rate",
+                   "20",
+                   amb_queue_type ? "--queue-type" : NULL,
+                   (char *)amb_queue_type,
+                   NULL};
   spawn_sender(&snd, extra);
   ck_assert_int_eq(collect_both(&snd, &rcv, e, 120000), 0);
   assert_exactly_once(e, 2000, 20);
@@ -294,6 +309,12 @@ END_TEST
 START_TEST(backlog_carpool) { check_overtaking("carpool"); }
 END_TEST
 START_TEST(backlog_native) { check_overtaking("native"); }
+END_TEST
+/* The lanes as quorum queues (issue 14): the same guarantees. */
+START_TEST(backlog_carpool_quorum) {
+  amb_queue_type = "quorum";
+  check_overtaking("carpool");
+}
 END_TEST
 
 /* The control: in fifo a priority message waits behind the backlog, so
@@ -788,6 +809,7 @@ int main(void) {
   tcase_add_test(tc, backlog_ambulance);
   tcase_add_test(tc, backlog_carpool);
   tcase_add_test(tc, backlog_native);
+  tcase_add_test(tc, backlog_carpool_quorum);
   tcase_add_test(tc, backlog_fifo_control);
   tcase_add_test(tc, ambulance_no_starvation);
   tcase_add_test(tc, ambulance_starvation_control);

@@ -23,7 +23,8 @@ ch.confirm_delivery()
 # 1. A foreign producer feeds the dispatcher.
 ex, q = "interop.td.ex." + RUN, "interop.td." + RUN
 ch.exchange_declare(ex, "topic", durable=True)
-ch.queue_declare(q, durable=True)
+# wire.md: a trade queue is single-active (one dispatcher at a time).
+ch.queue_declare(q, durable=True, arguments={"x-single-active-consumer": True})
 ch.queue_declare(q + ".dlq", durable=True)
 ch.queue_bind(q, ex, "trade.eq.*")
 accounts = ["A-%d" % i for i in range(6)]
