@@ -359,9 +359,9 @@ END_TEST
 /* Runs the sender with args and returns its exit code; the run must end
  * within bound_ms. */
 static int sender_exit(char **args, const char *stdin_data, int bound_ms) {
-  char *argv[16] = {(char *)t_bin("edp-forward-sender")};
+  char *argv[24] = {(char *)t_bin("edp-forward-sender")};
   int n = 1;
-  for (; *args && n < 15; args++)
+  for (; *args && n < 23; args++)
     argv[n++] = *args;
   argv[n] = NULL;
   t_proc p;
@@ -965,8 +965,7 @@ END_TEST
  * Delivery limit 2: three deliveries, three crashes, then the .dlq. */
 START_TEST(crashing_message_reaches_dlq_after_delivery_limit) {
   const char *q = t_unique("fwd.crash");
-  char *send[] = {(char *)t_bin("edp-forward-sender"),
-                  "--url",
+  char *send[] = {"--url",
                   (char *)t_url(),
                   "-q",
                   (char *)q,
@@ -982,12 +981,7 @@ START_TEST(crashing_message_reaches_dlq_after_delivery_limit) {
                   "c",
                   "d",
                   NULL};
-  t_proc p;
-  ck_assert_int_eq(t_spawn(&p, send, NULL), 0);
-  char line[4096];
-  while (t_readline(&p, line, sizeof(line), 30000) == 1)
-    ;
-  ck_assert_int_eq(t_wait(&p, 10000), 0);
+  ck_assert_int_eq(sender_exit(send, NULL, 30000), 0);
   int crashes = 0, processed = 0;
   for (int run = 0; run < 8; run++) {
     char *extra[] = {"--queue-type",
@@ -1037,25 +1031,11 @@ END_TEST
  * max_retries attempts in all, not max_retries more. */
 START_TEST(delivery_count_counts_as_attempts) {
   const char *q = t_unique("fwd.dc");
-  char *send[] = {(char *)t_bin("edp-forward-sender"),
-                  "--url",
-                  (char *)t_url(),
-                  "-q",
-                  (char *)q,
-                  "--id-prefix",
-                  "dc",
-                  "--queue-type",
-                  "quorum",
-                  "--delivery-limit",
-                  "10",
-                  "poison",
-                  NULL};
-  t_proc p;
-  ck_assert_int_eq(t_spawn(&p, send, NULL), 0);
-  char line[4096];
-  while (t_readline(&p, line, sizeof(line), 30000) == 1)
-    ;
-  ck_assert_int_eq(t_wait(&p, 10000), 0);
+  char *send[] = {"--url",        (char *)t_url(), "-q",
+                  (char *)q,      "--id-prefix",   "dc",
+                  "--queue-type", "quorum",        "--delivery-limit",
+                  "10",           "poison",        NULL};
+  ck_assert_int_eq(sender_exit(send, NULL, 30000), 0);
   for (int run = 0; run < 2; run++) {
     char *extra[] = {"--queue-type",
                      "quorum",

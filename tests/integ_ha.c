@@ -25,15 +25,6 @@
 
 static const edp_queue_kind quorum = {"quorum", 20, 0};
 
-static edp_conn *open_node(int node) {
-  edp_conn_opts o;
-  edp_conn_opts_init(&o);
-  o.url = t_node_url[node];
-  edp_conn *c = NULL;
-  ck_assert_int_eq(edp_conn_open(&o, &c, NULL, 0), 0);
-  return c;
-}
-
 /* The node (index) that leads queue q, from rabbitmqctl on a live node;
  * -1 if none is named. */
 static int leader_of(const char *q, int ask) {
@@ -93,7 +84,7 @@ static void count_fwd(void *ud, json_t *ev) {
 
 START_TEST(forwarding_survives_leader_killed) {
   const char *q = t_unique("ha.fwd"), *prefix = t_unique("hf");
-  edp_conn *c = open_node(0);
+  edp_conn *c = t_node_conn(0);
   ck_assert_int_eq(edp_fwd_declare(c, q, &quorum), 0);
   edp_conn_destroy(&c);
   ck_assert_int_eq(leader_of(q, 1), 0);
@@ -162,7 +153,7 @@ END_TEST
 
 START_TEST(dispatchers_survive_leader_then_active_killed) {
   const char *ex = t_unique("ha.ex"), *q = t_unique("ha.td");
-  edp_conn *c = open_node(0);
+  edp_conn *c = t_node_conn(0);
   ck_assert_int_eq(edp_td_declare(c, ex, q, "trade.eq.*", &quorum), 0);
   edp_conn_destroy(&c);
   ck_assert_int_eq(leader_of(q, 1), 0);

@@ -563,19 +563,10 @@ static int await_count(cledger *l, const int *counter, int want,
   return v;
 }
 
-static edp_conn *node_conn(int node) {
-  edp_conn_opts o;
-  edp_conn_opts_init(&o);
-  o.url = t_node_url[node];
-  edp_conn *c = NULL;
-  ck_assert_int_eq(edp_conn_open(&o, &c, NULL, 0), 0);
-  return c;
-}
-
 /* Publishes PREFIX-first .. PREFIX-(first+n-1) to q on node, confirmed. */
 static void publish_to(int node, const char *q, const char *prefix, int first,
                        int n) {
-  edp_conn *c = node_conn(node);
+  edp_conn *c = t_node_conn(node);
   ck_assert_int_eq(edp_conn_confirm_select(c), 0);
   for (int i = first; i < first + n; i++) {
     char id[64];
@@ -619,7 +610,7 @@ static edp_multi_consumer *start_consumer(cledger *l, const char *q,
 
 static void delete_everywhere(const char *q) {
   for (int i = 0; i < NODES; i++) {
-    edp_conn *c = node_conn(i);
+    edp_conn *c = t_node_conn(i);
     edp_conn_queue_delete(c, q);
     edp_conn_destroy(&c);
   }
@@ -643,7 +634,7 @@ START_TEST(queue_deleted_under_consumer_consumes_again) {
     ck_assert_int_eq(await_count(l, &l->processed[i], 10, 10000), 10);
   }
 
-  edp_conn *admin = node_conn(1);
+  edp_conn *admin = t_node_conn(1);
   long long t0 = t_now_ms();
   ck_assert_int_eq(edp_conn_queue_delete(admin, q), 0);
   edp_conn_destroy(&admin);
@@ -706,7 +697,7 @@ START_TEST(queue_deleted_not_redeclarable_is_reported) {
   edp_multi_consumer *mc = start_consumer(l, q, urls);
   publish_to(1, q, prefix, 0, 1);
   ck_assert_int_eq(await_count(l, &l->holding, 1, 10000), 1);
-  edp_conn *admin = node_conn(1);
+  edp_conn *admin = t_node_conn(1);
   long long t0 = t_now_ms();
   ck_assert_int_eq(edp_conn_queue_delete(admin, q), 0);
   edp_queue_opts ex;
@@ -781,7 +772,7 @@ static void p_on_confirm(void *ud, int broker, const edp_confirm *cf) {
 static int drain_poison_ids(const char *q, int *counts, int n) {
   int total = 0;
   for (int node = 0; node < NODES; node++) {
-    edp_conn *c = node_conn(node);
+    edp_conn *c = t_node_conn(node);
     ck_assert_int_eq(edp_conn_qos(c, 100), 0);
     ck_assert_int_eq(edp_conn_consume(c, q, NULL, NULL, 0), 0);
     edp_delivery d;
@@ -928,7 +919,7 @@ START_TEST(queue_deleted_under_producer_loses_nothing) {
   /* The 40 after the deletion are in the queues, once, each key in order. */
   int seen = 0;
   for (int node = 0; node < NODES; node++) {
-    edp_conn *c = node_conn(node);
+    edp_conn *c = t_node_conn(node);
     ck_assert_int_eq(edp_conn_qos(c, 100), 0);
     ck_assert_int_eq(edp_conn_consume(c, q, NULL, NULL, 0), 0);
     int last[KEYS];

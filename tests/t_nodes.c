@@ -3,6 +3,7 @@
  */
 #include "t_nodes.h"
 
+#include <check.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -10,6 +11,8 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "edp.h"
 
 static char base_dir[256];
 static pid_t owner; /* Check forks a child per test: only we clean up */
@@ -34,6 +37,15 @@ int t_pid_wait(pid_t pid) {
   if (pid <= 0 || waitpid(pid, &st, 0) < 0)
     return -1;
   return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+edp_conn *t_node_conn(int node) {
+  edp_conn_opts o;
+  edp_conn_opts_init(&o);
+  o.url = t_node_url[node];
+  edp_conn *c = NULL;
+  ck_assert_int_eq(edp_conn_open(&o, &c, NULL, 0), 0);
+  return c;
 }
 
 int t_node_cmd(const char *cmd, int node, const char *arg) {

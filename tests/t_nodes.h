@@ -33,4 +33,8 @@ int t_pid_wait(pid_t pid);
 /* tests/broker.sh cmd on node (start, stop, kill, join ...); its code. */
 int t_node_cmd(const char *cmd, int node, const char *arg);
 
+/* An open connection to node (a Check assertion fails if it can't). */
+struct edp_conn;
+struct edp_conn *t_node_conn(int node);
+
 #endif
