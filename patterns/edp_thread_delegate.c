@@ -48,7 +48,9 @@ typedef struct td_task {
   char ctx[CTX_MAX];
   int worker;
   int outcome;
-  int attempts;
+  int attempts; /* handler calls made here */
+  int crashed;  /* earlier deliveries that ended unsettled (quorum
+                   queues' x-delivery-count): failed attempts too */
   char reason[256];
   int64_t started_us, finished_us;
 } td_task;
@@ -176,6 +178,7 @@ int edp_td_context(int from, const char *key, const edp_delivery *d, char *out,
 
 static void run_task(td_worker *w, td_task *t) {
   edp_td *td = w->td;
+  t->crashed = (int)edp_fwd_delivery_count(&t->d, td->o.max_retries);
   for (int attempt = 1;; attempt++) {
     /* A task of an older channel will be redelivered, and one not started
      * when we stop will be too: running it would only duplicate it. */
@@ -195,7 +198,7 @@ static void run_task(td_worker *w, td_task *t) {
     }
     if (!t->reason[0])
       snprintf(t->reason, sizeof(t->reason), "handler failed");
-    if (attempt > td->o.max_retries) {
+    if (attempt + t->crashed > td->o.max_retries) {
       t->outcome = OUT_FAILED;
       return;
     }
@@ -269,7 +272,8 @@ static int dead_letter(edp_td *td, td_task *t, const char *reason) {
   edp_header ctx = {EDP_TD_HDR_CONTEXT, t->ctx, 0};
   edp_fwd_copy o = {.target = td->dlq,
                     .queue = td->queue,
-                    .retries = t->attempts > 0 ? t->attempts - 1 : 0,
+                    .retries = t->attempts > 0 ? t->attempts - 1 + t->crashed
+                                               : t->crashed,
                     .reason = reason,
                     .dead = 1,
                     .extra = &ctx,

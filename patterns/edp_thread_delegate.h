@@ -22,7 +22,10 @@
  * - Per context, the handler is called for message n+1 only after message
  *   n was processed or dead-lettered, and never on two workers at once.
  * - A failed handler is retried in place, on the same worker, up to
- *   max_retries times; the context's later messages wait behind it. After
+ *   max_retries times (fewer by the deliveries that ended unsettled
+ *   before, a quorum queue's x-delivery-count: a dispatcher crashed or
+ *   lost its connection holding the message); the context's later
+ *   messages wait behind it. After
  *   the last retry the message goes to "<queue>.dlq" (headers
  *   x-edp-reason, x-edp-retries, x-edp-context) and an event says so;
  *   only then (the worker waits for the broker's confirm of the copy) do

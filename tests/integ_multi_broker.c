@@ -291,7 +291,8 @@ START_TEST(node_killed_mid_run) {
                          "--id-prefix", prefix, NULL};
   spawn_prog(&s, "edp-multi-sender", sargs);
   pid_t starter = -1;
-  long long killed_at = 0, deadline = t_now_ms() + 120000;
+  int started = -1;
+  long long killed_at = 0, up_at = 0, deadline = t_now_ms() + 120000;
   while (!s.eof && t_now_ms() < deadline) {
     wait_output(&s, &r, 200);
     pump_lines(&s, &t, 0);
@@ -301,16 +302,33 @@ START_TEST(node_killed_mid_run) {
       killed_at = t_now_ms();
       starter = t_broker_spawn("start", t_node_dir[1], NULL); /* ~8 s */
     }
+    int st;
+    if (starter > 0 && !up_at && waitpid(starter, &st, WNOHANG) == starter) {
+      up_at = t_now_ms();
+      started = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    }
   }
+  long long ended_at = t_now_ms();
   ck_assert_msg(s.eof, "sender did not finish");
   ck_assert_int_eq(t_wait(&s, 10000), 0);
-  ck_assert_int_eq(t_pid_wait(starter), 0);
+  if (!up_at)
+    started = t_pid_wait(starter);
+  ck_assert_int_eq(started, 0);
   ck_assert_int_eq(t.confirms, n);
   ck_assert_int_ge(t.downs[1], 1);
   /* Back in the rotation before the run ended (restarted ~2 s in, a node
-   * starts in 8-15 s here, the run lasts 20 s). */
-  ck_assert_int_ge(t.ups[1], 1);
-  ck_assert_int_gt(t.confirmed_after_up[1], 0);
+   * starts in 8-15 s on a quiet machine, the run lasts 20 s), given the
+   * sender's retry interval after the node was up. On a loaded machine
+   * the node may come back too late for that: said, not failed. */
+  if (up_at && ended_at - up_at >= 4000) {
+    ck_assert_int_ge(t.ups[1], 1);
+    ck_assert_int_gt(t.confirmed_after_up[1], 0);
+  } else {
+    fprintf(stderr,
+            "node_killed_mid_run: node 1 was up %lld ms before the run "
+            "ended: its return to the sender is not checked\n",
+            up_at ? ended_at - up_at : -1LL);
+  }
   ck_assert_msg(t.max_gap_ms <= FAILOVER_BOUND_MS, "sender stalled %lld ms",
                 t.max_gap_ms);
   /* The receiver resumes node 1 and drains what it kept. */

@@ -431,6 +431,45 @@ static long depth_of(const char *queue) {
   return (long)msgs;
 }
 
+/* On a quorum queue, a delivery that ended with its dispatcher's death
+ * (x-delivery-count) is a failed attempt: a poison trade whose first
+ * dispatcher was SIGKILLed holding it gets max_retries attempts in all
+ * from the next one, not max_retries + 1 more. */
+START_TEST(crashed_delivery_counts_as_attempt) {
+  const char *ex = t_unique("td.ex"), *q = t_unique("td.q");
+  static int per_acct[MAXA];
+  t_trades_queue_type = "quorum";
+  send_trades(ex, q, 1, 1, NULL, per_acct);
+  const char *slow[] = {"--work-ms", "60000", NULL};
+  t_proc p;
+  spawn_dispatcher(&p, ex, q, slow);
+  long long deadline = t_now_ms() + 30000;
+  while (depth_of(q) > 0) {
+    ck_assert_msg(t_now_ms() < deadline, "the trade was never delivered");
+    edp_sleep_ms(50, -1);
+  }
+  t_signal(&p, SIGKILL);
+  ck_assert_int_eq(t_wait(&p, 10000), 128 + SIGKILL);
+  const char *poison[] = {"--poison-seq",
+                          "1",
+                          "--max-retries",
+                          "3",
+                          "--retry-delay-ms",
+                          "10",
+                          "--count",
+                          "1",
+                          NULL};
+  spawn_dispatcher(&p, ex, q, poison);
+  col c;
+  col_init(&c);
+  ck_assert_int_eq(t_collect(&p, 60000, collect_ev, &c), 0);
+  ck_assert_int_eq(c.n, 1);
+  ck_assert_int_eq(c.e[0].type, E_DEAD);
+  ck_assert_int_eq(c.e[0].attempts, 3);
+  free(c.e);
+}
+END_TEST
+
 START_TEST(sigint_during_last_failure_settles_once) {
   const char *ex = t_unique("td.ex"), *q = t_unique("td.q");
   static int per_acct[MAXA];
@@ -632,6 +671,7 @@ int main(void) {
   tcase_add_test(tc, two_shards);
   tcase_add_test(tc, standby_takes_over_in_order);
   tcase_add_test(tc, standby_takes_over_on_each_shard);
+  tcase_add_test(tc, crashed_delivery_counts_as_attempt);
   tcase_add_test(tc, no_context_is_dead_lettered);
   tcase_add_test(tc, trades_without_seq_never_fail_every);
   tcase_add_test(tc, bad_options);
