@@ -113,7 +113,8 @@ $(OUT)/bench/edp-bench-%: $(OUT)/obj/bench/edp-bench-%.o $(OUT)/obj/cmd/cli.o $(
 	@mkdir -p $(dir $@)
 	$(CC) $(SANFLAGS) -o $@ $^ $(LDLIBS_ALL)
 
-# The HA bench drives the programs as the tests do (tests/testlib.c).
+# The HA bench drives the programs as the tests do (tests/testlib.c) and
+# builds its cluster with tests/t_nodes.c.
 $(OUT)/bench/edp-bench-ha: $(OUT)/obj/bench/edp-bench-ha.o $(OUT)/obj/cmd/cli.o \
                            $(TEST_OBJ) $(STATIC)
 	@mkdir -p $(dir $@)

@@ -2,7 +2,7 @@
  * edp-bench-ha - what high availability costs and what it buys (issue
  * 14): forwarding and the thread delegate on classic against quorum
  * queues, on the harness's node (EDP_URL) and on a 3-node cluster this
- * program starts itself (tests/broker.sh, always stopped), and the
+ * program starts itself (tests/t_nodes.c: always stopped), and the
  * takeover time of a standby dispatcher (single active consumer) when the
  * active one is SIGKILLed. Prints one markdown section; progress goes to
  * stderr. EDP_BENCH_QUICK=1 runs a fifth of the messages.
@@ -47,9 +47,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../tests/t_nodes.h"
 #include "../tests/testlib.h"
 #include "benchdata.h"
-#include "benchnodes.h"
 #include "cli.h"
 
 #define REPS 3
@@ -276,12 +276,28 @@ static cell cells[2][2][2]; /* [pattern][topology][kind] */
 
 /* The node holding q's leader (quorum) or its process (classic), as
  * rabbitmqctl on node 0 says, into out; "?" if it can't tell. */
-static void queue_home(bench_nodes *ns, const char *q, char *out, size_t len) {
+/* The Erlang name of node i (edpPORT@localhost, the first line of its
+ * node.env), or "?". */
+static void node_name(int i, char *out, size_t len) {
+  char path[400];
+  snprintf(path, sizeof(path), "%s/node.env", t_node_dir[i]);
+  snprintf(out, len, "?");
+  FILE *f = fopen(path, "r");
+  char line[256];
+  if (f && fgets(line, sizeof(line), f) && !strncmp(line, "NODE=", 5)) {
+    line[strcspn(line, "\n")] = '\0';
+    snprintf(out, len, "%s", line + 5);
+  }
+  if (f)
+    fclose(f);
+}
+
+static void queue_home(const char *q, char *out, size_t len) {
   char cmd[1024], line[512];
   snprintf(cmd, sizeof(cmd),
            "tests/broker.sh ctl '%s' list_queues name leader pid "
            "--no-table-headers --silent 2>/dev/null",
-           ns->dir[0]);
+           t_node_dir[0]);
   snprintf(out, len, "?");
   FILE *f = popen(cmd, "r");
   if (!f)
@@ -307,7 +323,7 @@ static void queue_home(bench_nodes *ns, const char *q, char *out, size_t len) {
 
 static void run_cell(int pattern, int topo, int kind, const char *decl_url,
                      const char *client_url, int n, int n_lat, int rep,
-                     bench_nodes *ns) {
+                     int cluster) {
   cell *ce = &cells[pattern][topo][kind];
   edp_queue_kind k = kind_of(kind);
   char q[128], dlq[140];
@@ -320,12 +336,14 @@ static void run_cell(int pattern, int topo, int kind, const char *decl_url,
                           : edp_td_declare(d, exchange, q, "trade.eq.*", &k);
   if (rc)
     cli_die_err(&app, d, rc, "declare");
-  if (ns && rep == 0) {
-    char home[256];
-    queue_home(ns, q, home, sizeof(home));
+  if (cluster && rep == 0) {
+    char home[256], n0[256], n1[256];
+    queue_home(q, home, sizeof(home));
+    node_name(0, n0, sizeof(n0));
+    node_name(1, n1, sizeof(n1));
     fprintf(stderr,
             "edp-bench-ha: %s queue on %s (node 0 is %s); clients on %s\n",
-            kind_name[kind], home, ns->name[0], ns->name[1]);
+            kind_name[kind], home, n0, n1);
   }
   pub p;
   memset(&p, 0, sizeof(p));
@@ -358,12 +376,13 @@ static void run_cell(int pattern, int topo, int kind, const char *decl_url,
 /* REPS runs of both patterns on one topology, classic and quorum
  * alternating. */
 static void run_topology(int topo, const char *decl_url, const char *client_url,
-                         int n, int n_lat, bench_nodes *ns) {
+                         int n, int n_lat) {
   for (int rep = 0; rep < REPS; rep++)
     for (int pattern = FWD; pattern <= TD; pattern++)
       for (int j = 0; j < 2; j++) {
         int kind = (rep + pattern + j) % 2;
-        run_cell(pattern, topo, kind, decl_url, client_url, n, n_lat, rep, ns);
+        run_cell(pattern, topo, kind, decl_url, client_url, n, n_lat, rep,
+                 topo == CLUSTER);
       }
 }
 
@@ -725,7 +744,7 @@ int main(void) {
       }
   double load0 = bench_loadavg();
 
-  run_topology(ONE_NODE, url, url, n, n_lat, NULL);
+  run_topology(ONE_NODE, url, url, n, n_lat);
 
   /* The takeover on the harness's node, classic and quorum alternating. */
   tk_result tk[2][TAKEOVERS];
@@ -738,11 +757,12 @@ int main(void) {
     }
 
   fprintf(stderr, "edp-bench-ha: starting a 3-node cluster...\n");
-  static bench_nodes ns;
-  if (bench_nodes_start(&ns, 3, "edp-bench-ha") || bench_nodes_cluster(&ns))
-    cli_die(&app, CLI_UNAVAILABLE, "no 3-node cluster");
-  run_topology(CLUSTER, ns.url[0], ns.url[1], n, n_lat, &ns);
-  bench_nodes_stop(&ns);
+  t_nodes_start(3, "bench-ha"); /* exits if one does not start */
+  for (int i = 1; i < 3; i++)
+    if (t_node_cmd("join", i, t_node_dir[0]))
+      cli_die(&app, CLI_UNAVAILABLE, "node %d could not join node 0", i);
+  run_topology(CLUSTER, t_node_url[0], t_node_url[1], n, n_lat);
+  t_nodes_stop();
   double load1 = bench_loadavg();
 
   long viol = 0;
