@@ -113,6 +113,13 @@ $(OUT)/bench/edp-bench-%: $(OUT)/obj/bench/edp-bench-%.o $(OUT)/obj/cmd/cli.o $(
 	@mkdir -p $(dir $@)
 	$(CC) $(SANFLAGS) -o $@ $^ $(LDLIBS_ALL)
 
+# The HA bench drives the programs as the tests do (tests/testlib.c) and
+# builds its cluster with tests/t_nodes.c.
+$(OUT)/bench/edp-bench-ha: $(OUT)/obj/bench/edp-bench-ha.o $(OUT)/obj/cmd/cli.o \
+                           $(TEST_OBJ) $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(SANFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS_ALL)
+
 $(OUT)/tests/unit_%: $(OUT)/obj/tests/unit_%.o $(TEST_OBJ) $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(SANFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS_ALL)
@@ -166,7 +173,8 @@ check: deps all tests
 	EDP_BIN=$(BIN) EDP_SANFLAGS='$(SANFLAGS)' tests/run-integration.sh $(INTEG_BINS) $(wildcard tests/integ_*.sh)
 
 # Each bench program prints one markdown section; bench.sh runs them all
-# against one private node (multi-broker starts its own) and writes
+# against one private node (multi-broker and the HA bench start their own)
+# and writes
 # docs/BENCHMARKS.md.
 # The whole fault matrix, slow faults included (consumer_timeout alone
 # takes a minute: the broker checks it once a minute), written to

@@ -27,6 +27,33 @@ static inline double bench_self_cpu(void) {
          (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
 }
 
+static inline int bench_cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* The p-th percentile (nearest rank, 1 <= p <= 100) of v[0..n), which it
+ * sorts; p = 50 is the (lower) median. -1 for n == 0. */
+static inline double bench_percentile(double *v, size_t n, int p) {
+  if (!n)
+    return -1;
+  qsort(v, n, sizeof(double), bench_cmp_double);
+  size_t rank = (n * (size_t)p + 99) / 100;
+  return v[rank ? rank - 1 : 0];
+}
+
+/* The 1-minute load average, or -1. */
+static inline double bench_loadavg(void) {
+  double l = -1;
+  FILE *f = fopen("/proc/loadavg", "r");
+  if (f) {
+    if (fscanf(f, "%lf", &l) != 1)
+      l = -1;
+    fclose(f);
+  }
+  return l;
+}
+
 static inline int bench_quick(void) {
   const char *e = getenv("EDP_BENCH_QUICK");
   return e && e[0] && strcmp(e, "0") != 0;

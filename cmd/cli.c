@@ -313,9 +313,13 @@ void cli_log(void *ud, int level, const char *msg) {
 }
 
 edp_conn *cli_connect(cli *c, const char *client_name) {
+  return cli_connect_url(c, NULL, client_name);
+}
+
+edp_conn *cli_connect_url(cli *c, const char *url, const char *client_name) {
   edp_conn_opts o;
   edp_conn_opts_init(&o);
-  o.url = cli_url(c);
+  o.url = url ? url : cli_url(c);
   o.stop_fd = cli_stop_fd();
   o.client_name = client_name ? client_name : c->prog;
   o.log = cli_log;

@@ -146,6 +146,10 @@ int cli_stopped(void);
  * the right exit code and a one-line error on failure. */
 edp_conn *cli_connect(cli *c, const char *client_name);
 
+/* The same to url (NULL: cli_url(c)), for programs that pick among
+ * brokers themselves (benchmarks that start their own nodes). */
+edp_conn *cli_connect_url(cli *c, const char *url, const char *client_name);
+
 /* The log callback used by cli_connect (ud is the cli). */
 void cli_log(void *ud, int level, const char *msg);
 
