@@ -125,8 +125,8 @@ static void on_event(void *ud, const edp_td_event *ev) {
         (json_int_t)ev->started_us, "end_us", (json_int_t)ev->finished_us);
     cli_json_set(o, "account", ev->context);
     cli_json_set(o, "message_id", d->message_id);
-    /* When the outcome was settled with the broker, on the same clock as
-     * start_us/end_us. */
+    /* When the dispatcher settles it (just before the ack, after the
+     * dead-letter copy), on the same clock as start_us/end_us. */
     json_object_set_new(o, "settled_us", json_integer(edp_now_us()));
     if (ev->reason[0])
       cli_json_set(o, "reason", ev->reason);

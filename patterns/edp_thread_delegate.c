@@ -297,10 +297,16 @@ static void settle(edp_td *td, td_task *t) {
   if (t->attempts > 1)
     td->st.retries += (uint64_t)(t->attempts - 1);
   int rc = 0, type = EDP_TD_REQUEUED;
-  if (t->outcome == OUT_OK) {
+  if (t->outcome == OUT_OK && t->d.epoch == edp_conn_epoch(td->c) &&
+      edp_conn_is_open(td->c)) {
+    /* Reported before the ack: a crash between the two leaves the message
+     * unacked, so it comes again (flagged redelivered) and is reported
+     * twice, never acked without a report. An ack refused here (the
+     * connection went meanwhile) means the same: it comes again. */
+    td->st.processed++;
+    emit(td, EDP_TD_PROCESSED, t, "");
     rc = edp_conn_ack(td->c, t->d.epoch, t->d.tag, 0);
-    if (!rc)
-      type = EDP_TD_PROCESSED;
+    type = -1; /* reported */
   } else if (t->outcome == OUT_FAILED) {
     rc = dead_letter(td, t, t->reason);
     if (!rc)
@@ -317,13 +323,12 @@ static void settle(edp_td *td, td_task *t) {
     if (!atomic_load(&td->stopping))
       td->need_reconnect = 1;
   }
-  if (type == EDP_TD_PROCESSED)
-    td->st.processed++;
-  else if (type == EDP_TD_DEAD_LETTERED)
+  if (type == EDP_TD_DEAD_LETTERED)
     td->st.dead_lettered++;
-  else
+  else if (type == EDP_TD_REQUEUED)
     td->st.requeued++;
-  emit(td, type, t, type == EDP_TD_DEAD_LETTERED ? t->reason : "");
+  if (type >= 0)
+    emit(td, type, t, type == EDP_TD_DEAD_LETTERED ? t->reason : "");
   if (t->outcome == OUT_FAILED && t->worker >= 0) {
     /* The worker waits for this verdict before it runs anything else, so
      * no later message of the context starts before the failed one is

@@ -108,7 +108,8 @@ typedef int (*edp_td_handler)(void *ud, int worker, const char *context,
                               size_t reason_len);
 
 enum edp_td_event_type {
-  EDP_TD_PROCESSED = 0,     /* handler succeeded; acked */
+  EDP_TD_PROCESSED = 0,     /* handler succeeded; reported just before
+                               the ack is sent (see edp_td_event_fn) */
   EDP_TD_DEAD_LETTERED = 1, /* failed max_retries + 1 times, or no context;
                                copied to the .dlq, then acked */
   EDP_TD_REQUEUED = 2,      /* not acked (connection lost or shutting
@@ -130,8 +131,13 @@ typedef struct edp_td_event {
   int64_t finished_us;
 } edp_td_event;
 
-/* Reports each message's outcome, on the dispatcher thread, after the ack
- * was sent. Per context, events come in processing order. */
+/* Reports each message's outcome, on the dispatcher thread. PROCESSED
+ * comes just before the ack is sent, so a crash (or a lost connection)
+ * between the two leaves the message unacked: it comes again, flagged
+ * redelivered, and is reported twice; a message is never acked without
+ * its report. DEAD_LETTERED comes after the copy was confirmed and the
+ * original acked, REQUEUED when the message was left unacked. Per
+ * context, events come in processing order. */
 typedef void (*edp_td_event_fn)(void *ud, const edp_td_event *ev);
 
 /* Reports each change of the allocation map, on the dispatcher thread:
