@@ -254,6 +254,48 @@ START_TEST(file_never_torn_by_a_crash) {
 }
 END_TEST
 
+/* Queue kinds become exactly the arguments docs/wire.md lists; what the
+ * broker would refuse is refused here. */
+START_TEST(queue_kinds) {
+  edp_queue_opts o;
+  edp_queue_opts_init(&o);
+  ck_assert_int_eq(edp_queue_opts_kind(&o, NULL, "q.dlq"), 0);
+  ck_assert_ptr_null(o.queue_type);
+  ck_assert_int_eq(o.delivery_limit, -1);
+  const edp_queue_kind classic = {"classic", 0, 1};
+  ck_assert_int_eq(edp_queue_opts_kind(&o, &classic, "q.dlq"), 0);
+  ck_assert_ptr_null(o.queue_type); /* no x-queue-type at all */
+  ck_assert_int_eq(o.single_active, 1);
+  ck_assert_ptr_null(o.dead_letter_exchange);
+  const edp_queue_kind bad[] = {{"stream", 0, 0},
+                                {"Quorum", 0, 0},
+                                {"classic", 5, 0},
+                                {NULL, 5, 0},
+                                {"quorum", -1, 0}};
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    edp_queue_opts_init(&o);
+    ck_assert_int_eq(edp_queue_opts_kind(&o, &bad[i], "q.dlq"), EDP_EINVAL);
+  }
+  const edp_queue_kind qq = {"quorum", 0, 0};
+  edp_queue_opts_init(&o);
+  ck_assert_int_eq(edp_queue_opts_kind(&o, &qq, "q.dlq"), 0);
+  ck_assert_str_eq(o.queue_type, "quorum");
+  ck_assert_int_eq(o.delivery_limit, -1);
+  ck_assert_ptr_null(o.dead_letter_exchange);
+  const edp_queue_kind limited = {"quorum", 20, 0};
+  edp_queue_opts_init(&o);
+  ck_assert_int_eq(edp_queue_opts_kind(&o, &limited, "q.dlq"), 0);
+  ck_assert_int_eq(o.delivery_limit, 20);
+  ck_assert_str_eq(o.dead_letter_exchange, "");
+  ck_assert_str_eq(o.dead_letter_routing_key, "q.dlq");
+  ck_assert_str_eq(o.dead_letter_strategy, "at-least-once");
+  ck_assert_str_eq(o.overflow, "reject-publish");
+  ck_assert_int_eq(o.durable, 1);
+  /* Declares the broker would refuse: no connection is needed to say so. */
+  ck_assert_int_eq(edp_conn_declare_kind(NULL, "q", &limited, 1), EDP_EINVAL);
+}
+END_TEST
+
 START_TEST(msg_dup_is_deep) {
   char body[] = "payload";
   char key[] = "k", val[] = "v", id[] = "m-1";
@@ -300,6 +342,7 @@ int main(void) {
   tcase_add_test(tc, idset_bounded);
   tcase_add_test(tc, conn_open_bad_args);
   tcase_add_test(tc, msg_dup_is_deep);
+  tcase_add_test(tc, queue_kinds);
   tcase_add_test(tc, file_atomic_write_and_read);
   tcase_add_test(tc, file_never_torn_by_a_crash);
   tcase_set_timeout(tc, 120);
