@@ -7,6 +7,7 @@ FROM debian:12 AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       gcc libc6-dev make pkg-config librabbitmq-dev libjansson-dev libssl-dev \
+      libmicrohttpd-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile ./
@@ -18,7 +19,7 @@ RUN make -j2 all && make install PREFIX=/usr/local DESTDIR=/out
 FROM debian:12-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      librabbitmq4 libjansson4 libssl3 ca-certificates \
+      librabbitmq4 libjansson4 libssl3 libmicrohttpd12 ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/edp --create-home edp
 COPY --from=build /out/usr/local/bin/ /usr/local/bin/

@@ -29,8 +29,10 @@ VERSION := 0.1.0
 SOMAJOR := 0
 
 PKGS := librabbitmq jansson openssl
+# The programs alone serve HTTP (--metrics); the library does not link it.
+CMD_PKGS := libmicrohttpd
 DEB_PKGS := gcc g++ make pkg-config rabbitmq-server librabbitmq-dev libssl-dev \
-            libjansson-dev check valgrind procps binutils \
+            libjansson-dev libmicrohttpd-dev prometheus check valgrind procps binutils \
             docker-compose python3-yaml python3-pika amqp-tools \
             librabbitmq-client-java openjdk-17-jdk-headless
 
@@ -46,7 +48,8 @@ BIN := $(if $(filter 1,$(SAN)),$(OUT)/bin,bin)
 # TLS=1: tests/broker.sh makes every node it starts a TLS node.
 export EDP_TLS := $(if $(filter 1,$(TLS)),1,0)
 
-PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) $(CMD_PKGS) 2>/dev/null)
+CMD_LIBS = $(shell pkg-config --libs $(CMD_PKGS) 2>/dev/null)
 PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CHECK_CFLAGS = $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
@@ -58,6 +61,7 @@ LDLIBS_ALL = $(PKG_LIBS) -lpthread -lm
 LIB_SRC := $(wildcard lib/*.c) $(wildcard patterns/*.c)
 LIB_HDR := $(wildcard lib/*.h) $(wildcard patterns/*.h)
 CMD_COMMON := cmd/cli.c
+CMD_OBJ := $(OUT)/obj/cmd/cli.o $(OUT)/obj/cmd/metrics_http.o
 PROGS := $(patsubst cmd/edp-%.c,$(BIN)/edp-%,$(wildcard cmd/edp-*.c))
 UNIT_SRC := $(wildcard tests/unit_*.c)
 INTEG_SRC := $(wildcard tests/integ_*.c)
@@ -105,13 +109,13 @@ $(SHARED): $(LIB_OBJ)
 	ln -sf libedp.so.$(VERSION) $(OUT)/libedp.so.$(SOMAJOR)
 	ln -sf libedp.so.$(VERSION) $(OUT)/libedp.so
 
-$(BIN)/edp-%: $(OUT)/obj/cmd/edp-%.o $(OUT)/obj/cmd/cli.o $(STATIC)
+$(BIN)/edp-%: $(OUT)/obj/cmd/edp-%.o $(CMD_OBJ) $(STATIC)
 	@mkdir -p $(dir $@)
-	$(CC) $(SANFLAGS) -o $@ $^ $(LDLIBS_ALL)
+	$(CC) $(SANFLAGS) -o $@ $^ $(CMD_LIBS) $(LDLIBS_ALL)
 
-$(OUT)/bench/edp-bench-%: $(OUT)/obj/bench/edp-bench-%.o $(OUT)/obj/cmd/cli.o $(STATIC)
+$(OUT)/bench/edp-bench-%: $(OUT)/obj/bench/edp-bench-%.o $(CMD_OBJ) $(STATIC)
 	@mkdir -p $(dir $@)
-	$(CC) $(SANFLAGS) -o $@ $^ $(LDLIBS_ALL)
+	$(CC) $(SANFLAGS) -o $@ $^ $(CMD_LIBS) $(LDLIBS_ALL)
 
 # The HA bench drives the programs as the tests do (tests/testlib.c) and
 # builds its cluster with tests/t_nodes.c.

@@ -96,6 +96,23 @@ int cli_common_opt(cli *c, int opt, const char *arg, void (*usage)(void)) {
   case 'j':
     c->json = 1;
     return 1;
+  case CLI_OPT_METRICS:
+    c->metrics_addr = arg;
+    return 1;
+  case CLI_OPT_TRACE:
+    c->trace = 1;
+    return 1;
+  case CLI_OPT_TRACEPARENT:
+    if (edp_trace_parse(arg, strlen(arg), &c->trace_parent))
+      cli_die(c, CLI_USAGE,
+              "--traceparent %s: not a W3C traceparent "
+              "(00-<32 hex>-<16 hex>-<2 hex>)",
+              arg);
+    c->trace = c->has_trace_parent = 1;
+    return 1;
+  case CLI_OPT_METRICS_HOLD:
+    c->metrics_hold_ms = cli_int(c, "metrics-hold", arg, 0, 86400000L);
+    return 1;
   case 'v':
     c->verbose++;
     return 1;
@@ -331,6 +348,9 @@ edp_conn *cli_connect_url(cli *c, const char *url, const char *client_name) {
   int rc = edp_conn_open(&o, &conn, why, sizeof(why));
   if (rc)
     cli_die(c, cli_exit_code(rc), "%s: %s", edp_strerror(rc), why);
+  /* A program that serves metrics keeps the latency histograms too. */
+  if (c->metrics_addr)
+    edp_conn_set_timing(conn, 1);
   return conn;
 }
 
@@ -526,4 +546,38 @@ const char *cli_text(const char *s, size_t len, char *buf, size_t cap) {
   }
   buf[o] = '\0';
   return buf;
+}
+
+int cli_trace_next(const cli *c, edp_trace *t) {
+  if (!c->trace)
+    return 0;
+  if (c->has_trace_parent)
+    edp_trace_child(&c->trace_parent, t);
+  else
+    edp_trace_new(t);
+  return 1;
+}
+
+void cli_json_trace(json_t *o, const edp_trace *t, const char *destination) {
+  if (!t)
+    t = edp_trace_current();
+  if (!o || !t)
+    return;
+  json_object_set_new(o, "trace_id", json_string(t->trace_id));
+  json_object_set_new(o, "span_id", json_string(t->span_id));
+  if (t->parent_id[0])
+    json_object_set_new(o, "parent_span_id", json_string(t->parent_id));
+  json_object_set_new(o, "messaging.system", json_string("rabbitmq"));
+  cli_json_set(o, "messaging.destination.name", destination);
+}
+
+int cli_msg_trace(const cli *c, const edp_msg *m, edp_trace *t) {
+  int rc = edp_trace_from_msg(m, t);
+  /* The message carries its own span only; the one it continues is the
+   * --traceparent we were given. */
+  if (!rc && c->has_trace_parent &&
+      !strcmp(t->trace_id, c->trace_parent.trace_id) &&
+      strcmp(t->span_id, c->trace_parent.span_id))
+    memcpy(t->parent_id, c->trace_parent.span_id, sizeof(t->parent_id));
+  return rc;
 }

@@ -75,6 +75,38 @@ enum {
 #define CLI_SINGLE_ACTIVE_HELP                                                 \
   "      --single-active  one consumer at a time (ordered consumption):\n"     \
   "                       others stand by and take over in order\n"
+/* --metrics HOST:PORT (issue 17): the long-running programs put
+ * CLI_METRICS_LONGOPT in their table and CLI_METRICS_HELP in their help,
+ * and serve c->metrics_addr with metrics_http_start() (metrics_http.h).
+ * cli_connect() turns on the connection's timing when it is set. */
+#define CLI_OPT_METRICS 0x4d45
+#define CLI_OPT_METRICS_HOLD 0x4d46
+#define CLI_METRICS_LONGOPT                                                    \
+  {"metrics", required_argument, NULL, CLI_OPT_METRICS}, {                     \
+    "metrics-hold", required_argument, NULL, CLI_OPT_METRICS_HOLD              \
+  }
+#define CLI_METRICS_HELP                                                       \
+  "      --metrics ADDR   serve GET /metrics (Prometheus) and GET /healthz\n"  \
+  "                       on ADDR: HOST:PORT, [IPV6]:PORT, or PORT alone\n"    \
+  "                       for 127.0.0.1:PORT (docs/metrics.md)\n"              \
+  "      --metrics-hold MS  when done, keep serving the final counts for\n"    \
+  "                       MS ms (or until SIGINT/SIGTERM) before exiting,\n"   \
+  "                       so that a last scrape sees them (default 0)\n"
+
+/* --trace and --traceparent TP (issue 17): senders put CLI_TRACE_LONGOPT
+ * in their table and CLI_TRACE_HELP in their help, and give each message
+ * the context cli_trace_next() returns. */
+#define CLI_OPT_TRACE 0x5452
+#define CLI_OPT_TRACEPARENT 0x5453
+#define CLI_TRACE_LONGOPT                                                      \
+  {"trace", no_argument, NULL, CLI_OPT_TRACE}, {                               \
+    "traceparent", required_argument, NULL, CLI_OPT_TRACEPARENT                \
+  }
+#define CLI_TRACE_HELP                                                         \
+  "      --trace          start a W3C trace per message (traceparent\n"        \
+  "                       header; trace_id and span_id in --json events)\n"    \
+  "      --traceparent TP continue the trace TP: each message is a child\n"    \
+  "                       span of it\n"
 
 /* The most broker URLs a program takes (multi-broker's limit). */
 #define CLI_MAX_URLS 64
@@ -88,7 +120,12 @@ typedef struct cli {
   char *urls[CLI_MAX_URLS];
   size_t n_urls;
   int urls_resolved;
-  int delivery_limit_set; /* --delivery-limit given */
+  int delivery_limit_set;   /* --delivery-limit given */
+  const char *metrics_addr; /* --metrics, or NULL */
+  long metrics_hold_ms;     /* --metrics-hold */
+  int trace;                /* --trace or --traceparent given */
+  int has_trace_parent;
+  edp_trace trace_parent; /* --traceparent */
 } cli;
 
 /* The default --delivery-limit of a quorum queue: RabbitMQ 4.x's own
@@ -186,6 +223,21 @@ void cli_json_set(json_t *o, const char *key, const char *s);
  * or \xHH, so that a message can neither forge output lines nor send
  * terminal escapes. NULL s is "". Returns buf. */
 const char *cli_text(const char *s, size_t len, char *buf, size_t cap);
+
+/* The trace context for a sender's next message: 0 without --trace or
+ * --traceparent; else 1 and *t: a new trace, or a child of --traceparent. */
+int cli_trace_next(const cli *c, edp_trace *t);
+
+/* Adds the span t (NULL: edp_trace_current(), none: nothing) to an event:
+ * trace_id, span_id, parent_span_id (when it has a parent), and the
+ * OpenTelemetry messaging attributes messaging.system ("rabbitmq") and
+ * messaging.destination.name (destination, if not NULL). */
+void cli_json_trace(json_t *o, const edp_trace *t, const char *destination);
+
+/* The context a message carries in its traceparent header (a simple
+ * header or a table entry), with --traceparent's span as its parent when
+ * it continues that trace: 0 and *t, or EDP_ENOTFOUND / EDP_EBADDATA. */
+int cli_msg_trace(const cli *c, const edp_msg *m, edp_trace *t);
 
 /* Prints a human line on stdout and flushes, unless --json. */
 void cli_say(const cli *c, const char *fmt, ...)

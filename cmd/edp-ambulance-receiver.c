@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "metrics_http.h"
 
 static cli app;
 
@@ -40,7 +41,7 @@ static void usage(void) {
       "      --no-lane-check    ambulance: start standard work after priority\n"
       "                         work without asking the broker whether the\n"
       "                         priority queue is empty (for "
-      "measuring)\n" CLI_QUEUE_HELP CLI_COMMON_HELP);
+      "measuring)\n" CLI_QUEUE_HELP CLI_METRICS_HELP CLI_COMMON_HELP);
 }
 
 /* Shared by the consumer threads; out_mu also keeps output lines whole. */
@@ -124,6 +125,17 @@ static void on_event(void *ud, int ev, const edp_amb_job *job) {
   pthread_mutex_unlock(&S.mu);
 }
 
+/* /healthz: a consumer thread that ended on an error makes it 503. */
+static int amb_health(void *ud, char *reason, size_t len) {
+  int err = edp_amb_receiver_error(ud);
+  if (err) {
+    snprintf(reason, len, "a consumer thread failed: %s", edp_strerror(err));
+    return 503;
+  }
+  snprintf(reason, len, "ok");
+  return 200;
+}
+
 int main(int argc, char **argv) {
   cli_init(&app, "edp-ambulance-receiver");
   static const struct option opts[] = {
@@ -137,6 +149,7 @@ int main(int argc, char **argv) {
       {"priority-prefetch", required_argument, NULL, 'R'},
       {"no-lane-check", no_argument, NULL, 'L'},
       CLI_QUEUE_LONGOPTS,
+      CLI_METRICS_LONGOPT,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   edp_amb_receiver_opts ro;
@@ -238,6 +251,9 @@ int main(int argc, char **argv) {
           "messages on %s.*\n",
           edp_amb_mode_name(ro.mode), ro.threads + 1, ro.base);
 
+  metrics_serve ms = {0};
+  metrics_serve_start_obj(&ms, &app, r, edp_amb_receiver_collect, amb_health,
+                          r);
   /* The main thread only waits: for a signal, for the count, for a
    * consumer thread that failed, or for the idle deadline. */
   int code = CLI_OK;
@@ -271,6 +287,8 @@ int main(int argc, char **argv) {
   /* Stops the consumers: in-flight messages are finished and acked, the
    * prefetched ones go back to their queues when the channels close. */
   edp_amb_receiver_stop(r);
+  /* After the stop: the hold serves the final counts. */
+  metrics_serve_stop(&ms, &app);
   edp_amb_receiver_destroy(&r);
   pthread_mutex_lock(&S.mu);
   long np = S.by_kind[EDP_AMB_PRIORITY], ns = S.by_kind[EDP_AMB_STANDARD];

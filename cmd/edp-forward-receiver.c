@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "metrics_http.h"
 
 static cli app;
 
@@ -34,7 +35,7 @@ static void usage(void) {
          "      --prefetch N       unacked messages in flight (default 32)\n"
          "      --dedup N          drop message_ids seen among the last N\n"
          "                         (default 0: off)\n" CLI_QUEUE_HELP
-             CLI_SINGLE_ACTIVE_HELP CLI_COMMON_HELP);
+             CLI_SINGLE_ACTIVE_HELP CLI_METRICS_HELP CLI_COMMON_HELP);
 }
 
 typedef struct receiver_run {
@@ -52,6 +53,7 @@ static int handler(void *ud, const edp_delivery *d, char *reason,
     cli_json_set(o, "message_id", d->message_id);
     /* What a dead-letter queue's reader wants to know. */
     cli_json_set(o, "dead_reason", edp_fwd_dead_reason(d));
+    cli_json_trace(o, NULL, d->routing_key);
     cli_emit(o);
   } else {
     char text[801];
@@ -104,6 +106,7 @@ static void on_event(void *ud, int ev, const edp_delivery *d,
           json_integer((json_int_t)edp_fwd_delivery_count(d, INT64_MAX)));
     if (reason && reason[0])
       cli_json_set(o, "reason", reason);
+    cli_json_trace(o, NULL, d->routing_key);
     cli_emit(o);
   } else if (ev == EDP_FWD_DEAD_LETTERED || ev == EDP_FWD_DUPLICATE) {
     char id[1025];
@@ -131,6 +134,7 @@ int main(int argc, char **argv) {
       {"dedup", required_argument, NULL, 'D'},
       CLI_QUEUE_LONGOPTS,
       CLI_SINGLE_ACTIVE_LONGOPT,
+      CLI_METRICS_LONGOPT,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   const char *queue = "edp.forward";
@@ -202,6 +206,8 @@ int main(int argc, char **argv) {
   int rc = edp_fwd_receiver_new(conn, &ro, &r);
   if (rc)
     cli_die_err(&app, conn, rc, "cannot consume");
+  metrics_serve ms = {0};
+  metrics_serve_start(&ms, &app, conn, 1, r, edp_fwd_receiver_collect);
   fprintf(stderr, "edp-forward-receiver: waiting for messages on %s\n", queue);
   edp_fwd_receiver_stats st = {0};
   int code = CLI_OK;
@@ -234,6 +240,7 @@ int main(int argc, char **argv) {
           (unsigned long long)st.dead_lettered,
           (unsigned long long)st.duplicates,
           (unsigned long long)st.redelivered);
+  metrics_serve_stop(&ms, &app);
   /* Closing the channel gives every prefetched, unacked message back to
    * the queue. */
   edp_fwd_receiver_destroy(&r);

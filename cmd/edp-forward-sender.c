@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "metrics_http.h"
 
 static cli app;
 
@@ -30,7 +31,8 @@ static void usage(void) {
       "      --id-prefix P      message_id is P-SEQ (default: a per-run id)\n"
       "      --max-body BYTES   refuse bigger messages (default 134217728,\n"
       "                         RabbitMQ's default; 0 = let the broker "
-      "decide)\n" CLI_QUEUE_HELP CLI_COMMON_HELP);
+      "decide)\n" CLI_QUEUE_HELP CLI_TRACE_HELP CLI_METRICS_HELP
+          CLI_COMMON_HELP);
 }
 
 static uint64_t seq_of(const char *message_id) {
@@ -55,6 +57,9 @@ static void on_confirm(void *ud, const edp_confirm *cf) {
   json_t *o = json_pack("{s:s,s:I}", "event", ev, "seq",
                         (json_int_t)seq_of(cf->message_id));
   cli_json_set(o, "message_id", cf->message_id);
+  edp_trace t;
+  if (cf->msg && !cli_msg_trace(&app, cf->msg, &t))
+    cli_json_trace(o, &t, cf->msg->routing_key);
   if (cf->status == EDP_CONFIRM_RETURNED)
     cli_json_set(o, "reason", cf->reply_text);
   cli_emit(o);
@@ -90,7 +95,10 @@ static void send_one(sender_run *r, const char *body, size_t len) {
   if (!app.json)
     printf("sending: (%llu) %.*s\n", (unsigned long long)r->seq,
            len > 200 ? 200 : (int)len, body);
-  int rc = edp_fwd_send(r->s, id, body, len, "text/plain");
+  edp_trace t;
+  int traced = cli_trace_next(&app, &t);
+  int rc = edp_fwd_send_traced(r->s, id, body, len, "text/plain",
+                               traced ? &t : NULL);
   if (rc == EDP_ESTOPPED || cli_stopped())
     cli_die(&app, CLI_INTERRUPTED, "interrupted; %zu message(s) unconfirmed",
             edp_conn_unconfirmed(r->conn));
@@ -111,6 +119,8 @@ int main(int argc, char **argv) {
       {"max-body", required_argument, NULL, 'M'},
       {"rate", required_argument, NULL, 'r'},
       CLI_QUEUE_LONGOPTS,
+      CLI_METRICS_LONGOPT,
+      CLI_TRACE_LONGOPT,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   const char *queue = "edp.forward";
@@ -180,6 +190,8 @@ int main(int argc, char **argv) {
   int rc = edp_fwd_sender_new(r.conn, &so, &r.s);
   if (rc)
     cli_die_err(&app, r.conn, rc, "cannot set up the queue");
+  metrics_serve ms = {0};
+  metrics_serve_start(&ms, &app, r.conn, 0, r.s, edp_fwd_sender_collect);
 
   if (count >= 0) {
     char body[64];
@@ -222,6 +234,7 @@ int main(int argc, char **argv) {
           (unsigned long long)st.sent, (unsigned long long)st.confirmed,
           (unsigned long long)st.refused, (unsigned long long)st.republished,
           (unsigned long long)st.reconnects);
+  metrics_serve_stop(&ms, &app);
   edp_fwd_sender_destroy(&r.s);
   edp_conn_destroy(&r.conn);
   return st.refused ? CLI_DATAERR : CLI_OK;

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "metrics_http.h"
 
 static cli app;
 
@@ -32,7 +33,7 @@ static void usage(void) {
       "Events (--json): processed (broker, message_id, key, kseq,\n"
       "redelivered), broker_up, broker_down, consumer_cancelled (the queue\n"
       "was deleted; declared again, then broker_up), "
-      "summary.\n" CLI_COMMON_HELP);
+      "summary.\n" CLI_METRICS_HELP CLI_COMMON_HELP);
 }
 
 typedef struct run {
@@ -53,6 +54,7 @@ static int handler(void *ud, int broker, const edp_delivery *d) {
                   "kseq", (json_int_t)kseq, "redelivered", d->redelivered);
     cli_json_set(o, "message_id", d->message_id);
     cli_json_set(o, "key", key);
+    cli_json_trace(o, NULL, d->routing_key);
     cli_emit(o);
   } else {
     char text[801];
@@ -90,6 +92,26 @@ static void multi_conn_event(void *ud, const edp_conn_event *ev) {
     cli_conn_event(ud, ev);
 }
 
+/* /healthz: 503 while no broker is consumed; the reason says how many
+ * are. */
+typedef struct multi_health_arg {
+  const edp_multi_consumer *mc;
+  size_t n;
+} multi_health_arg;
+
+static int multi_health(void *ud, char *reason, size_t len) {
+  const multi_health_arg *a = ud;
+  size_t live = 0;
+  for (size_t i = 0; i < a->n; i++) {
+    edp_multi_consumer_stats st;
+    if (!edp_multi_consumer_stats_get(a->mc, i, &st))
+      live += st.live != 0;
+  }
+  snprintf(reason, len, "%s (%zu of %zu brokers consumed)",
+           live ? "ok" : "no broker consumed", live, a->n);
+  return live ? 200 : 503;
+}
+
 int main(int argc, char **argv) {
   cli_init(&app, "edp-multi-receiver");
   static const struct option opts[] = {
@@ -99,6 +121,7 @@ int main(int argc, char **argv) {
       {"prefetch", required_argument, NULL, 'p'},
       {"quorum", no_argument, NULL, 'Q'},
       CLI_QUEUE_LONGOPTS,
+      CLI_METRICS_LONGOPT,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   const char *queue = "edp.multi";
@@ -171,6 +194,10 @@ int main(int argc, char **argv) {
     cli_die(&app, rc == EDP_EURL ? CLI_USAGE : cli_exit_code(rc), "%s",
             why[0] ? why : edp_strerror(rc));
 
+  multi_health_arg ha = {mc, n_urls};
+  metrics_serve ms = {0};
+  metrics_serve_start_obj(&ms, &app, mc, edp_multi_consumer_collect,
+                          multi_health, &ha);
   /* The main thread only waits: for the count, idleness, a signal, or
    * every broker thread having failed for good. */
   int code = CLI_OK;
@@ -195,6 +222,7 @@ int main(int argc, char **argv) {
       }
     }
     if (failed == (int)n_urls) {
+      metrics_serve_stop(&ms, &app);
       edp_multi_consumer_destroy(&mc);
       cli_die(&app, cli_exit_code(err), "every broker failed: %s",
               edp_strerror(err));
@@ -208,6 +236,8 @@ int main(int argc, char **argv) {
     }
   }
   edp_multi_consumer_stop(mc);
+  /* After the stop: the hold serves the final counts. */
+  metrics_serve_stop(&ms, &app);
   uint64_t total = 0;
   json_t *per = json_array();
   for (size_t i = 0; i < n_urls; i++) {

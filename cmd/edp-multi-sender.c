@@ -38,8 +38,8 @@ static void usage(void) {
       "      --connect-timeout-ms MS  one connect attempt (default 1000)\n"
       "      --down-max-ms MS   give up (exit 69) when no broker could take\n"
       "                         messages for MS (default "
-      "30000)\n" CLI_QUEUE_HELP
-      "      --quorum           the same as --queue-type quorum\n"
+      "30000)\n" CLI_QUEUE_HELP "      --quorum           the same as "
+                                "--queue-type quorum\n" CLI_TRACE_HELP
       "Every second: per-broker confirmed rates on stderr. Events (--json):\n"
       "confirmed, nacked, broker_down, broker_up, rerouted, held, summary.\n"
       "  -j, --json           one JSON object per event on stdout\n"
@@ -93,6 +93,9 @@ static void on_confirm(void *ud, int broker, const edp_confirm *cf) {
                 "broker", broker, "seq", (json_int_t)seq_of(cf->message_id),
                 "t_ms", (json_int_t)edp_wall_ms());
   cli_json_set(o, "message_id", cf->message_id);
+  edp_trace t;
+  if (cf->msg && !cli_msg_trace(&app, cf->msg, &t))
+    cli_json_trace(o, &t, cf->msg->routing_key);
   cli_emit(o);
 }
 
@@ -177,6 +180,7 @@ int main(int argc, char **argv) {
       {"down-max-ms", required_argument, NULL, 'D'},
       {"quorum", no_argument, NULL, 'Q'},
       CLI_QUEUE_LONGOPTS,
+      CLI_TRACE_LONGOPT,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   const char *queue = "edp.multi";
@@ -281,7 +285,7 @@ int main(int argc, char **argv) {
 
   int64_t start = edp_now_ms();
   char body[160], id[96], key[32];
-  edp_header hdr[2];
+  edp_header hdr[3];
   for (long i = 1; i <= count; i++) {
     if (rate > 0) {
       /* Pace against the start time; wait in the producer, which keeps
@@ -302,6 +306,12 @@ int main(int argc, char **argv) {
                      100 + i % 900);
     hdr[0] = (edp_header){"x-edp-key", key, 0};
     hdr[1] = (edp_header){"x-edp-kseq", NULL, kseq};
+    edp_trace tr;
+    char tp[EDP_TRACEPARENT_LEN + 1];
+    int traced = cli_trace_next(&app, &tr);
+    hdr[2] =
+        (edp_header){EDP_TRACE_HDR_PARENT,
+                     traced ? edp_trace_format(&tr, tp, sizeof(tp)) : "", 0};
     edp_msg m;
     edp_msg_init(&m);
     m.body = body;
@@ -310,7 +320,7 @@ int main(int argc, char **argv) {
     m.message_id = id;
     m.content_type = "text/plain";
     m.headers = hdr;
-    m.n_headers = 2;
+    m.n_headers = traced ? 3 : 2;
     rc = edp_multi_publish(r.p, &m, key);
     if (rc)
       die_unavailable(&r, rc, "send failed", down_max);

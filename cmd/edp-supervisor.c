@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "metrics_http.h"
 
 static cli app;
 static pthread_mutex_t out_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -48,7 +49,7 @@ static void usage(void) {
          "edp-supervisor)\n"
          "  -n, --count N           exit 0 after N processed messages\n"
          "      --idle-timeout MS   exit 0 when nothing was processed for MS "
-         "ms\n" CLI_QUEUE_HELP CLI_COMMON_HELP);
+         "ms\n" CLI_QUEUE_HELP CLI_METRICS_HELP CLI_COMMON_HELP);
 }
 
 /* The send time edp-load put in the body, or -1. */
@@ -154,6 +155,19 @@ static void conn_event(void *ud, const edp_conn_event *ev) {
     cli_conn_event(ud, ev);
 }
 
+/* /healthz: messages waiting and no consumer to take them is 503. */
+static int sup_health(void *ud, char *reason, size_t len) {
+  edp_sup_stats st;
+  edp_sup_stats_get(ud, &st);
+  if (st.consumers == 0 && st.depth > 0) {
+    snprintf(reason, len, "not consuming (%lld messages waiting)",
+             (long long)st.depth);
+    return 503;
+  }
+  snprintf(reason, len, "ok");
+  return 200;
+}
+
 int main(int argc, char **argv) {
   cli_init(&app, "edp-supervisor");
   static const struct option opts[] = {
@@ -171,6 +185,7 @@ int main(int argc, char **argv) {
       {"count", required_argument, NULL, 'n'},
       {"idle-timeout", required_argument, NULL, 'i'},
       CLI_QUEUE_LONGOPTS,
+      CLI_METRICS_LONGOPT,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   edp_sup_opts so;
@@ -274,6 +289,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "edp-supervisor: %d static consumers on %s\n",
             so.policy.min, so.queue);
 
+  metrics_serve ms = {0};
+  metrics_serve_start_obj(&ms, &app, s, edp_sup_collect, sup_health, s);
   /* The main thread only waits: for a signal, for processed messages
    * (the eventfd the event callback writes) or for the idle timeout. */
   int code = CLI_OK;
@@ -303,6 +320,8 @@ int main(int argc, char **argv) {
   }
   /* Graceful: every consumer finishes and acks its message in hand. */
   edp_sup_stop(s);
+  /* After the stop: the hold serves the final counts. */
+  metrics_serve_stop(&ms, &app);
   edp_sup_stats_get(s, &st);
   if (app.json)
     cli_emit(json_pack(

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "metrics_http.h"
 
 static cli app;
 static const char *drained_queue; /* for the role events */
@@ -44,7 +45,7 @@ static void usage(void) {
       "                         trade) for MS ms (default: run until stopped)\n"
       "JSON events: processed, dead_lettered, requeued (with account, seq,\n"
       "worker, message_id), map (with --display) and a final "
-      "summary.\n" CLI_QUEUE_HELP CLI_COMMON_HELP);
+      "summary.\n" CLI_QUEUE_HELP CLI_METRICS_HELP CLI_COMMON_HELP);
 }
 
 typedef struct disp {
@@ -130,6 +131,11 @@ static void on_event(void *ud, const edp_td_event *ev) {
     json_object_set_new(o, "settled_us", json_integer(edp_now_us()));
     if (ev->reason[0])
       cli_json_set(o, "reason", ev->reason);
+    if (edp_trace_current()) {
+      cli_json_trace(o, NULL, NULL);
+      cli_json_set(o, "messaging.rabbitmq.destination.routing_key",
+                   d->routing_key);
+    }
     cli_emit(o);
   } else if (ev->type == EDP_TD_DEAD_LETTERED) {
     char ctx[1025], why[1025];
@@ -175,6 +181,7 @@ int main(int argc, char **argv) {
       {"count", required_argument, NULL, 'n'},
       {"idle-timeout", required_argument, NULL, 'i'},
       CLI_QUEUE_LONGOPTS,
+      CLI_METRICS_LONGOPT,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   const char *exchange = "edp.trades", *queue = "edp.trades";
@@ -286,6 +293,8 @@ int main(int argc, char **argv) {
   edp_td *td = NULL;
   if ((rc = edp_td_new(conn, &o, &td)))
     cli_die_err(&app, conn, rc, "cannot start the dispatcher");
+  metrics_serve ms = {0};
+  metrics_serve_start(&ms, &app, conn, 1, td, edp_td_collect);
   fprintf(stderr, "edp-trade-dispatcher: %d workers waiting for trades on %s\n",
           o.workers, queue);
   drained_queue = queue;
@@ -341,6 +350,7 @@ int main(int argc, char **argv) {
           (unsigned long long)st.dead_lettered, (unsigned long long)st.requeued,
           (unsigned long long)st.retries, (unsigned long long)st.redelivered,
           (unsigned long long)st.reconnects);
+  metrics_serve_stop(&ms, &app);
   edp_td_destroy(&td);
   /* Closing the channel returns every unacked trade to the queue. */
   edp_conn_destroy(&conn);

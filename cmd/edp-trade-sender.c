@@ -33,7 +33,7 @@ static void usage(void) {
       "      --id-prefix P      message_id is P-ACCOUNT-SEQ\n"
       "JSON events: {\"event\":\"sent\",\"account\",\"seq\",\"message_id\"}\n"
       "once the broker confirmed the trade (seq counts per account "
-      "from 1).\n" CLI_QUEUE_HELP CLI_COMMON_HELP);
+      "from 1).\n" CLI_QUEUE_HELP CLI_TRACE_HELP CLI_COMMON_HELP);
 }
 
 typedef struct trade {
@@ -85,8 +85,13 @@ static void on_confirm(void *ud, const edp_confirm *cf) {
     else if (!strcmp(h->key, "seq") && !h->str)
       seq = h->num;
   }
-  cli_emit(json_pack("{s:s,s:s,s:I,s:s?}", "event", "sent", "account", account,
-                     "seq", (json_int_t)seq, "message_id", cf->message_id));
+  json_t *o =
+      json_pack("{s:s,s:s,s:I,s:s?}", "event", "sent", "account", account,
+                "seq", (json_int_t)seq, "message_id", cf->message_id);
+  edp_trace t;
+  if (!cli_msg_trace(&app, cf->msg, &t))
+    cli_json_trace(o, &t, cf->msg->exchange);
+  cli_emit(o);
 }
 
 static void die_rc(run *r, int rc, const char *what) {
@@ -117,7 +122,14 @@ static void send_trade(run *r, const trade *t) {
                    t->side, t->symbol, shares);
   snprintf(rk, sizeof(rk), "trade.eq.%s", t->account);
   snprintf(id, sizeof(id), "%s-%s-%ld", r->prefix, t->account, t->seq);
-  edp_header h[2] = {{"account", t->account, 0}, {"seq", NULL, t->seq}};
+  edp_trace tr;
+  char tp[EDP_TRACEPARENT_LEN + 1];
+  edp_header h[3] = {{"account", t->account, 0},
+                     {"seq", NULL, t->seq},
+                     {EDP_TRACE_HDR_PARENT, "", 0}};
+  int traced = cli_trace_next(&app, &tr);
+  if (traced)
+    h[2].str = edp_trace_format(&tr, tp, sizeof(tp));
   edp_msg m;
   edp_msg_init(&m);
   m.exchange = r->exchange;
@@ -130,7 +142,7 @@ static void send_trade(run *r, const trade *t) {
   m.content_type = "text/plain";
   m.timestamp = (int64_t)time(NULL);
   m.headers = h;
-  m.n_headers = 2;
+  m.n_headers = traced ? 3 : 2;
   cli_say(&app, "sending: (%ld) %s\n", t->seq, body);
   int rc =
       edp_conn_publish_window(r->conn, &m, (size_t)r->window, 30000, &r->rec);
@@ -168,6 +180,7 @@ int main(int argc, char **argv) {
       {"seed", required_argument, NULL, 's'},
       {"id-prefix", required_argument, NULL, 'I'},
       CLI_QUEUE_LONGOPTS,
+      CLI_TRACE_LONGOPT,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   const char *exchange = "edp.trades", *queue = "edp.trades";

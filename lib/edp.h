@@ -12,6 +12,8 @@
 #include "edp_file.h"
 #include "edp_handoff.h"
 #include "edp_idset.h"
+#include "edp_metrics.h"
+#include "edp_trace.h"
 #include "edp_url.h"
 #include "edp_util.h"
 #include "edp_worker.h"

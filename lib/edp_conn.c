@@ -168,10 +168,14 @@ static void channel_lost(edp_conn *c) {
 
 void edp__mark_closed(edp_conn *c, const char *why) {
   int was_up = c->st != NULL;
-  if (was_up)
+  if (was_up) {
     edp__log(c, EDP_LOG_WARN, "connection to %s lost: %s", c->masked, why);
+    edp_count_add(&c->m.lost, 1);
+    edp_gauge_set(&c->m.state, EDP_CONN_STATE_DOWN);
+  }
   channel_lost(c);
   c->chan_closed = 0;
+  edp__blocked_end(c);
   c->blocked = 0;
   if (c->st) {
     amqp_destroy_connection(c->st);
@@ -422,6 +426,14 @@ static void on_blocked(edp_conn *c, int blocked, amqp_bytes_t reason) {
     return;
   c->blocked = blocked;
   if (blocked) {
+    edp_count_add(&c->m.blocked_count, 1);
+    edp_count_set(&c->m.blocked_since_us, (uint64_t)edp_now_us());
+    edp_gauge_set(&c->m.state, EDP_CONN_STATE_BLOCKED);
+  } else {
+    edp__blocked_end(c);
+    edp_gauge_set(&c->m.state, EDP_CONN_STATE_UP);
+  }
+  if (blocked) {
     set_reply(c, 0, reason);
     edp__log(c, EDP_LOG_WARN,
              "broker blocked publishing (resource alarm): %s; publishing "
@@ -630,7 +642,7 @@ static int restore_session(edp_conn *c, int fresh_connection) {
   }
   size_t n = 0;
   int rc = edp__republish_lost(c, &n);
-  c->republished += n;
+  edp_count_add(&c->republished, n);
   return rc;
 }
 
@@ -640,6 +652,7 @@ static int restore_channel(edp_conn *c) {
   int rc = restore_session(c, 0);
   if (rc)
     return rc;
+  edp_count_add(&c->m.channel_restores, 1);
   edp__log(c, EDP_LOG_INFO, "channel restored (epoch %u, %llu republished)",
            (unsigned)c->epoch, (unsigned long long)(c->republished - before));
   event_full(c, EDP_CONN_CHANNEL_RESTORED, NULL, NULL, NULL,
@@ -960,6 +973,9 @@ int edp_conn_reconnect(edp_conn *c) {
       rc = restore_session(c, 1);
       if (!rc) {
         uint64_t n = c->republished - before;
+        edp_count_add(&c->m.reconnects, 1);
+        edp_gauge_set(&c->m.state,
+                      c->blocked ? EDP_CONN_STATE_BLOCKED : EDP_CONN_STATE_UP);
         edp__log(c, EDP_LOG_INFO,
                  "reconnected to %s (attempt %d, %llu unconfirmed published "
                  "again)",

@@ -39,6 +39,7 @@
 #include <stdint.h>
 
 #include "edp_error.h"
+#include "edp_metrics.h"
 #include "edp_url.h"
 
 #ifdef __cplusplus
@@ -167,6 +168,51 @@ void edp_conn_on_event(edp_conn *c, edp_conn_event_fn fn, void *ud);
 
 /* Non-zero while the broker blocks this connection's publishing. */
 int edp_conn_is_blocked(const edp_conn *c);
+
+/* ---- statistics (see edp_metrics.h, docs/metrics.md) ---- */
+
+/* What a connection is doing, for health checks. */
+enum edp_conn_state {
+  EDP_CONN_STATE_UP = 0,      /* open and usable */
+  EDP_CONN_STATE_BLOCKED = 1, /* open, publishing blocked (resource alarm) */
+  EDP_CONN_STATE_DOWN = 2     /* lost; reconnecting or given up */
+};
+
+/* The connection's counters since it was opened (reconnects included). */
+typedef struct edp_conn_stats {
+  uint64_t published;   /* edp_conn_publish calls that wrote a message */
+  uint64_t republished; /* unconfirmed messages published again by a
+                           restore or edp_conn_republish_unconfirmed */
+  uint64_t confirmed, nacked, returned; /* confirms, by outcome */
+  uint64_t delivered;                   /* deliveries read */
+  uint64_t lost;                        /* times the connection was lost */
+  uint64_t reconnects;          /* successful edp_conn_reconnect calls */
+  uint64_t channel_restores;    /* channels the broker closed, reopened */
+  uint64_t consumers_cancelled; /* consumers ended by the broker */
+  uint64_t blocked_count;       /* times the broker blocked publishing */
+  double blocked_seconds;       /* time spent blocked, the current
+                                   period included */
+  int state;                    /* enum edp_conn_state */
+  int consumers;                /* consumers it runs (edp_conn_consumers) */
+  edp_hist confirm_latency;     /* publish to confirm, with timing on */
+} edp_conn_stats;
+
+/* Fills *out. Unlike the rest of edp_conn, callable from any thread while
+ * the owner works (a metrics endpoint's); each field is read atomically,
+ * the whole is not a snapshot of one instant. Returns 0 or EDP_EINVAL. */
+int edp_conn_stats_get(const edp_conn *c, edp_conn_stats *out);
+
+/* Keeps the confirm latency histogram (on != 0) at the cost of one clock
+ * read per publish and one per confirm frame; off by default. Owner
+ * thread. edp_conn_timing() tells patterns whether to time their work
+ * too (any thread). */
+void edp_conn_set_timing(edp_conn *c, int on);
+int edp_conn_timing(const edp_conn *c);
+
+/* The edp_metrics_collect_fn of a connection (obj is the edp_conn): the
+ * edp_connection_* and edp_messages_* families of docs/metrics.md, with
+ * labels connection (client_name) and broker (host:port). */
+void edp_conn_collect(const void *conn, edp_metrics_out *out);
 
 /* ---- topology (recorded and replayed after a reconnect) ---- */
 

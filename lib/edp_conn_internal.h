@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "edp_conn.h"
+#include "edp_metrics.h"
 
 /* Channel numbers used in turn; a closed number is reused only 64
  * channel openings later, long after its frames were read. */
@@ -32,6 +33,8 @@
 struct edp__pending {
   struct edp__pending *next;
   uint64_t seq;
+  int64_t sent_us; /* when it was written, for the confirm latency (0:
+                      timing off) */
   int returned;
   int reply_code;
   char reply_text[128];
@@ -58,6 +61,19 @@ struct edp__consumer {
   char *queue, *tag;
   edp_consume_opts o;
   int prefetch; /* the qos in effect when it was created, -1 = none */
+};
+
+/* The counters behind edp_conn_stats_get(): written by the owner thread
+ * alone with edp_count_add()/edp_gauge_set() (edp_metrics.h), read by any
+ * thread. Plain counts on the hot paths, no lock. */
+struct edp__counters {
+  uint64_t published, confirmed, nacked, returned, delivered;
+  uint64_t lost, reconnects, channel_restores, consumers_cancelled;
+  uint64_t blocked_count, blocked_us; /* completed blocked periods */
+  uint64_t blocked_since_us;          /* 0: not blocked now */
+  int state;                          /* enum edp_conn_state */
+  int consumers;                      /* a copy of n_cons */
+  edp_hist confirm_latency;
 };
 
 struct edp_conn {
@@ -109,7 +125,10 @@ struct edp_conn {
   uint64_t next_seq;
   struct edp__pending *pend_head, *pend_tail, *lost_head, *lost_tail;
   size_t n_pend, n_lost;
-  uint64_t republished; /* messages published again by restores, in all */
+  uint64_t republished; /* messages published again by restores, in all
+                           (edp_count_add: the stats read it) */
+  int timing;           /* edp_conn_set_timing: confirm latency kept */
+  struct edp__counters m;
   edp_confirm_fn on_confirm;
   void *on_confirm_ud;
   edp_rename_fn on_rename;
@@ -146,6 +165,10 @@ size_t edp__fields_size(const edp_field *f, size_t n);
 /* A field's key length (key_len, or strlen(key) where it is 0). */
 size_t edp__field_key_len(const edp_field *f);
 edp_field *edp__fields_copy_into(void *buf, const edp_field *f, size_t n);
+
+/* Ends a blocked period in the counters (edp_conn_stats.c); no-op when
+ * none is open. */
+void edp__blocked_end(edp_conn *c);
 
 /* Turns an RPC reply into 0 or an error, handling a channel or connection
  * close (the channel is then left closed for edp__ready to restore). */

@@ -118,6 +118,7 @@ int edp__queue_delivery(edp_conn *c, const amqp_basic_deliver_t *dv,
     c->dq_head = n;
   c->dq_tail = n;
   c->n_dq++;
+  edp_count_add(&c->m.delivered, 1);
   return 0;
 }
 
@@ -127,6 +128,7 @@ static void remove_consumer(edp_conn *c, size_t i) {
   free(c->cons[i].queue);
   free(c->cons[i].tag);
   c->cons[i] = c->cons[--c->n_cons];
+  edp_gauge_set(&c->m.consumers, (int)c->n_cons);
 }
 
 void edp__free_consumers(edp_conn *c) {
@@ -137,6 +139,7 @@ void edp__free_consumers(edp_conn *c) {
   free(c->cons);
   c->cons = NULL;
   c->n_cons = c->cap_cons = 0;
+  edp_gauge_set(&c->m.consumers, 0);
 }
 
 /* A consumer ends: reported once through the event callback and the next
@@ -144,6 +147,7 @@ void edp__free_consumers(edp_conn *c) {
 static void consumer_gone(edp_conn *c, size_t i, const char *why) {
   edp__log(c, EDP_LOG_WARN, "consumer %s on queue %s ended: %s", c->cons[i].tag,
            c->cons[i].queue, why);
+  edp_count_add(&c->m.consumers_cancelled, 1);
   edp__event(c, EDP_CONN_CONSUMER_CANCELLED, c->cons[i].queue, c->cons[i].tag);
   remove_consumer(c, i);
   c->consumer_lost = 1;
@@ -257,6 +261,7 @@ int edp_conn_consume(edp_conn *c, const char *queue, const edp_consume_opts *o,
   r->o = *o;
   r->prefetch = c->prefetch;
   c->n_cons++;
+  edp_gauge_set(&c->m.consumers, (int)c->n_cons);
   if (tag_out && tag_len)
     snprintf(tag_out, tag_len, "%s", tag);
   return 0;

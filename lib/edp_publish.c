@@ -156,10 +156,19 @@ static void append_pending(struct edp__pending **head,
 
 /* ---------- confirms ---------- */
 
-static void report_confirm(edp_conn *c, struct edp__pending *p, int nack) {
+/* now_us: the time of the confirm frame, for the latency histogram; 0
+ * when timing is off or the message was refused without one. */
+static void report_confirm(edp_conn *c, struct edp__pending *p, int nack,
+                           int64_t now_us) {
   int status = nack          ? EDP_CONFIRM_NACK
                : p->returned ? EDP_CONFIRM_RETURNED
                              : EDP_CONFIRM_ACK;
+  edp_count_add(status == EDP_CONFIRM_ACK    ? &c->m.confirmed
+                : status == EDP_CONFIRM_NACK ? &c->m.nacked
+                                             : &c->m.returned,
+                1);
+  if (now_us && p->sent_us)
+    edp_hist_observe(&c->m.confirm_latency, now_us - p->sent_us);
   if (c->sync_seq && p->seq == c->sync_seq)
     c->sync_status = status;
   if (c->on_confirm) {
@@ -178,6 +187,8 @@ static void report_confirm(edp_conn *c, struct edp__pending *p, int nack) {
 void edp__handle_ack(edp_conn *c, uint64_t tag, int multiple, int nack) {
   if (!nack)
     c->closes_without_ack = 0;
+  /* One clock read per confirm frame, shared by every message it covers. */
+  int64_t now_us = c->timing ? edp_now_us() : 0;
   if (multiple) {
     while (c->pend_head && c->pend_head->seq <= tag) {
       struct edp__pending *p = c->pend_head;
@@ -185,7 +196,7 @@ void edp__handle_ack(edp_conn *c, uint64_t tag, int multiple, int nack) {
       if (!c->pend_head)
         c->pend_tail = NULL;
       c->n_pend--;
-      report_confirm(c, p, nack);
+      report_confirm(c, p, nack, now_us);
       free(p);
     }
     return;
@@ -201,7 +212,7 @@ void edp__handle_ack(edp_conn *c, uint64_t tag, int multiple, int nack) {
     if (c->pend_tail == p)
       c->pend_tail = prev;
     c->n_pend--;
-    report_confirm(c, p, nack);
+    report_confirm(c, p, nack, now_us);
     free(p);
     return;
   }
@@ -253,7 +264,7 @@ static void refuse_list(edp_conn *c, struct edp__pending **head,
       edp__log(c, EDP_LOG_ERROR, "message %s refused: %d %s",
                p->m.message_id ? p->m.message_id : "(no id)", c->reply_code,
                c->reply_text);
-      report_confirm(c, p, 1);
+      report_confirm(c, p, 1, 0);
       free(p);
     } else {
       append_pending(&keep, &keep_tail, p);
@@ -363,6 +374,7 @@ int edp__send(edp_conn *c, const edp_msg *m, struct edp__pending *p,
   if (p) {
     p->seq = c->next_seq++;
     p->returned = 0;
+    p->sent_us = c->timing ? edp_now_us() : 0;
     append_pending(&c->pend_head, &c->pend_tail, p);
     c->n_pend++;
     if (seq)
@@ -491,6 +503,8 @@ int edp_conn_publish(edp_conn *c, const edp_msg *m, uint64_t *seq) {
   rc = edp__send(c, m, p, seq);
   if (rc)
     free(p);
+  else
+    edp_count_add(&c->m.published, 1);
   return rc;
 }
 
@@ -576,7 +590,7 @@ int edp_conn_republish_unconfirmed(edp_conn *c, size_t *n) {
     return rc;
   size_t k = 0;
   rc = edp__republish_lost(c, &k);
-  c->republished += k;
+  edp_count_add(&c->republished, k);
   if (n)
     *n = k;
   return rc;

@@ -444,6 +444,8 @@ static int process(struct amb_thread *t, edp_delivery *d, int lane) {
     r->st.dead_lettered++;
   else
     r->st.processed[job.kind]++;
+  if (!failed && job.sent_us)
+    edp_hist_observe(&r->st.latency[job.kind], job.end_us - job.sent_us);
   if (d->redelivered)
     r->st.redelivered++;
   if (t->index == 0)
@@ -756,4 +758,32 @@ void edp_amb_receiver_stats_get(edp_amb_receiver *r,
   pthread_mutex_lock(&r->mu);
   *out = r->st;
   pthread_mutex_unlock(&r->mu);
+}
+
+void edp_amb_receiver_collect(const void *receiver, edp_metrics_out *out) {
+  edp_amb_receiver *r = (edp_amb_receiver *)receiver; /* the lock only */
+  edp_amb_receiver_stats st;
+  edp_amb_receiver_stats_get(r, &st);
+  char l[512] = "";
+  edp_metrics_label(l, sizeof(l), "queue", r->base);
+  /* Indexed by enum edp_amb_kind. */
+  static const char *const lanes[2] = {"standard", "priority"};
+  for (int k = 0; k < 2; k++) {
+    char ll[560];
+    snprintf(ll, sizeof(ll), "%s", l);
+    edp_metrics_label(ll, sizeof(ll), "lane", lanes[k]);
+    edp_metrics_messages(out, EDP_MSGS_PROCESSED, ll, st.processed[k]);
+    edp_metrics_histogram(out, "edp_message_latency_seconds",
+                          "From the sender's timestamp to the ack, per lane "
+                          "(wall clocks of two processes).",
+                          ll, &st.latency[k]);
+  }
+  edp_metrics_messages(out, EDP_MSGS_DEAD_LETTERED, l, st.dead_lettered);
+  edp_metrics_messages(out, EDP_MSGS_REDELIVERED, l, st.redelivered);
+  edp_metrics_counter(out, "edp_pattern_reconnects_total",
+                      "Reconnects of the pattern's own connections.", l,
+                      st.reconnects);
+  edp_metrics_counter_f(out, "edp_priority_thread_busy_seconds_total",
+                        "Handler time of the priority (ambulance) thread.", l,
+                        (double)st.busy_us_priority_thread / 1e6);
 }

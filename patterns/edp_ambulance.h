@@ -225,11 +225,20 @@ typedef struct edp_amb_receiver_stats {
   uint64_t processed[2]; /* by kind */
   uint64_t dead_lettered, redelivered, reconnects;
   int64_t busy_us_priority_thread; /* handler time of thread 0 */
+  /* By kind: from the sender's stamp (x-edp-sent-us) to the ack, for
+   * processed messages that carry one; wall clocks of two processes. */
+  edp_hist latency[2];
 } edp_amb_receiver_stats;
 
 /* A consistent snapshot of the counters; callable from any thread. */
 void edp_amb_receiver_stats_get(edp_amb_receiver *r,
                                 edp_amb_receiver_stats *out);
+
+/* The edp_metrics_collect_fn of a receiver (obj is the edp_amb_receiver):
+ * processed messages and the end-to-end latency histogram per lane
+ * (label lane: priority, standard), dead-lettered and redelivered ones,
+ * labelled queue (the base name); docs/metrics.md. */
+void edp_amb_receiver_collect(const void *receiver, edp_metrics_out *out);
 
 #ifdef __cplusplus
 }

@@ -17,6 +17,8 @@
 #include <time.h>
 
 #include "edp_idset.h"
+#include "edp_metrics.h"
+#include "edp_util.h"
 #include "edp_worker.h"
 
 /* Consecutive lost connections in one call before we give up. */
@@ -64,10 +66,8 @@ void edp_fwd_sender_opts_init(edp_fwd_sender_opts *o) {
 
 static void sender_confirmed(void *ud, const edp_confirm *cf) {
   edp_fwd_sender *s = ud;
-  if (cf->status == EDP_CONFIRM_ACK)
-    s->st.confirmed++;
-  else
-    s->st.refused++;
+  edp_count_add(
+      cf->status == EDP_CONFIRM_ACK ? &s->st.confirmed : &s->st.refused, 1);
   if (s->o.on_confirm)
     s->o.on_confirm(s->o.ud, cf);
 }
@@ -115,13 +115,19 @@ static int sender_drain(edp_fwd_sender *s, size_t max) {
   edp_recovery r = {0};
   int rc =
       edp_conn_wait_confirms_recover(s->c, max, s->o.confirm_timeout_ms, &r);
-  s->st.reconnects += r.reconnects;
-  s->st.republished += r.republished;
+  edp_count_add(&s->st.reconnects, r.reconnects);
+  edp_count_add(&s->st.republished, r.republished);
   return rc;
 }
 
 int edp_fwd_send(edp_fwd_sender *s, const char *message_id, const void *body,
                  size_t len, const char *content_type) {
+  return edp_fwd_send_traced(s, message_id, body, len, content_type, NULL);
+}
+
+int edp_fwd_send_traced(edp_fwd_sender *s, const char *message_id,
+                        const void *body, size_t len, const char *content_type,
+                        const edp_trace *t) {
   if (!s || !message_id || !message_id[0] || (len && !body))
     return EDP_EINVAL;
   edp_msg m;
@@ -136,13 +142,19 @@ int edp_fwd_send(edp_fwd_sender *s, const char *message_id, const void *body,
   m.message_id = message_id;
   m.content_type = content_type;
   m.timestamp = (int64_t)time(NULL);
+  char tp[EDP_TRACEPARENT_LEN + 1];
+  edp_header h = {EDP_TRACE_HDR_PARENT, edp_trace_format(t, tp, sizeof(tp)), 0};
+  if (t) {
+    m.headers = &h;
+    m.n_headers = 1;
+  }
   edp_recovery r = {0};
   int rc = edp_conn_publish_window(s->c, &m, s->o.confirm_window,
                                    s->o.confirm_timeout_ms, &r);
-  s->st.reconnects += r.reconnects;
-  s->st.republished += r.republished;
+  edp_count_add(&s->st.reconnects, r.reconnects);
+  edp_count_add(&s->st.republished, r.republished);
   if (!rc)
-    s->st.sent++;
+    edp_count_add(&s->st.sent, 1);
   return rc;
 }
 
@@ -154,8 +166,20 @@ int edp_fwd_flush(edp_fwd_sender *s) {
 
 void edp_fwd_sender_stats_get(const edp_fwd_sender *s,
                               edp_fwd_sender_stats *out) {
-  if (s && out)
-    *out = s->st;
+  if (!s || !out)
+    return;
+  out->sent = edp_count_read(&s->st.sent);
+  out->confirmed = edp_count_read(&s->st.confirmed);
+  out->refused = edp_count_read(&s->st.refused);
+  out->republished = edp_count_read(&s->st.republished);
+  out->reconnects = edp_count_read(&s->st.reconnects);
+}
+
+void edp_fwd_sender_collect(const void *sender, edp_metrics_out *out) {
+  const edp_fwd_sender *s = sender;
+  char l[512] = "";
+  edp_metrics_label(l, sizeof(l), "queue", s->queue);
+  edp_metrics_messages(out, EDP_MSGS_SENT, l, edp_count_read(&s->st.sent));
 }
 
 /* ---------- receiver ---------- */
@@ -236,7 +260,7 @@ int edp_fwd_publish_copy(edp_conn *c, const edp_delivery *d,
   if (!c || !d || !o || !o->target || !o->queue || !o->reason ||
       o->n_extra > 4 || (o->n_extra && !o->extra))
     return EDP_EINVAL;
-  edp_header h[11];
+  edp_header h[12];
   size_t n = 0;
   h[n++] = (edp_header){EDP_FWD_HDR_RETRIES, NULL, o->retries};
   h[n++] = (edp_header){EDP_FWD_HDR_REASON, o->reason, 0};
@@ -263,8 +287,20 @@ int edp_fwd_publish_copy(edp_conn *c, const edp_delivery *d,
     m.expiration = NULL;
     h[n++] = (edp_header){EDP_FWD_HDR_EXPIRATION, d->expiration, 0};
   }
-  for (size_t k = 0; k < o->n_extra; k++)
+  int own_trace = 0;
+  for (size_t k = 0; k < o->n_extra; k++) {
     h[n++] = o->extra[k];
+    own_trace |=
+        o->extra[k].key && !strcmp(o->extra[k].key, EDP_TRACE_HDR_PARENT);
+  }
+  /* A copy is a new hop of the message's trace. */
+  edp_trace t;
+  char tp[EDP_TRACEPARENT_LEN + 1];
+  if (!own_trace && !edp_trace_from_delivery(d, &t)) {
+    edp_trace_child(&t, &t);
+    h[n++] = (edp_header){EDP_TRACE_HDR_PARENT,
+                          edp_trace_format(&t, tp, sizeof(tp)), 0};
+  }
   m.headers = h;
   m.n_headers = n;
   return edp_conn_publish_confirmed(c, &m, timeout_ms);
@@ -273,12 +309,19 @@ int edp_fwd_publish_copy(edp_conn *c, const edp_delivery *d,
 /* Copies a failed message to target with the retry count and reason, and
  * waits for the broker's confirm. Returns 0 only if the copy is safe. */
 static int forward_copy(edp_fwd_receiver *r, const edp_delivery *d, int dead,
-                        int64_t retries, const char *reason) {
+                        int64_t retries, const char *reason,
+                        const edp_trace *span) {
+  /* The copy continues the trace from our handling span. */
+  char tp[EDP_TRACEPARENT_LEN + 1];
+  edp_header extra = {EDP_TRACE_HDR_PARENT,
+                      edp_trace_format(span, tp, sizeof(tp)), 0};
   edp_fwd_copy o = {.target = dead ? r->dlq : r->queue,
                     .queue = r->queue,
                     .retries = retries,
                     .reason = reason,
-                    .dead = dead};
+                    .dead = dead,
+                    .extra = span ? &extra : NULL,
+                    .n_extra = span ? 1 : 0};
   return edp_fwd_publish_copy(r->c, d, &o, 30000);
 }
 
@@ -308,7 +351,7 @@ static int64_t retries_of(const edp_fwd_receiver *r, const edp_delivery *d,
 static int receiver_recover(edp_fwd_receiver *r) {
   int rc = edp_conn_reconnect(r->c);
   if (!rc)
-    r->st.reconnects++;
+    edp_count_add(&r->st.reconnects, 1);
   return rc;
 }
 
@@ -329,20 +372,43 @@ typedef struct handler_call {
   const edp_delivery *d;
   char *reason;
   size_t reason_len;
+  const edp_trace *span; /* NULL: the delivery carries no trace */
 } handler_call;
 
 static int call_handler(void *ud) {
   handler_call *hc = ud;
-  return hc->r->o.handler(hc->r->o.ud, hc->d, hc->reason, hc->reason_len);
+  edp_trace_set_current(hc->span);
+  int rc = hc->r->o.handler(hc->r->o.ud, hc->d, hc->reason, hc->reason_len);
+  edp_trace_set_current(NULL);
+  return rc;
 }
 
+static int handle_traced(edp_fwd_receiver *r, const edp_delivery *d,
+                         const edp_trace *span);
+
+/* The receiver's span for d: a child of the context d carries. It is the
+ * calling thread's current span while d is handled and reported, so that
+ * on_event sees it as the handler does. */
 static int handle(edp_fwd_receiver *r, const edp_delivery *d) {
+  edp_trace in, span;
+  int traced = edp_trace_from_delivery(d, &in) == 0;
+  if (traced) {
+    edp_trace_child(&in, &span);
+    edp_trace_set_current(&span);
+  }
+  int rc = handle_traced(r, d, traced ? &span : NULL);
+  edp_trace_set_current(NULL);
+  return rc;
+}
+
+static int handle_traced(edp_fwd_receiver *r, const edp_delivery *d,
+                         const edp_trace *span) {
   if (d->redelivered)
-    r->st.redelivered++;
+    edp_count_add(&r->st.redelivered, 1);
   /* An empty message_id names nothing: it is never a dedup key. */
   int keyed = r->seen && d->message_id && d->message_id[0];
   if (keyed && edp_idset_contains(r->seen, d->message_id)) {
-    r->st.duplicates++;
+    edp_count_add(&r->st.duplicates, 1);
     emit(r, EDP_FWD_DUPLICATE, d, "");
     return settle(r, d, 1);
   }
@@ -362,16 +428,21 @@ static int handle(edp_fwd_receiver *r, const edp_delivery *d) {
    * broker redelivers the message), a channel or consumer error comes back
    * from the next edp_worker_receive(), and a stop stays readable on the
    * stop fd. Only a handler that never ran must not be settled. */
-  handler_call hc = {r, d, reason, sizeof(reason)};
+  handler_call hc = {r, d, reason, sizeof(reason), span};
   int h = -1;
+  int64_t t0 = edp_conn_timing(r->c) ? edp_now_us() : 0;
   int wrc = edp_worker_run(r->w, r->c, call_handler, &hc, &h);
   if (wrc == EDP_EINVAL)
     return wrc;
+  if (t0)
+    edp_hist_observe(&r->st.processing, edp_now_us() - t0);
+  if (h != 0)
+    edp_count_add(&r->st.failed, 1);
   if (h == 0) {
     int rc = settle(r, d, 1);
     if (!rc && keyed && edp_idset_add(r->seen, d->message_id) < 0)
       rc = EDP_ENOMEM;
-    r->st.processed++;
+    edp_count_add(&r->st.processed, 1);
     emit(r, EDP_FWD_PROCESSED, d, "");
     return rc;
   }
@@ -384,7 +455,7 @@ static int handle(edp_fwd_receiver *r, const edp_delivery *d) {
     snprintf(reason + len, sizeof(reason) - len, "%s", bad);
   }
   int dead = retries >= r->o.max_retries;
-  int rc = forward_copy(r, d, dead, retries + 1, reason);
+  int rc = forward_copy(r, d, dead, retries + 1, reason, span);
   if (rc == EDP_ECLOSED)
     return receiver_recover(r); /* the original comes back redelivered */
   if (rc) {
@@ -393,9 +464,9 @@ static int handle(edp_fwd_receiver *r, const edp_delivery *d) {
     return src ? src : rc;
   }
   if (dead)
-    r->st.dead_lettered++;
+    edp_count_add(&r->st.dead_lettered, 1);
   else
-    r->st.retried++;
+    edp_count_add(&r->st.retried, 1);
   emit(r, dead ? EDP_FWD_DEAD_LETTERED : EDP_FWD_RETRIED, d, reason);
   return settle(r, d, 1);
 }
@@ -424,6 +495,32 @@ int edp_fwd_receive(edp_fwd_receiver *r, int timeout_ms) {
 
 void edp_fwd_receiver_stats_get(const edp_fwd_receiver *r,
                                 edp_fwd_receiver_stats *out) {
-  if (r && out)
-    *out = r->st;
+  if (!r || !out)
+    return;
+  out->processed = edp_count_read(&r->st.processed);
+  out->retried = edp_count_read(&r->st.retried);
+  out->dead_lettered = edp_count_read(&r->st.dead_lettered);
+  out->duplicates = edp_count_read(&r->st.duplicates);
+  out->redelivered = edp_count_read(&r->st.redelivered);
+  out->reconnects = edp_count_read(&r->st.reconnects);
+  out->failed = edp_count_read(&r->st.failed);
+  edp_hist_read(&r->st.processing, &out->processing);
+}
+
+void edp_fwd_receiver_collect(const void *receiver, edp_metrics_out *out) {
+  const edp_fwd_receiver *r = receiver;
+  edp_fwd_receiver_stats st;
+  edp_fwd_receiver_stats_get(r, &st);
+  char l[512] = "";
+  edp_metrics_label(l, sizeof(l), "queue", r->queue);
+  edp_metrics_messages(out, EDP_MSGS_PROCESSED, l, st.processed);
+  edp_metrics_messages(out, EDP_MSGS_FAILED, l, st.failed);
+  edp_metrics_messages(out, EDP_MSGS_RETRIED, l, st.retried);
+  edp_metrics_messages(out, EDP_MSGS_DEAD_LETTERED, l, st.dead_lettered);
+  edp_metrics_messages(out, EDP_MSGS_DUPLICATES, l, st.duplicates);
+  edp_metrics_messages(out, EDP_MSGS_REDELIVERED, l, st.redelivered);
+  if (edp_conn_timing(r->c))
+    edp_metrics_histogram(out, "edp_processing_duration_seconds",
+                          "Time the handler took per message.", l,
+                          &st.processing);
 }

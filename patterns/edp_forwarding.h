@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "edp_conn.h"
+#include "edp_trace.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -57,9 +58,12 @@ typedef struct edp_fwd_copy {
  * (edp_conn_publish_confirmed): body, every property and every header
  * unchanged, plus x-edp-retries, x-edp-reason, x-edp-original-queue and,
  * unless d is already a retry copy (x-edp-retries >= 1 with both present),
- * x-edp-original-exchange and -routing-key. Two properties can't always
- * travel: a user_id other than c's login user (the broker would close the
- * channel, 406) moves to x-edp-original-user-id; a dead-letter copy's
+ * x-edp-original-exchange and -routing-key. A traced delivery (a valid
+ * traceparent header) gives the copy a traceparent with the same trace id
+ * and a new span id, unless extra carries one (the forwarding receiver
+ * passes its handling span); tracestate travels unchanged. Two properties can't
+ * always travel: a user_id other than c's login user (the broker would close
+ * the channel, 406) moves to x-edp-original-user-id; a dead-letter copy's
  * expiration moves to x-edp-original-expiration, so that it does not
  * expire in the .dlq (what RabbitMQ's own dead-lettering does). Returns 0
  * once the broker confirmed the copy, else an error of
@@ -121,6 +125,14 @@ void edp_fwd_sender_destroy(edp_fwd_sender **s);
 int edp_fwd_send(edp_fwd_sender *s, const char *message_id, const void *body,
                  size_t len, const char *content_type);
 
+/* edp_fwd_send() with a trace context: the message carries t as its
+ * traceparent header (t NULL: none). The caller starts the trace
+ * (edp_trace_new) or continues one (edp_trace_child). Errors as
+ * edp_fwd_send(). */
+int edp_fwd_send_traced(edp_fwd_sender *s, const char *message_id,
+                        const void *body, size_t len, const char *content_type,
+                        const edp_trace *t);
+
 /* Waits until every message sent so far is confirmed (or refused).
  * Errors as edp_fwd_send(). */
 int edp_fwd_flush(edp_fwd_sender *s);
@@ -133,8 +145,15 @@ typedef struct edp_fwd_sender_stats {
   uint64_t reconnects;
 } edp_fwd_sender_stats;
 
+/* Callable from any thread while the sender works (each field is read
+ * atomically). */
 void edp_fwd_sender_stats_get(const edp_fwd_sender *s,
                               edp_fwd_sender_stats *out);
+
+/* The edp_metrics_collect_fn of a sender (obj is the edp_fwd_sender):
+ * edp_messages_sent_total{queue}. Its connection's counters (confirms,
+ * resends, reconnects) come from edp_conn_collect. */
+void edp_fwd_sender_collect(const void *sender, edp_metrics_out *out);
 
 /* ---- receiver ---- */
 
@@ -143,7 +162,10 @@ void edp_fwd_sender_stats_get(const edp_fwd_sender *s,
  * It runs on the receiver's worker thread, one message at a time, while
  * the thread in edp_fwd_receive() services the connection: it may take as
  * long as it needs, and must not touch the connection. d and reason stay
- * valid until it returns. on_event runs on the calling thread. */
+ * valid until it returns. on_event runs on the calling thread. For a
+ * delivery with a traceparent, both the handler and on_event see the
+ * receiver's span for it (a child of the delivery's) through
+ * edp_trace_current(); a retry or dead-letter copy continues from it. */
 typedef int (*edp_fwd_handler)(void *ud, const edp_delivery *d, char *reason,
                                size_t reason_len);
 
@@ -202,10 +224,21 @@ int edp_fwd_receive(edp_fwd_receiver *r, int timeout_ms);
 typedef struct edp_fwd_receiver_stats {
   uint64_t processed, retried, dead_lettered, duplicates, redelivered;
   uint64_t reconnects;
+  uint64_t failed;     /* handler calls that failed (retried, dead-lettered
+                          or, if the copy failed, requeued) */
+  edp_hist processing; /* handler duration, when edp_conn_timing() is on */
 } edp_fwd_receiver_stats;
 
+/* Callable from any thread while the receiver works (each field is read
+ * atomically). */
 void edp_fwd_receiver_stats_get(const edp_fwd_receiver *r,
                                 edp_fwd_receiver_stats *out);
+
+/* The edp_metrics_collect_fn of a receiver (obj is the edp_fwd_receiver):
+ * edp_messages_processed_total, _failed_total, _retried_total,
+ * _dead_lettered_total, _duplicates_total, _redelivered_total and
+ * edp_processing_duration_seconds, labelled queue. */
+void edp_fwd_receiver_collect(const void *receiver, edp_metrics_out *out);
 
 #ifdef __cplusplus
 }

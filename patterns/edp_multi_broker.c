@@ -27,6 +27,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "edp_trace.h"
 #include "edp_util.h"
 
 /* ---------- shared helpers ---------- */
@@ -387,11 +388,25 @@ struct reroute_ctx {
   struct pbroker *from;
 };
 
+static int reroute_to(struct reroute_ctx *x, const edp_msg *m);
+
 /* edp_conn_take_unconfirmed callback: one lost message to a live broker.
  * A broker that fails here is only marked down (its own messages are
  * moved on the next round), so the lists are never re-entered. */
 static int reroute_one(void *ud, const edp_msg *m) {
   struct reroute_ctx *x = ud;
+  /* The resend is a new hop of the message's trace: the same trace id, a
+   * new span id (without memory it goes out as it was). */
+  edp_msg hop;
+  edp_header *hop_headers = NULL;
+  char tp[EDP_TRACEPARENT_LEN + 1];
+  edp_trace_msg_hop(m, &hop, &hop_headers, tp);
+  int taken = reroute_to(x, &hop);
+  free(hop_headers);
+  return taken;
+}
+
+static int reroute_to(struct reroute_ctx *x, const edp_msg *m) {
   for (;;) {
     struct pbroker *to = next_live(x->p, x->from);
     if (!to)
@@ -913,8 +928,16 @@ static int c_drain(struct cbroker *b, edp_conn *c) {
   edp_multi_consumer *mc = b->mc;
   edp_delivery d;
   while (edp_conn_pending_deliveries(c) && edp_conn_receive(c, &d, 0) == 0) {
+    /* The handler runs in the consumer's span for the message, a child
+     * of the context it carries (edp_trace_current). */
+    edp_trace in, span;
+    int traced = edp_trace_from_delivery(&d, &in) == 0;
+    if (traced)
+      edp_trace_child(&in, &span);
     pthread_mutex_lock(&mc->hmu);
+    edp_trace_set_current(traced ? &span : NULL);
     int hr = mc->o.handler(mc->o.ud, b->idx, &d);
+    edp_trace_set_current(NULL);
     pthread_mutex_unlock(&mc->hmu);
     int rc = hr == 0 ? edp_conn_ack(c, d.epoch, d.tag, 0)
                      : edp_conn_nack(c, d.epoch, d.tag, 0, 1);
@@ -1144,4 +1167,31 @@ int edp_multi_consumer_stats_get(const edp_multi_consumer *mc, size_t broker,
   *out = mc->b[broker].st;
   pthread_mutex_unlock((pthread_mutex_t *)&mc->mu);
   return 0;
+}
+
+void edp_multi_consumer_collect(const void *consumer, edp_metrics_out *out) {
+  const edp_multi_consumer *mc = consumer;
+  for (size_t i = 0; i < mc->n; i++) {
+    edp_multi_consumer_stats st;
+    if (edp_multi_consumer_stats_get(mc, i, &st))
+      continue;
+    char l[600] = "", idx[24], host[300] = "?";
+    edp_url u;
+    if (!edp_url_parse(mc->b[i].url, &u, NULL, 0))
+      snprintf(host, sizeof(host), "%s:%d", u.host, u.port);
+    snprintf(idx, sizeof(idx), "%zu", i);
+    edp_metrics_label(l, sizeof(l), "queue", mc->queue);
+    edp_metrics_label(l, sizeof(l), "broker", idx);
+    edp_metrics_label(l, sizeof(l), "host", host);
+    edp_metrics_gauge(out, "edp_multi_broker_up",
+                      "1 while the consumer of this broker consumes.", l,
+                      st.live);
+    edp_metrics_messages(out, EDP_MSGS_PROCESSED, l, st.processed);
+    edp_metrics_messages(out, EDP_MSGS_FAILED, l, st.failed);
+    edp_metrics_messages(out, EDP_MSGS_REDELIVERED, l, st.redelivered);
+    edp_metrics_counter(out, "edp_multi_broker_downs_total",
+                        "Times this broker was lost.", l, st.downs);
+    edp_metrics_counter(out, "edp_multi_broker_ups_total",
+                        "Times this broker came back.", l, st.ups);
+  }
 }

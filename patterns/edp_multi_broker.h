@@ -239,6 +239,13 @@ typedef struct edp_multi_consumer_stats {
 int edp_multi_consumer_stats_get(const edp_multi_consumer *c, size_t broker,
                                  edp_multi_consumer_stats *out);
 
+/* The edp_metrics_collect_fn of a consumer (obj is the
+ * edp_multi_consumer): per broker (labels queue, broker: its index, and
+ * host: host:port, never the URL's credentials) whether it consumes, and
+ * its processed, failed and redelivered messages, downs and ups;
+ * docs/metrics.md. */
+void edp_multi_consumer_collect(const void *consumer, edp_metrics_out *out);
+
 #ifdef __cplusplus
 }
 #endif

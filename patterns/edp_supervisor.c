@@ -533,6 +533,7 @@ static void tick(edp_sup *s) {
   if (live > s->st.peak)
     s->st.peak = live;
   s->st.depth = msgs;
+  s->st.wanted = want;
   s->st.ticks++;
   pthread_mutex_unlock(&s->mu);
   for (int i = 0; i < n_started; i++) {
@@ -645,6 +646,7 @@ int edp_sup_new(const edp_sup_opts *o, edp_sup **out, char *err_text,
   pthread_mutex_init(&s->mu, NULL);
   edp_sup_policy_state_init(&s->pst);
   s->st.depth = -1;
+  s->st.wanted = -1;
   s->url = o->url ? strdup(o->url) : NULL;
   s->queue = strdup(o->queue);
   s->name = strdup(o->name ? o->name : "edp-sup");
@@ -754,4 +756,33 @@ void edp_sup_stats_get(edp_sup *s, edp_sup_stats *out) {
       ms += now - k->started_ms;
   out->consumer_ms = ms;
   pthread_mutex_unlock(&s->mu);
+}
+
+void edp_sup_collect(const void *sup, edp_metrics_out *out) {
+  edp_sup *s = (edp_sup *)sup; /* the lock only */
+  edp_sup_stats st;
+  edp_sup_stats_get(s, &st);
+  char l[512] = "";
+  edp_metrics_label(l, sizeof(l), "queue", s->queue);
+  edp_metrics_gauge(out, "edp_queue_depth",
+                    "Messages ready in the queue at the last reading.", l,
+                    (double)st.depth);
+  edp_metrics_gauge(out, "edp_sup_consumers_wanted",
+                    "Consumers the last depth reading asked for, before the "
+                    "[min, max] clamp and the keep-alive.",
+                    l, st.wanted);
+  edp_metrics_gauge(out, "edp_sup_consumers_active",
+                    "Consumers running and not retiring.", l, st.consumers);
+  edp_metrics_gauge(out, "edp_sup_consumers_live",
+                    "Consumer threads alive, retiring ones included.", l,
+                    st.live);
+  edp_metrics_messages(out, EDP_MSGS_PROCESSED, l, st.processed);
+  edp_metrics_messages(out, EDP_MSGS_FAILED, l, st.failed);
+  edp_metrics_counter(out, "edp_sup_consumers_started_total",
+                      "Consumers the supervisor started.", l, st.started);
+  edp_metrics_counter(out, "edp_sup_consumers_retired_total",
+                      "Consumers retired by a scale-down.", l, st.retired);
+  edp_metrics_counter(out, "edp_pattern_reconnects_total",
+                      "Reconnects of the pattern's own connections.", l,
+                      st.sup_reconnects + st.consumer_reconnects);
 }

@@ -192,10 +192,18 @@ typedef struct edp_sup_stats {
   uint64_t consumer_reconnects;
   int64_t consumer_ms; /* sum of every consumer's lifetime so far: the
                           cost in consumer-milliseconds */
+  int wanted;          /* what the last depth reading asked for, before
+                          [min, max] and the keep-alive; -1 before it */
 } edp_sup_stats;
 
 /* A consistent snapshot; safe from any thread. */
 void edp_sup_stats_get(edp_sup *s, edp_sup_stats *out);
+
+/* The edp_metrics_collect_fn of a supervisor (obj is the edp_sup): the
+ * queue depth, wanted, active and live consumers, processed and failed
+ * messages, consumers started and retired, labelled queue;
+ * docs/metrics.md. */
+void edp_sup_collect(const void *sup, edp_metrics_out *out);
 
 #ifdef __cplusplus
 }

@@ -53,6 +53,8 @@ typedef struct td_task {
                    queues' x-delivery-count): failed attempts too */
   char reason[256];
   int64_t started_us, finished_us;
+  int traced;     /* the delivery carries a trace context */
+  edp_trace span; /* then: the worker's span for it, a child of it */
 } td_task;
 
 typedef struct td_worker {
@@ -62,6 +64,9 @@ typedef struct td_worker {
   edp_handoff *verdict; /* dead-letter outcomes, for the FAILED task */
   pthread_t th;
   int started;
+  /* Written by the worker's thread, read by anyone (edp_metrics.h). */
+  int busy;         /* 1 while a handler runs */
+  uint64_t busy_us; /* time spent in the handler, in all */
 } td_worker;
 
 struct edp_td {
@@ -77,8 +82,21 @@ struct edp_td {
   atomic_int stopping;
   int stopped;
   int need_reconnect;
+  /* The dispatcher writes st and these with single-writer stores
+   * (edp_metrics.h); edp_td_stats_get may run on any thread. */
   edp_td_stats st;
+  int contexts;        /* a copy of the allocation map's size */
+  edp_hist processing; /* the last handler attempt of each message */
 };
+
+static void inflight_add(edp_td *td, int d) {
+  __atomic_store_n(&td->st.in_flight, td->st.in_flight + (size_t)d,
+                   __ATOMIC_RELAXED);
+}
+
+static void touch(edp_td *td) {
+  __atomic_store_n(&td->st.last_activity_ms, edp_now_ms(), __ATOMIC_RELAXED);
+}
 
 /* ---------- topology ---------- */
 
@@ -189,9 +207,14 @@ static void run_task(td_worker *w, td_task *t) {
     t->attempts = attempt;
     t->reason[0] = '\0';
     t->started_us = edp_now_us();
+    edp_gauge_set(&w->busy, 1);
+    edp_trace_set_current(t->traced ? &t->span : NULL);
     int rc = td->o.handler(td->o.ud, w->idx, t->ctx, &t->d, attempt, t->reason,
                            sizeof(t->reason));
+    edp_trace_set_current(NULL);
     t->finished_us = edp_now_us();
+    edp_gauge_set(&w->busy, 0);
+    edp_count_add(&w->busy_us, (uint64_t)(t->finished_us - t->started_us));
     if (rc == 0) {
       t->outcome = OUT_OK;
       return;
@@ -257,7 +280,9 @@ static void emit(edp_td *td, int type, const td_task *t, const char *reason) {
   edp_td_event ev = {type,          t->worker,     t->ctx,
                      &t->d,         t->attempts,   reason ? reason : "",
                      t->started_us, t->finished_us};
+  edp_trace_set_current(t->traced ? &t->span : NULL);
   td->o.on_event(td->o.ud, &ev);
+  edp_trace_set_current(NULL);
 }
 
 /* Copies a failed message to the .dlq with the reason and waits for the
@@ -269,15 +294,19 @@ static int dead_letter(edp_td *td, td_task *t, const char *reason) {
   edp_delivery *d = &t->d;
   if (d->epoch != edp_conn_epoch(td->c) || !edp_conn_is_open(td->c))
     return EDP_ESTALE;
-  edp_header ctx = {EDP_TD_HDR_CONTEXT, t->ctx, 0};
+  /* The copy continues the trace from the worker's span. */
+  char tp[EDP_TRACEPARENT_LEN + 1];
+  edp_header extra[2] = {
+      {EDP_TD_HDR_CONTEXT, t->ctx, 0},
+      {EDP_TRACE_HDR_PARENT, edp_trace_format(&t->span, tp, sizeof(tp)), 0}};
   edp_fwd_copy o = {.target = td->dlq,
                     .queue = td->queue,
                     .retries = t->attempts > 0 ? t->attempts - 1 + t->crashed
                                                : t->crashed,
                     .reason = reason,
                     .dead = 1,
-                    .extra = &ctx,
-                    .n_extra = 1};
+                    .extra = extra,
+                    .n_extra = t->traced ? 2 : 1};
   int rc = edp_fwd_publish_copy(td->c, d, &o, 30000);
   if (!rc)
     rc = edp_conn_ack(td->c, d->epoch, d->tag, 0);
@@ -291,11 +320,14 @@ static void settle(edp_td *td, td_task *t) {
     int w = -1, left = 0;
     if (edp_allocmap_release(td->map, t->ctx, &w, &left) == 0 && td->o.on_map)
       td->o.on_map(td->o.ud, w, t->ctx, left);
+    edp_gauge_set(&td->contexts, (int)edp_allocmap_size(td->map));
   }
-  td->st.in_flight--;
-  td->st.last_activity_ms = edp_now_ms();
+  inflight_add(td, -1);
+  touch(td);
   if (t->attempts > 1)
-    td->st.retries += (uint64_t)(t->attempts - 1);
+    edp_count_add(&td->st.retries, (uint64_t)(t->attempts - 1));
+  if (t->started_us)
+    edp_hist_observe(&td->processing, t->finished_us - t->started_us);
   int rc = 0, type = EDP_TD_REQUEUED;
   if (t->outcome == OUT_OK && t->d.epoch == edp_conn_epoch(td->c) &&
       edp_conn_is_open(td->c)) {
@@ -303,7 +335,7 @@ static void settle(edp_td *td, td_task *t) {
      * unacked, so it comes again (flagged redelivered) and is reported
      * twice, never acked without a report. An ack refused here (the
      * connection went meanwhile) means the same: it comes again. */
-    td->st.processed++;
+    edp_count_add(&td->st.processed, 1);
     emit(td, EDP_TD_PROCESSED, t, "");
     rc = edp_conn_ack(td->c, t->d.epoch, t->d.tag, 0);
     type = -1; /* reported */
@@ -324,9 +356,9 @@ static void settle(edp_td *td, td_task *t) {
       td->need_reconnect = 1;
   }
   if (type == EDP_TD_DEAD_LETTERED)
-    td->st.dead_lettered++;
+    edp_count_add(&td->st.dead_lettered, 1);
   else if (type == EDP_TD_REQUEUED)
-    td->st.requeued++;
+    edp_count_add(&td->st.requeued, 1);
   if (type >= 0)
     emit(td, type, t, type == EDP_TD_DEAD_LETTERED ? t->reason : "");
   if (t->outcome == OUT_FAILED && t->worker >= 0) {
@@ -355,9 +387,9 @@ static void lost(edp_td *td) {
 
 /* Takes ownership of *d (zeroed on return) and hands it to a worker. */
 static int dispatch(edp_td *td, edp_delivery *d) {
-  td->st.received++;
+  edp_count_add(&td->st.received, 1);
   if (td->st.standby) {
-    td->st.standby = 0;
+    edp_gauge_set(&td->st.standby, 0);
     edp_td_event ev = {.type = EDP_TD_ACTIVE,
                        .worker = -1,
                        .context = "",
@@ -366,9 +398,9 @@ static int dispatch(edp_td *td, edp_delivery *d) {
     if (td->o.on_event)
       td->o.on_event(td->o.ud, &ev);
   }
-  td->st.last_activity_ms = edp_now_ms();
+  touch(td);
   if (d->redelivered)
-    td->st.redelivered++;
+    edp_count_add(&td->st.redelivered, 1);
   td_task *t = calloc(1, sizeof(*t));
   if (!t) {
     edp_delivery_clear(d);
@@ -378,7 +410,12 @@ static int dispatch(edp_td *td, edp_delivery *d) {
   t->d = *d;
   memset(d, 0, sizeof(*d));
   t->worker = -1;
-  td->st.in_flight++;
+  edp_trace in;
+  if (edp_trace_from_delivery(&t->d, &in) == 0) {
+    edp_trace_child(&in, &t->span);
+    t->traced = 1;
+  }
+  inflight_add(td, 1);
   int rc = edp_td_context(td->o.context_from, td->context_key, &t->d, t->ctx,
                           sizeof(t->ctx));
   if (rc) {
@@ -397,6 +434,8 @@ static int dispatch(edp_td *td, edp_delivery *d) {
   if (!rc && td->o.on_map)
     td->o.on_map(td->o.ud, t->worker, t->ctx, in_flight);
   if (!rc)
+    edp_gauge_set(&td->contexts, (int)edp_allocmap_size(td->map));
+  if (!rc)
     rc = edp_handoff_push(td->w[t->worker].in, t);
   if (rc) {
     /* Requeueing just this message would let the context's later
@@ -404,7 +443,8 @@ static int dispatch(edp_td *td, edp_delivery *d) {
      * reconnect instead, and all come back in queue order. */
     if (t->worker >= 0)
       edp_allocmap_release(td->map, t->ctx, NULL, NULL);
-    td->st.in_flight--;
+    edp_gauge_set(&td->contexts, (int)edp_allocmap_size(td->map));
+    inflight_add(td, -1);
     edp_delivery_clear(&t->d);
     free(t);
     lost(td);
@@ -423,7 +463,7 @@ static int reconnect(edp_td *td) {
   int rc = edp_conn_reconnect(td->c);
   if (rc)
     return rc;
-  td->st.reconnects++;
+  edp_count_add(&td->st.reconnects, 1);
   td->need_reconnect = 0;
   sync_epoch(td);
   return 0;
@@ -560,7 +600,7 @@ int edp_td_new(edp_conn *c, const edp_td_opts *o, edp_td **out) {
   if (!rc)
     rc = edp_conn_queue_inspect(c, td->queue, NULL, &consumers);
   if (!rc) {
-    td->st.standby = consumers > 0;
+    edp_gauge_set(&td->st.standby, consumers > 0);
     rc = edp_conn_consume(c, td->queue, NULL, td->consumer_tag,
                           sizeof(td->consumer_tag));
   }
@@ -648,6 +688,52 @@ void edp_td_destroy(edp_td **tdp) {
 void edp_td_stats_get(const edp_td *td, edp_td_stats *out) {
   if (!td || !out)
     return;
-  *out = td->st;
-  out->contexts = edp_allocmap_size(td->map);
+  const edp_td_stats *s = &td->st;
+  out->received = edp_count_read(&s->received);
+  out->processed = edp_count_read(&s->processed);
+  out->dead_lettered = edp_count_read(&s->dead_lettered);
+  out->retries = edp_count_read(&s->retries);
+  out->requeued = edp_count_read(&s->requeued);
+  out->redelivered = edp_count_read(&s->redelivered);
+  out->reconnects = edp_count_read(&s->reconnects);
+  out->in_flight = __atomic_load_n(&s->in_flight, __ATOMIC_RELAXED);
+  out->contexts = (size_t)edp_gauge_read(&td->contexts);
+  out->last_activity_ms =
+      __atomic_load_n(&s->last_activity_ms, __ATOMIC_RELAXED);
+  out->standby = edp_gauge_read(&s->standby);
+}
+
+void edp_td_collect(const void *dispatcher, edp_metrics_out *out) {
+  const edp_td *td = dispatcher;
+  edp_td_stats st;
+  edp_td_stats_get(td, &st);
+  char l[512] = "";
+  edp_metrics_label(l, sizeof(l), "queue", td->queue);
+  edp_metrics_messages(out, EDP_MSGS_PROCESSED, l, st.processed);
+  edp_metrics_messages(out, EDP_MSGS_RETRIED, l, st.retries);
+  edp_metrics_messages(out, EDP_MSGS_DEAD_LETTERED, l, st.dead_lettered);
+  edp_metrics_messages(out, EDP_MSGS_REQUEUED, l, st.requeued);
+  edp_metrics_messages(out, EDP_MSGS_REDELIVERED, l, st.redelivered);
+  edp_metrics_gauge(out, "edp_td_in_flight",
+                    "Messages delivered to the dispatcher, not yet settled.", l,
+                    (double)st.in_flight);
+  edp_metrics_gauge(out, "edp_td_contexts",
+                    "Contexts (accounts) with messages in flight.", l,
+                    (double)st.contexts);
+  for (int i = 0; i < td->o.workers; i++) {
+    char wl[560], idx[16];
+    snprintf(wl, sizeof(wl), "%s", l);
+    snprintf(idx, sizeof(idx), "%d", i);
+    edp_metrics_label(wl, sizeof(wl), "worker", idx);
+    edp_metrics_gauge(out, "edp_worker_busy",
+                      "1 while the worker runs a handler.", wl,
+                      edp_gauge_read(&td->w[i].busy));
+    edp_metrics_counter_f(out, "edp_worker_busy_seconds_total",
+                          "Time the worker spent in handlers.", wl,
+                          (double)edp_count_read(&td->w[i].busy_us) / 1e6);
+  }
+  edp_metrics_histogram(out, "edp_processing_duration_seconds",
+                        "Time the handler took per message (its last "
+                        "attempt).",
+                        l, &td->processing);
 }

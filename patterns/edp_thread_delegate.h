@@ -137,7 +137,10 @@ typedef struct edp_td_event {
  * redelivered, and is reported twice; a message is never acked without
  * its report. DEAD_LETTERED comes after the copy was confirmed and the
  * original acked, REQUEUED when the message was left unacked. Per
- * context, events come in processing order. */
+ * context, events come in processing order. For a message with a
+ * traceparent, the handler and this callback see the worker's span for it
+ * (a child of the message's, one per message whatever the attempts)
+ * through edp_trace_current(); a dead-letter copy continues from it. */
 typedef void (*edp_td_event_fn)(void *ud, const edp_td_event *ev);
 
 /* Reports each change of the allocation map, on the dispatcher thread:
@@ -214,7 +217,16 @@ typedef struct edp_td_stats {
                   one then reports EDP_TD_ACTIVE at its first delivery */
 } edp_td_stats;
 
+/* Callable from any thread while the dispatcher works (each field is read
+ * atomically). */
 void edp_td_stats_get(const edp_td *td, edp_td_stats *out);
+
+/* The edp_metrics_collect_fn of a dispatcher (obj is the edp_td):
+ * processed, retried, dead-lettered, requeued and redelivered messages,
+ * the in-flight and context gauges, each worker's busy gauge and busy
+ * seconds, and the processing time histogram, labelled queue (and
+ * worker); docs/metrics.md. */
+void edp_td_collect(const void *dispatcher, edp_metrics_out *out);
 
 #ifdef __cplusplus
 }

@@ -121,7 +121,8 @@ if command -v docker-compose >/dev/null; then
   fi
   EDP_RABBITMQ_PASS=test docker-compose -f docker-compose.yml --profile forwarding \
     --profile thread-delegate --profile ambulance --profile watch --profile supervisor \
-    --profile multi-broker config > "$tmp/compose.yml" || fail "compose file does not validate"
+    --profile multi-broker --profile metrics config > "$tmp/compose.yml" ||
+    fail "compose file does not validate"
   # Every program the stack runs exists in bin/ and knows every flag it
   # is given.
   python3 - "$tmp/compose.yml" "$BIN" <<'PY' || fail "compose runs a program or flag that does not exist"
@@ -155,6 +156,21 @@ for name, svc in doc["services"].items():
                     sys.exit(f"{name}: {prog} has no option {flag}")
         checked += 1
 print(f"ok: {checked} services checked")
+PY
+  # The metrics profile: Prometheus's config is valid and scrapes the
+  # port the forward-receiver serves --metrics on.
+  promtool check config docker/prometheus.yml >/dev/null ||
+    fail "docker/prometheus.yml: promtool check config refuses it"
+  python3 - "$tmp/compose.yml" <<'PY' || fail "the metrics profile does not scrape the receiver's --metrics port"
+import sys, yaml
+svc = yaml.safe_load(open(sys.argv[1]))["services"]
+cmd = svc["forward-receiver"]["command"]
+port = cmd[cmd.index("--metrics") + 1].rsplit(":", 1)[1]
+prom = yaml.safe_load(open("docker/prometheus.yml"))
+targets = [t for j in prom["scrape_configs"] for s in j["static_configs"] for t in s["targets"]]
+assert f"forward-receiver:{port}" in targets, (port, targets)
+assert "prometheus" in svc and "metrics" in svc["prometheus"]["profiles"]
+print(f"ok: Prometheus scrapes forward-receiver:{port}")
 PY
   # The TLS override: amqps only, the forwarding demo by its client
   # certificate; its URL must parse (the program then fails on the CA

@@ -1,0 +1,685 @@
+/*
+ * integ_metrics.c - the programs' --metrics endpoint against the
+ * harness's broker: every counter equals the count of the same run's
+ * --json events, exactly (sender and receiver, retries and dead letters
+ * included); promtool accepts each /metrics; /healthz says 503 under a
+ * memory alarm and while the node restarts, and 200 again after; a real
+ * Prometheus server (package prometheus) scrapes a receiver and its HTTP
+ * API returns the processed count.
+ */
+#define _DEFAULT_SOURCE
+#include <arpa/inet.h>
+#include <check.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "edp.h"
+#include "testlib.h"
+
+/* ---------- HTTP and the text format ---------- */
+
+/* GET http://127.0.0.1:port{path}; *status receives the status code (0
+ * when nothing answered). Returns the body (free it) or NULL. */
+static char *http_get(int port, const char *path, int *status) {
+  *status = 0;
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ck_assert_int_ge(fd, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, (struct sockaddr *)&a, sizeof(a))) {
+    close(fd);
+    return NULL;
+  }
+  char req[1024];
+  int n = snprintf(req, sizeof(req),
+                   "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+  ck_assert_int_eq(write(fd, req, (size_t)n), n);
+  size_t cap = 1 << 16, len = 0;
+  char *buf = malloc(cap + 1);
+  long long deadline = t_now_ms() + 10000;
+  for (;;) {
+    struct pollfd p = {fd, POLLIN, 0};
+    long long left = deadline - t_now_ms();
+    if (left <= 0 || poll(&p, 1, (int)left) != 1)
+      break;
+    if (len == cap)
+      buf = realloc(buf, (cap *= 2) + 1);
+    ssize_t r = read(fd, buf + len, cap - len);
+    if (r <= 0)
+      break;
+    len += (size_t)r;
+  }
+  close(fd);
+  buf[len] = '\0';
+  char *body = strstr(buf, "\r\n\r\n");
+  if (sscanf(buf, "HTTP/1.%*d %d", status) != 1 || !body) {
+    free(buf);
+    return NULL;
+  }
+  memmove(buf, body + 4, strlen(body + 4) + 1);
+  return buf;
+}
+
+/* The sum of every sample of family name (all label sets) in text; -1 if
+ * there is none. */
+static double metric(const char *text, const char *name) {
+  size_t nl = strlen(name);
+  double sum = -1;
+  for (const char *p = text; p && *p;) {
+    const char *end = strchr(p, '\n');
+    if (!strncmp(p, name, nl) && (p[nl] == '{' || p[nl] == ' ')) {
+      const char *sp = p + nl;
+      /* The value follows the last space of the line. */
+      for (const char *q = sp; q < (end ? end : p + strlen(p)); q++)
+        if (*q == ' ')
+          sp = q;
+      sum = (sum < 0 ? 0 : sum) + atof(sp + 1);
+    }
+    p = end ? end + 1 : NULL;
+  }
+  return sum;
+}
+
+/* promtool check metrics on text: its exit code (0: accepted). */
+static int promtool(const char *text) {
+  char path[] = "/tmp/edp-integ-metrics.XXXXXX";
+  int fd = mkstemp(path);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+  close(fd);
+  char cmd[256];
+  snprintf(cmd, sizeof(cmd), "promtool check metrics < %s", path);
+  int rc = system(cmd);
+  unlink(path);
+  return rc;
+}
+
+static char *scrape(int port) {
+  int status = 0;
+  char *text = http_get(port, "/metrics", &status);
+  ck_assert_int_eq(status, 200);
+  ck_assert_ptr_nonnull(text);
+  ck_assert_msg(promtool(text) == 0, "promtool refused:\n%s", text);
+  return text;
+}
+
+/* /healthz: the status, and the reason line into reason. */
+static int health(int port, char *reason, size_t len) {
+  int status = 0;
+  char *body = http_get(port, "/healthz", &status);
+  snprintf(reason, len, "%s", body ? body : "");
+  free(body);
+  return status;
+}
+
+/* ---------- the programs' events ---------- */
+
+typedef struct counts {
+  int port; /* from metrics_listening */
+  int received, processed, retried, dead, duplicate, confirmed, nacked;
+  int returned, blocked, unblocked, lost, reconnected, hold, summary;
+  long long retries; /* the dispatcher's summary */
+  int priority;      /* processed events of kind "priority" */
+} counts;
+
+static void count_event(counts *c, json_t *ev) {
+  const char *k = json_string_value(json_object_get(ev, "event"));
+  if (!k)
+    return;
+  if (!strcmp(k, "metrics_listening"))
+    c->port = (int)json_integer_value(json_object_get(ev, "port"));
+  c->received += !strcmp(k, "received");
+  c->processed += !strcmp(k, "processed");
+  c->priority +=
+      !strcmp(k, "processed") &&
+      !strcmp(json_string_value(json_object_get(ev, "kind")) ?: "", "priority");
+  c->retried += !strcmp(k, "retried");
+  c->dead += !strcmp(k, "dead_lettered");
+  c->duplicate += !strcmp(k, "duplicate");
+  c->confirmed += !strcmp(k, "confirmed");
+  c->nacked += !strcmp(k, "nacked");
+  c->returned += !strcmp(k, "returned");
+  c->blocked += !strcmp(k, "blocked");
+  c->unblocked += !strcmp(k, "unblocked");
+  c->lost += !strcmp(k, "connection_lost");
+  c->reconnected += !strcmp(k, "reconnected");
+  c->hold += !strcmp(k, "metrics_hold");
+  c->summary += !strcmp(k, "summary");
+  if (!strcmp(k, "summary") && json_object_get(ev, "retries"))
+    c->retries = json_integer_value(json_object_get(ev, "retries"));
+}
+
+/* Reads events into c until done(c) holds; 1 then, 0 on EOF or timeout. */
+static int await(t_proc *p, counts *c, int (*done)(const counts *),
+                 int timeout_ms) {
+  char line[8192];
+  long long deadline = t_now_ms() + timeout_ms;
+  while (!done(c)) {
+    long long left = deadline - t_now_ms();
+    if (left <= 0 || t_readline(p, line, sizeof(line), (int)left) != 1)
+      return 0;
+    json_t *ev = json_loads(line, 0, NULL);
+    if (ev) {
+      count_event(c, ev);
+      json_decref(ev);
+    }
+  }
+  return 1;
+}
+
+static int has_port(const counts *c) { return c->port > 0; }
+static int has_hold(const counts *c) { return c->hold > 0; }
+static int has_blocked(const counts *c) { return c->blocked > 0; }
+static int has_unblocked(const counts *c) { return c->unblocked > 0; }
+
+/* prog with --queue (or no queue when NULL) and extra. */
+static void spawn(t_proc *p, const char *prog, const char *queue,
+                  char **extra) {
+  char *argv[32] = {(char *)t_bin(prog), "--url",
+                    (char *)t_url(),     "--json",
+                    "--metrics",         "127.0.0.1:0"};
+  int n = 6;
+  if (queue) {
+    argv[n++] = "--queue";
+    argv[n++] = (char *)queue;
+  }
+  for (; extra && *extra && n < 31; extra++)
+    argv[n++] = *extra;
+  argv[n] = NULL;
+  ck_assert_int_eq(t_spawn(p, argv, NULL), 0);
+}
+
+#define N_MSGS 300
+
+/* The sender's and the receiver's counters against their own events:
+ * every message once, a fifth of the attempts failing, a retry allowed
+ * once, so that processed, retried and dead-lettered all occur. */
+START_TEST(counters_equal_json_events) {
+  const char *q = t_unique("metrics.fwd");
+  t_proc s;
+  char *sx[] = {"--count", "300", "--metrics-hold", "30000", NULL};
+  spawn(&s, "edp-forward-sender", q, sx);
+  counts sc = {0};
+  ck_assert(await(&s, &sc, has_hold, 60000));
+  ck_assert_int_eq(sc.summary, 1);
+  ck_assert_int_eq(sc.confirmed, N_MSGS);
+  char *text = scrape(sc.port);
+  ck_assert(metric(text, "edp_messages_sent_total") == N_MSGS);
+  ck_assert(metric(text, "edp_messages_published_total") == N_MSGS);
+  ck_assert(metric(text, "edp_messages_confirmed_total") == sc.confirmed);
+  ck_assert(metric(text, "edp_messages_nacked_total") == sc.nacked);
+  ck_assert(metric(text, "edp_messages_returned_total") == sc.returned);
+  ck_assert(metric(text, "edp_messages_republished_total") == 0);
+  ck_assert(metric(text, "edp_confirm_latency_seconds_count") == N_MSGS);
+  free(text);
+  char reason[256];
+  ck_assert_int_eq(health(sc.port, reason, sizeof(reason)), 503);
+  ck_assert_str_eq(reason, "finished\n");
+  t_signal(&s, SIGTERM);
+  ck_assert_int_eq(t_wait(&s, 10000), 0);
+
+  t_proc r;
+  char *rx[] = {"--fail-every",
+                "5",
+                "--max-retries",
+                "1",
+                "--idle-timeout",
+                "3000",
+                "--metrics-hold",
+                "30000",
+                NULL};
+  spawn(&r, "edp-forward-receiver", q, rx);
+  counts rc = {0};
+  ck_assert(await(&r, &rc, has_hold, 120000));
+  ck_assert_int_eq(rc.processed + rc.dead, N_MSGS);
+  ck_assert_int_gt(rc.retried, 0);
+  ck_assert_int_gt(rc.dead, 0);
+  text = scrape(rc.port);
+  ck_assert(metric(text, "edp_messages_processed_total") == rc.processed);
+  ck_assert(metric(text, "edp_messages_retried_total") == rc.retried);
+  ck_assert(metric(text, "edp_messages_dead_lettered_total") == rc.dead);
+  ck_assert(metric(text, "edp_messages_failed_total") == rc.retried + rc.dead);
+  ck_assert(metric(text, "edp_messages_duplicates_total") == rc.duplicate);
+  ck_assert(metric(text, "edp_messages_delivered_total") == rc.received);
+  ck_assert(metric(text, "edp_processing_duration_seconds_count") ==
+            rc.received);
+  /* Each retry or dead-letter copy is a confirmed publish. */
+  ck_assert(metric(text, "edp_messages_published_total") ==
+            rc.retried + rc.dead);
+  ck_assert(metric(text, "edp_messages_confirmed_total") ==
+            rc.retried + rc.dead);
+  ck_assert(metric(text, "edp_consumers") == 1);
+  ck_assert(metric(text, "edp_connection_up") == 1);
+  free(text);
+  t_signal(&r, SIGTERM);
+  ck_assert_int_eq(t_wait(&r, 10000), 0);
+}
+END_TEST
+
+/* A sender at a steady rate: blocked by a memory alarm it reports 503 with
+ * the reason, 200 once the alarm cleared, and counts the blocked period. */
+START_TEST(healthz_memory_alarm) {
+  const char *q = t_unique("metrics.alarm");
+  t_proc s;
+  char *sx[] = {"--count", "100000", "--rate", "50", NULL};
+  spawn(&s, "edp-forward-sender", q, sx);
+  counts c = {0};
+  ck_assert(await(&s, &c, has_port, 30000));
+  char reason[256];
+  long long t0 = t_now_ms();
+  int st = 0;
+  while ((st = health(c.port, reason, sizeof(reason))) != 200 &&
+         t_now_ms() - t0 < 10000)
+    usleep(50000);
+  ck_assert_int_eq(st, 200);
+  ck_assert_int_eq(t_ctl("set_vm_memory_high_watermark 0"), 0);
+  int ok = await(&s, &c, has_blocked, 30000);
+  st = health(c.port, reason, sizeof(reason));
+  ck_assert_int_eq(t_ctl("set_vm_memory_high_watermark 0.4"), 0);
+  ck_assert_msg(ok, "no blocked event");
+  ck_assert_int_eq(st, 503);
+  ck_assert_ptr_nonnull(strstr(reason, "blocked"));
+  ck_assert(await(&s, &c, has_unblocked, 30000));
+  ck_assert_int_eq(health(c.port, reason, sizeof(reason)), 200);
+  char *text = scrape(c.port);
+  ck_assert(metric(text, "edp_connection_blocked_total") == 1);
+  ck_assert(metric(text, "edp_connection_blocked_seconds_total") > 0);
+  ck_assert(metric(text, "edp_connection_blocked") == 0);
+  free(text);
+  t_signal(&s, SIGTERM);
+  ck_assert_int_eq(t_wait(&s, 10000), 130);
+}
+END_TEST
+
+static void *restart_node(void *arg) {
+  int *rc = arg;
+  *rc = t_broker("restart", NULL, NULL, 0);
+  return NULL;
+}
+
+/* A receiver across a node restart: 503 while its connection is down,
+ * 200 once it reconnected and consumes again; the counters saw one loss
+ * and one reconnect. */
+START_TEST(healthz_node_restart) {
+  const char *q = t_unique("metrics.restart");
+  t_proc r;
+  spawn(&r, "edp-forward-receiver", q, NULL);
+  counts c = {0};
+  ck_assert(await(&r, &c, has_port, 30000));
+  char reason[256] = "";
+  long long t0 = t_now_ms();
+  while (health(c.port, reason, sizeof(reason)) != 200 &&
+         t_now_ms() - t0 < 10000)
+    usleep(50000);
+  ck_assert_str_eq(reason, "ok\n");
+  pthread_t t;
+  int restart_rc = -1;
+  pthread_create(&t, NULL, restart_node, &restart_rc);
+  int seen_503 = 0;
+  char down_reason[256] = "";
+  t0 = t_now_ms();
+  while (!seen_503 && t_now_ms() - t0 < 60000) {
+    if (health(c.port, reason, sizeof(reason)) == 503) {
+      seen_503 = 1;
+      snprintf(down_reason, sizeof(down_reason), "%s", reason);
+    } else {
+      usleep(20000);
+    }
+  }
+  pthread_join(t, NULL);
+  ck_assert_int_eq(restart_rc, 0);
+  ck_assert_msg(seen_503, "/healthz never said 503 during the restart");
+  ck_assert_msg(strstr(down_reason, "reconnecting"), "reason: %s", down_reason);
+  t0 = t_now_ms();
+  int st = 0;
+  while ((st = health(c.port, reason, sizeof(reason))) != 200 &&
+         t_now_ms() - t0 < 40000)
+    usleep(100000);
+  ck_assert_msg(st == 200, "still %d after the restart: %s", st, reason);
+  char *text = scrape(c.port);
+  ck_assert(metric(text, "edp_connection_lost_total") == 1);
+  ck_assert(metric(text, "edp_connection_reconnects_total") == 1);
+  ck_assert(metric(text, "edp_consumers") == 1);
+  free(text);
+  t_signal(&r, SIGTERM);
+  ck_assert_int_eq(t_wait(&r, 10000), 130);
+}
+END_TEST
+
+/* The thread delegate dispatcher: its counters against its events and
+ * summary; a gauge and a busy counter per worker. */
+START_TEST(dispatcher_counters) {
+  const char *q = t_unique("metrics.td");
+  const char *x = t_unique("metrics.tdx");
+  char *sargv[] = {(char *)t_bin("edp-trade-sender"),
+                   "--url",
+                   (char *)t_url(),
+                   "--exchange",
+                   (char *)x,
+                   "--queue",
+                   (char *)q,
+                   "--accounts",
+                   "20",
+                   "--count",
+                   "200",
+                   NULL};
+  t_proc s;
+  ck_assert_int_eq(t_spawn(&s, sargv, NULL), 0);
+  char line[4096];
+  while (t_readline(&s, line, sizeof(line), 30000) == 1)
+    ;
+  ck_assert_int_eq(t_wait(&s, 30000), 0);
+  t_proc d;
+  char *dx[] = {"--exchange",
+                (char *)x,
+                "--queue",
+                (char *)q,
+                "--workers",
+                "4",
+                "--fail-every",
+                "10",
+                "--poison-seq",
+                "7",
+                "--max-retries",
+                "1",
+                "--retry-delay-ms",
+                "0",
+                "--idle-timeout",
+                "2000",
+                "--metrics-hold",
+                "30000",
+                NULL};
+  spawn(&d, "edp-trade-dispatcher", NULL, dx);
+  counts c = {0};
+  ck_assert(await(&d, &c, has_hold, 120000));
+  ck_assert_int_eq(c.summary, 1);
+  ck_assert_int_eq(c.processed + c.dead, 200);
+  ck_assert_int_gt(c.dead, 0);
+  ck_assert_int_gt(c.retries, 0);
+  char *text = scrape(c.port);
+  ck_assert(metric(text, "edp_messages_processed_total") == c.processed);
+  ck_assert(metric(text, "edp_messages_dead_lettered_total") == c.dead);
+  ck_assert(metric(text, "edp_messages_retried_total") == c.retries);
+  ck_assert(metric(text, "edp_messages_delivered_total") == 200);
+  ck_assert(metric(text, "edp_messages_published_total") == c.dead);
+  ck_assert(metric(text, "edp_processing_duration_seconds_count") == 200);
+  ck_assert(metric(text, "edp_td_in_flight") == 0);
+  ck_assert(metric(text, "edp_worker_busy") == 0);
+  ck_assert(metric(text, "edp_worker_busy_seconds_total") > 0);
+  int workers = 0;
+  for (const char *p = text; (p = strstr(p, "\nedp_worker_busy{")); p++)
+    workers++;
+  ck_assert_int_eq(workers, 4);
+  free(text);
+  t_signal(&d, SIGTERM);
+  ck_assert_int_eq(t_wait(&d, 10000), 0);
+}
+END_TEST
+
+/* Runs prog with args to the end (its output read and dropped). */
+static void run_quiet(char **argv) {
+  t_proc p;
+  ck_assert_int_eq(t_spawn(&p, argv, NULL), 0);
+  char line[4096];
+  while (t_readline(&p, line, sizeof(line), 60000) == 1)
+    ;
+  ck_assert_int_eq(t_wait(&p, 60000), 0);
+}
+
+/* The value of the one sample of name with labels containing sel. */
+static double metric_with(const char *text, const char *name, const char *sel) {
+  size_t nl = strlen(name);
+  for (const char *p = text; p && *p;) {
+    const char *end = strchr(p, '\n');
+    size_t len = end ? (size_t)(end - p) : strlen(p);
+    if (!strncmp(p, name, nl) && p[nl] == '{') {
+      char line[1024];
+      snprintf(line, sizeof(line), "%.*s", (int)len, p);
+      if (strstr(line, sel))
+        return atof(strrchr(line, ' ') + 1);
+    }
+    p = end ? end + 1 : NULL;
+  }
+  return -1;
+}
+
+/* Ambulance: processed and the end-to-end latency per lane. */
+START_TEST(ambulance_lanes) {
+  const char *q = t_unique("metrics.amb");
+  char *sargv[] = {(char *)t_bin("edp-ambulance-sender"),
+                   "--url",
+                   (char *)t_url(),
+                   "--queue",
+                   (char *)q,
+                   "--standard",
+                   "30",
+                   "--priority",
+                   "10",
+                   "--rate",
+                   "0",
+                   NULL};
+  run_quiet(sargv);
+  t_proc r;
+  char *rx[] = {"--queue", (char *)q,        "--idle-timeout",
+                "2000",    "--metrics-hold", "30000",
+                NULL};
+  spawn(&r, "edp-ambulance-receiver", NULL, rx);
+  counts c = {0};
+  ck_assert(await(&r, &c, has_hold, 60000));
+  ck_assert_int_eq(c.processed, 40);
+  ck_assert_int_eq(c.priority, 10);
+  char *text = scrape(c.port);
+  ck_assert(metric_with(text, "edp_messages_processed_total",
+                        "lane=\"priority\"") == c.priority);
+  ck_assert(metric_with(text, "edp_messages_processed_total",
+                        "lane=\"standard\"") == c.processed - c.priority);
+  ck_assert(metric_with(text, "edp_message_latency_seconds_count",
+                        "lane=\"priority\"") == c.priority);
+  ck_assert(metric(text, "edp_message_latency_seconds_count") == 40);
+  free(text);
+  t_signal(&r, SIGTERM);
+  ck_assert_int_eq(t_wait(&r, 10000), 0);
+}
+END_TEST
+
+/* Supervisor: processed messages and the consumer gauges. */
+START_TEST(supervisor_gauges) {
+  const char *q = t_unique("metrics.sup");
+  char *sargv[] = {(char *)t_bin("edp-forward-sender"),
+                   "--url",
+                   (char *)t_url(),
+                   "--queue",
+                   (char *)q,
+                   "--count",
+                   "200",
+                   NULL};
+  run_quiet(sargv);
+  t_proc s;
+  char *sx[] = {"--queue",
+                (char *)q,
+                "--min",
+                "1",
+                "--max",
+                "4",
+                "--per-consumer",
+                "20",
+                "--interval-ms",
+                "100",
+                "--idle-timeout",
+                "2000",
+                "--metrics-hold",
+                "30000",
+                NULL};
+  spawn(&s, "edp-supervisor", NULL, sx);
+  counts c = {0};
+  ck_assert(await(&s, &c, has_hold, 60000));
+  ck_assert_int_eq(c.processed, 200);
+  char *text = scrape(c.port);
+  ck_assert(metric(text, "edp_messages_processed_total") == 200);
+  ck_assert(metric(text, "edp_queue_depth") == 0);
+  /* The hold comes after the stop: every consumer retired. */
+  ck_assert(metric(text, "edp_sup_consumers_active") == 0);
+  ck_assert(metric(text, "edp_sup_consumers_live") == 0);
+  ck_assert(metric(text, "edp_sup_consumers_started_total") >= 1);
+  ck_assert(metric(text, "edp_sup_consumers_wanted") >= 0);
+  free(text);
+  t_signal(&s, SIGTERM);
+  ck_assert_int_eq(t_wait(&s, 20000), 0);
+}
+END_TEST
+
+/* Multi-broker consumer: per-broker state and counts. */
+START_TEST(multi_receiver_brokers) {
+  const char *q = t_unique("metrics.multi");
+  char *sargv[] = {(char *)t_bin("edp-multi-sender"),
+                   "--url",
+                   (char *)t_url(),
+                   "--queue",
+                   (char *)q,
+                   "--count",
+                   "100",
+                   NULL};
+  run_quiet(sargv);
+  t_proc r;
+  char *rx[] = {"--queue",        (char *)q, "--count", "100",
+                "--metrics-hold", "30000",   NULL};
+  spawn(&r, "edp-multi-receiver", NULL, rx);
+  counts c = {0};
+  ck_assert(await(&r, &c, has_hold, 60000));
+  ck_assert_int_eq(c.processed, 100);
+  char *text = scrape(c.port);
+  ck_assert(metric_with(text, "edp_messages_processed_total", "broker=\"0\"") ==
+            100);
+  /* The hold comes after the stop: consumed once, not any more. */
+  ck_assert(metric(text, "edp_multi_broker_ups_total") == 1);
+  ck_assert(metric(text, "edp_multi_broker_up") == 0);
+  ck_assert_ptr_null(strstr(text, "guest")); /* no credentials */
+  free(text);
+  char reason[256];
+  ck_assert_int_eq(health(c.port, reason, sizeof(reason)), 503);
+  ck_assert_str_eq(reason, "finished\n");
+  t_signal(&r, SIGTERM);
+  ck_assert_int_eq(t_wait(&r, 10000), 0);
+}
+END_TEST
+
+/* ---------- a real Prometheus server ---------- */
+
+static int free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+  ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+/* The value of the first result of an instant query, -1 if none yet. */
+static double prom_query(int port, const char *query) {
+  char path[512];
+  snprintf(path, sizeof(path), "/api/v1/query?query=%s", query);
+  int status = 0;
+  char *body = http_get(port, path, &status);
+  double v = -1;
+  json_t *j = body && status == 200 ? json_loads(body, 0, NULL) : NULL;
+  json_t *res = json_object_get(json_object_get(j, "data"), "result");
+  json_t *val = json_object_get(json_array_get(res, 0), "value");
+  if (json_is_string(json_array_get(val, 1)))
+    v = atof(json_string_value(json_array_get(val, 1)));
+  json_decref(j);
+  free(body);
+  return v;
+}
+
+START_TEST(prometheus_scrapes_receiver) {
+  const char *q = t_unique("metrics.prom");
+  /* Messages first, so the receiver has them at once. */
+  char *sargv[] = {(char *)t_bin("edp-forward-sender"),
+                   "--url",
+                   (char *)t_url(),
+                   "--queue",
+                   (char *)q,
+                   "--count",
+                   "120",
+                   NULL};
+  t_proc s;
+  ck_assert_int_eq(t_spawn(&s, sargv, NULL), 0);
+  char line[4096];
+  while (t_readline(&s, line, sizeof(line), 30000) == 1)
+    ;
+  ck_assert_int_eq(t_wait(&s, 30000), 0);
+  t_proc r;
+  spawn(&r, "edp-forward-receiver", q, NULL);
+  counts c = {0};
+  ck_assert(await(&r, &c, has_port, 30000));
+
+  char dir[] = "/tmp/edp-prom.XXXXXX";
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  char cfg[600], cmd[2048];
+  snprintf(cfg, sizeof(cfg), "%s/prometheus.yml", dir);
+  FILE *f = fopen(cfg, "w");
+  ck_assert_ptr_nonnull(f);
+  fprintf(f,
+          "global:\n  scrape_interval: 1s\n"
+          "scrape_configs:\n  - job_name: edp\n    static_configs:\n"
+          "      - targets: ['127.0.0.1:%d']\n",
+          c.port);
+  fclose(f);
+  int pport = free_port();
+  snprintf(cmd, sizeof(cmd),
+           "exec prometheus --config.file=%s --storage.tsdb.path=%s/data "
+           "--web.listen-address=127.0.0.1:%d 2>%s/prometheus.log",
+           cfg, dir, pport, dir);
+  char *pargv[] = {"/bin/sh", "-c", cmd, NULL};
+  t_proc prom;
+  ck_assert_int_eq(t_spawn(&prom, pargv, NULL), 0);
+  char query[300];
+  snprintf(query, sizeof(query),
+           "edp_messages_processed_total%%7Bqueue%%3D%%22%s%%22%%7D", q);
+  double v = -1, up = -1;
+  long long t0 = t_now_ms();
+  while (v != 120 && t_now_ms() - t0 < 60000) {
+    usleep(250000);
+    v = prom_query(pport, query);
+    up = prom_query(pport, "up%7Bjob%3D%22edp%22%7D");
+  }
+  t_signal(&prom, SIGTERM);
+  int prc = t_wait(&prom, 20000);
+  snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+  ck_assert_int_eq(system(cmd), 0);
+  ck_assert_msg(v == 120, "Prometheus says %g processed", v);
+  ck_assert(up == 1);
+  ck_assert_int_eq(prc, 0);
+  t_signal(&r, SIGTERM);
+  ck_assert_int_eq(t_wait(&r, 10000), 130);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("metrics");
+  TCase *tc = tcase_create("metrics");
+  tcase_set_timeout(tc, 240);
+  tcase_add_test(tc, counters_equal_json_events);
+  tcase_add_test(tc, healthz_memory_alarm);
+  tcase_add_test(tc, dispatcher_counters);
+  tcase_add_test(tc, ambulance_lanes);
+  tcase_add_test(tc, supervisor_gauges);
+  tcase_add_test(tc, multi_receiver_brokers);
+  tcase_add_test(tc, prometheus_scrapes_receiver);
+  tcase_add_test(tc, healthz_node_restart);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
