@@ -29,6 +29,9 @@ static void usage(void) {
          "      --prefetch N       unacked messages in flight (default 32)\n"
          "      --dedup N          drop message_ids seen among the last N\n"
          "                         (default 0: off)\n"
+         "      --coalesce-acks    one ack (multiple) for each batch of\n"
+         "                         handled messages, sent when the last\n"
+         "                         of them was handled\n"
          "      --quiet            no line per message\n" CLI_COMMON_HELP);
 }
 
@@ -119,6 +122,7 @@ int main(int argc, char **argv) {
       {"prefetch", required_argument, NULL, 'p'},
       {"dedup", required_argument, NULL, 'D'},
       {"quiet", no_argument, NULL, 'Q'},
+      {"coalesce-acks", no_argument, NULL, 'C'},
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   const char *queue = "edp.forward";
@@ -160,6 +164,9 @@ int main(int argc, char **argv) {
       break;
     case 'Q':
       run.quiet = 1;
+      break;
+    case 'C':
+      ro.coalesce_acks = 1;
       break;
     case 'D':
       ro.dedup_window = (size_t)cli_int(&app, "dedup", optarg, 0, 10000000L);

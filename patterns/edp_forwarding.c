@@ -358,11 +358,11 @@ static int call_batch(void *ud) {
 
 /* Settles a delivery whose handler returned h: an ack after a success, a
  * retry or dead-letter copy (then the ack) after a failure. */
-static int finish(edp_fwd_receiver *r, batch_slot *b) {
+static int finish(edp_fwd_receiver *r, batch_slot *b, int defer_ack) {
   const edp_delivery *d = &b->d;
   int keyed = r->seen && d->message_id && d->message_id[0];
   if (b->h == 0) {
-    int rc = settle(r, d, 1);
+    int rc = defer_ack ? 0 : settle(r, d, 1);
     if (!rc && keyed && edp_idset_add(r->seen, d->message_id) < 0)
       rc = EDP_ENOMEM;
     r->st.processed++;
@@ -533,13 +533,30 @@ int edp_fwd_receive_batch(edp_fwd_receiver *r, int timeout_ms, size_t max) {
   r->n_held = all;
   if (wrc == EDP_EINVAL)
     return wrc;
+  /* With coalesce_acks the successes of the batch are acked by one
+   * basic.ack with multiple set, sent where the last of their own acks
+   * would have gone: after every handler of the batch returned, so no
+   * message is acked earlier than without it. It covers exactly this
+   * batch: deliveries come in tag order, every earlier one was settled
+   * (by an earlier batch, as a duplicate, or a failure's own ack after
+   * its copy was confirmed) and the ones not run have higher tags. */
   size_t ran = r->n_ran;
-  for (size_t i = 0; i < ran; i++) {
-    int frc = rc ? 0 : finish(r, &r->slots[i]);
-    if (frc && !rc)
-      rc = frc;
-    edp_delivery_clear(&r->slots[i].d);
+  int defer = r->o.coalesce_acks && ran > 1;
+  const edp_delivery *last_ok = NULL;
+  for (size_t i = 0; i < ran && !rc; i++) {
+    rc = finish(r, &r->slots[i], defer);
+    if (r->slots[i].h == 0)
+      last_ok = &r->slots[i].d;
   }
+  if (defer && last_ok) {
+    int arc = edp_conn_ack(r->c, last_ok->epoch, last_ok->tag, 1);
+    if (arc == EDP_ECLOSED)
+      arc = receiver_recover(r);
+    if (arc && arc != EDP_ESTALE && !rc)
+      rc = arc;
+  }
+  for (size_t i = 0; i < ran; i++)
+    edp_delivery_clear(&r->slots[i].d);
   r->n_held -= ran;
   memmove(r->slots, r->slots + ran, r->n_held * sizeof(*r->slots));
   if (wrc == EDP_ESTOPPED)

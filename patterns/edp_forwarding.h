@@ -149,6 +149,12 @@ typedef struct edp_fwd_receiver_opts {
   int prefetch;              /* unacked deliveries, default 32 */
   int max_retries;           /* requeues before the .dlq, default 3 */
   size_t dedup_window;       /* remembered message_ids, 0 = no dedup */
+  int coalesce_acks;         /* edp_fwd_receive_batch() acks the successes
+                                of a batch with one basic.ack (multiple)
+                                instead of one each, when all its handlers
+                                returned; default 0. Every message other
+                                than this receiver's must be settled by
+                                then: the connection's only consumer. */
   edp_fwd_handler handler;   /* required */
   edp_fwd_event_fn on_event; /* may be NULL */
   void *ud;

@@ -204,6 +204,39 @@ START_TEST(receiver_killed_mid_message) {
 }
 END_TEST
 
+/* Coalesced acks (one multiple ack per batch): a receiver killed in the
+ * middle of a stream loses nothing; what it handled without its ack
+ * comes back, and a second one drains the queue. */
+START_TEST(coalesced_acks_survive_a_kill) {
+  const char *q = t_unique("fwd.coalesce");
+  const int n = 5000;
+  tally t;
+  tally_init(&t, "co", n);
+  ck_assert_int_eq(run_sender(q, "co", NULL, NULL, n, &t), 0);
+  t_proc r;
+  char *first[] = {"--coalesce-acks", "--prefetch", "500", NULL};
+  start_receiver(&r, q, first);
+  int seen = 0;
+  while (seen < 1000 && await_event(&r, &t, "processed", 20000))
+    seen++;
+  ck_assert_int_eq(seen, 1000);
+  t_signal(&r, SIGKILL);
+  /* Its events still in the pipe count: those messages were handled. */
+  ck_assert_int_eq(t_collect(&r, 10000, on_event, &t), 128 + SIGKILL);
+
+  char *second[] = {"--coalesce-acks", "--idle-timeout", "3000", NULL};
+  start_receiver(&r, q, second);
+  ck_assert_int_eq(t_collect(&r, 120000, on_event, &t), 0);
+  int missing = 0;
+  for (int i = 1; i <= n; i++)
+    missing += t.processed[i] == 0;
+  ck_assert_int_eq(missing, 0);
+  ck_assert_int_eq(t.foreign, 0);
+  ck_assert_uint_eq(depth(q), 0);
+  tally_free(&t);
+}
+END_TEST
+
 START_TEST(sigterm_finishes_in_flight) {
   const char *q = t_unique("fwd.term");
   tally t;
@@ -1106,6 +1139,7 @@ int main(void) {
   tcase_add_test(tc, bad_input_exit_codes);
   tcase_add_test(tc, ten_thousand_exactly_once);
   tcase_add_test(tc, receiver_killed_mid_message);
+  tcase_add_test(tc, coalesced_acks_survive_a_kill);
   tcase_add_test(tc, sigterm_finishes_in_flight);
   tcase_add_test(tc, poison_message_dead_lettered);
   tcase_add_test(tc, broker_closes_connection_mid_send);
