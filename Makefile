@@ -7,6 +7,9 @@
 #   make bench        benchmarks, written to docs/BENCHMARKS.md, with
 #                     their plots (CSV, and SVG when gnuplot is installed)
 #                     in docs/img
+#   make bench BENCH=cost  one benchmark alone (bench/edp-bench-cost.c; its
+#                     section alone then makes docs/BENCHMARKS.md)
+#   make bench-soak   the client cost benchmark's memory run, 10 minutes
 #   make plots        redraws the plots from the CSV files in docs/img
 #                     (needs gnuplot: apt-get install gnuplot-nox)
 #   make faults       the whole fault matrix, written to docs/faults.md
@@ -87,6 +90,7 @@ FUZZ_DEB_PKGS := clang libclang-rt-14-dev
 FUZZ_OBJ := $(patsubst %.c,build/fuzz/obj/%.o,$(LIB_SRC) $(CMD_COMMON))
 
 BENCH_BINS := $(patsubst bench/%.c,$(OUT)/bench/%,$(wildcard bench/edp-bench-*.c))
+BENCH_RAW := $(OUT)/bench/rawc-baseline
 
 LIB_OBJ := $(patsubst %.c,$(OUT)/obj/%.o,$(LIB_SRC))
 STATIC := $(OUT)/libedp.a
@@ -124,6 +128,12 @@ $(OUT)/bench/edp-bench-ha: $(OUT)/obj/bench/edp-bench-ha.o $(OUT)/obj/cmd/cli.o 
 	@mkdir -p $(dir $@)
 	$(CC) $(SANFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS_ALL)
 
+# The raw rabbitmq-c baseline of the client cost benchmark: librabbitmq
+# only, no libedp.
+$(OUT)/bench/rawc-baseline: bench/rawc-baseline.c
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -Ilib -Ipatterns -Icmd,$(ALL_CFLAGS)) -o $@ $< $(PKG_LIBS)
+
 $(OUT)/tests/unit_%: $(OUT)/obj/tests/unit_%.o $(TEST_OBJ) $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(SANFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS_ALL)
@@ -157,7 +167,7 @@ $(OUT)/edp.pc: FORCE
 	  'Libs: -L$${libdir} -ledp' 'Libs.private: -lpthread -lm' \
 	  'Cflags: -I$${includedir}' > $@
 
-tests: $(UNIT_BINS) $(INTEG_BINS) $(PROGS) $(BENCH_BINS) $(REPLAY_BINS)
+tests: $(UNIT_BINS) $(INTEG_BINS) $(PROGS) $(BENCH_BINS) $(BENCH_RAW) $(REPLAY_BINS)
 
 # Unit tests need no broker; integration suites run against a private node
 # that tests/run-integration.sh starts and always stops.
@@ -201,8 +211,16 @@ fuzz: deps fuzz-deps $(FUZZ_BINS)
 fuzz-deps:
 	@$(MAKE) -s deps DEB_PKGS="$(FUZZ_DEB_PKGS)"
 
-bench: deps all $(BENCH_BINS)
-	EDP_BIN=$(BIN) EDP_TLS=both tests/with-broker.sh tests/bench.sh $(BENCH_BINS)
+bench: deps all $(BENCH_BINS) $(BENCH_RAW)
+	EDP_BIN=$(BIN) EDP_TLS=both EDP_BROKER_MAX_MESSAGE=16777216 \
+	  tests/with-broker.sh tests/bench.sh \
+	  $(if $(BENCH),$(filter %-$(BENCH),$(BENCH_BINS)),$(BENCH_BINS))
+
+# The memory run of the client cost benchmark alone, for 10 minutes (make
+# bench runs a 60 s one); prints its table on stdout.
+bench-soak: deps all $(BENCH_BINS) $(BENCH_RAW)
+	EDP_BIN=$(BIN) EDP_BENCH_SOAK_ONLY=1 EDP_BENCH_SOAK_S=600 \
+	  tests/with-broker.sh $(OUT)/bench/edp-bench-cost
 
 # gnuplot is not in DEB_PKGS: a missing gnuplot only skips the pictures.
 plots:
@@ -239,7 +257,7 @@ format:
 clean:
 	rm -rf build bin
 
-.PHONY: all check tests bench plots faults fuzz fuzz-deps demo deps install docs format clean FORCE
+.PHONY: all check tests bench bench-soak plots faults fuzz fuzz-deps demo deps install docs format clean FORCE
 FORCE:
 .SECONDARY:
 

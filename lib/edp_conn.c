@@ -376,31 +376,32 @@ static int content_frame(edp_conn *c, uint8_t type, amqp_frame_t *f) {
              : edp__lib_error(c, AMQP_STATUS_UNEXPECTED_STATE);
 }
 
-/* A delivery to a consumer with a body limit: the content header says
- * how big the body is before any of it is read. A body within max is read
- * as amqp_read_message() would; a bigger one is queued empty and flagged
- * (the delivery's strings are copied first: they live in the frame memory
- * released next), then its frames are read and dropped one at a time, so
- * that a gigabyte body costs a frame of memory, not a gigabyte. */
-static int read_delivery_bounded(edp_conn *c, const amqp_basic_deliver_t *dv,
-                                 size_t max) {
+/* A delivery: the content header says how big the body is before any of
+ * it is read, so the body frames are copied straight into the delivery's
+ * own block (one copy, and no frame is kept once copied: a 16 MiB body
+ * costs 16 MiB and a frame, not twice that). A body over max (the
+ * consumer's body limit, 0 = none) is queued empty and flagged, its frames
+ * read and dropped one at a time, so that a gigabyte body costs a frame of
+ * memory, not a gigabyte. The delivery is queued only once complete. */
+static int read_delivery(edp_conn *c, const amqp_basic_deliver_t *dv,
+                         size_t max) {
   amqp_frame_t f;
   int rc = content_frame(c, AMQP_FRAME_HEADER, &f);
   if (rc)
     return rc;
-  amqp_message_t msg;
-  memset(&msg, 0, sizeof(msg));
-  msg.properties = *(amqp_basic_properties_t *)f.payload.properties.decoded;
+  const amqp_basic_properties_t *props = f.payload.properties.decoded;
   uint64_t size = f.payload.properties.body_size, got = 0;
-  int over = size > max;
-  if (!over && size && !(msg.body = amqp_bytes_malloc((size_t)size)).bytes) {
-    /* Given back to the broker; the pump skips its body frames (content
-     * frames without a method). */
+  int over = (max && size > max) || size > SIZE_MAX / 2;
+  amqp_bytes_t body = {over ? 0 : (size_t)size, NULL};
+  struct edp__dnode *n = edp__new_delivery(c, dv, props, body, over ? size : 0);
+  if (!n) {
+    /* Without memory we cannot hand the message over: rejecting it with
+     * requeue gives it back to the broker instead of losing it. The pump
+     * skips its body frames (content frames without a method). */
     amqp_basic_reject(c->st, c->chan, dv->delivery_tag, 1);
     return EDP_ENOMEM;
   }
-  if (over && (rc = edp__queue_delivery(c, dv, &msg, size)))
-    return rc;
+  char *dst = n->d.body;
   while (got < size) {
     if ((rc = content_frame(c, AMQP_FRAME_BODY, &f)))
       break;
@@ -410,15 +411,16 @@ static int read_delivery_bounded(edp_conn *c, const amqp_basic_deliver_t *dv,
       break;
     }
     if (!over)
-      memcpy((char *)msg.body.bytes + got, part.bytes, part.len);
+      memcpy(dst + got, part.bytes, part.len);
     got += part.len;
-    if (over)
-      amqp_maybe_release_buffers_on_channel(c->st, c->chan);
+    amqp_maybe_release_buffers_on_channel(c->st, c->chan);
   }
-  if (!rc && !over)
-    rc = edp__queue_delivery(c, dv, &msg, 0);
-  amqp_bytes_free(msg.body);
-  return rc;
+  if (rc) {
+    edp__free_delivery(n);
+    return rc;
+  }
+  edp__push_delivery(c, n);
+  return 0;
 }
 
 static void on_blocked(edp_conn *c, int blocked, amqp_bytes_t reason) {
@@ -496,16 +498,7 @@ static int process_frame(edp_conn *c, const amqp_frame_t *f) {
   }
   case AMQP_BASIC_DELIVER_METHOD: {
     amqp_basic_deliver_t dv = *(amqp_basic_deliver_t *)m;
-    size_t max = edp__consumer_max_body(c, dv.consumer_tag);
-    if (max)
-      return read_delivery_bounded(c, &dv, max);
-    amqp_message_t msg;
-    int rc = read_content(c, &msg);
-    if (rc)
-      return rc;
-    rc = edp__queue_delivery(c, &dv, &msg, 0);
-    amqp_destroy_message(&msg);
-    return rc;
+    return read_delivery(c, &dv, edp__consumer_max_body(c, dv.consumer_tag));
   }
   case AMQP_BASIC_CANCEL_METHOD:
     edp__broker_cancel(c, ((amqp_basic_cancel_t *)m)->consumer_tag);
@@ -824,6 +817,7 @@ static int connect_once(edp_conn *c, char *err_text, size_t err_len) {
   }
   c->chan = 0; /* a new connection numbers its channels from 1 */
   c->blocked = 0;
+  c->sndbuf = 0; /* a new socket: its buffer is read at the first look */
   return 0;
 }
 

@@ -557,6 +557,10 @@ typedef struct edp_delivery {
   int delivery_mode; /* as received, -1 if not set */
   uint64_t oversize; /* 0, or the announced body size over the consumer's
                         max_body: the body was dropped (body "", len 0) */
+
+  /* Internal: the one allocation that holds the body and the strings of
+   * a received delivery (NULL: each field is an allocation of its own). */
+  void *block_;
 } edp_delivery;
 
 /* Takes the next delivery, waiting up to timeout_ms (0 = don't wait,

@@ -109,6 +109,7 @@ struct edp_conn {
   int blocked;                /* connection.blocked seen, not unblocked */
   int64_t next_io_check_ms;   /* publishing looks at the socket then */
   size_t blind_bytes;         /* written since it last looked */
+  int sndbuf;                 /* the socket's send buffer, last read; 0 */
   int closes_without_ack;     /* channel closes with messages in flight
                                  and no ack in between: a poison message */
   edp_conn_event_fn on_event; /* may be NULL */
@@ -206,9 +207,18 @@ void edp__free_pending_list(struct edp__pending *p);
 
 /* ---- edp_consume.c ---- */
 
-/* oversize: 0, or the size of a body that was not read (msg's is empty). */
-int edp__queue_delivery(edp_conn *c, const amqp_basic_deliver_t *dv,
-                        amqp_message_t *msg, uint64_t oversize);
+/* A delivery of dv with props, not yet queued, in one allocation (the
+ * node, then body and strings; edp__free_delivery frees it, and so does
+ * edp_delivery_clear once it was taken): body.len bytes of body, copied
+ * from body.bytes, or left for the caller to fill when body.bytes is
+ * NULL; the body is NUL-terminated either way. oversize: 0, or the size of
+ * a body that was not read (body is empty then). NULL without memory. */
+struct edp__dnode *edp__new_delivery(edp_conn *c,
+                                     const amqp_basic_deliver_t *dv,
+                                     const amqp_basic_properties_t *props,
+                                     amqp_bytes_t body, uint64_t oversize);
+void edp__push_delivery(edp_conn *c, struct edp__dnode *n);
+void edp__free_delivery(struct edp__dnode *n);
 /* The max_body of the consumer with tag (0: none, or no such consumer). */
 size_t edp__consumer_max_body(const edp_conn *c, amqp_bytes_t tag);
 void edp__drop_deliveries(edp_conn *c);

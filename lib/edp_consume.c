@@ -23,6 +23,13 @@
 void edp_delivery_clear(edp_delivery *d) {
   if (!d)
     return;
+  if (d->block_) {
+    /* Filled by fill_delivery(): body and strings share one block. */
+    free(d->block_);
+    free(d->headers);
+    memset(d, 0, sizeof(*d));
+    return;
+  }
   free(d->exchange);
   free(d->routing_key);
   free(d->consumer_tag);
@@ -45,46 +52,75 @@ void edp__drop_deliveries(edp_conn *c) {
   while (c->dq_head) {
     struct edp__dnode *n = c->dq_head;
     c->dq_head = n->next;
-    edp_delivery_clear(&n->d);
-    free(n);
+    edp__free_delivery(n);
   }
   c->dq_tail = NULL;
   c->n_dq = 0;
 }
 
+static size_t bytes_size(amqp_bytes_t b) { return b.len + 1; }
+
+/* Copies b into *cur as a NUL-terminated string and advances *cur. */
+static char *put_bytes(char **cur, amqp_bytes_t b) {
+  char *s = *cur;
+  if (b.len)
+    memcpy(s, b.bytes, b.len);
+  s[b.len] = '\0';
+  *cur += b.len + 1;
+  return s;
+}
+
+/* The delivery's body and strings are copied into one allocation, after
+ * head bytes for the caller (the body first, so that it is aligned as
+ * the head leaves it): one malloc and one free per delivery instead of one
+ * per field. */
 static int fill_delivery(edp_delivery *d, const amqp_basic_deliver_t *dv,
-                         amqp_message_t *msg, uint32_t epoch,
-                         uint64_t oversize) {
-  const amqp_basic_properties_t *p = &msg->properties;
+                         const amqp_basic_properties_t *p, amqp_bytes_t body,
+                         uint32_t epoch, uint64_t oversize, size_t head) {
   memset(d, 0, sizeof(*d));
   d->tag = dv->delivery_tag;
   d->epoch = epoch;
   d->redelivered = dv->redelivered;
   d->priority = -1;
-  d->exchange = edp__dup_bytes(dv->exchange);
-  d->routing_key = edp__dup_bytes(dv->routing_key);
-  d->consumer_tag = edp__dup_bytes(dv->consumer_tag);
-  d->body = edp__dup_bytes(msg->body);
-  d->body_len = msg->body.len;
-  d->oversize = oversize;
-  if (!d->exchange || !d->routing_key || !d->consumer_tag || !d->body)
-    return EDP_ENOMEM;
-#define EDP__PROP(flag, field)                                                 \
-  if (p->_flags & flag) {                                                      \
-    if (!(d->field = edp__dup_bytes(p->field)))                                \
-      return EDP_ENOMEM;                                                       \
-  }
-  EDP__PROP(AMQP_BASIC_MESSAGE_ID_FLAG, message_id)
-  EDP__PROP(AMQP_BASIC_CONTENT_TYPE_FLAG, content_type)
-  EDP__PROP(AMQP_BASIC_REPLY_TO_FLAG, reply_to)
-  EDP__PROP(AMQP_BASIC_CORRELATION_ID_FLAG, correlation_id)
-  EDP__PROP(AMQP_BASIC_TYPE_FLAG, type)
-  EDP__PROP(AMQP_BASIC_USER_ID_FLAG, user_id)
-  EDP__PROP(AMQP_BASIC_CONTENT_ENCODING_FLAG, content_encoding)
-  EDP__PROP(AMQP_BASIC_EXPIRATION_FLAG, expiration)
-  EDP__PROP(AMQP_BASIC_APP_ID_FLAG, app_id)
+  size_t size = bytes_size(body) + bytes_size(dv->exchange) +
+                bytes_size(dv->routing_key) + bytes_size(dv->consumer_tag);
+#define EDP__PROPS                                                             \
+  EDP__PROP(AMQP_BASIC_MESSAGE_ID_FLAG, message_id)                            \
+  EDP__PROP(AMQP_BASIC_CONTENT_TYPE_FLAG, content_type)                        \
+  EDP__PROP(AMQP_BASIC_REPLY_TO_FLAG, reply_to)                                \
+  EDP__PROP(AMQP_BASIC_CORRELATION_ID_FLAG, correlation_id)                    \
+  EDP__PROP(AMQP_BASIC_TYPE_FLAG, type)                                        \
+  EDP__PROP(AMQP_BASIC_USER_ID_FLAG, user_id)                                  \
+  EDP__PROP(AMQP_BASIC_CONTENT_ENCODING_FLAG, content_encoding)                \
+  EDP__PROP(AMQP_BASIC_EXPIRATION_FLAG, expiration)                            \
+  EDP__PROP(AMQP_BASIC_APP_ID_FLAG, app_id)                                    \
   EDP__PROP(AMQP_BASIC_CLUSTER_ID_FLAG, cluster_id)
+#define EDP__PROP(flag, field)                                                 \
+  if (p->_flags & flag)                                                        \
+    size += bytes_size(p->field);
+  EDP__PROPS
 #undef EDP__PROP
+  d->block_ = malloc(head + size);
+  if (!d->block_)
+    return EDP_ENOMEM;
+  char *cur = (char *)d->block_ + head;
+  /* No bytes yet: the caller copies the body frames into place. */
+  d->body = cur;
+  cur[body.len] = '\0';
+  if (body.bytes && body.len)
+    memcpy(cur, body.bytes, body.len);
+  cur += body.len + 1;
+  d->body_len = body.len;
+  d->oversize = oversize;
+  d->exchange = put_bytes(&cur, dv->exchange);
+  d->routing_key = put_bytes(&cur, dv->routing_key);
+  d->consumer_tag = put_bytes(&cur, dv->consumer_tag);
+#define EDP__PROP(flag, field)                                                 \
+  if (p->_flags & flag)                                                        \
+    d->field = put_bytes(&cur, p->field);
+  EDP__PROPS
+#undef EDP__PROP
+#undef EDP__PROPS
   if (p->_flags & AMQP_BASIC_PRIORITY_FLAG)
     d->priority = p->priority;
   if (p->_flags & AMQP_BASIC_TIMESTAMP_FLAG)
@@ -99,19 +135,25 @@ static int fill_delivery(edp_delivery *d, const amqp_basic_deliver_t *dv,
   return 0;
 }
 
-int edp__queue_delivery(edp_conn *c, const amqp_basic_deliver_t *dv,
-                        amqp_message_t *msg, uint64_t oversize) {
-  struct edp__dnode *n = calloc(1, sizeof(*n));
-  int rc = n ? fill_delivery(&n->d, dv, msg, c->epoch, oversize) : EDP_ENOMEM;
-  if (rc) {
-    if (n)
-      edp_delivery_clear(&n->d);
-    free(n);
-    /* Without memory we cannot hand the message over; rejecting it with
-     * requeue gives it back to the broker instead of losing it. */
-    amqp_basic_reject(c->st, c->chan, dv->delivery_tag, 1);
-    return rc;
+struct edp__dnode *edp__new_delivery(edp_conn *c,
+                                     const amqp_basic_deliver_t *dv,
+                                     const amqp_basic_properties_t *props,
+                                     amqp_bytes_t body, uint64_t oversize) {
+  /* The queue's node lives at the start of the delivery's own block, so
+   * that taking the delivery frees nothing and clearing it frees all. */
+  edp_delivery d;
+  if (fill_delivery(&d, dv, props, body, c->epoch, oversize,
+                    sizeof(struct edp__dnode))) {
+    edp_delivery_clear(&d);
+    return NULL;
   }
+  struct edp__dnode *n = d.block_;
+  n->next = NULL;
+  n->d = d;
+  return n;
+}
+
+void edp__push_delivery(edp_conn *c, struct edp__dnode *n) {
   if (c->dq_tail)
     c->dq_tail->next = n;
   else
@@ -119,7 +161,13 @@ int edp__queue_delivery(edp_conn *c, const amqp_basic_deliver_t *dv,
   c->dq_tail = n;
   c->n_dq++;
   edp_count_add(&c->m.delivered, 1);
-  return 0;
+}
+
+void edp__free_delivery(struct edp__dnode *n) {
+  if (!n)
+    return;
+  edp_delivery d = n->d; /* n is inside the block the clear frees */
+  edp_delivery_clear(&d);
 }
 
 /* ---------- consumers ---------- */
@@ -366,8 +414,7 @@ int edp_conn_receive(edp_conn *c, edp_delivery *d, int timeout_ms) {
   if (!c->dq_head)
     c->dq_tail = NULL;
   c->n_dq--;
-  *d = n->d;
-  free(n);
+  *d = n->d; /* n stays in d's block until the caller clears d */
   return 0;
 }
 

@@ -418,14 +418,31 @@ static int read_arrived(edp_conn *c) {
  * reading this instant. An empty buffer always takes the write: a message
  * bigger than half the buffer has no better moment (the residual risk:
  * written just as the broker blocks, it waits for the broker to read). */
+static int fits_in(size_t outq, size_t sndbuf, size_t need) {
+  if (outq == 0 || outq + 2 * need <= sndbuf)
+    return 1;
+  /* A frame of more than half the buffer never fits with that margin:
+   * waiting for an empty buffer left the socket idle between big messages
+   * (a 1 MiB body went out at 0.6 x raw rabbitmq-c's MB/s). Half full is
+   * good enough; its risk is the one above, for a message that big. */
+  return 2 * need > sndbuf && 2 * outq <= sndbuf;
+}
+
 static int fits_socket(edp_conn *c, size_t need) {
   int fd = amqp_get_sockfd(c->st);
   int outq = 0, sndbuf = 0;
   socklen_t len = sizeof(sndbuf);
-  if (ioctl(fd, SIOCOUTQ, &outq) < 0 ||
-      getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) < 0)
+  if (ioctl(fd, SIOCOUTQ, &outq) < 0)
     return 1; /* no way to tell: write as rabbitmq-c would */
-  return outq == 0 || (size_t)outq + 2 * need <= (size_t)sndbuf;
+  /* The buffer's size is read again only when the last one known says
+   * no: the kernel grows it as the connection runs, so a known size is
+   * (nearly always) the smaller one, and one syscall per look is saved. */
+  if (c->sndbuf > 0 && fits_in((size_t)outq, (size_t)c->sndbuf, need))
+    return 1;
+  if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) < 0)
+    return 1;
+  c->sndbuf = sndbuf;
+  return fits_in((size_t)outq, (size_t)sndbuf, need);
 }
 
 /* Before a write of about need bytes. Every IO_CHECK_MS, or when the

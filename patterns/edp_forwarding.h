@@ -189,6 +189,12 @@ typedef struct edp_fwd_receiver_opts {
                                 plus the broker's count of deliveries
                                 that ended unsettled (x-delivery-count) */
   size_t dedup_window;       /* remembered message_ids, 0 = no dedup */
+  int coalesce_acks;         /* edp_fwd_receive_batch() acks the successes
+                                of a batch with one basic.ack (multiple)
+                                instead of one each, when all its handlers
+                                returned; default 0. Every message other
+                                than this receiver's must be settled by
+                                then: the connection's only consumer. */
   edp_fwd_handler handler;   /* required */
   edp_fwd_event_fn on_event; /* may be NULL */
   void *ud;
@@ -220,6 +226,19 @@ void edp_fwd_receiver_destroy(edp_fwd_receiver **r);
  * for more than two heartbeat intervals after it loses the ack and its
  * message comes back redelivered. */
 int edp_fwd_receive(edp_fwd_receiver *r, int timeout_ms);
+
+/* edp_fwd_receive() for a stream of small messages: takes one message
+ * (waiting up to timeout_ms) and up to max - 1 more that have already
+ * arrived, runs their handlers back to back on the worker in one handoff
+ * (one thread wake-up for all of them instead of one each), then settles
+ * each as edp_fwd_receive() does, in order. Every ack still comes after
+ * its handler succeeded. No handler starts once the batch has run for
+ * 2 ms, so a slow handler makes a batch of one; the messages not reached
+ * are handled first by the next call, or given back to the queue (nack
+ * with requeue) after a stop. max is capped at 64; 1 is
+ * edp_fwd_receive(). Returns as edp_fwd_receive() (0: at least one
+ * message was handled; the stats say how many), or EDP_EINVAL for max 0. */
+int edp_fwd_receive_batch(edp_fwd_receiver *r, int timeout_ms, size_t max);
 
 typedef struct edp_fwd_receiver_stats {
   uint64_t processed, retried, dead_lettered, duplicates, redelivered;

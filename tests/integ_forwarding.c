@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "edp.h"
 #include "edp_conn_internal.h"
@@ -199,6 +200,39 @@ START_TEST(receiver_killed_mid_message) {
     ck_assert_int_eq(t.processed[i], 1);
   /* the message in the killed receiver's hands came back redelivered */
   ck_assert_int_ge(t.redelivered, 1);
+  tally_free(&t);
+}
+END_TEST
+
+/* Coalesced acks (one multiple ack per batch): a receiver killed in the
+ * middle of a stream loses nothing; what it handled without its ack
+ * comes back, and a second one drains the queue. */
+START_TEST(coalesced_acks_survive_a_kill) {
+  const char *q = t_unique("fwd.coalesce");
+  const int n = 5000;
+  tally t;
+  tally_init(&t, "co", n);
+  ck_assert_int_eq(run_sender(q, "co", NULL, NULL, n, &t), 0);
+  t_proc r;
+  char *first[] = {"--coalesce-acks", "--prefetch", "500", NULL};
+  start_receiver(&r, q, first);
+  int seen = 0;
+  while (seen < 1000 && await_event(&r, &t, "processed", 20000))
+    seen++;
+  ck_assert_int_eq(seen, 1000);
+  t_signal(&r, SIGKILL);
+  /* Its events still in the pipe count: those messages were handled. */
+  ck_assert_int_eq(t_collect(&r, 10000, on_event, &t), 128 + SIGKILL);
+
+  char *second[] = {"--coalesce-acks", "--idle-timeout", "3000", NULL};
+  start_receiver(&r, q, second);
+  ck_assert_int_eq(t_collect(&r, 120000, on_event, &t), 0);
+  int missing = 0;
+  for (int i = 1; i <= n; i++)
+    missing += t.processed[i] == 0;
+  ck_assert_int_eq(missing, 0);
+  ck_assert_int_eq(t.foreign, 0);
+  ck_assert_uint_eq(depth(q), 0);
   tally_free(&t);
 }
 END_TEST
@@ -416,8 +450,176 @@ START_TEST(bad_input_exit_codes) {
                           "--max-body", "0",         NULL};
   ck_assert_int_eq(sender_exit(broker_limit, body, 15000), 65);
   free(body);
+  /* Without --max-body the client's limit is 16 MiB (RabbitMQ 4.x's
+   * max_message_size): one byte more is refused before it is sent. */
+  char *default_limit[] = {"--url",       (char *)url, "--queue",
+                           (char *)q,     "--count",   "1",
+                           "--body-size", "16777217",  NULL};
+  ck_assert_int_eq(sender_exit(default_limit, NULL, 15000), 65);
   /* nothing half-sent sits in the queue */
   ck_assert_uint_eq(depth(q), 0);
+}
+END_TEST
+
+/* ---- the library: handlers run in batches ---- */
+
+typedef struct batch_log {
+  int attempts[301]; /* by seq */
+  int calls;
+} batch_log;
+
+static int fail_tenth(void *ud, const edp_delivery *d, char *reason,
+                      size_t reason_len) {
+  batch_log *l = ud;
+  const char *dash = d->message_id ? strrchr(d->message_id, '-') : NULL;
+  long seq = dash ? atol(dash + 1) : 0;
+  l->calls++;
+  if (seq >= 1 && seq <= 300)
+    l->attempts[seq]++;
+  if (seq % 10 == 0) {
+    snprintf(reason, reason_len, "every tenth fails");
+    return -1;
+  }
+  return 0;
+}
+
+START_TEST(batched_handlers_lose_nothing) {
+  const char *q = t_unique("fwd.batch");
+  edp_conn *c = open_conn();
+  ck_assert_int_eq(edp_fwd_declare(c, q, NULL), 0);
+  ck_assert_int_eq(edp_conn_confirm_select(c), 0);
+  /* 300 ids, and b-151 (one that succeeds) twice in a row: the second
+   * copy falls into the same batch as the first and must still be seen as
+   * a duplicate. */
+  for (int i = 1; i <= 301; i++) {
+    char id[32], body[32];
+    snprintf(id, sizeof(id), "b-%d", i <= 151 ? i : i - 1);
+    snprintf(body, sizeof(body), "body %d", i);
+    edp_msg m;
+    edp_msg_init(&m);
+    m.routing_key = q;
+    m.message_id = id;
+    m.body = body;
+    m.body_len = strlen(body);
+    m.persistent = 1;
+    ck_assert_int_eq(edp_conn_publish(c, &m, NULL), 0);
+  }
+  ck_assert_int_eq(edp_conn_wait_confirms(c, 0, 10000), 0);
+  edp_conn_destroy(&c);
+
+  c = open_conn();
+  batch_log l = {0};
+  edp_fwd_receiver_opts ro;
+  edp_fwd_receiver_opts_init(&ro);
+  ro.queue = q;
+  ro.prefetch = 500;
+  ro.max_retries = 0;
+  ro.dedup_window = 1000;
+  ro.handler = fail_tenth;
+  ro.ud = &l;
+  edp_fwd_receiver *r = NULL;
+  ck_assert_int_eq(edp_fwd_receiver_new(c, &ro, &r), 0);
+  edp_fwd_receiver_stats st;
+  long long deadline = t_now_ms() + 30000;
+  int calls = 0;
+  do {
+    int rc = edp_fwd_receive_batch(r, 1000, 64);
+    ck_assert(rc == 0 || rc == EDP_ETIMEOUT);
+    calls += rc == 0;
+    edp_fwd_receiver_stats_get(r, &st);
+  } while (st.processed + st.dead_lettered + st.duplicates < 301 &&
+           t_now_ms() < deadline);
+  ck_assert_uint_eq(st.processed, 270);
+  ck_assert_uint_eq(st.dead_lettered, 30);
+  ck_assert_uint_eq(st.duplicates, 1);
+  for (int i = 1; i <= 300; i++)
+    ck_assert_int_eq(l.attempts[i], 1);
+  /* Batches happened: far fewer calls than messages. */
+  ck_assert_int_lt(calls, 300);
+  edp_fwd_receiver_destroy(&r);
+  edp_conn_destroy(&c);
+  char dlq[300];
+  snprintf(dlq, sizeof(dlq), "%s.dlq", q);
+  ck_assert_uint_eq(depth(q), 0);
+  ck_assert_uint_eq(depth(dlq), 30);
+}
+END_TEST
+
+typedef struct stop_log {
+  int calls, stop_w;
+} stop_log;
+
+/* The third handler of a batch asks to stop and takes 5 ms: the batch
+ * ends after it (no handler starts 2 ms into a batch). */
+static int stop_third(void *ud, const edp_delivery *d, char *reason,
+                      size_t reason_len) {
+  (void)d;
+  (void)reason;
+  (void)reason_len;
+  stop_log *l = ud;
+  if (++l->calls == 3) {
+    ck_assert_int_eq(write(l->stop_w, "x", 1), 1);
+    edp_sleep_ms(5, -1); /* its work */
+  }
+  return 0;
+}
+
+START_TEST(batch_stop_requeues_the_unstarted) {
+  const char *q = t_unique("fwd.batchstop");
+  edp_conn *c = open_conn();
+  ck_assert_int_eq(edp_fwd_declare(c, q, NULL), 0);
+  ck_assert_int_eq(edp_conn_confirm_select(c), 0);
+  for (int i = 0; i < 20; i++) {
+    edp_msg m;
+    edp_msg_init(&m);
+    m.routing_key = q;
+    m.body = "x";
+    m.body_len = 1;
+    ck_assert_int_eq(edp_conn_publish(c, &m, NULL), 0);
+  }
+  /* Every message is in the queue before the receiver starts. */
+  ck_assert_int_eq(edp_conn_wait_confirms(c, 0, 10000), 0);
+  edp_conn_destroy(&c);
+
+  int fds[2];
+  ck_assert_int_eq(pipe(fds), 0);
+  edp_conn_opts o;
+  edp_conn_opts_init(&o);
+  o.url = t_url();
+  o.stop_fd = fds[0];
+  ck_assert_int_eq(edp_conn_open(&o, &c, NULL, 0), 0);
+  stop_log l = {0, fds[1]};
+  edp_fwd_receiver_opts ro;
+  edp_fwd_receiver_opts_init(&ro);
+  ro.queue = q;
+  ro.prefetch = 100;
+  ro.handler = stop_third;
+  ro.ud = &l;
+  edp_fwd_receiver *r = NULL;
+  ck_assert_int_eq(edp_fwd_receiver_new(c, &ro, &r), 0);
+  /* Wait until all 20 were delivered, so the batch can take them. */
+  long long deadline = t_now_ms() + 10000;
+  while (edp_conn_pending_deliveries(c) < 20 && t_now_ms() < deadline)
+    edp_conn_service(c, -1, 50);
+  int rc = 0;
+  edp_fwd_receiver_stats st;
+  do {
+    rc = edp_fwd_receive_batch(r, 2000, 64);
+    edp_fwd_receiver_stats_get(r, &st);
+  } while (rc == 0 && st.processed < 3);
+  /* The three that ran were acked; no other handler started. */
+  ck_assert_int_eq(l.calls, 3);
+  ck_assert_uint_eq(st.processed, 3);
+  edp_fwd_receiver_destroy(&r);
+  edp_conn_destroy(&c);
+  close(fds[0]);
+  close(fds[1]);
+  /* The 17 others are back in the queue (the broker may take a moment
+   * to count the requeued ones after the close). */
+  deadline = t_now_ms() + 10000;
+  while (depth(q) != 17 && t_now_ms() < deadline)
+    edp_sleep_ms(50, -1);
+  ck_assert_uint_eq(depth(q), 17);
 }
 END_TEST
 
@@ -1105,6 +1307,7 @@ int main(void) {
   tcase_add_test(tc, bad_input_exit_codes);
   tcase_add_test(tc, ten_thousand_exactly_once);
   tcase_add_test(tc, receiver_killed_mid_message);
+  tcase_add_test(tc, coalesced_acks_survive_a_kill);
   tcase_add_test(tc, sigterm_finishes_in_flight);
   tcase_add_test(tc, poison_message_dead_lettered);
   tcase_add_test(tc, broker_closes_connection_mid_send);
@@ -1114,6 +1317,8 @@ int main(void) {
   tcase_add_test(tc, crashing_message_reaches_dlq_after_delivery_limit);
   tcase_add_test(tc, delivery_count_counts_as_attempts);
   tcase_add_test(tc, redeclare_with_other_type_is_explained);
+  tcase_add_test(tc, batched_handlers_lose_nothing);
+  tcase_add_test(tc, batch_stop_requeues_the_unstarted);
   suite_add_tcase(s, tc);
   TCase *copies = tcase_create("copies");
   tcase_set_timeout(copies, 300);
