@@ -199,9 +199,11 @@ build_base_images() {
   rm -rf "$root"
 }
 
+# engine_images [IMAGE...]: those (default: all three) ready to run.
 engine_images() {
-  local img missing=()
-  for img in $ENGINE_BASE_IMAGES $ENGINE_BROKER_IMAGE; do
+  local img missing=() want=("$@")
+  [ $# -gt 0 ] || want=($ENGINE_BASE_IMAGES "$ENGINE_BROKER_IMAGE")
+  for img in "${want[@]}"; do
     engine_has_image "$img" || missing+=("$img")
   done
   [ ${#missing[@]} = 0 ] && return 0
@@ -213,7 +215,7 @@ engine_images() {
   if ! engine_has_image docker.io/library/debian:12 || ! engine_has_image docker.io/library/debian:12-slim; then
     build_base_images || return 1
   fi
-  if ! engine_has_image "$ENGINE_BROKER_IMAGE"; then
+  if [[ " ${missing[*]} " == *" $ENGINE_BROKER_IMAGE "* ]]; then
     # A stand-in for the official image, a test fixture only: Debian's
     # rabbitmq-server (3.10.8, the version the compose file names).
     engine_cli build -q -t "$ENGINE_BROKER_IMAGE" -f "$ENGINE_REPO/tests/containers/rabbitmq.Dockerfile" \

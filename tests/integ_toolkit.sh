@@ -242,4 +242,9 @@ print(r)') || fail "docker-compose.tls.yml does not validate"
 else
   fail "docker-compose is not installed (make deps installs it)"
 fi
+echo "-- CI runs the README's test command"
+readme_test=$(tests/quickstart-commands.sh | grep check | head -1)
+[ -n "$readme_test" ] || fail "no test command in the README's quick start"
+grep -qxF "$readme_test" .ci/run || fail ".ci/run does not run the README's test command '$readme_test'"
+echo "ok: .ci/run runs '$readme_test'"
 echo "toolkit: all passed"
