@@ -299,8 +299,11 @@ run_profile() {
 t_start=$(date +%s)
 rm -rf build/compose-check; mkdir -p build/compose-check
 engine_up || { echo "compose-check: no container engine runs here" >&2; exit 69; }
+# The profiles are read with python3-yaml, the TLS run's certificates made
+# with openssl.
+engine_apt python3-yaml openssl || exit 69
 engine_healthchecks_start
-engine_images
+engine_images "${ENGINE_IMAGES[@]}"
 t_images=$(date +%s)
 echo "== building the edp image"
 active_profile=forwarding compose build forward-sender >"$tmp/build.log" 2>&1 ||

@@ -5,10 +5,10 @@
 # tests/fresh-check.sh, which call:
 #   engine_up               pick the engine, start podman's API service;
 #                           sets ENGINE (docker|podman) and COMPOSE (argv)
-#   engine_images           debian:12, debian:12-slim and the broker image
-#                           docker-compose.yml names: pulled when a
-#                           registry answers, else built from Debian's
-#                           packages (test fixtures only, see below)
+#   engine_images IMAGE...  of debian:12, debian:12-slim and the broker
+#                           image docker-compose.yml names (ENGINE_IMAGES):
+#                           pulled when a registry answers, else built
+#                           from Debian's packages (test fixtures only)
 #   engine_healthchecks_start
 #                           podman without systemd: run health checks
 #   engine_down             stop what engine_up started, by PID
@@ -29,7 +29,8 @@ ENGINE_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Qualified names: podman would file an imported "debian:12" under
 # localhost/, where a FROM debian:12 may not look.
 ENGINE_BROKER_IMAGE=docker.io/library/rabbitmq:3.10-management
-ENGINE_BASE_IMAGES="docker.io/library/debian:12 docker.io/library/debian:12-slim"
+ENGINE_BASE_IMAGES=(docker.io/library/debian:12 docker.io/library/debian:12-slim)
+ENGINE_IMAGES=("${ENGINE_BASE_IMAGES[@]}" "$ENGINE_BROKER_IMAGE")
 ENGINE=
 COMPOSE=()
 engine_service_pid=
@@ -194,16 +195,16 @@ build_base_images() {
   debootstrap --variant=minbase bookworm "$root" "$mirror" >"$ENGINE_DIR/debootstrap.log" 2>&1 || {
     engine_log "debootstrap failed; see $ENGINE_DIR/debootstrap.log"; return 1; }
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-  tar -C "$root" -c . | engine_cli import --change 'CMD ["bash"]' - docker.io/library/debian:12 >/dev/null
+  tar -C "$root" -c . | engine_cli import --change 'CMD ["bash"]' - docker.io/library/debian:12 \
+    >/dev/null 2>"$ENGINE_DIR/import.log" || { engine_log "import failed:"; cat "$ENGINE_DIR/import.log" >&2; return 1; }
   engine_cli tag docker.io/library/debian:12 docker.io/library/debian:12-slim
   rm -rf "$root"
 }
 
-# engine_images [IMAGE...]: those (default: all three) ready to run.
+# engine_images IMAGE...: those of ENGINE_IMAGES ready to run.
 engine_images() {
-  local img missing=() want=("$@")
-  [ $# -gt 0 ] || want=($ENGINE_BASE_IMAGES "$ENGINE_BROKER_IMAGE")
-  for img in "${want[@]}"; do
+  local img missing=()
+  for img in "$@"; do
     engine_has_image "$img" || missing+=("$img")
   done
   [ ${#missing[@]} = 0 ] && return 0
@@ -219,7 +220,8 @@ engine_images() {
     # A stand-in for the official image, a test fixture only: Debian's
     # rabbitmq-server (3.10.8, the version the compose file names).
     engine_cli build -q -t "$ENGINE_BROKER_IMAGE" -f "$ENGINE_REPO/tests/containers/rabbitmq.Dockerfile" \
-      "$ENGINE_REPO/tests/containers" >/dev/null || return 1
+      "$ENGINE_REPO/tests/containers" >"$ENGINE_DIR/broker-build.log" 2>&1 ||
+      { engine_log "building the broker stand-in failed:"; tail -20 "$ENGINE_DIR/broker-build.log" >&2; return 1; }
   fi
 }
 
@@ -230,7 +232,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     probe)
       trap engine_down EXIT
       engine_up || exit 1
-      engine_images || { engine_log "cannot get the base images"; exit 1; }
+      engine_images "${ENGINE_IMAGES[@]}" || { engine_log "cannot get the images"; exit 1; }
       if ! out=$(timeout 120 "$ENGINE" run --rm docker.io/library/debian:12 echo container-ok 2>&1) || [ "$out" != container-ok ]; then
         engine_log "a trivial container does not start: $out"; exit 1
       fi

@@ -12,7 +12,6 @@
 # in build/fresh-check/output.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$(pwd)
 # shellcheck source=tests/container-engine.sh
 . tests/container-engine.sh
 
@@ -44,7 +43,8 @@ FROM docker.io/library/debian:12
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends git \
  && rm -rf /var/lib/apt/lists/*
 EOF
-engine_cli build -q -t localhost/edp-fresh:bookworm-git -f "$tmp/Containerfile" "$tmp" >/dev/null
+engine_cli build -q -t localhost/edp-fresh:bookworm-git -f "$tmp/Containerfile" "$tmp" \
+  >build/fresh-check/image.txt 2>&1 || { cat build/fresh-check/image.txt >&2; exit 1; }
 t_image=$(date +%s)
 
 # Inside: the checkout in /root/edp (root's) and /home/newcomer/edp.
