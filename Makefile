@@ -19,6 +19,10 @@
 #   make fuzz         every libFuzzer target in tests/fuzz/ for FUZZ_SECONDS
 #                     each (clang, ASan+UBSan); make check replays their
 #                     corpora without clang
+#   make compose-check  the compose stack for real: every profile of
+#                     docker-compose.yml on Docker, else podman (as root)
+#   make fresh-check  the README's quick start in a bare Debian 12
+#                     container (same engine)
 #   make deps         installs missing Debian packages (as root)
 #   make install      PREFIX=/usr/local DESTDIR=
 
@@ -229,9 +233,23 @@ plots:
 demo: deps all
 	EDP_BIN=$(BIN) tests/with-broker.sh cmd/demo.sh $(PATTERN)
 
+# Container state (podman's store, the images) lives in EDP_CONTAINER_DIR
+# (/var/tmp/edp-containers); `tests/container-engine.sh clean` deletes it.
+compose-check:
+	tests/compose-check.sh
+
+fresh-check:
+	tests/fresh-check.sh
+
+# Not root: name what is missing and the command that installs it, and
+# stop before anything runs (apt-get would fail halfway).
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" != 0 ]; then \
+	  echo "make deps: missing Debian packages:$$missing" >&2; \
+	  echo "  installing them needs root: run make as root, or first:" >&2; \
+	  echo "  sudo apt-get install --no-install-recommends$$missing" >&2; exit 77; fi; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive \
@@ -257,7 +275,8 @@ format:
 clean:
 	rm -rf build bin
 
-.PHONY: all check tests bench bench-soak plots faults fuzz fuzz-deps demo deps install docs format clean FORCE
+.PHONY: all check tests bench bench-soak plots faults fuzz fuzz-deps demo compose-check \
+        fresh-check deps install docs format clean FORCE
 FORCE:
 .SECONDARY:
 

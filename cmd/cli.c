@@ -33,6 +33,7 @@ static void on_signal(int sig) {
 void cli_init(cli *c, const char *prog) {
   memset(c, 0, sizeof(*c));
   c->prog = prog;
+  c->connect_retry_ms = -1;
   if (pipe(stop_pipe) == 0) {
     for (int i = 0; i < 2; i++)
       fcntl(stop_pipe[i], F_SETFL, fcntl(stop_pipe[i], F_GETFL) | O_NONBLOCK);
@@ -92,6 +93,9 @@ int cli_common_opt(cli *c, int opt, const char *arg, void (*usage)(void)) {
     if (c->url_file)
       cli_die(c, CLI_USAGE, "--url-file given twice");
     c->url_file = arg;
+    return 1;
+  case CLI_OPT_CONNECT_RETRY:
+    c->connect_retry_ms = cli_int(c, "connect-retry-ms", arg, 0, 3600000);
     return 1;
   case 'j':
     c->json = 1;
@@ -329,6 +333,97 @@ void cli_log(void *ud, int level, const char *msg) {
           msg);
 }
 
+/* How long to wait for a broker that refuses connections: the option,
+ * else $EDP_CONNECT_RETRY_MS (set for every service of the compose stack,
+ * where the programs may start before the broker listens), else 0. */
+static long connect_retry_ms(const cli *c) {
+  if (c->connect_retry_ms >= 0)
+    return c->connect_retry_ms;
+  const char *env = getenv("EDP_CONNECT_RETRY_MS");
+  if (!env || !env[0])
+    return 0;
+  char *end = NULL;
+  errno = 0;
+  long v = strtol(env, &end, 10);
+  if (errno || *end || v < 0 || v > 3600000)
+    cli_die(c, CLI_USAGE,
+            "EDP_CONNECT_RETRY_MS: expected an integer in [0, 3600000], got "
+            "'%s'",
+            env);
+  return v;
+}
+
+/* A broker that is still starting refuses connections (RabbitMQ opens
+ * its AMQP listener seconds after the node is up), and in a compose
+ * stack its host name may not resolve yet: EDP_ECONNECT. A login,
+ * vhost or certificate the broker refused is not retried: waiting
+ * changes nothing. */
+static int broker_not_ready(int rc) {
+  return rc == EDP_ECONNECT || rc == EDP_ECLOSED || rc == EDP_ETIMEOUT;
+}
+
+/* edp_conn_open, repeated with backoff (100 ms doubling to 1 s) while the
+ * broker is not ready and the deadline has not passed. Each attempt's
+ * connect timeout is cut to the time left, so a broker that does not
+ * answer at all keeps the bound too. */
+static int open_until(const cli *c, const edp_conn_opts *o, int64_t deadline,
+                      edp_conn **out, char *why, size_t why_len) {
+  edp_conn_opts oo = *o;
+  int64_t start = edp_now_ms();
+  int retrying = deadline > start;
+  int delay = 100;
+  for (int attempt = 1;; attempt++) {
+    int64_t left = deadline - edp_now_ms();
+    if (retrying && oo.connect_timeout_ms > left)
+      oo.connect_timeout_ms = left > 500 ? (int)left : 500;
+    int rc = edp_conn_open(&oo, out, why, why_len);
+    left = deadline - edp_now_ms();
+    if (!rc || !broker_not_ready(rc) || left <= 0) {
+      if (rc && attempt > 1) {
+        char msg[120];
+        snprintf(msg, sizeof(msg),
+                 "gave up waiting for the broker after %d attempts in %lld ms",
+                 attempt, (long long)(edp_now_ms() - start));
+        cli_log((void *)c, EDP_LOG_WARN, msg);
+      }
+      return rc;
+    }
+    int wait = delay < left ? delay : (int)left;
+    char msg[800];
+    snprintf(msg, sizeof(msg),
+             "broker not ready (%s); retrying in %d ms, %lld ms left", why,
+             wait, (long long)left);
+    cli_log((void *)c, EDP_LOG_WARN, msg);
+    if (edp_sleep_ms(wait, cli_stop_fd()))
+      return EDP_ESTOPPED;
+    delay = delay >= 500 ? 1000 : delay * 2;
+  }
+}
+
+void cli_await_brokers(cli *c) {
+  long bound = connect_retry_ms(c);
+  if (bound <= 0)
+    return;
+  size_t n;
+  const char *const *urls = cli_urls(c, &n);
+  int64_t deadline = edp_now_ms() + bound;
+  for (size_t i = 0; i < n; i++) {
+    edp_conn_opts o;
+    edp_conn_opts_init(&o);
+    o.url = urls[i];
+    o.stop_fd = cli_stop_fd();
+    o.client_name = c->prog;
+    edp_conn *conn = NULL;
+    char why[600];
+    int rc = open_until(c, &o, deadline, &conn, why, sizeof(why));
+    edp_conn_destroy(&conn);
+    if (rc == EDP_ESTOPPED)
+      cli_die(c, CLI_INTERRUPTED, "interrupted while waiting for the broker");
+    if (rc && !broker_not_ready(rc))
+      cli_die(c, cli_exit_code(rc), "%s: %s", edp_strerror(rc), why);
+  }
+}
+
 edp_conn *cli_connect(cli *c, const char *client_name) {
   return cli_connect_url(c, NULL, client_name);
 }
@@ -345,7 +440,8 @@ edp_conn *cli_connect_url(cli *c, const char *url, const char *client_name) {
   o.on_event_ud = (void *)c;
   edp_conn *conn = NULL;
   char why[600];
-  int rc = edp_conn_open(&o, &conn, why, sizeof(why));
+  int rc = open_until(c, &o, edp_now_ms() + connect_retry_ms(c), &conn, why,
+                      sizeof(why));
   if (rc)
     cli_die(c, cli_exit_code(rc), "%s: %s", edp_strerror(rc), why);
   /* A program that serves metrics keeps the latency histograms too. */

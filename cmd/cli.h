@@ -25,11 +25,16 @@ enum {
   CLI_INTERRUPTED = 130 /* SIGINT or SIGTERM */
 };
 
+/* The getopt value of --connect-retry-ms: long-only, above every value a
+ * program's own options use (characters, and config-server's from 256). */
+#define CLI_OPT_CONNECT_RETRY 1100
+
 /* Long options every program accepts; put CLI_COMMON_LONGOPTS in the
  * program's table and "u:jvhV" in its short option string. */
 #define CLI_COMMON_LONGOPTS                                                    \
   {"url", required_argument, NULL, 'u'},                                       \
       {"url-file", required_argument, NULL, 'U'},                              \
+      {"connect-retry-ms", required_argument, NULL, CLI_OPT_CONNECT_RETRY},    \
       {"json", no_argument, NULL, 'j'}, {"verbose", no_argument, NULL, 'v'},   \
       {"help", no_argument, NULL, 'h'}, {                                      \
     "version", no_argument, NULL, 'V'                                          \
@@ -43,6 +48,10 @@ enum {
   "                       " EDP_URL_DEFAULT ")\n"                              \
   "      --url-file PATH  read the URL from PATH (a secret file): keeps\n"     \
   "                       the password out of argv and the environment\n"      \
+  "      --connect-retry-ms MS  while the broker refuses connections (it\n"    \
+  "                       is still starting), retry with backoff for up\n"     \
+  "                       to MS ms before exiting 69 (default:\n"              \
+  "                       $EDP_CONNECT_RETRY_MS, else 0: exit at once)\n"      \
   "  -j, --json           one JSON object per event on stdout\n"               \
   "  -v, --verbose        log more on stderr\n"                                \
   "  -h, --help           this help\n"                                         \
@@ -126,6 +135,7 @@ typedef struct cli {
   int trace;                /* --trace or --traceparent given */
   int has_trace_parent;
   edp_trace trace_parent; /* --traceparent */
+  long connect_retry_ms; /* --connect-retry-ms; -1: not given */
 } cli;
 
 /* The default --delivery-limit of a quorum queue: RabbitMQ 4.x's own
@@ -180,12 +190,23 @@ int cli_stop_fd(void);
 int cli_stopped(void);
 
 /* Opens a connection to cli_url(c) with stop fd and stderr logging; dies with
- * the right exit code and a one-line error on failure. */
+ * the right exit code and a one-line error on failure. With
+ * --connect-retry-ms (or $EDP_CONNECT_RETRY_MS) a broker that refuses the
+ * connection (69: still starting, not yet resolvable) is retried with
+ * backoff until that bound. */
 edp_conn *cli_connect(cli *c, const char *client_name);
 
 /* The same to url (NULL: cli_url(c)), for programs that pick among
  * brokers themselves (benchmarks that start their own nodes). */
 edp_conn *cli_connect_url(cli *c, const char *url, const char *client_name);
+/* For programs whose patterns open their own connections: with
+ * --connect-retry-ms, waits until every broker of cli_urls() accepted a
+ * connection (closed again at once), at most that long in all, then
+ * returns whatever the outcome, so the program starts as it would have
+ * and reports a broker still down its own way. Dies on a refusal no wait
+ * changes (64, 77) and on SIGINT/SIGTERM (130). Without the option it
+ * returns at once. */
+void cli_await_brokers(cli *c);
 
 /* The log callback used by cli_connect (ud is the cli). */
 void cli_log(void *ud, int level, const char *msg);

@@ -218,6 +218,7 @@ int main(int argc, char **argv) {
   if (edp_url_parse(cli_url(&app), &u, why, sizeof(why)))
     cli_die(&app, CLI_USAGE, "%s", why);
 
+  cli_await_brokers(&app);
   pthread_mutex_init(&S.mu, NULL);
   /* jansson seeds its hash function on first use; doing it here, before
    * any thread exists, keeps that out of the consumer threads. */

@@ -163,6 +163,7 @@ int main(int argc, char **argv) {
   size_t n_urls;
   const char *const *urls = cli_urls(&app, &n_urls);
 
+  cli_await_brokers(&app);
   run r = {.count = count, .last_msg_ms = edp_now_ms()};
   if (pipe(r.done_pipe))
     cli_die(&app, CLI_SOFTWARE, "pipe: %s", strerror(errno));

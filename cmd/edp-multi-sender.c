@@ -248,6 +248,7 @@ int main(int argc, char **argv) {
   size_t n_urls;
   const char *const *urls = cli_urls(&app, &n_urls);
 
+  cli_await_brokers(&app);
   run r = {0};
   r.n = n_urls;
   r.last_report = edp_now_ms();

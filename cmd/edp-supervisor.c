@@ -266,6 +266,7 @@ int main(int argc, char **argv) {
   main_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (main_efd < 0)
     cli_die(&app, CLI_SOFTWARE, "eventfd: %s", strerror(errno));
+  cli_await_brokers(&app);
   so.url = cli_url(&app);
   so.handler = handler;
   so.kind = kind;

@@ -114,6 +114,74 @@ grep -q 'password in --url is visible' "$tmp/err" || fail "no warning for a pass
 ! grep -q -e 's3cr' -e '%2Ft' "$tmp/err" || fail "password in a message: $(cat "$tmp/err")"
 [ $rc = 69 ] || fail "a broker that never answers: exit $rc, not 69"
 echo "ok: --url-file, EDP_URL_FILE, 9 refused ambiguities, argv scrubbed, exit 69 on timeout"
+echo "-- --connect-retry-ms: a broker that starts listening late"
+# RabbitMQ opens its AMQP listener seconds after its node is up, and a
+# compose stack starts the programs with the broker. A port that starts
+# listening 3 s after the programs, then forwards to the real broker,
+# stands for that: with the option they connect, without it they exit
+# 69 at once, and the bound is kept.
+free_tcp_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
+late=$(free_tcp_port) dead=$(free_tcp_port)
+broker_port=$(sed -E 's|^[a-z]+://[^@]*@[^:/?]*:([0-9]+).*|\1|' <<<"$EDP_URL")
+late_url=$(sed -E "s|^([a-z]+://[^@]*@[^:/?]*):[0-9]+|\1:$late|" <<<"$EDP_URL")
+dead_url=$(sed -E "s|^([a-z]+://[^@]*@[^:/?]*):[0-9]+|\1:$dead|" <<<"$EDP_URL")
+[[ $late_url == *":$late"* && $broker_port =~ ^[0-9]+$ ]] || fail "cannot rewrite the port of $EDP_URL"
+q="toolkit.retry.$$"
+t0=$(date +%s%N); set +e; "$s" --url "$late_url" --queue "$q" x 2>"$tmp/err"; rc=$?; set -e
+[ $rc = 69 ] && [ "$(ms_since "$t0")" -lt 2000 ] ||
+  fail "without --connect-retry-ms: exit $rc after $(ms_since "$t0") ms, not 69 at once"
+timeout 60 python3 -c 'import socket, sys, threading, time
+late, target = int(sys.argv[1]), int(sys.argv[2])
+time.sleep(3)
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", late)); s.listen(16)
+def pump(a, b):
+    try:
+        while True:
+            data = a.recv(65536)
+            if not data: break
+            b.sendall(data)
+    except OSError: pass
+    for x in (a, b):
+        try: x.shutdown(socket.SHUT_RDWR)
+        except OSError: pass
+while True:
+    c, _ = s.accept()
+    u = socket.create_connection(("127.0.0.1", target))
+    for a, b in ((c, u), (u, c)):
+        threading.Thread(target=pump, args=(a, b), daemon=True).start()' "$late" "$broker_port" &
+forwarder=$!
+trap 'kill $forwarder 2>/dev/null || true; rm -rf "$tmp"' EXIT
+t0=$(date +%s%N)
+# The supervisor waits through cli_await_brokers (its pattern opens the
+# connections), the sender through cli_connect: both paths are covered.
+EDP_CONNECT_RETRY_MS=30000 "$BIN/edp-supervisor" --url "$late_url" --queue "$q" --count 2 \
+  --idle-timeout 30000 >"$tmp/sup.out" 2>"$tmp/sup.err" &
+sup=$!
+n=$("$s" --url "$late_url" --connect-retry-ms 30000 --queue "$q" --json a b 2>"$tmp/err" |
+  grep -c '"event":"confirmed"') || true
+waited=$(ms_since "$t0")
+[ "$n" = 2 ] || fail "--connect-retry-ms: $n of 2 confirmed: $(cat "$tmp/err")"
+[ "$waited" -ge 2500 ] || fail "--connect-retry-ms: connected after $waited ms, before the port listened"
+grep -q 'broker not ready' "$tmp/err" || fail "--connect-retry-ms: no retry logged: $(cat "$tmp/err")"
+set +e; wait "$sup"; rc=$?; set -e
+[ $rc = 0 ] || fail "EDP_CONNECT_RETRY_MS: edp-supervisor exit $rc: $(cat "$tmp/sup.err")"
+grep -q 'broker not ready' "$tmp/sup.err" || fail "edp-supervisor did not wait: $(cat "$tmp/sup.err")"
+kill "$forwarder" 2>/dev/null || true
+t0=$(date +%s%N); set +e; EDP_CONNECT_RETRY_MS=1500 "$s" --url "$dead_url" x 2>"$tmp/err"; rc=$?; set -e
+took=$(ms_since "$t0")
+[ $rc = 69 ] && [ "$took" -ge 1400 ] && [ "$took" -lt 4000 ] ||
+  fail "EDP_CONNECT_RETRY_MS=1500 and no broker: exit $rc after $took ms, not 69 after 1.5 s"
+t0=$(date +%s%N); set +e; EDP_CONNECT_RETRY_MS=60000 "$s" --connect-retry-ms 0 --url "$dead_url" x 2>/dev/null; rc=$?; set -e
+[ $rc = 69 ] && [ "$(ms_since "$t0")" -lt 2000 ] || fail "--connect-retry-ms 0 does not win over the environment"
+t0=$(date +%s%N); set +e
+"$s" --connect-retry-ms 30000 --url "${EDP_URL/guest:guest@/guest:wrong@}" x 2>"$tmp/err"; rc=$?; set -e
+[ $rc = 77 ] && [ "$(ms_since "$t0")" -lt 5000 ] ||
+  fail "a refused login is retried: exit $rc after $(ms_since "$t0") ms: $(cat "$tmp/err")"
+expect_usage "EDP_CONNECT_RETRY_MS: expected an integer" env EDP_CONNECT_RETRY_MS=soon "$s" x
+expect_usage "connect-retry-ms: expected an integer" "$s" --connect-retry-ms -1 x
+echo "ok: connected after $waited ms (port open after 3 s), 69 at once without the option, 69 after $took ms with a 1500 ms bound, 77 at once for a wrong password"
 echo "-- docker-compose.yml"
 if command -v docker-compose >/dev/null; then
   if docker-compose -f docker-compose.yml config -q 2>/dev/null; then
@@ -190,4 +258,9 @@ print(r)') || fail "docker-compose.tls.yml does not validate"
 else
   fail "docker-compose is not installed (make deps installs it)"
 fi
+echo "-- CI runs the README's test command"
+readme_test=$(tests/quickstart-commands.sh | grep check | head -1)
+[ -n "$readme_test" ] || fail "no test command in the README's quick start"
+grep -qxF "$readme_test" .ci/run || fail ".ci/run does not run the README's test command '$readme_test'"
+echo "ok: .ci/run runs '$readme_test'"
 echo "toolkit: all passed"
