@@ -418,6 +418,15 @@ START_TEST(bad_input_exit_codes) {
   size_t auth_len = strcspn(auth, "/?");
   const char *query = auth + auth_len + strcspn(auth + auth_len, "?");
   char wrongpw[1200], novhost[1200];
+  /* Queue kinds the broker would refuse are usage errors (64) before any
+   * connection: a delivery limit on a classic queue, an unknown type. */
+  char *classic_limit[] = {
+      "--url", (char *)url, "-q", (char *)q, "--delivery-limit",
+      "3",     "x",         NULL};
+  ck_assert_int_eq(sender_exit(classic_limit, NULL, 10000), 64);
+  char *stream[] = {"--url",        (char *)url, "-q", (char *)q,
+                    "--queue-type", "stream",    "x",  NULL};
+  ck_assert_int_eq(sender_exit(stream, NULL, 10000), 64);
   t_url_as("guest", "wrong", wrongpw, sizeof(wrongpw));
   snprintf(novhost, sizeof(novhost), "%.*s/no-such-vhost%s",
            (int)(auth + auth_len - url), url, query);
