@@ -30,13 +30,14 @@
 #
 # Every node gets free ports, its own data and log dirs under DIR and is
 # stopped by its own pid file, so the harness never touches a broker it did
-# not start. Waits are bounded (EDP_BROKER_WAIT_S, default 60 s).
+# not start. Waits are bounded (EDP_BROKER_WAIT_S, default 120 s: three
+# nodes starting at once on a busy 2-core machine once took over 60 s).
 # Environment: EDP_EPMD_PORT (default 4369) selects the epmd the node
 # registers with; nodes that must form a cluster share one.
 set -euo pipefail
 
 RMQ=/usr/lib/rabbitmq/bin
-WAIT_S=${EDP_BROKER_WAIT_S:-60}
+WAIT_S=${EDP_BROKER_WAIT_S:-120}
 
 die() { echo "broker.sh: $*" >&2; exit 1; }
 
