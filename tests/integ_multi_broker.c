@@ -969,6 +969,47 @@ START_TEST(queue_deleted_under_producer_loses_nothing) {
 }
 END_TEST
 
+/* Issue 14: the producer declares a quorum queue with a delivery limit
+ * and, first, the QUEUE.dlq its dead-letter route names. A consumer that
+ * returns every delivery (as a crashing one would) sees each message
+ * exactly limit + 1 times; then the broker moves it to QUEUE.dlq. */
+START_TEST(quorum_delivery_limit_dead_letters) {
+  const int n = 3, limit = 1;
+  const char *q = t_unique("multi.limit");
+  char dlq[128];
+  snprintf(dlq, sizeof(dlq), "%s.dlq", q);
+  const char *prefix = t_unique("dl");
+  t_proc s;
+  char *argv[32];
+  const char *sargs[] = {"--url",           t_node_url[0], "-q",
+                         q,                 "-n",          "3",
+                         "--queue-type",    "quorum",      "--delivery-limit",
+                         "1",               "--id-prefix", prefix,
+                         NULL};
+  build_argv(argv, "edp-multi-sender", sargs, 0);
+  ck_assert_int_eq(t_spawn(&s, argv, NULL), 0);
+  ck_assert_int_eq(t_wait(&s, 60000), 0);
+
+  edp_conn *c = t_node_conn(0);
+  ck_assert_int_eq(edp_conn_qos(c, 1), 0);
+  ck_assert_int_eq(edp_conn_consume(c, q, NULL, NULL, 0), 0);
+  int deliveries = 0;
+  edp_delivery d = {0};
+  while (edp_conn_receive(c, &d, 3000) == 0) {
+    deliveries++;
+    ck_assert_int_eq(edp_conn_nack(c, d.epoch, d.tag, 0, 1), 0);
+    edp_delivery_clear(&d);
+    ck_assert_int_le(deliveries, n * (limit + 1));
+  }
+  edp_conn_destroy(&c);
+  ck_assert_int_eq(deliveries, n * (limit + 1));
+  ck_assert_uint_eq(depth_on(0, q), 0);
+  ck_assert_uint_eq(depth_on(0, dlq), n);
+  delete_everywhere(q);
+  delete_everywhere(dlq);
+}
+END_TEST
+
 int main(void) {
   t_nodes_start(NODES, "multi");
   Suite *su = suite_create("multi_broker");
@@ -986,6 +1027,7 @@ int main(void) {
   tcase_add_test(tc, node_killed_mid_run);
   tcase_add_test(tc, key_mode_keeps_order);
   tcase_add_test(tc, all_down_exits_69);
+  tcase_add_test(tc, quorum_delivery_limit_dead_letters);
   /* Last: it turns the independent nodes into one cluster. */
   tcase_add_test(tc, cluster_quorum_survives_stopped_node);
   suite_add_tcase(su, tc);
