@@ -10,7 +10,15 @@
 #   EDP_COMPOSE_PROFILES="watch ambulance"   only those
 #   EDP_COMPOSE_SKIP="multi-broker"     all but those (named, so reported)
 #   EDP_COMPOSE_TLS=0                   without the TLS override run
+#   EDP_COMPOSE_PROFILES=metrics EDP_COMPOSE_TLS=0   the metrics run alone
 #
+# The metrics profile runs together with forwarding (its Prometheus
+# scrapes the forward-receiver), as `--profile forwarding --profile
+# metrics`, and is reported as forwarding+metrics: the forwarding demo's
+# checks plus the receiver's /healthz and what Prometheus's HTTP API says
+# it scraped, both read on the ports the compose file publishes on the
+# host (127.0.0.1:9464 and :9090, which must be free). Its image is got
+# (or built, tests/containers/prometheus.Dockerfile) only when it runs.
 # A profile without a check of its own here (one added to the compose
 # file later) still runs: up, every service running or done with exit 0
 # for 20 s, then down, and the report says "smoke".
@@ -33,9 +41,17 @@ EDP_RABBITMQ_USER=edp
 EDP_RABBITMQ_PASS=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
 export EDP_RABBITMQ_USER EDP_RABBITMQ_PASS
 
+# The profiles running (space-separated).
 active_profile=
-# docker-compose, on this run's project, files and the profile running.
-compose() { "${COMPOSE[@]}" -p "$project" "${files[@]}" ${active_profile:+--profile "$active_profile"} "$@"; }
+# docker-compose, on this run's project, files and the profiles running.
+compose() {
+  local p sel=()
+  for p in $active_profile; do sel+=(--profile "$p"); done
+  "${COMPOSE[@]}" -p "$project" "${files[@]}" "${sel[@]}" "$@"
+}
+# Profiles that need another one to run: metrics' Prometheus scrapes the
+# forwarding profile's receiver (docker/prometheus.yml).
+declare -A runs_with=([metrics]=forwarding)
 cleanup() {
   if [ -n "$ENGINE" ]; then compose down -v --remove-orphans -t 2 >/dev/null 2>&1 || true; fi
   engine_down
@@ -92,16 +108,19 @@ wait_exit() {
 }
 
 # Stops services with SIGTERM (as `docker compose stop`, or Ctrl-C on
-# `up`) and records their exit codes: 130 is the documented one.
-stop_services() {
-  local svc code
+# `up`) and records their exit codes: 130 is the documented one for the
+# edp programs (stop_expect CODE SERVICE... for others).
+stop_expect() {
+  local want=$1 svc code
+  shift
   compose stop -t 20 "$@" >/dev/null 2>&1
   for svc in "$@"; do
     code=$(state "$svc"); code=${code#exited }
     codes+=("$svc=$code")
-    [ "$code" = 130 ] || { out=$tmp/wait.log; logs "$svc" > "$out"; fail "$svc stopped with exit $code, not 130"; }
+    [ "$code" = "$want" ] || { out=$tmp/wait.log; logs "$svc" > "$out"; fail "$svc stopped with exit $code, not $want"; }
   done
 }
+stop_services() { stop_expect 130 "$@"; }
 
 # Types a line on a service's terminal, as a user attached to it does.
 # attach wants a terminal: a pty from python3. The attach is then ended
@@ -239,6 +258,98 @@ run_multi-broker() {
     fail "no messages spread over the other brokers while rabbitmq-2 was down"
 }
 
+# http_get URL: prints the HTTP status, a space and the body's first line
+# ("000 <error>" when nothing answered), within 5 s.
+http_get() {
+  python3 - "$1" <<'PY'
+import sys, urllib.error, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=5) as r:
+        status, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    status, body = e.code, e.read()
+except Exception as e:
+    status, body = 0, str(e).encode()
+print(f"{status:03d}", (body.decode(errors="replace").splitlines() or [""])[0])
+PY
+}
+
+# prom_value QUERY: asks Prometheus's HTTP API (the port the compose file
+# publishes on the host) for an instant vector; prints the single
+# series' value and labels as JSON ("<n> series" or the error otherwise).
+prom_value() {
+  python3 - "$1" <<'PY'
+import json, sys, urllib.parse, urllib.request
+url = "http://127.0.0.1:9090/api/v1/query?" + urllib.parse.urlencode({"query": sys.argv[1]})
+try:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        answer = json.load(r)
+except Exception as e:
+    print(f"no answer: {e}")
+    sys.exit(0)
+result = answer.get("data", {}).get("result", [])
+if answer.get("status") != "success" or len(result) != 1:
+    print(f"{len(result)} series: {json.dumps(answer)[:300]}")
+else:
+    print(result[0]["value"][1], json.dumps(result[0]["metric"], sort_keys=True))
+PY
+}
+
+# prom_wait SECONDS QUERY VALUE: until Prometheus answers QUERY with one
+# series of that value (it scrapes every 5 s); prints the answer.
+prom_wait() {
+  local s=$1 q=$2 want=$3 i got
+  for ((i = 0; i < s; i++)); do
+    got=$(prom_value "$q")
+    [ "${got%% *}" = "$want" ] && { echo "$got"; return 0; }
+    sleep 1
+  done
+  out=$tmp/wait.log; logs prometheus > "$out"
+  fail "Prometheus: $q is '$got' after $s s, not $want"
+}
+
+# The metrics profile, with forwarding: the forwarding demo as above and,
+# while the receiver still consumes, its /healthz from the host, then
+# what Prometheus scraped, through its HTTP API: the receiver's target
+# up, and its processed and failed counters equal to the orders the
+# receiver committed and the attempts it reported failed.
+run_metrics() {
+  exit_ok forward-sender "$(wait_exit 120 forward-sender)"
+  wait_log 60 forward-receiver '^Database commit\.' 5
+  local commits errors health up processed failed direct job='job="edp-forward-receiver"'
+  commits=$(logs forward-receiver | grep -c '^Database commit\.')
+  errors=$(logs forward-receiver | grep -c '^Error processing message\.' || true)
+  [ "$commits" = 5 ] || fail "forward-receiver committed $commits orders, not the demo's 5"
+  health=$(http_get http://127.0.0.1:9464/healthz)
+  [ "$health" = "200 ok" ] || fail "forward-receiver's /healthz answered '$health' while consuming, not '200 ok'"
+  # The receiver's own count, as the host reads it from its endpoint.
+  direct=$(python3 -c 'import urllib.request
+for line in urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=5).read().decode().splitlines():
+    if line.startswith("edp_messages_processed_total{"): print(line)' 2>&1 || true)
+  [ "${direct##* }" = "$commits" ] || fail "forward-receiver's /metrics says '$direct', not $commits processed"
+  up=$(prom_wait 60 "up{$job}" 1)
+  [[ $up == *'"instance": "forward-receiver:9464"'* ]] || fail "Prometheus's target is not forward-receiver:9464: $up"
+  processed=$(prom_wait 60 "edp_messages_processed_total{$job}" "$commits")
+  failed=$(prom_wait 30 "edp_messages_failed_total{$job}" "$errors")
+  # Still so after one more scrape: the counts are final, not passing by.
+  sleep 6
+  processed=$(prom_wait 1 "edp_messages_processed_total{$job}" "$commits")
+  stop_services forward-receiver
+  stop_expect 0 prometheus
+  no_race forward-sender forward-receiver
+  out=$tmp/metrics.out
+  { logs forward-sender; logs forward-receiver; } > "$out"
+  check_forwarding "$out"
+  {
+    echo "--- checked while forward-receiver consumed ($commits commits, $errors failed attempts in its log):"
+    echo "GET 127.0.0.1:9464/healthz: $health"
+    echo "GET 127.0.0.1:9464/metrics: $direct"
+    echo "Prometheus up{$job}: $up"
+    echo "Prometheus edp_messages_processed_total{$job}: $processed"
+    echo "Prometheus edp_messages_failed_total{$job}: $failed"
+  } >> "$out"
+}
+
 # A profile with no check here: its services run (or end with 0) for 20 s.
 run_smoke() {
   local svc st i
@@ -269,7 +380,7 @@ run_profile() {
   declare -F "run_$p" >/dev/null || kind=smoke
   echo "== profile $label"
   t0=$(date +%s)
-  active_profile=$p
+  active_profile="${runs_with[$p]:-} $p"
   set +e
   (
     set -e
@@ -303,22 +414,28 @@ engine_up || { echo "compose-check: no container engine runs here" >&2; exit 69;
 # with openssl.
 engine_apt python3-yaml openssl || exit 69
 engine_healthchecks_start
-engine_images "${ENGINE_IMAGES[@]}"
+all=$(profiles_of)
+wanted=${EDP_COMPOSE_PROFILES:-$all}
+images=("${ENGINE_IMAGES[@]}")
+if [[ " $wanted " == *" metrics "* && " ${EDP_COMPOSE_SKIP:-} " != *" metrics "* ]]; then
+  images+=("$ENGINE_PROM_IMAGE")
+fi
+engine_images "${images[@]}" || fail "cannot get the images ${images[*]}"
 t_images=$(date +%s)
 echo "== building the edp image"
 active_profile=forwarding compose build forward-sender >"$tmp/build.log" 2>&1 ||
   { out=$tmp/build.log; fail "the edp image does not build"; }
 t_build=$(date +%s)
 
-all=$(profiles_of)
-wanted=${EDP_COMPOSE_PROFILES:-$all}
 failed_any=0
 for p in $wanted; do
   [[ " $all " == *" $p "* ]] || { echo "compose-check: no profile '$p' in docker-compose.yml ($all)" >&2; exit 64; }
   if [[ " ${EDP_COMPOSE_SKIP:-} " == *" $p "* ]]; then
     report+=("$(printf '%-22s %-13s' "$p" "skipped (EDP_COMPOSE_SKIP)")"); continue
   fi
-  run_profile "$p"
+  label=$p
+  [ -z "${runs_with[$p]:-}" ] || label="${runs_with[$p]}+$p"
+  run_profile "$p" "$label"
 done
 
 # The TLS override: a TLS-only broker, the forwarding demo logged in by

@@ -6,7 +6,8 @@
 #   engine_up               pick the engine, start podman's API service;
 #                           sets ENGINE (docker|podman) and COMPOSE (argv)
 #   engine_images IMAGE...  of debian:12, debian:12-slim and the broker
-#                           image docker-compose.yml names (ENGINE_IMAGES):
+#                           image docker-compose.yml names (ENGINE_IMAGES),
+#                           and its Prometheus image (ENGINE_PROM_IMAGE):
 #                           pulled when a registry answers, else built
 #                           from Debian's packages (test fixtures only)
 #   engine_healthchecks_start
@@ -31,6 +32,9 @@ ENGINE_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ENGINE_BROKER_IMAGE=docker.io/library/rabbitmq:3.10-management
 ENGINE_BASE_IMAGES=(docker.io/library/debian:12 docker.io/library/debian:12-slim)
 ENGINE_IMAGES=("${ENGINE_BASE_IMAGES[@]}" "$ENGINE_BROKER_IMAGE")
+# The metrics profile's Prometheus (prom/prometheus:v2.42.0 in the compose
+# file), asked for only by the runs that start that profile.
+ENGINE_PROM_IMAGE=docker.io/prom/prometheus:v2.42.0
 ENGINE=
 COMPOSE=()
 engine_service_pid=
@@ -201,7 +205,18 @@ build_base_images() {
   rm -rf "$root"
 }
 
-# engine_images IMAGE...: those of ENGINE_IMAGES ready to run.
+# build_standin IMAGE NAME: builds tests/containers/NAME.Dockerfile as
+# IMAGE, quietly (the output in EDP_CONTAINER_DIR/NAME-build.log).
+build_standin() {
+  local img=$1 name=$2 t0=$SECONDS
+  engine_cli build -q -t "$img" -f "$ENGINE_REPO/tests/containers/$name.Dockerfile" \
+    "$ENGINE_REPO/tests/containers" >"$ENGINE_DIR/$name-build.log" 2>&1 ||
+    { engine_log "building the $name stand-in failed:"; tail -20 "$ENGINE_DIR/$name-build.log" >&2; return 1; }
+  engine_log "$name stand-in $img built in $((SECONDS - t0)) s"
+}
+
+# engine_images IMAGE...: those of ENGINE_IMAGES and ENGINE_PROM_IMAGE
+# ready to run.
 engine_images() {
   local img missing=()
   for img in "$@"; do
@@ -219,9 +234,12 @@ engine_images() {
   if [[ " ${missing[*]} " == *" $ENGINE_BROKER_IMAGE "* ]]; then
     # A stand-in for the official image, a test fixture only: Debian's
     # rabbitmq-server (3.10.8, the version the compose file names).
-    engine_cli build -q -t "$ENGINE_BROKER_IMAGE" -f "$ENGINE_REPO/tests/containers/rabbitmq.Dockerfile" \
-      "$ENGINE_REPO/tests/containers" >"$ENGINE_DIR/broker-build.log" 2>&1 ||
-      { engine_log "building the broker stand-in failed:"; tail -20 "$ENGINE_DIR/broker-build.log" >&2; return 1; }
+    build_standin "$ENGINE_BROKER_IMAGE" rabbitmq || return 1
+  fi
+  if [[ " ${missing[*]} " == *" $ENGINE_PROM_IMAGE "* ]]; then
+    # Likewise Debian's prometheus (2.42.0), started as the official
+    # image starts it.
+    build_standin "$ENGINE_PROM_IMAGE" prometheus || return 1
   fi
 }
 
