@@ -829,6 +829,90 @@ START_TEST(supervisor_connection_series) {
 }
 END_TEST
 
+/* The ambulance receiver's and the multi-broker consumer's connections:
+ * after the stop (the hold) every thread closed its connection, and each
+ * one's series still holds its deliveries: they add up to the messages. */
+START_TEST(pattern_connection_series) {
+  const char *q = t_unique("metrics.ambconn");
+  char *sargv[] = {(char *)t_bin("edp-ambulance-sender"),
+                   "--url",
+                   (char *)t_url(),
+                   "--queue",
+                   (char *)q,
+                   "--standard",
+                   "30",
+                   "--priority",
+                   "10",
+                   "--rate",
+                   "0",
+                   NULL};
+  run_quiet(sargv);
+  t_proc r;
+  /* Not --count: its last processed event may come after the hold's. */
+  char *rx[] = {
+      "--queue",        (char *)q, "--threads",      "2",     "--work-ms", "5",
+      "--idle-timeout", "1500",    "--metrics-hold", "30000", NULL};
+  spawn(&r, "edp-ambulance-receiver", NULL, rx);
+  counts c = {0};
+  ck_assert(await(&r, &c, has_hold, 60000));
+  ck_assert_int_eq(c.processed, 40);
+  /* The hold begins when the stop was asked: the threads close their
+   * connections meanwhile, under scrapes. Once they all did, no series
+   * has gauges and every series still has its counts. */
+  char *text = NULL;
+  double delivered = 0, up = 0;
+  long long t0 = t_now_ms();
+  for (;;) {
+    free(text);
+    text = scrape(c.port);
+    if (!conn_series(text, "edp_connection_up", "", &up) ||
+        t_now_ms() - t0 > 10000)
+      break;
+    usleep(20000);
+  }
+  ck_assert_int_eq(conn_series(text, "edp_connection_up", "", &up), 0);
+  ck_assert_int_eq(
+      conn_series(text, "edp_messages_delivered_total", "", &delivered), 3);
+  ck_assert(conn_metric(text, "edp_messages_delivered_total", "priority") >= 0);
+  ck_assert(conn_metric(text, "edp_messages_delivered_total", "standard-1") >=
+            0);
+  ck_assert(conn_metric(text, "edp_messages_delivered_total", "standard-2") >=
+            0);
+  /* Every message delivered once (none was left prefetched: the queue
+   * was empty long before the stop). */
+  ck_assert(delivered == 40);
+  free(text);
+  t_signal(&r, SIGTERM);
+  ck_assert_int_eq(t_wait(&r, 10000), 0);
+
+  const char *mq = t_unique("metrics.multiconn");
+  char *margv[] = {(char *)t_bin("edp-multi-sender"),
+                   "--url",
+                   (char *)t_url(),
+                   "--queue",
+                   (char *)mq,
+                   "--count",
+                   "100",
+                   NULL};
+  run_quiet(margv);
+  t_proc m;
+  char *mx[] = {"--queue",        (char *)mq, "--count", "100",
+                "--metrics-hold", "30000",    NULL};
+  spawn(&m, "edp-multi-receiver", NULL, mx);
+  counts mc = {0};
+  ck_assert(await(&m, &mc, has_hold, 60000));
+  ck_assert_int_eq(mc.processed, 100);
+  text = scrape(mc.port);
+  ck_assert(conn_metric(text, "edp_messages_delivered_total", "broker-0") ==
+            100);
+  ck_assert(conn_metric(text, "edp_connection_lost_total", "broker-0") == 0);
+  ck_assert_ptr_null(strstr(text, "guest"));
+  free(text);
+  t_signal(&m, SIGTERM);
+  ck_assert_int_eq(t_wait(&m, 10000), 0);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("metrics");
   TCase *tc = tcase_create("metrics");
@@ -842,6 +926,7 @@ int main(void) {
   tcase_add_test(tc, prometheus_scrapes_receiver);
   tcase_add_test(tc, healthz_node_restart);
   tcase_add_test(tc, supervisor_connection_series);
+  tcase_add_test(tc, pattern_connection_series);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
