@@ -124,6 +124,11 @@ struct consumer {
   struct consumer *next;
 };
 
+/* A consumer as the events name it: its id and its metric series. */
+struct consumer_ref {
+  int id, slot;
+};
+
 struct edp_sup {
   edp_sup_opts o;
   char *url, *queue, *name;
@@ -141,9 +146,7 @@ struct edp_sup {
   edp_sup_stats st;
   int64_t finished_ms; /* lifetime of consumers already ended */
   /* Per tick, for the events after the unlock. */
-  struct consumer_ref {
-    int id, slot;
-  } * ids_started, *ids_retired;
+  struct consumer_ref *ids_started, *ids_retired;
   unsigned char *slot_used; /* [1..max]: a live consumer holds it */
   /* Every connection's series: "monitor" (the supervisor's) and
    * "consumer-<slot>", whose counts outlive the consumers. */
