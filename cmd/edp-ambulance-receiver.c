@@ -55,6 +55,8 @@ typedef struct state {
   int64_t last_ms;  /* monotonic time of the last start or finish */
   int64_t first_us; /* wall time of the first start, for T= */
   int done_pipe[2]; /* readable once count is reached */
+  int mode;         /* the receiver's, for the queue names in events */
+  const char *base;
 } state;
 
 static state S;
@@ -116,6 +118,10 @@ static void on_event(void *ud, int ev, const edp_amb_job *job) {
         (json_int_t)job->sent_us, "start_us", (json_int_t)job->start_us,
         "end_us", (json_int_t)job->end_us, "redelivered", d->redelivered);
     cli_json_set(o, "id", d->message_id);
+    /* The receiver's span for the message (edp_trace_current()). */
+    char q[256];
+    edp_amb_queue_name(S.mode, S.base, job->kind, q, sizeof(q));
+    cli_json_trace(o, NULL, q);
     if (job->sent_us)
       json_object_set_new(
           o, "latency_ms",
@@ -233,6 +239,8 @@ int main(int argc, char **argv) {
   co.on_event = cli_conn_event;
   co.on_event_ud = &app;
   ro.conn = &co;
+  S.mode = ro.mode;
+  S.base = ro.base;
   ro.handler = handler;
   ro.kind = kind;
   ro.on_event = on_event;

@@ -29,12 +29,14 @@ static void usage(void) {
          "                         0 = as fast as possible)\n"
          "      --interval MS      demo pace (default 500)\n"
          "      --transient        transient messages (default "
-         "persistent)\n" CLI_QUEUE_HELP CLI_COMMON_HELP);
+         "persistent)\n" CLI_QUEUE_HELP CLI_TRACE_HELP CLI_COMMON_HELP);
 }
 
 typedef struct run {
   edp_conn *conn;
   edp_amb_sender *s;
+  int mode;
+  const char *base;
   int64_t t0;
   uint64_t sent;
 } run;
@@ -47,18 +49,27 @@ static void send_one(run *r, int kind, long n) {
   int64_t now = edp_now_ms();
   if (!r->t0)
     r->t0 = now;
-  int rc = edp_amb_send(r->s, kind, id, body, (size_t)len);
+  edp_trace t;
+  int traced = cli_trace_next(&app, &t);
+  int rc = edp_amb_send_traced(r->s, kind, id, body, (size_t)len,
+                               traced ? &t : NULL);
   if (rc == EDP_ESTOPPED || cli_stopped())
     cli_die(&app, CLI_INTERRUPTED, "interrupted; %zu message(s) unconfirmed",
             edp_conn_unconfirmed(r->conn));
   if (rc)
     cli_die_err(&app, r->conn, rc, "send failed");
   cli_progress(&app, ++r->sent, edp_conn_unconfirmed(r->conn), 0);
-  if (app.json)
-    cli_emit(json_pack("{s:s,s:s,s:s,s:I}", "event", "sent", "kind",
-                       edp_amb_kind_name(kind), "id", id, "t_ms",
-                       (json_int_t)(now - r->t0)));
-  else
+  if (app.json) {
+    json_t *o = json_pack("{s:s,s:s,s:s,s:I}", "event", "sent", "kind",
+                          edp_amb_kind_name(kind), "id", id, "t_ms",
+                          (json_int_t)(now - r->t0));
+    if (traced) {
+      char q[256];
+      edp_amb_queue_name(r->mode, r->base, kind, q, sizeof(q));
+      cli_json_trace(o, &t, q);
+    }
+    cli_emit(o);
+  } else
     printf("Sending %s  (T=%lld)\n", body, (long long)(now - r->t0));
   fflush(stdout);
 }
@@ -92,6 +103,7 @@ int main(int argc, char **argv) {
       {"interval", required_argument, NULL, 'I'},
       {"transient", no_argument, NULL, 'T'},
       CLI_QUEUE_LONGOPTS,
+      CLI_TRACE_LONGOPT,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   const char *base = "edp.ambulance";
@@ -151,6 +163,8 @@ int main(int argc, char **argv) {
   r.conn = cli_connect(&app, "edp-ambulance-sender");
   so.base = base;
   so.kind = kind;
+  r.mode = so.mode;
+  r.base = base;
   int rc = edp_amb_sender_new(r.conn, &so, &r.s);
   if (rc)
     cli_die_err(&app, r.conn, rc, "cannot set up the queues");

@@ -26,6 +26,7 @@ static cli app;
 static pthread_mutex_t out_mu = PTHREAD_MUTEX_INITIALIZER;
 static long work_ms;
 static int main_efd = -1;
+static const char *queue_name; /* for the events' messaging attributes */
 
 static void usage(void) {
   printf("usage: edp-supervisor [options]\n"
@@ -119,6 +120,8 @@ static void on_event(void *ud, const edp_sup_event *ev) {
       json_object_set_new(o, "latency_ms",
                           sent >= 0 ? json_integer(edp_wall_ms() - sent)
                                     : json_null());
+      /* The consumer's span for the message (edp_trace_current()). */
+      cli_json_trace(o, NULL, queue_name);
     }
     break;
   case EDP_SUP_RECONNECTED:
@@ -129,6 +132,9 @@ static void on_event(void *ud, const edp_sup_event *ev) {
       fprintf(stderr, "edp-supervisor: supervisor reconnected\n");
     break;
   }
+  /* Which consumer-<slot> series of the metrics is this consumer's. */
+  if (o && ev->consumer > 0 && ev->slot > 0)
+    json_object_set_new(o, "slot", json_integer(ev->slot));
   if (o)
     cli_emit(o);
   else
@@ -268,6 +274,7 @@ int main(int argc, char **argv) {
     cli_die(&app, CLI_SOFTWARE, "eventfd: %s", strerror(errno));
   cli_await_brokers(&app);
   so.url = cli_url(&app);
+  queue_name = so.queue;
   so.handler = handler;
   so.kind = kind;
   so.on_event = on_event;

@@ -8,6 +8,7 @@
 #define EDP_VERSION "0.1.0"
 
 #include "edp_conn.h"
+#include "edp_conn_group.h"
 #include "edp_error.h"
 #include "edp_file.h"
 #include "edp_handoff.h"

@@ -171,6 +171,16 @@ edp_field *edp__fields_copy_into(void *buf, const edp_field *f, size_t n);
  * none is open. */
 void edp__blocked_end(edp_conn *c);
 
+/* The broker label of c: its host:port (edp_conn_stats.c). */
+void edp__conn_broker(const edp_conn *c, char *buf, size_t len);
+
+/* Writes the connection families of docs/metrics.md for the counters s
+ * with the label set l: the gauges (up, blocked, consumers) only when
+ * gauges is set (a live connection), the confirm latency histogram only
+ * when timing is (edp_conn_stats.c; edp_conn_group.c uses it too). */
+void edp__conn_stats_emit(edp_metrics_out *out, const char *l,
+                          const edp_conn_stats *s, int gauges, int timing);
+
 /* Turns an RPC reply into 0 or an error, handling a channel or connection
  * close (the channel is then left closed for edp__ready to restore). */
 int edp__rpc_result(edp_conn *c, amqp_rpc_reply_t r);

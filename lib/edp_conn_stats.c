@@ -65,56 +65,68 @@ void edp_conn_collect(const void *conn, edp_metrics_out *out) {
   if (edp_conn_stats_get(c, &s))
     return;
   char l[512] = "", hp[300];
-  snprintf(hp, sizeof(hp), "%s:%d", c->url.host, c->url.port);
+  edp__conn_broker(c, hp, sizeof(hp));
   edp_metrics_label(l, sizeof(l), "connection",
                     c->client_name ? c->client_name : "edp");
   edp_metrics_label(l, sizeof(l), "broker", hp);
+  edp__conn_stats_emit(out, l, &s, 1, edp_conn_timing(c));
+}
+
+void edp__conn_broker(const edp_conn *c, char *buf, size_t len) {
+  snprintf(buf, len, "%s:%d", c->url.host, c->url.port);
+}
+
+void edp__conn_stats_emit(edp_metrics_out *out, const char *l,
+                          const edp_conn_stats *s, int gauges, int timing) {
   edp_metrics_counter(out, "edp_messages_published_total",
                       "Messages published (first publish, not resends).", l,
-                      s.published);
+                      s->published);
   edp_metrics_counter(out, "edp_messages_republished_total",
                       "Unconfirmed messages published again after a lost "
                       "connection or channel.",
-                      l, s.republished);
+                      l, s->republished);
   edp_metrics_counter(out, "edp_messages_confirmed_total",
                       "Publisher confirms: messages the broker acked.", l,
-                      s.confirmed);
+                      s->confirmed);
   edp_metrics_counter(out, "edp_messages_nacked_total",
                       "Messages the broker refused (basic.nack, or reported "
                       "nacked after closing the channel on them).",
-                      l, s.nacked);
+                      l, s->nacked);
   edp_metrics_counter(out, "edp_messages_returned_total",
                       "Mandatory messages the broker returned as unroutable.",
-                      l, s.returned);
+                      l, s->returned);
   edp_metrics_counter(out, "edp_messages_delivered_total",
-                      "Deliveries read from the broker.", l, s.delivered);
+                      "Deliveries read from the broker.", l, s->delivered);
   edp_metrics_counter(out, "edp_connection_lost_total",
-                      "Times the connection was lost.", l, s.lost);
+                      "Times the connection was lost.", l, s->lost);
   edp_metrics_counter(out, "edp_connection_reconnects_total",
                       "Successful reconnects (session restored).", l,
-                      s.reconnects);
+                      s->reconnects);
   edp_metrics_counter(out, "edp_channel_restores_total",
                       "Channels the broker closed and edp reopened.", l,
-                      s.channel_restores);
+                      s->channel_restores);
   edp_metrics_counter(out, "edp_consumers_cancelled_total",
                       "Consumers ended by the broker or not restorable.", l,
-                      s.consumers_cancelled);
+                      s->consumers_cancelled);
   edp_metrics_counter(out, "edp_connection_blocked_total",
                       "Times the broker blocked publishing (resource alarm).",
-                      l, s.blocked_count);
+                      l, s->blocked_count);
   edp_metrics_counter_f(out, "edp_connection_blocked_seconds_total",
                         "Time spent blocked by the broker, in seconds.", l,
-                        s.blocked_seconds);
-  edp_metrics_gauge(out, "edp_connection_up",
-                    "1 while the connection is open (blocked or not).", l,
-                    s.state != EDP_CONN_STATE_DOWN);
-  edp_metrics_gauge(out, "edp_connection_blocked",
-                    "1 while the broker blocks the connection's publishing.", l,
-                    s.state == EDP_CONN_STATE_BLOCKED);
-  edp_metrics_gauge(out, "edp_consumers", "Consumers the connection runs.", l,
-                    s.consumers);
-  if (edp_conn_timing(c))
+                        s->blocked_seconds);
+  /* A connection that is gone (a pattern's retired one) has no state. */
+  if (gauges) {
+    edp_metrics_gauge(out, "edp_connection_up",
+                      "1 while the connection is open (blocked or not).", l,
+                      s->state != EDP_CONN_STATE_DOWN);
+    edp_metrics_gauge(out, "edp_connection_blocked",
+                      "1 while the broker blocks the connection's publishing.",
+                      l, s->state == EDP_CONN_STATE_BLOCKED);
+    edp_metrics_gauge(out, "edp_consumers", "Consumers the connection runs.", l,
+                      s->consumers);
+  }
+  if (timing)
     edp_metrics_histogram(out, "edp_confirm_latency_seconds",
                           "Time from publish to the broker's confirm.", l,
-                          &s.confirm_latency);
+                          &s->confirm_latency);
 }

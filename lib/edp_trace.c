@@ -128,6 +128,14 @@ int edp_trace_from_delivery(const edp_delivery *d, edp_trace *t) {
   return edp_trace_parse(v->v.bytes.ptr, v->v.bytes.len, t);
 }
 
+int edp_trace_delivery_span(const edp_delivery *d, edp_trace *span) {
+  edp_trace in;
+  if (edp_trace_from_delivery(d, &in))
+    return 0;
+  edp_trace_child(&in, span);
+  return 1;
+}
+
 int edp_trace_from_msg(const edp_msg *m, edp_trace *t) {
   for (size_t i = m->n_headers; i-- > 0;)
     if (m->headers[i].key && m->headers[i].str &&

@@ -62,6 +62,11 @@ const char *edp_trace_format(const edp_trace *t, char *buf, size_t len);
  * header that does not parse: a receiver then starts no trace from it). */
 int edp_trace_from_delivery(const edp_delivery *d, edp_trace *t);
 
+/* The span of a hop that handles the delivery d: a child of the context
+ * d carries (edp_trace_from_delivery). Returns 1 with *span set, or 0
+ * when d carries no valid context (then there is no span). */
+int edp_trace_delivery_span(const edp_delivery *d, edp_trace *span);
+
 /* The context a message to publish carries: its last traceparent among
  * m->headers, else the table's (a copy of a delivery). Returns 0,
  * EDP_ENOTFOUND or EDP_EBADDATA. */

@@ -58,6 +58,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "edp_conn_group.h"
+#include "edp_trace.h"
 #include "edp_util.h"
 #include "edp_worker.h"
 
@@ -215,11 +217,20 @@ static int sender_drain(edp_amb_sender *s, size_t max) {
 
 int edp_amb_send(edp_amb_sender *s, int kind, const char *message_id,
                  const void *body, size_t len) {
+  return edp_amb_send_traced(s, kind, message_id, body, len, NULL);
+}
+
+int edp_amb_send_traced(edp_amb_sender *s, int kind, const char *message_id,
+                        const void *body, size_t len, const edp_trace *t) {
   if (!s || !message_id || !message_id[0] || (len && !body) ||
       (kind != EDP_AMB_STANDARD && kind != EDP_AMB_PRIORITY))
     return EDP_EINVAL;
-  edp_header h[2] = {{EDP_AMB_HDR_KIND, edp_amb_kind_name(kind), 0},
-                     {EDP_AMB_HDR_SENT_US, NULL, 0}};
+  char tp[EDP_TRACEPARENT_LEN + 1];
+  edp_header h[3] = {{EDP_AMB_HDR_KIND, edp_amb_kind_name(kind), 0},
+                     {EDP_AMB_HDR_SENT_US, NULL, 0},
+                     {EDP_TRACE_HDR_PARENT, "", 0}};
+  if (t)
+    h[2].str = edp_trace_format(t, tp, sizeof(tp));
   edp_msg m;
   edp_msg_init(&m);
   m.routing_key = s->queue[kind];
@@ -233,7 +244,7 @@ int edp_amb_send(edp_amb_sender *s, int kind, const char *message_id,
   if (s->o.mode == EDP_AMB_NATIVE)
     m.priority = kind == EDP_AMB_PRIORITY ? EDP_AMB_MAX_PRIORITY : 0;
   m.headers = h;
-  m.n_headers = 2;
+  m.n_headers = t ? 3 : 2;
   /* Stamped after the wait for the window, so that latency counts from
    * the moment the message really left (a reconnect in between makes it
    * a little early). */
@@ -296,7 +307,8 @@ struct edp_amb_receiver {
   int fail_pipe[2]; /* readable = a thread ended on an error */
   int n;
   struct amb_thread *t;
-  pthread_mutex_t mu; /* guards the fields below */
+  edp_conn_group *conns; /* the threads' connections, for metrics */
+  pthread_mutex_t mu;    /* guards the fields below */
   int stopping;
   int error;
   edp_amb_receiver_stats st;
@@ -398,15 +410,20 @@ static int recover(struct amb_thread *t, int rc) {
   return rc;
 }
 
-/* One handler call, as the thread's worker runs it. */
+/* One handler call, as the thread's worker runs it, in the span of the
+ * message (NULL: it carries no trace context). */
 typedef struct handler_call {
   edp_amb_receiver *r;
   const edp_amb_job *job;
+  const edp_trace *span;
 } handler_call;
 
 static int call_handler(void *ud) {
   handler_call *hc = ud;
-  return hc->r->o.handler(hc->r->o.ud, hc->job);
+  edp_trace_set_current(hc->span);
+  int h = hc->r->o.handler(hc->r->o.ud, hc->job);
+  edp_trace_set_current(NULL);
+  return h;
 }
 
 /* Runs the handler on one delivery, then acks it (or rejects it to the
@@ -427,7 +444,10 @@ static int process(struct amb_thread *t, edp_delivery *d, int lane) {
    * lost connection then refuses the ack below (and the caller
    * reconnects); a channel or consumer error comes back from the next
    * drain(), which makes the caller drop the lanes of the old channel. */
-  handler_call hc = {r, &job};
+  /* The receiver's span for the message: the handler (on the worker)
+   * and the event (on this thread) see it as edp_trace_current(). */
+  edp_trace span;
+  handler_call hc = {r, &job, edp_trace_delivery_span(d, &span) ? &span : NULL};
   int h = -1;
   if (edp_worker_run(t->w, t->c, call_handler, &hc, &h) == EDP_EINVAL)
     return EDP_EINVAL; /* the handler did not run: leave it unacked */
@@ -451,9 +471,12 @@ static int process(struct amb_thread *t, edp_delivery *d, int lane) {
   if (t->index == 0)
     r->st.busy_us_priority_thread += job.end_us - job.start_us;
   pthread_mutex_unlock(&r->mu);
-  if (r->o.on_event)
+  if (r->o.on_event) {
+    edp_trace_set_current(hc.span);
     r->o.on_event(r->o.ud, failed ? EDP_AMB_DEAD_LETTERED : EDP_AMB_PROCESSED,
                   &job);
+    edp_trace_set_current(NULL);
+  }
   return 0;
 }
 
@@ -560,6 +583,8 @@ static void *thread_main(void *arg) {
   }
   lane_clear(&t->lanes[0]);
   lane_clear(&t->lanes[1]);
+  /* Its counts stay with the receiver (a last scrape sees them). */
+  edp_conn_group_detach(t->r->conns, t->c);
   edp_conn_destroy(&t->c);
   return NULL;
 }
@@ -599,7 +624,9 @@ static int setup_thread(edp_amb_receiver *r, int i, char *err, size_t err_len) {
   rc = edp_conn_open(&co, &t->c, err, err_len);
   if (rc)
     return rc;
-  rc = edp_amb_declare(t->c, o->mode, r->base, &r->o.kind);
+  rc = edp_conn_group_attach(r->conns, t->name, t->c);
+  if (!rc)
+    rc = edp_amb_declare(t->c, o->mode, r->base, &r->o.kind);
   edp_consume_opts cs;
   edp_consume_opts_init(&cs);
   if (!rc && t->role == ROLE_PRIORITY_FIRST) {
@@ -678,6 +705,8 @@ int edp_amb_receiver_start(const edp_amb_receiver_opts *o,
   r->t = calloc((size_t)r->n, sizeof(*r->t));
   int rc = r->t ? 0 : EDP_ENOMEM;
   if (!rc)
+    rc = edp_conn_group_new("edp-ambulance", &r->conns);
+  if (!rc)
     rc = make_pipe(r->stop_pipe);
   if (!rc)
     rc = make_pipe(r->fail_pipe);
@@ -731,10 +760,13 @@ void edp_amb_receiver_destroy(edp_amb_receiver **rp) {
   edp_amb_receiver *r = *rp;
   edp_amb_receiver_stop(r);
   for (int i = 0; r->t && i < r->n; i++) {
-    if (r->t[i].running)
+    if (r->t[i].running) {
       pthread_join(r->t[i].tid, NULL);
-    else
-      edp_conn_destroy(&r->t[i].c); /* set up but never started */
+    } else {
+      /* Set up but never started. */
+      edp_conn_group_detach(r->conns, r->t[i].c);
+      edp_conn_destroy(&r->t[i].c);
+    }
     edp_worker_destroy(&r->t[i].w);
     free(r->t[i].lanes[0].v);
     free(r->t[i].lanes[1].v);
@@ -746,6 +778,7 @@ void edp_amb_receiver_destroy(edp_amb_receiver **rp) {
     if (r->fail_pipe[i] >= 0)
       close(r->fail_pipe[i]);
   }
+  edp_conn_group_destroy(&r->conns);
   pthread_mutex_destroy(&r->mu);
   free(r);
   *rp = NULL;
@@ -786,4 +819,5 @@ void edp_amb_receiver_collect(const void *receiver, edp_metrics_out *out) {
   edp_metrics_counter_f(out, "edp_priority_thread_busy_seconds_total",
                         "Handler time of the priority (ambulance) thread.", l,
                         (double)st.busy_us_priority_thread / 1e6);
+  edp_conn_group_collect(r->conns, out);
 }

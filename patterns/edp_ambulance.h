@@ -38,6 +38,7 @@
 #include <stdint.h>
 
 #include "edp_conn.h"
+#include "edp_trace.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -123,6 +124,13 @@ void edp_amb_sender_destroy(edp_amb_sender **s);
  * EDP_ETOOBIG, EDP_ETIMEOUT, EDP_ESTOPPED, reconnect errors. */
 int edp_amb_send(edp_amb_sender *s, int kind, const char *message_id,
                  const void *body, size_t len);
+
+/* edp_amb_send() with trace context: t (NULL: none) goes in the
+ * traceparent header, for a sender that starts a trace (edp_trace_new) or
+ * continues one (edp_trace_child). The receiver's handler runs in a child
+ * span of it (edp_trace_current()). Errors as edp_amb_send(). */
+int edp_amb_send_traced(edp_amb_sender *s, int kind, const char *message_id,
+                        const void *body, size_t len, const edp_trace *t);
 
 /* Waits until every message sent is confirmed or refused. Errors as
  * edp_amb_send(). */
@@ -237,7 +245,9 @@ void edp_amb_receiver_stats_get(edp_amb_receiver *r,
 /* The edp_metrics_collect_fn of a receiver (obj is the edp_amb_receiver):
  * processed messages and the end-to-end latency histogram per lane
  * (label lane: priority, standard), dead-lettered and redelivered ones,
- * labelled queue (the base name); docs/metrics.md. */
+ * labelled queue (the base name); and each consumer thread's connection
+ * (edp_conn_group.h: conn "priority", "standard-N" or "worker-N"), kept
+ * after the thread closed it; docs/metrics.md. */
 void edp_amb_receiver_collect(const void *receiver, edp_metrics_out *out);
 
 #ifdef __cplusplus

@@ -520,10 +520,7 @@ static void hold(edp_fwd_receiver *r, const edp_delivery *d) {
   if (b->retries > r->o.max_retries)
     b->retries = r->o.max_retries;
   /* The receiver's span: a child of the context the message carries. */
-  edp_trace in;
-  b->traced = edp_trace_from_delivery(&b->d, &in) == 0;
-  if (b->traced)
-    edp_trace_child(&in, &b->span);
+  b->traced = edp_trace_delivery_span(&b->d, &b->span);
 }
 
 /* Gives the held deliveries back to the queue (a stop came: their

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "edp_conn_group.h"
 #include "edp_trace.h"
 #include "edp_util.h"
 
@@ -817,8 +818,9 @@ struct edp_multi_consumer {
   size_t n;
   int stop_pipe[2];
   int stopped;
-  pthread_mutex_t mu;  /* counters and error */
-  pthread_mutex_t hmu; /* the handler runs under it */
+  pthread_mutex_t mu;    /* counters and error */
+  pthread_mutex_t hmu;   /* the handler runs under it */
+  edp_conn_group *conns; /* "broker-<idx>": the threads' connections */
 };
 
 void edp_multi_consumer_opts_init(edp_multi_consumer_opts *o) {
@@ -930,10 +932,8 @@ static int c_drain(struct cbroker *b, edp_conn *c) {
   while (edp_conn_pending_deliveries(c) && edp_conn_receive(c, &d, 0) == 0) {
     /* The handler runs in the consumer's span for the message, a child
      * of the context it carries (edp_trace_current). */
-    edp_trace in, span;
-    int traced = edp_trace_from_delivery(&d, &in) == 0;
-    if (traced)
-      edp_trace_child(&in, &span);
+    edp_trace span;
+    int traced = edp_trace_delivery_span(&d, &span);
     pthread_mutex_lock(&mc->hmu);
     edp_trace_set_current(traced ? &span : NULL);
     int hr = mc->o.handler(mc->o.ud, b->idx, &d);
@@ -968,8 +968,14 @@ static void *c_thread(void *arg) {
   edp_multi_consumer *mc = b->mc;
   edp_conn *c = NULL;
   int rc = c_connect(b, &c);
-  if (!rc)
+  if (!rc) {
+    char series[32];
+    snprintf(series, sizeof(series), "broker-%d", b->idx);
+    if (edp_conn_group_attach(mc->conns, series, c))
+      mlog(mc->o.log, mc->o.log_ud, EDP_LOG_WARN,
+           "broker %d: its connection has no metrics", b->idx);
     c_event(b, EDP_MULTI_UP);
+  }
   int consuming = 1, tries = 0, delay = mc->o.retry_initial_ms;
   while (!rc) {
     if (!consuming) {
@@ -1049,7 +1055,9 @@ static void *c_thread(void *arg) {
     b->error = rc;
     pthread_mutex_unlock(&mc->mu);
   }
-  /* Closing the channel hands unhandled deliveries back to the broker. */
+  /* Closing the channel hands unhandled deliveries back to the broker.
+   * The connection's counts stay in its series. */
+  edp_conn_group_detach(mc->conns, c);
   edp_conn_destroy(&c);
   pthread_mutex_lock(&mc->mu);
   b->st.live = 0;
@@ -1084,7 +1092,8 @@ int edp_multi_consumer_new(const edp_multi_consumer_opts *o,
     mc->qo = *o->queue_opts;
     mc->has_qo = 1;
   }
-  if (!mc->queue || !mc->client_name || !mc->b) {
+  if (!mc->queue || !mc->client_name || !mc->b ||
+      edp_conn_group_new(mc->client_name, &mc->conns)) {
     edp_multi_consumer_destroy(&mc);
     return EDP_ENOMEM;
   }
@@ -1146,6 +1155,7 @@ void edp_multi_consumer_destroy(edp_multi_consumer **mp) {
   pthread_mutex_destroy(&mc->hmu);
   free(mc->queue);
   free(mc->client_name);
+  edp_conn_group_destroy(&mc->conns);
   free(mc);
   *mp = NULL;
 }
@@ -1194,4 +1204,5 @@ void edp_multi_consumer_collect(const void *consumer, edp_metrics_out *out) {
     edp_metrics_counter(out, "edp_multi_broker_ups_total",
                         "Times this broker came back.", l, st.ups);
   }
+  edp_conn_group_collect(mc->conns, out);
 }

@@ -242,8 +242,9 @@ int edp_multi_consumer_stats_get(const edp_multi_consumer *c, size_t broker,
 /* The edp_metrics_collect_fn of a consumer (obj is the
  * edp_multi_consumer): per broker (labels queue, broker: its index, and
  * host: host:port, never the URL's credentials) whether it consumes, and
- * its processed, failed and redelivered messages, downs and ups;
- * docs/metrics.md. */
+ * its processed, failed and redelivered messages, downs and ups; and each
+ * broker's connection (edp_conn_group.h: conn "broker-<index>", broker
+ * host:port), kept after its thread closed it; docs/metrics.md. */
 void edp_multi_consumer_collect(const void *consumer, edp_metrics_out *out);
 
 #ifdef __cplusplus

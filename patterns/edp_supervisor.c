@@ -33,6 +33,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "edp_conn_group.h"
+#include "edp_trace.h"
 #include "edp_util.h"
 #include "edp_worker.h"
 
@@ -117,8 +119,14 @@ struct consumer {
   atomic_int retire; /* 1 once asked; read by the consumer thread */
   int retiring;      /* the supervisor's view, under s->mu */
   int done;          /* the thread has finished, under s->mu */
+  int slot;          /* its metric series, "consumer-<slot>" (see below) */
   int64_t started_ms;
   struct consumer *next;
+};
+
+/* A consumer as the events name it: its id and its metric series. */
+struct consumer_ref {
+  int id, slot;
 };
 
 struct edp_sup {
@@ -136,8 +144,13 @@ struct edp_sup {
   int next_id;
   edp_sup_policy_state pst;
   edp_sup_stats st;
-  int64_t finished_ms;            /* lifetime of consumers already ended */
-  int *ids_started, *ids_retired; /* per tick, for events after unlock */
+  int64_t finished_ms; /* lifetime of consumers already ended */
+  /* Per tick, for the events after the unlock. */
+  struct consumer_ref *ids_started, *ids_retired;
+  unsigned char *slot_used; /* [1..max]: a live consumer holds it */
+  /* Every connection's series: "monitor" (the supervisor's) and
+   * "consumer-<slot>", whose counts outlive the consumers. */
+  edp_conn_group *conns;
 };
 
 void edp_sup_opts_init(edp_sup_opts *o) {
@@ -218,16 +231,21 @@ static void count_locked(edp_sup *s, int *active, int *live) {
 
 /* ---------- consumer thread ---------- */
 
-/* One handler call, as the consumer's worker thread runs it. */
+/* One handler call, as the consumer's worker thread runs it, in the
+ * consumer's span for the message (NULL: it carries no trace context). */
 typedef struct handler_call {
   struct consumer *k;
   const edp_delivery *d;
+  const edp_trace *span;
 } handler_call;
 
 static int call_handler(void *ud) {
   handler_call *hc = ud;
   edp_sup *s = hc->k->s;
-  return s->o.handler(s->o.ud, hc->k->id, hc->d);
+  edp_trace_set_current(hc->span);
+  int h = s->o.handler(s->o.ud, hc->k->id, hc->d);
+  edp_trace_set_current(NULL);
+  return h;
 }
 
 /* A retire request (the consumer's eventfd, which is also its connection's
@@ -251,7 +269,10 @@ static int retire_later(void *ud) {
 static int handle(struct consumer *k, edp_worker *w, edp_conn *c,
                   edp_delivery *d) {
   edp_sup *s = k->s;
-  handler_call hc = {k, d};
+  /* A child of the context the message carries: the handler (on the
+   * worker) and the event (on this thread) see it as edp_trace_current. */
+  edp_trace span;
+  handler_call hc = {k, d, edp_trace_delivery_span(d, &span) ? &span : NULL};
   int h = -1;
   int wrc = edp_worker_run(w, c, call_handler, &hc, &h);
   if (wrc == EDP_EINVAL)
@@ -274,8 +295,11 @@ static int handle(struct consumer *k, edp_worker *w, edp_conn *c,
                       -1,
                       0,
                       0,
-                      d};
+                      d,
+                      k->slot};
+  edp_trace_set_current(hc.span);
   emit(s, &ev);
+  edp_trace_set_current(NULL);
   return rc == EDP_ESTALE ? 0 : rc;
 }
 
@@ -289,7 +313,8 @@ static int consumer_reconnect(struct consumer *k, edp_conn *c) {
   pthread_mutex_lock(&s->mu);
   s->st.consumer_reconnects++;
   pthread_mutex_unlock(&s->mu);
-  edp_sup_event ev = {EDP_SUP_RECONNECTED, k->id, 0, 0, -1, -1, 0, 0, NULL};
+  edp_sup_event ev = {
+      EDP_SUP_RECONNECTED, k->id, 0, 0, -1, -1, 0, 0, NULL, k->slot};
   emit(s, &ev);
   return 0;
 }
@@ -327,8 +352,15 @@ static void *consumer_main(void *arg) {
   edp_conn *c = NULL;
   edp_worker *w = NULL;
   int err = edp_conn_open(&co, &c, why, sizeof(why));
-  if (err)
+  if (err) {
     slog(s, EDP_LOG_ERROR, "consumer %d: %s", k->id, why);
+  } else {
+    char series[32];
+    snprintf(series, sizeof(series), "consumer-%d", k->slot);
+    if (edp_conn_group_attach(s->conns, series, c))
+      slog(s, EDP_LOG_WARN, "consumer %d: its connection has no metrics",
+           k->id);
+  }
   if (!err && (err = edp_worker_new(&w)))
     slog(s, EDP_LOG_ERROR, "consumer %d: no worker thread: %s", k->id,
          edp_strerror(err));
@@ -385,9 +417,12 @@ static void *consumer_main(void *arg) {
       err = rc;
   }
   edp_worker_destroy(&w);
+  /* Its counts stay in its slot's series; the slot is free once done. */
+  edp_conn_group_detach(s->conns, c);
   edp_conn_destroy(&c);
   pthread_mutex_lock(&s->mu);
   k->done = 1;
+  s->slot_used[k->slot] = 0;
   s->finished_ms += edp_now_ms() - k->started_ms;
   int active, live;
   count_locked(s, &active, &live);
@@ -400,7 +435,8 @@ static void *consumer_main(void *arg) {
                       -1,
                       0,
                       err == EDP_ESTOPPED ? 0 : err,
-                      NULL};
+                      NULL,
+                      k->slot};
   emit(s, &ev);
   return NULL;
 }
@@ -413,11 +449,19 @@ static int start_locked(edp_sup *s) {
   k->s = s;
   k->id = ++s->next_id;
   k->started_ms = edp_now_ms();
+  /* The lowest free slot: live consumers never exceed max, so there is
+   * one, and the series stay as few as the most consumers alive at once
+   * (a consumer id would make a new series at every scale-up). */
+  k->slot = 1;
+  while (k->slot < s->o.policy.max && s->slot_used[k->slot])
+    k->slot++;
+  s->slot_used[k->slot] = 1;
   atomic_init(&k->retire, 0);
   k->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (k->efd < 0 || pthread_create(&k->th, NULL, consumer_main, k)) {
     if (k->efd >= 0)
       close(k->efd);
+    s->slot_used[k->slot] = 0;
     free(k);
     return 0;
   }
@@ -470,7 +514,7 @@ static int sup_reconnect(edp_sup *s) {
   pthread_mutex_lock(&s->mu);
   s->st.sup_reconnects++;
   pthread_mutex_unlock(&s->mu);
-  edp_sup_event ev = {EDP_SUP_RECONNECTED, 0, 0, 0, -1, -1, 0, 0, NULL};
+  edp_sup_event ev = {EDP_SUP_RECONNECTED, 0, 0, 0, -1, -1, 0, 0, NULL, 0};
   emit(s, &ev);
   return 0;
 }
@@ -516,7 +560,7 @@ static void tick(edp_sup *s) {
         slog(s, EDP_LOG_ERROR, "supervisor: cannot start a consumer thread");
         break;
       }
-      s->ids_started[n_started++] = id;
+      s->ids_started[n_started++] = (struct consumer_ref){id, s->cons->slot};
     }
   } else if (target < active) {
     /* The newest consumers go first, the way they came. */
@@ -525,7 +569,7 @@ static void tick(edp_sup *s) {
       if (k->done || k->retiring)
         continue;
       retire_locked(k);
-      s->ids_retired[n_retired++] = k->id;
+      s->ids_retired[n_retired++] = (struct consumer_ref){k->id, k->slot};
     }
     s->st.retired += (uint64_t)n_retired;
   }
@@ -538,24 +582,18 @@ static void tick(edp_sup *s) {
   pthread_mutex_unlock(&s->mu);
   for (int i = 0; i < n_started; i++) {
     edp_sup_event ev = {
-        EDP_SUP_START, s->ids_started[i], active, live, msgs, -1, want, 0,
-        NULL};
+        EDP_SUP_START, s->ids_started[i].id,  active, live, msgs, -1, want, 0,
+        NULL,          s->ids_started[i].slot};
     emit(s, &ev);
   }
   for (int i = 0; i < n_retired; i++) {
-    edp_sup_event ev = {EDP_SUP_RETIRE,
-                        s->ids_retired[i],
-                        active,
-                        live,
-                        msgs,
-                        -1,
-                        want,
-                        0,
-                        NULL};
+    edp_sup_event ev = {
+        EDP_SUP_RETIRE, s->ids_retired[i].id,  active, live, msgs, -1, want, 0,
+        NULL,           s->ids_retired[i].slot};
     emit(s, &ev);
   }
   edp_sup_event ev = {EDP_SUP_SCALE, 0,    active, live, msgs,
-                      bcons,         want, 0,      NULL};
+                      bcons,         want, 0,      NULL, 0};
   emit(s, &ev);
 }
 
@@ -650,10 +688,12 @@ int edp_sup_new(const edp_sup_opts *o, edp_sup **out, char *err_text,
   s->url = o->url ? strdup(o->url) : NULL;
   s->queue = strdup(o->queue);
   s->name = strdup(o->name ? o->name : "edp-sup");
-  s->ids_started = calloc((size_t)o->policy.max + 1, sizeof(int));
-  s->ids_retired = calloc((size_t)o->policy.max + 1, sizeof(int));
+  s->ids_started = calloc((size_t)o->policy.max + 1, sizeof(*s->ids_started));
+  s->ids_retired = calloc((size_t)o->policy.max + 1, sizeof(*s->ids_retired));
+  s->slot_used = calloc((size_t)o->policy.max + 1, 1);
   if ((o->url && !s->url) || !s->queue || !s->name || !s->ids_started ||
-      !s->ids_retired) {
+      !s->ids_retired || !s->slot_used ||
+      edp_conn_group_new(s->name, &s->conns)) {
     edp_sup_destroy(&s);
     return EDP_ENOMEM;
   }
@@ -671,6 +711,8 @@ int edp_sup_new(const edp_sup_opts *o, edp_sup **out, char *err_text,
   edp_conn_opts co;
   conn_opts(s, &co, client, s->stop_efd);
   int rc = edp_conn_open(&co, &s->c, why, sizeof(why));
+  if (!rc && edp_conn_group_attach(s->conns, "monitor", s->c))
+    slog(s, EDP_LOG_WARN, "supervisor: its connection has no metrics");
   if (!rc) {
     rc = edp_conn_declare_kind(s->c, s->queue, &s->o.kind, 0);
     if (rc)
@@ -722,6 +764,7 @@ void edp_sup_stop(edp_sup *s) {
     close(k->efd);
     free(k);
   }
+  edp_conn_group_detach(s->conns, s->c);
   edp_conn_destroy(&s->c);
 }
 
@@ -740,6 +783,8 @@ void edp_sup_destroy(edp_sup **sp) {
   free(s->name);
   free(s->ids_started);
   free(s->ids_retired);
+  free(s->slot_used);
+  edp_conn_group_destroy(&s->conns);
   free(s);
   *sp = NULL;
 }
@@ -785,4 +830,5 @@ void edp_sup_collect(const void *sup, edp_metrics_out *out) {
   edp_metrics_counter(out, "edp_pattern_reconnects_total",
                       "Reconnects of the pattern's own connections.", l,
                       st.sup_reconnects + st.consumer_reconnects);
+  edp_conn_group_collect(s->conns, out);
 }

@@ -119,6 +119,8 @@ typedef struct edp_sup_event {
   int wanted;               /* SCALE: what the depth alone asks for */
   int error;                /* STOPPED: 0, or the EDP_E* code it died of */
   const edp_delivery *d;    /* PROCESSED, FAILED: the message; else NULL */
+  int slot; /* the consumer's connection series, "consumer-<slot>" in the
+               metrics (edp_sup_collect); 0 for the supervisor */
 } edp_sup_event;
 
 /* Called on the supervisor and consumer threads; must be thread-safe. */
@@ -201,8 +203,12 @@ void edp_sup_stats_get(edp_sup *s, edp_sup_stats *out);
 
 /* The edp_metrics_collect_fn of a supervisor (obj is the edp_sup): the
  * queue depth, wanted, active and live consumers, processed and failed
- * messages, consumers started and retired, labelled queue;
- * docs/metrics.md. */
+ * messages, consumers started and retired, labelled queue; and every
+ * connection's (edp_conn_group.h): conn "monitor" (the supervisor's) and
+ * "consumer-<slot>", where slot is the lowest number no live consumer
+ * held when the consumer started (at most max of them): a slot's counters
+ * carry on from the consumers that held it before, so they never reset
+ * when consumers retire; docs/metrics.md. */
 void edp_sup_collect(const void *sup, edp_metrics_out *out);
 
 #ifdef __cplusplus

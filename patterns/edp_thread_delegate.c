@@ -410,11 +410,7 @@ static int dispatch(edp_td *td, edp_delivery *d) {
   t->d = *d;
   memset(d, 0, sizeof(*d));
   t->worker = -1;
-  edp_trace in;
-  if (edp_trace_from_delivery(&t->d, &in) == 0) {
-    edp_trace_child(&in, &t->span);
-    t->traced = 1;
-  }
+  t->traced = edp_trace_delivery_span(&t->d, &t->span);
   inflight_add(td, 1);
   int rc = edp_td_context(td->o.context_from, td->context_key, &t->d, t->ctx,
                           sizeof(t->ctx));

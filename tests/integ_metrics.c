@@ -664,6 +664,255 @@ START_TEST(prometheus_scrapes_receiver) {
 }
 END_TEST
 
+/* ---------- the connections a pattern owns ---------- */
+
+/* The value of name's sample whose conn label is conn, -1 if none. */
+static double conn_metric(const char *text, const char *name,
+                          const char *conn) {
+  char sel[128];
+  snprintf(sel, sizeof(sel), "conn=\"%s\"", conn);
+  return metric_with(text, name, sel);
+}
+
+/* The number of name's samples whose conn label starts with prefix, and
+ * their sum in *sum. */
+static int conn_series(const char *text, const char *name, const char *prefix,
+                       double *sum) {
+  char sel[128];
+  snprintf(sel, sizeof(sel), "conn=\"%s", prefix);
+  size_t nl = strlen(name);
+  int n = 0;
+  *sum = 0;
+  for (const char *p = text; p && *p;) {
+    const char *end = strchr(p, '\n');
+    size_t len = end ? (size_t)(end - p) : strlen(p);
+    char line[1024];
+    snprintf(line, sizeof(line), "%.*s", (int)len, p);
+    if (!strncmp(line, name, nl) && line[nl] == '{' && strstr(line, sel)) {
+      n++;
+      *sum += atof(strrchr(line, ' ') + 1);
+    }
+    p = end ? end + 1 : NULL;
+  }
+  return n;
+}
+
+#define SUP_MSGS 300
+#define SUP_MAX 4
+
+/* The supervisor's connections: a series per consumer slot while its
+ * consumer lives, scraped (and checked by promtool) in a loop while the
+ * consumers retire: the counters of every series only grow, and in the
+ * final counts the consumers' deliveries add up to every message although
+ * all of them are gone. The lifetime race test: scrapes run while the
+ * retiring consumers close their connections (run it on the SAN build). */
+START_TEST(supervisor_connection_series) {
+  const char *q = t_unique("metrics.supconn");
+  char *sargv[] = {(char *)t_bin("edp-forward-sender"),
+                   "--url",
+                   (char *)t_url(),
+                   "--queue",
+                   (char *)q,
+                   "--count",
+                   "300",
+                   NULL};
+  run_quiet(sargv);
+  t_proc s;
+  char *sx[] = {"--queue",
+                (char *)q,
+                "--min",
+                "1",
+                "--max",
+                "4",
+                "--per-consumer",
+                "20",
+                "--interval-ms",
+                "100",
+                "--keep-alive-ms",
+                "500",
+                "--work-ms",
+                "15",
+                "--idle-timeout",
+                "2500",
+                "--metrics-hold",
+                "30000",
+                NULL};
+  spawn(&s, "edp-supervisor", NULL, sx);
+  int port = 0, hold = 0, processed = 0, retired = 0, stopped = 0;
+  int live[SUP_MAX + 1] = {0}, ever[SUP_MAX + 1] = {0};
+  int all_up_seen = 0, scrapes = 0, scrapes_retiring = 0;
+  double last[SUP_MAX + 1], last_sum = 0;
+  for (int k = 0; k <= SUP_MAX; k++)
+    last[k] = -1;
+  char line[8192];
+  long long deadline = t_now_ms() + 90000;
+  while (!hold && t_now_ms() < deadline) {
+    /* Every event there is, then one scrape. */
+    while (t_readline(&s, line, sizeof(line), port ? 20 : 1000) == 1) {
+      json_t *ev = json_loads(line, 0, NULL);
+      const char *k = json_string_value(json_object_get(ev, "event"));
+      int slot = (int)json_integer_value(json_object_get(ev, "slot"));
+      if (k && !strcmp(k, "metrics_listening"))
+        port = (int)json_integer_value(json_object_get(ev, "port"));
+      if (k && !strcmp(k, "start")) {
+        ck_assert(slot >= 1 && slot <= SUP_MAX);
+        ck_assert_int_eq(live[slot], 0); /* a slot has one consumer */
+        live[slot] = ever[slot] = 1;
+      }
+      if (k && !strcmp(k, "consumer_stopped")) {
+        ck_assert(slot >= 1 && slot <= SUP_MAX && live[slot]);
+        live[slot] = 0;
+        stopped++;
+      }
+      retired += k && !strcmp(k, "retire");
+      processed += k && !strcmp(k, "processed");
+      hold += k && !strcmp(k, "metrics_hold");
+      json_decref(ev);
+    }
+    if (!port || hold)
+      continue;
+    char *text = scrape(port); /* promtool checks each one */
+    scrapes++;
+    scrapes_retiring += retired > 0;
+    ck_assert(conn_metric(text, "edp_connection_up", "monitor") == 1);
+    /* Each slot's counters only grow, whichever consumer holds it, and
+     * so does their sum. */
+    double sum = 0;
+    for (int k = 1; k <= SUP_MAX; k++) {
+      char name[32];
+      snprintf(name, sizeof(name), "consumer-%d", k);
+      double v = conn_metric(text, "edp_messages_delivered_total", name);
+      ck_assert_msg(v >= last[k], "consumer-%d delivered went from %g to %g", k,
+                    last[k], v);
+      last[k] = v;
+      sum += v < 0 ? 0 : v;
+    }
+    ck_assert(sum >= last_sum);
+    last_sum = sum;
+    /* At full strength: a series for every live consumer, up. */
+    int n_live = 0, n_up = 0;
+    for (int k = 1; k <= SUP_MAX; k++) {
+      char name[32];
+      snprintf(name, sizeof(name), "consumer-%d", k);
+      n_live += live[k];
+      n_up += live[k] && conn_metric(text, "edp_connection_up", name) == 1;
+    }
+    if (n_live == SUP_MAX && n_up == SUP_MAX)
+      all_up_seen = 1;
+    free(text);
+  }
+  ck_assert_msg(hold, "no metrics_hold event");
+  ck_assert_int_eq(processed, SUP_MSGS);
+  ck_assert_msg(all_up_seen, "never saw the %d consumers' series up", SUP_MAX);
+  ck_assert_int_ge(retired, 1);
+  ck_assert_int_ge(scrapes_retiring, 3);
+  /* The hold: every consumer is gone, their counts are not. */
+  char *text = scrape(port);
+  double delivered = 0;
+  int n_series = conn_series(text, "edp_messages_delivered_total", "consumer-",
+                             &delivered);
+  int n_ever = 0;
+  for (int k = 1; k <= SUP_MAX; k++)
+    n_ever += ever[k];
+  ck_assert_int_eq(n_series, n_ever);
+  ck_assert(delivered == SUP_MSGS);
+  double up = 0;
+  ck_assert_int_eq(conn_series(text, "edp_connection_up", "", &up), 0);
+  ck_assert(conn_metric(text, "edp_messages_delivered_total", "monitor") == 0);
+  fprintf(stderr,
+          "supervisor_connection_series: %d scrapes (%d after a retire), %d "
+          "retired, %d stopped, %d slots\n",
+          scrapes, scrapes_retiring, retired, stopped, n_ever);
+  free(text);
+  t_signal(&s, SIGTERM);
+  ck_assert_int_eq(t_wait(&s, 20000), 0);
+}
+END_TEST
+
+/* The ambulance receiver's and the multi-broker consumer's connections:
+ * after the stop (the hold) every thread closed its connection, and each
+ * one's series still holds its deliveries: they add up to the messages. */
+START_TEST(pattern_connection_series) {
+  const char *q = t_unique("metrics.ambconn");
+  char *sargv[] = {(char *)t_bin("edp-ambulance-sender"),
+                   "--url",
+                   (char *)t_url(),
+                   "--queue",
+                   (char *)q,
+                   "--standard",
+                   "30",
+                   "--priority",
+                   "10",
+                   "--rate",
+                   "0",
+                   NULL};
+  run_quiet(sargv);
+  t_proc r;
+  /* Not --count: its last processed event may come after the hold's. */
+  char *rx[] = {
+      "--queue",        (char *)q, "--threads",      "2",     "--work-ms", "5",
+      "--idle-timeout", "1500",    "--metrics-hold", "30000", NULL};
+  spawn(&r, "edp-ambulance-receiver", NULL, rx);
+  counts c = {0};
+  ck_assert(await(&r, &c, has_hold, 60000));
+  ck_assert_int_eq(c.processed, 40);
+  /* The hold begins when the stop was asked: the threads close their
+   * connections meanwhile, under scrapes. Once they all did, no series
+   * has gauges and every series still has its counts. */
+  char *text = NULL;
+  double delivered = 0, up = 0;
+  long long t0 = t_now_ms();
+  for (;;) {
+    free(text);
+    text = scrape(c.port);
+    if (!conn_series(text, "edp_connection_up", "", &up) ||
+        t_now_ms() - t0 > 10000)
+      break;
+    usleep(20000);
+  }
+  ck_assert_int_eq(conn_series(text, "edp_connection_up", "", &up), 0);
+  ck_assert_int_eq(
+      conn_series(text, "edp_messages_delivered_total", "", &delivered), 3);
+  ck_assert(conn_metric(text, "edp_messages_delivered_total", "priority") >= 0);
+  ck_assert(conn_metric(text, "edp_messages_delivered_total", "standard-1") >=
+            0);
+  ck_assert(conn_metric(text, "edp_messages_delivered_total", "standard-2") >=
+            0);
+  /* Every message delivered once (none was left prefetched: the queue
+   * was empty long before the stop). */
+  ck_assert(delivered == 40);
+  free(text);
+  t_signal(&r, SIGTERM);
+  ck_assert_int_eq(t_wait(&r, 10000), 0);
+
+  const char *mq = t_unique("metrics.multiconn");
+  char *margv[] = {(char *)t_bin("edp-multi-sender"),
+                   "--url",
+                   (char *)t_url(),
+                   "--queue",
+                   (char *)mq,
+                   "--count",
+                   "100",
+                   NULL};
+  run_quiet(margv);
+  t_proc m;
+  char *mx[] = {"--queue",        (char *)mq, "--count", "100",
+                "--metrics-hold", "30000",    NULL};
+  spawn(&m, "edp-multi-receiver", NULL, mx);
+  counts mc = {0};
+  ck_assert(await(&m, &mc, has_hold, 60000));
+  ck_assert_int_eq(mc.processed, 100);
+  text = scrape(mc.port);
+  ck_assert(conn_metric(text, "edp_messages_delivered_total", "broker-0") ==
+            100);
+  ck_assert(conn_metric(text, "edp_connection_lost_total", "broker-0") == 0);
+  ck_assert_ptr_null(strstr(text, "guest"));
+  free(text);
+  t_signal(&m, SIGTERM);
+  ck_assert_int_eq(t_wait(&m, 10000), 0);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("metrics");
   TCase *tc = tcase_create("metrics");
@@ -676,6 +925,8 @@ int main(void) {
   tcase_add_test(tc, multi_receiver_brokers);
   tcase_add_test(tc, prometheus_scrapes_receiver);
   tcase_add_test(tc, healthz_node_restart);
+  tcase_add_test(tc, supervisor_connection_series);
+  tcase_add_test(tc, pattern_connection_series);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

@@ -370,6 +370,259 @@ START_TEST(traceparent_parsing) {
 }
 END_TEST
 
+/* ---------- ambulance and supervisor consumers ---------- */
+
+/* Runs argv to its end and returns its events. */
+static json_t *run_events(char **argv, int timeout_ms) {
+  t_proc p;
+  ck_assert_int_eq(t_spawn(&p, argv, NULL), 0);
+  json_t *all = events(&p, timeout_ms);
+  ck_assert_int_eq(t_wait(&p, 10000), 0);
+  return all;
+}
+
+/* The span ids of the sender's events of kind, checked against root (the
+ * --traceparent given): same trace, parent the root's span, a new span
+ * each; by the message id under id_key, into span_of. Returns how many. */
+static int sender_spans(json_t *all, const char *kind, const char *id_key,
+                        const edp_trace *root, json_t *span_of) {
+  size_t i;
+  json_t *ev;
+  int n = 0;
+  json_array_foreach(all, i, ev) {
+    if (strcmp(str(ev, "event"), kind))
+      continue;
+    ck_assert_str_eq(str(ev, "trace_id"), root->trace_id);
+    ck_assert_str_eq(str(ev, "parent_span_id"), root->span_id);
+    ck_assert_str_ne(str(ev, "span_id"), root->span_id);
+    ck_assert_int_eq(strlen(str(ev, "span_id")), 16);
+    ck_assert_ptr_null(json_object_get(span_of, str(ev, id_key)));
+    json_object_set(span_of, str(ev, id_key), json_object_get(ev, "span_id"));
+    n++;
+  }
+  return n;
+}
+
+/* A consumer's processed event: the trace of root, its parent the span the
+ * sender gave the message, its own span new (seen holds every span id so
+ * far: none repeats). */
+static void check_hop(json_t *ev, const char *id_key, const edp_trace *root,
+                      json_t *span_of, json_t *seen) {
+  const char *id = str(ev, id_key);
+  const char *sender_span = json_string_value(json_object_get(span_of, id));
+  ck_assert_msg(sender_span, "message %s was not sent", id);
+  ck_assert_str_eq(str(ev, "trace_id"), root->trace_id);
+  ck_assert_str_eq(str(ev, "parent_span_id"), sender_span);
+  const char *span = str(ev, "span_id");
+  ck_assert_int_eq(strlen(span), 16);
+  ck_assert_str_ne(span, sender_span);
+  ck_assert_str_ne(span, root->span_id);
+  ck_assert_msg(!json_object_get(seen, span), "span %s twice", span);
+  json_object_set_new(seen, span, json_true());
+  ck_assert_str_eq(str(ev, "messaging.system"), "rabbitmq");
+}
+
+/* edp-ambulance-sender continues a trace; the ambulance receiver's
+ * priority thread and standard thread each handle messages of both lanes
+ * in a child span of the sender's. */
+START_TEST(ambulance_lanes_trace) {
+  const char *q = t_unique("trace.amb");
+  edp_trace root;
+  edp_trace_new(&root);
+  char tp[EDP_TRACEPARENT_LEN + 1];
+  edp_trace_format(&root, tp, sizeof(tp));
+  char *sargv[] = {(char *)t_bin("edp-ambulance-sender"),
+                   "--url",
+                   (char *)t_url(),
+                   "--queue",
+                   (char *)q,
+                   "--standard",
+                   "12",
+                   "--priority",
+                   "6",
+                   "--rate",
+                   "0",
+                   "--json",
+                   "--traceparent",
+                   tp,
+                   NULL};
+  json_t *sent = run_events(sargv, 30000);
+  json_t *span_of = json_object();
+  ck_assert_int_eq(sender_spans(sent, "sent", "id", &root, span_of), 18);
+  char *rargv[] = {(char *)t_bin("edp-ambulance-receiver"),
+                   "--url",
+                   (char *)t_url(),
+                   "--queue",
+                   (char *)q,
+                   "--work-ms",
+                   "5",
+                   "--count",
+                   "18",
+                   "--json",
+                   NULL};
+  json_t *done = run_events(rargv, 60000);
+  json_t *seen = json_object();
+  int by_kind[2] = {0}, processed = 0;
+  char lane[2][256];
+  snprintf(lane[EDP_AMB_STANDARD], sizeof(lane[0]), "%s.standard", q);
+  snprintf(lane[EDP_AMB_PRIORITY], sizeof(lane[0]), "%s.priority", q);
+  size_t i;
+  json_t *ev;
+  json_array_foreach(done, i, ev) {
+    if (strcmp(str(ev, "event"), "processed"))
+      continue;
+    check_hop(ev, "id", &root, span_of, seen);
+    int k = !strcmp(str(ev, "kind"), "priority");
+    ck_assert_str_eq(str(ev, "messaging.destination.name"), lane[k]);
+    by_kind[k]++;
+    processed++;
+  }
+  ck_assert_int_eq(processed, 18);
+  ck_assert_int_eq(by_kind[EDP_AMB_PRIORITY], 6);
+  ck_assert_int_eq(by_kind[EDP_AMB_STANDARD], 12);
+  json_decref(sent);
+  json_decref(done);
+  json_decref(span_of);
+  json_decref(seen);
+  edp_conn *c = open_conn();
+  for (int k = 0; k < 2; k++)
+    edp_conn_queue_delete(c, lane[k]);
+  char dlq[256];
+  snprintf(dlq, sizeof(dlq), "%s.dlq", q);
+  edp_conn_queue_delete(c, dlq);
+  edp_conn_destroy(&c);
+}
+END_TEST
+
+typedef struct sup_run {
+  int processed, started, retired;
+} sup_run;
+
+/* Reads the supervisor's events into all until done(r) holds. */
+static int sup_await(t_proc *p, json_t *all, sup_run *r,
+                     int (*done)(const sup_run *)) {
+  char line[8192];
+  long long deadline = t_now_ms() + 60000;
+  while (!done(r)) {
+    long long left = deadline - t_now_ms();
+    if (left <= 0 || t_readline(p, line, sizeof(line), (int)left) != 1)
+      return 0;
+    json_t *ev = json_loads(line, 0, NULL);
+    if (!ev)
+      continue;
+    r->processed += !strcmp(str(ev, "event"), "processed");
+    r->started += !strcmp(str(ev, "event"), "start");
+    r->retired += !strcmp(str(ev, "event"), "retire");
+    json_array_append_new(all, ev);
+  }
+  return 1;
+}
+
+static int first_wave_retired(const sup_run *r) {
+  return r->processed >= 60 && r->retired >= 1;
+}
+static int second_wave_done(const sup_run *r) { return r->processed >= 100; }
+
+/* edp-forward-sender continues a trace into a queue that a supervisor
+ * drains while it scales up, down (keep-alive 300 ms) and up again for a
+ * second wave: every consumer, whatever its lifetime, handles its message
+ * in a child span of the sender's. */
+START_TEST(supervisor_scaling_trace) {
+  const char *q = t_unique("trace.sup");
+  edp_trace root;
+  edp_trace_new(&root);
+  char tp[EDP_TRACEPARENT_LEN + 1];
+  edp_trace_format(&root, tp, sizeof(tp));
+  char *w1[] = {(char *)t_bin("edp-forward-sender"),
+                "--url",
+                (char *)t_url(),
+                "--queue",
+                (char *)q,
+                "--count",
+                "60",
+                "--id-prefix",
+                "w1",
+                "--json",
+                "--traceparent",
+                tp,
+                NULL};
+  json_t *sent = run_events(w1, 30000);
+  json_t *span_of = json_object();
+  ck_assert_int_eq(
+      sender_spans(sent, "confirmed", "message_id", &root, span_of), 60);
+  json_decref(sent);
+  char *sargv[] = {(char *)t_bin("edp-supervisor"),
+                   "--url",
+                   (char *)t_url(),
+                   "--queue",
+                   (char *)q,
+                   "--min",
+                   "1",
+                   "--max",
+                   "4",
+                   "--per-consumer",
+                   "5",
+                   "--interval-ms",
+                   "100",
+                   "--keep-alive-ms",
+                   "300",
+                   "--work-ms",
+                   "10",
+                   "--count",
+                   "100",
+                   "--json",
+                   NULL};
+  t_proc sp;
+  ck_assert_int_eq(t_spawn(&sp, sargv, NULL), 0);
+  json_t *all = json_array();
+  sup_run r = {0};
+  ck_assert(sup_await(&sp, all, &r, first_wave_retired));
+  ck_assert_int_ge(r.started, 2);
+  int started_before = r.started;
+  char *w2[] = {(char *)t_bin("edp-forward-sender"),
+                "--url",
+                (char *)t_url(),
+                "--queue",
+                (char *)q,
+                "--count",
+                "40",
+                "--id-prefix",
+                "w2",
+                "--json",
+                "--traceparent",
+                tp,
+                NULL};
+  sent = run_events(w2, 30000);
+  ck_assert_int_eq(
+      sender_spans(sent, "confirmed", "message_id", &root, span_of), 40);
+  json_decref(sent);
+  ck_assert(sup_await(&sp, all, &r, second_wave_done));
+  ck_assert_int_eq(t_wait(&sp, 20000), 0);
+  /* Scaled up again for the second wave. */
+  ck_assert_int_gt(r.started, started_before);
+  json_t *seen = json_object();
+  size_t i;
+  json_t *ev;
+  int processed = 0;
+  json_array_foreach(all, i, ev) {
+    if (strcmp(str(ev, "event"), "processed"))
+      continue;
+    check_hop(ev, "message_id", &root, span_of, seen);
+    ck_assert_str_eq(str(ev, "messaging.destination.name"), q);
+    processed++;
+  }
+  /* Each message once: spans are unique, and there are 100 of them. */
+  ck_assert_int_eq(processed, 100);
+  ck_assert_int_eq(json_object_size(seen), 100);
+  json_decref(all);
+  json_decref(seen);
+  json_decref(span_of);
+  edp_conn *c = open_conn();
+  edp_conn_queue_delete(c, q);
+  edp_conn_destroy(&c);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("trace");
   TCase *tc = tcase_create("trace");
@@ -378,6 +631,8 @@ int main(void) {
   tcase_add_test(tc, forwarding_retry_dead_letter);
   tcase_add_test(tc, thread_delegate_handoff);
   tcase_add_test(tc, multi_broker_failover_resend);
+  tcase_add_test(tc, ambulance_lanes_trace);
+  tcase_add_test(tc, supervisor_scaling_trace);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
