@@ -624,6 +624,40 @@ static void await_gone(const char *queue) {
   ck_assert_int_eq(rc, EDP_ENOTFOUND);
 }
 
+/* A config server on rq (store: a new file in /tmp, its path into store)
+ * pinging each watch every prune seconds; its metrics port into sc. */
+static void config_server(t_proc *srv, counts *sc, const char *rq, char *store,
+                          size_t len, char *prune) {
+  snprintf(store, len, "/tmp/%s.json", t_unique("edp-metrics-store"));
+  char *sx[] = {
+      "--store", store, "--request-queue", (char *)rq, "--prune-interval",
+      prune,     NULL};
+  spawn_with(srv, "edp-config-server", NULL, sx, 1);
+  ck_assert(await(srv, sc, has_port, 30000));
+}
+
+/* A watch service with args, awaited until registered (c->queue). */
+static void watch_service(t_proc *p, counts *c, char **args) {
+  spawn(p, "edp-watch-service", NULL, args);
+  ck_assert(await(p, c, has_registered, 30000));
+}
+
+static int has_removed(const counts *c) { return c->removed > 0; }
+
+/* Scrapes port until family name sums to at least v, for 10 s at most;
+ * returns the last sum. */
+static double await_metric(int port, const char *name, double v) {
+  double got = -1;
+  for (long long t0 = t_now_ms(); t_now_ms() - t0 < 10000; usleep(100000)) {
+    char *text = scrape(port);
+    got = metric(text, name);
+    free(text);
+    if (got >= v)
+      break;
+  }
+  return got;
+}
+
 /* Three changes reach a service of every key (3) and one of "color" (2);
  * a third service, killed, makes the first change come back. */
 static int watch_settled(const counts *c) {
@@ -636,12 +670,9 @@ static int watch_settled(const counts *c) {
 START_TEST(watch_counters) {
   const char *rq = t_unique("metrics.config.q");
   char store[300];
-  snprintf(store, sizeof(store), "/tmp/%s.json", t_unique("edp-metrics-store"));
-  char *sx[] = {"--store", store, "--request-queue", (char *)rq, NULL};
   t_proc srv, svc[3];
-  spawn_with(&srv, "edp-config-server", NULL, sx, 1);
   counts sc = {0}, c[3] = {{0}};
-  ck_assert(await(&srv, &sc, has_port, 30000));
+  config_server(&srv, &sc, rq, store, sizeof(store), "30");
   char *all[] = {"--request-queue", (char *)rq, "--name",
                  "svc-all",         "--count",  "3",
                  "--metrics-hold",  "30000",    NULL};
@@ -650,10 +681,8 @@ START_TEST(watch_counters) {
                    "--metrics-hold",  "30000",    NULL};
   char *doomed[] = {"--request-queue", (char *)rq, "--name", "svc-gone", NULL};
   char **args[3] = {all, color, doomed};
-  for (int i = 0; i < 3; i++) {
-    spawn(&svc[i], "edp-watch-service", NULL, args[i]);
-    ck_assert(await(&svc[i], &c[i], has_registered, 30000));
-  }
+  for (int i = 0; i < 3; i++)
+    watch_service(&svc[i], &c[i], args[i]);
   t_signal(&svc[2], SIGKILL);
   ck_assert_int_eq(t_wait(&svc[2], 10000), 128 + SIGKILL);
   await_gone(c[2].queue);
@@ -689,6 +718,40 @@ START_TEST(watch_counters) {
   char reason[256];
   ck_assert_int_eq(health(sc.port, reason, sizeof(reason)), 200);
   done_with(&srv, text, 130);
+  unlink(store);
+}
+END_TEST
+
+/* A watcher killed while nothing changes: the server's ping comes back
+ * and the watch leaves the registry; the living watcher's pings are
+ * neither returned nor taken for foreign messages. */
+START_TEST(watch_orphan_pings) {
+  const char *rq = t_unique("metrics.config.q");
+  char store[300];
+  t_proc srv, live, gone;
+  counts sc = {0}, lc = {0}, gc = {0};
+  config_server(&srv, &sc, rq, store, sizeof(store), "1");
+  char *largs[] = {"--request-queue", (char *)rq, "--name", "svc-live", NULL};
+  char *gargs[] = {"--request-queue", (char *)rq, "--name", "svc-gone", NULL};
+  watch_service(&live, &lc, largs);
+  watch_service(&gone, &gc, gargs);
+  t_signal(&gone, SIGKILL);
+  ck_assert_int_eq(t_wait(&gone, 10000), 128 + SIGKILL);
+  ck_assert(await(&srv, &sc, has_removed, 30000));
+  char *text = scrape(sc.port);
+  ck_assert(metric(text, "edp_watch_pings_returned_total") == 1);
+  ck_assert(metric(text, "edp_watch_watches_removed_total") == sc.removed);
+  ck_assert(metric(text, "edp_watch_notifications_returned_total") == 0);
+  ck_assert(metric(text, "edp_watch_watches") == 1);
+  ck_assert(metric(text, "edp_messages_returned_total") == 1);
+  free(text);
+  /* The living service got a ping besides its reply, and took it as the
+   * server's: nothing dropped. */
+  ck_assert(await_metric(lc.port, "edp_messages_delivered_total", 2) >= 2);
+  text = scrape(lc.port);
+  ck_assert(metric(text, "edp_watch_client_dropped_total") == 0);
+  done_with(&live, text, 130);
+  done_with(&srv, NULL, 130);
   unlink(store);
 }
 END_TEST
@@ -878,6 +941,7 @@ int main(void) {
   tcase_add_test(tc, prometheus_scrapes_receiver);
   tcase_add_test(tc, healthz_node_restart);
   tcase_add_test(tc, watch_counters);
+  tcase_add_test(tc, watch_orphan_pings);
   tcase_add_test(tc, senders_sent_counts);
   suite_add_tcase(s, tc);
   /* A second broker: it boots while the cases above run. */
