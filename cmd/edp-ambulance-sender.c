@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "metrics_http.h"
 
 static cli app;
 
@@ -29,7 +30,8 @@ static void usage(void) {
          "                         0 = as fast as possible)\n"
          "      --interval MS      demo pace (default 500)\n"
          "      --transient        transient messages (default "
-         "persistent)\n" CLI_QUEUE_HELP CLI_TRACE_HELP CLI_COMMON_HELP);
+         "persistent)\n" CLI_QUEUE_HELP CLI_TRACE_HELP CLI_METRICS_HELP
+             CLI_COMMON_HELP);
 }
 
 typedef struct run {
@@ -39,6 +41,7 @@ typedef struct run {
   const char *base;
   int64_t t0;
   uint64_t sent;
+  metrics_sent lane[2]; /* by enum edp_amb_kind; single-writer: main */
 } run;
 
 static void send_one(run *r, int kind, long n) {
@@ -58,6 +61,7 @@ static void send_one(run *r, int kind, long n) {
             edp_conn_unconfirmed(r->conn));
   if (rc)
     cli_die_err(&app, r->conn, rc, "send failed");
+  edp_count_add(&r->lane[kind].n, 1);
   cli_progress(&app, ++r->sent, edp_conn_unconfirmed(r->conn), 0);
   if (app.json) {
     json_t *o = json_pack("{s:s,s:s,s:s,s:I}", "event", "sent", "kind",
@@ -104,6 +108,7 @@ int main(int argc, char **argv) {
       {"transient", no_argument, NULL, 'T'},
       CLI_QUEUE_LONGOPTS,
       CLI_TRACE_LONGOPT,
+      CLI_METRICS_LONGOPT,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   const char *base = "edp.ambulance";
@@ -168,6 +173,16 @@ int main(int argc, char **argv) {
   int rc = edp_amb_sender_new(r.conn, &so, &r.s);
   if (rc)
     cli_die_err(&app, r.conn, rc, "cannot set up the queues");
+  /* Labelled as the receiver labels its processed messages. */
+  metrics_serve ms = {0};
+  metrics_serve_start(&ms, &app, r.conn, 0, NULL, NULL);
+  for (int k = 0; k < 2; k++) {
+    char *l = r.lane[k].labels;
+    edp_metrics_label(l, sizeof(r.lane[k].labels), "queue", base);
+    edp_metrics_label(l, sizeof(r.lane[k].labels), "lane",
+                      edp_amb_kind_name(k));
+    metrics_serve_add(&ms, &app, &r.lane[k], metrics_sent_collect);
+  }
 
   if (n_std < 0 && n_prio < 0) {
     /* The talk's demo: three standard, one priority, three standard, one
@@ -224,6 +239,7 @@ int main(int argc, char **argv) {
           (unsigned long long)st.sent[EDP_AMB_PRIORITY],
           edp_amb_mode_name(so.mode), (unsigned long long)st.confirmed,
           (unsigned long long)st.refused);
+  metrics_serve_stop(&ms, &app);
   edp_amb_sender_destroy(&r.s);
   edp_conn_destroy(&r.conn);
   return st.refused ? CLI_DATAERR : CLI_OK;

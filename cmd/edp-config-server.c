@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "metrics_http.h"
 
 static cli app;
 
@@ -40,7 +41,7 @@ static void usage(void) {
          "                         to remove orphans (default 30, 0 = "
          "never)\n"
          "      --prune-rate N     at most N pings a second (default "
-         "500)\n" CLI_COMMON_HELP);
+         "500)\n" CLI_METRICS_HELP CLI_COMMON_HELP);
 }
 
 static void on_event(void *ud, const edp_watch_info *in) {
@@ -156,6 +157,7 @@ int main(int argc, char **argv) {
       {"max-per-user", required_argument, NULL, OPT_MAX_PER_USER},
       {"prune-interval", required_argument, NULL, OPT_PRUNE_INTERVAL},
       {"prune-rate", required_argument, NULL, OPT_PRUNE_RATE},
+      CLI_METRICS_LONGOPT,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   edp_watch_server_opts so;
@@ -220,6 +222,10 @@ int main(int argc, char **argv) {
           "%s\n",
           edp_watch_server_key_count(s), edp_watch_server_watch_count(s),
           so.store_path, so.request_queue);
+  /* /healthz: 503 while the connection is down or blocked, or while the
+   * request queue is not consumed. */
+  metrics_serve ms = {0};
+  metrics_serve_start(&ms, &app, conn, 1, s, edp_watch_server_collect);
   cli_say(&app, "Enter new config value:\n");
 
   /* One loop, one thread, one connection: wait on the broker socket and
@@ -275,6 +281,7 @@ int main(int argc, char **argv) {
     }
   }
   free(buf);
+  metrics_serve_stop(&ms, &app);
   edp_watch_server_destroy(&s);
   edp_conn_destroy(&conn);
   return code;

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "metrics_http.h"
 
 static cli app;
 
@@ -39,7 +40,7 @@ static void usage(void) {
       "      --id-prefix P       message_id is P-SEQ (default: a per-run "
       "id)\n"
       "  -w, --confirm-window N  messages in flight (default "
-      "1024)\n" CLI_QUEUE_HELP CLI_COMMON_HELP);
+      "1024)\n" CLI_QUEUE_HELP CLI_METRICS_HELP CLI_COMMON_HELP);
 }
 
 /* Parses a duration "N", "Ns" or "Nms" (N >= 1) into ms; -1 if malformed. */
@@ -169,6 +170,7 @@ int main(int argc, char **argv) {
       {"id-prefix", required_argument, NULL, 'I'},
       {"confirm-window", required_argument, NULL, 'w'},
       CLI_QUEUE_LONGOPTS,
+      CLI_METRICS_LONGOPT,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   const char *queue = "edp.supervisor", *profile = NULL, *duration = NULL;
@@ -243,6 +245,8 @@ int main(int argc, char **argv) {
   int rc = edp_fwd_sender_new(r.conn, &fo, &r.s);
   if (rc)
     cli_die_err(&app, r.conn, rc, "cannot set up the queue");
+  metrics_serve ms = {0};
+  metrics_serve_start(&ms, &app, r.conn, 0, r.s, edp_fwd_sender_collect);
 
   for (size_t i = 0; i < n_seg; i++) {
     fprintf(stderr, "edp-load: %ld msgs/s for %lld ms\n", seg[i].rate,
@@ -278,6 +282,7 @@ int main(int argc, char **argv) {
   fprintf(stderr, "edp-load: sent %llu, confirmed %llu, refused %llu\n",
           (unsigned long long)st.sent, (unsigned long long)st.confirmed,
           (unsigned long long)st.refused);
+  metrics_serve_stop(&ms, &app);
   edp_fwd_sender_destroy(&r.s);
   edp_conn_destroy(&r.conn);
   return st.refused ? CLI_DATAERR : CLI_OK;

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "metrics_http.h"
 
 static cli app;
 
@@ -39,7 +40,7 @@ static void usage(void) {
       "      --down-max-ms MS   give up (exit 69) when no broker could take\n"
       "                         messages for MS (default "
       "30000)\n" CLI_QUEUE_HELP "      --quorum           the same as "
-                                "--queue-type quorum\n" CLI_TRACE_HELP
+      "--queue-type quorum\n" CLI_TRACE_HELP CLI_METRICS_HELP
       "Every second: per-broker confirmed rates on stderr. Events (--json):\n"
       "confirmed, nacked, broker_down, broker_up, rerouted, held, summary.\n"
       "  -j, --json           one JSON object per event on stdout\n"
@@ -157,6 +158,24 @@ static void die_unavailable(run *r, int rc, const char *what, long down_ms) {
           edp_strerror(rc), left);
 }
 
+/* /healthz: 503 while no broker is in rotation (nothing can be sent);
+ * the reason says how many are. */
+static int producer_health(void *ud, char *reason, size_t len) {
+  const run *r = ud;
+  size_t live = 0;
+  for (size_t i = 0; i < r->n; i++) {
+    edp_multi_broker_stats st;
+    if (!edp_multi_producer_stats_get(r->p, i, &st))
+      live += st.live > 0;
+  }
+  if (live) {
+    snprintf(reason, len, "ok");
+    return 200;
+  }
+  snprintf(reason, len, "no broker up (0 of %zu)", r->n);
+  return 503;
+}
+
 /* The broker connections' events as --json lines, but for those the
  * multi-broker events say per broker already (up, down, cancelled). */
 static void multi_conn_event(void *ud, const edp_conn_event *ev) {
@@ -181,6 +200,7 @@ int main(int argc, char **argv) {
       {"quorum", no_argument, NULL, 'Q'},
       CLI_QUEUE_LONGOPTS,
       CLI_TRACE_LONGOPT,
+      CLI_METRICS_LONGOPT,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   const char *queue = "edp.multi";
@@ -284,6 +304,9 @@ int main(int argc, char **argv) {
     cli_die(&app, rc == EDP_EURL ? CLI_USAGE : cli_exit_code(rc), "%s",
             why[0] ? why : edp_strerror(rc));
 
+  metrics_serve ms = {0};
+  metrics_serve_start_obj(&ms, &app, r.p, edp_multi_producer_collect,
+                          producer_health, &r);
   int64_t start = edp_now_ms();
   char body[160], id[96], key[32];
   edp_header hdr[3];
@@ -368,6 +391,7 @@ int main(int argc, char **argv) {
           "queue was gone\n",
           count, (unsigned long long)confirmed, r.n, secs,
           (unsigned long long)rerouted, (unsigned long long)returned);
+  metrics_serve_stop(&ms, &app);
   edp_multi_producer_destroy(&r.p);
   return r.refused ? CLI_DATAERR : CLI_OK;
 }

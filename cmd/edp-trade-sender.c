@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "metrics_http.h"
 
 static cli app;
 
@@ -33,7 +34,8 @@ static void usage(void) {
       "      --id-prefix P      message_id is P-ACCOUNT-SEQ\n"
       "JSON events: {\"event\":\"sent\",\"account\",\"seq\",\"message_id\"}\n"
       "once the broker confirmed the trade (seq counts per account "
-      "from 1).\n" CLI_QUEUE_HELP CLI_TRACE_HELP CLI_COMMON_HELP);
+      "from 1).\n" CLI_QUEUE_HELP CLI_TRACE_HELP CLI_METRICS_HELP
+          CLI_COMMON_HELP);
 }
 
 typedef struct trade {
@@ -60,8 +62,9 @@ typedef struct run {
   char prefix[64];
   unsigned seed;
   long window;
-  uint64_t refused, sent;
-  edp_recovery rec; /* reconnects and republished messages */
+  uint64_t refused;
+  metrics_sent sent; /* single-writer: the main thread */
+  edp_recovery rec;  /* reconnects and republished messages */
 } run;
 
 static void on_confirm(void *ud, const edp_confirm *cf) {
@@ -148,7 +151,8 @@ static void send_trade(run *r, const trade *t) {
       edp_conn_publish_window(r->conn, &m, (size_t)r->window, 30000, &r->rec);
   if (rc)
     die_rc(r, rc, "publish failed");
-  cli_progress(&app, ++r->sent, edp_conn_unconfirmed(r->conn), 0);
+  edp_count_add(&r->sent.n, 1);
+  cli_progress(&app, r->sent.n, edp_conn_unconfirmed(r->conn), 0);
 }
 
 /* Paces to rate trades per second, servicing the connection meanwhile. */
@@ -181,6 +185,7 @@ int main(int argc, char **argv) {
       {"id-prefix", required_argument, NULL, 'I'},
       CLI_QUEUE_LONGOPTS,
       CLI_TRACE_LONGOPT,
+      CLI_METRICS_LONGOPT,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   const char *exchange = "edp.trades", *queue = "edp.trades";
@@ -254,6 +259,9 @@ int main(int argc, char **argv) {
   if ((rc = edp_conn_confirm_select(r.conn)))
     cli_die_err(&app, r.conn, rc, "cannot enable confirms");
   edp_conn_on_confirm(r.conn, on_confirm, &r);
+  edp_metrics_label(r.sent.labels, sizeof(r.sent.labels), "queue", queue);
+  metrics_serve ms = {0};
+  metrics_serve_start(&ms, &app, r.conn, 0, &r.sent, metrics_sent_collect);
 
   int64_t start = edp_now_ms();
   if (count < 0) {
@@ -300,13 +308,14 @@ int main(int argc, char **argv) {
     free(seqs);
   }
   wait_confirms(&r, 0);
-  cli_progress(&app, r.sent, edp_conn_unconfirmed(r.conn), 1);
+  cli_progress(&app, r.sent.n, edp_conn_unconfirmed(r.conn), 1);
   fprintf(stderr,
           "edp-trade-sender: %ld trade(s) confirmed, %llu refused, %llu "
           "republished after %llu reconnect(s)\n",
           count < 0 ? 10 : count, (unsigned long long)r.refused,
           (unsigned long long)r.rec.republished,
           (unsigned long long)r.rec.reconnects);
+  metrics_serve_stop(&ms, &app);
   edp_conn_destroy(&r.conn);
   return r.refused ? CLI_DATAERR : CLI_OK;
 }

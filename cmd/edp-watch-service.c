@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "metrics_http.h"
 
 static cli app;
 
@@ -19,7 +20,7 @@ static void usage(void) {
          "      --request-queue Q  the server's queue (default config.q)\n"
          "      --count N          exit 0 after N changes\n"
          "      --idle-timeout MS  exit 0 after MS ms without an "
-         "update\n" CLI_COMMON_HELP);
+         "update\n" CLI_METRICS_HELP CLI_COMMON_HELP);
 }
 
 int main(int argc, char **argv) {
@@ -30,6 +31,7 @@ int main(int argc, char **argv) {
       {"request-queue", required_argument, NULL, 'Q'},
       {"count", required_argument, NULL, 'c'},
       {"idle-timeout", required_argument, NULL, 'i'},
+      CLI_METRICS_LONGOPT,
       CLI_COMMON_LONGOPTS,
       {NULL, 0, NULL, 0}};
   const char *name = "service", *request_queue = NULL;
@@ -83,6 +85,10 @@ int main(int argc, char **argv) {
     cli_die_err(&app, conn, rc, "cannot register");
   fprintf(stderr, "edp-watch-service: %s watching through %s\n", name,
           edp_watch_client_queue(cl));
+  /* /healthz: 503 while the connection is down or blocked, or while the
+   * watch queue is not consumed. */
+  metrics_serve ms = {0};
+  metrics_serve_start(&ms, &app, conn, 1, cl, edp_watch_client_collect);
   long changes = 0;
   int code = CLI_OK;
   while (count < 0 || changes < count) {
@@ -150,6 +156,7 @@ int main(int argc, char **argv) {
             "edp-watch-service: dropped %zu message(s) not from the config "
             "server\n",
             dropped);
+  metrics_serve_stop(&ms, &app);
   edp_watch_client_destroy(&cl);
   edp_conn_destroy(&conn);
   return code;

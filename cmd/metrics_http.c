@@ -257,3 +257,14 @@ void metrics_serve_stop(metrics_serve *s, const cli *c) {
   metrics_http_stop(&s->http);
   edp_metrics_destroy(&s->reg);
 }
+
+void metrics_sent_collect(const void *sent, edp_metrics_out *out) {
+  const metrics_sent *x = sent;
+  edp_metrics_messages(out, EDP_MSGS_SENT, x->labels, edp_count_read(&x->n));
+}
+
+void metrics_serve_add(metrics_serve *s, const cli *c, const void *obj,
+                       edp_metrics_collect_fn fn) {
+  if (s->reg && edp_metrics_add(s->reg, obj, fn))
+    cli_die(c, CLI_SOFTWARE, "out of memory");
+}

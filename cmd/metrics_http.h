@@ -8,6 +8,7 @@
 #define EDP_METRICS_HTTP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "cli.h"
 
@@ -80,5 +81,19 @@ void metrics_serve_start_obj(metrics_serve *s, const cli *c, const void *obj,
  * {"event":"metrics_hold","ms":...} says it begins), or until SIGINT or
  * SIGTERM. Accepts a zeroed s. */
 void metrics_serve_stop(metrics_serve *s, const cli *c);
+
+/* A sender program's count of messages published, served as
+ * edp_messages_sent_total{labels}: the sending thread adds with
+ * edp_count_add(&x->n, 1), metrics_sent_collect reads it from any thread.
+ * Build labels with edp_metrics_label. */
+typedef struct metrics_sent {
+  uint64_t n;
+  char labels[600];
+} metrics_sent;
+void metrics_sent_collect(const void *sent, edp_metrics_out *out);
+
+/* Serves one more object in a started s (without --metrics: nothing). */
+void metrics_serve_add(metrics_serve *s, const cli *c, const void *obj,
+                       edp_metrics_collect_fn fn);
 
 #endif

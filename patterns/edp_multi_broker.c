@@ -116,7 +116,10 @@ struct pbroker {
   /* A message came back unroutable: the queue is gone on this broker. */
   int redeclare;
   int64_t next_redeclare;
+  /* Single-writer (the producer's thread): counters and the live gauge in
+   * st, the unconfirmed and held gauges in g_* (st's are not read). */
   edp_multi_broker_stats st;
+  uint64_t g_unconfirmed, g_held;
 };
 
 struct edp_multi_producer {
@@ -131,6 +134,14 @@ struct edp_multi_producer {
   int64_t last_pump;
   unsigned rand_state;
 };
+
+/* The in-flight and held gauges other threads read (stats_get): set from
+ * the owner's exact numbers at the end of every service round and after
+ * each publish, so they trail by one producer call at most. */
+static void sync_gauges(struct pbroker *b) {
+  edp_count_set(&b->g_unconfirmed, b->c ? edp_conn_unconfirmed(b->c) : 0);
+  edp_count_set(&b->g_held, b->n_held);
+}
 
 /* Declares the queue as the user asked (qo may be NULL); a queue whose
  * dead letters go to another queue (a quorum queue's delivery limit)
@@ -208,14 +219,14 @@ static void p_confirmed(void *ud, const edp_confirm *cf) {
   if (cf->status == EDP_CONFIRM_RETURNED && cf->msg &&
       to_our_queue(b->p, cf->msg) && (h = held_copy(cf->msg))) {
     held_push(b, h);
-    b->st.returned++;
+    edp_count_add(&b->st.returned, 1);
     b->redeclare = 1;
     return;
   }
   if (cf->status == EDP_CONFIRM_ACK)
-    b->st.confirmed++;
+    edp_count_add(&b->st.confirmed, 1);
   else
-    b->st.nacked++;
+    edp_count_add(&b->st.nacked, 1);
   if (b->p->o.on_confirm)
     b->p->o.on_confirm(b->p->o.ud, b->idx, cf);
 }
@@ -226,7 +237,7 @@ static void p_confirmed(void *ud, const edp_confirm *cf) {
 static void p_conn_event(void *ud, const edp_conn_event *ev) {
   struct pbroker *b = ud;
   if (ev->type == EDP_CONN_RECONNECTED || ev->type == EDP_CONN_CHANNEL_RESTORED)
-    b->st.published += ev->republished;
+    edp_count_add(&b->st.published, ev->republished);
   if (ev->type == EDP_CONN_RECONNECTED) /* by try_up: send_kept logs it */
     b->resent += ev->republished;
 }
@@ -247,8 +258,8 @@ static void broker_down(edp_multi_producer *p, struct pbroker *b,
   if (b->c)
     edp_conn_abandon(b->c); /* its unconfirmed move to the lost list */
   b->live = 0;
-  b->st.live = 0;
-  b->st.downs++;
+  edp_gauge_set(&b->st.live, 0);
+  edp_count_add(&b->st.downs, 1);
   int64_t now = edp_now_ms();
   b->down_since = now;
   b->delay = p->o.retry_initial_ms;
@@ -304,8 +315,8 @@ static int p_open(edp_multi_producer *p, struct pbroker *b, char *why,
 
 static void mark_up(edp_multi_producer *p, struct pbroker *b) {
   b->live = 1;
-  b->st.live = 1;
-  b->st.ups++;
+  edp_gauge_set(&b->st.live, 1);
+  edp_count_add(&b->st.ups, 1);
   b->delay = p->o.retry_initial_ms;
   b->last_progress = edp_now_ms();
   p->n_live++;
@@ -319,7 +330,7 @@ static void mark_up(edp_multi_producer *p, struct pbroker *b) {
 static int send_kept(edp_multi_producer *p, struct pbroker *b) {
   size_t n = 0;
   int rc = edp_conn_republish_unconfirmed(b->c, &n);
-  b->st.published += n;
+  edp_count_add(&b->st.published, n);
   n += b->resent;
   b->resent = 0;
   while (!rc && b->h_head) {
@@ -331,7 +342,7 @@ static int send_kept(edp_multi_producer *p, struct pbroker *b) {
     if (!b->h_head)
       b->h_tail = NULL;
     b->n_held--;
-    b->st.published++;
+    edp_count_add(&b->st.published, 1);
     held_free(h);
     n++;
   }
@@ -416,7 +427,7 @@ static int reroute_to(struct reroute_ctx *x, const edp_msg *m) {
     if (!rc) {
       if (edp_conn_unconfirmed(to->c) == 1)
         to->last_progress = edp_now_ms();
-      to->st.published++;
+      edp_count_add(&to->st.published, 1);
       return 0;
     }
     if (rc != EDP_ECLOSED)
@@ -435,7 +446,7 @@ static void reroute(edp_multi_producer *p) {
       struct reroute_ctx x = {p, b};
       size_t n = edp_conn_take_unconfirmed(b->c, reroute_one, &x);
       if (n) {
-        b->st.rerouted += n;
+        edp_count_add(&b->st.rerouted, n);
         mlog(p->o.log, p->o.log_ud, EDP_LOG_WARN,
              "broker %d: %zu unconfirmed messages resent to other brokers",
              b->idx, n);
@@ -523,6 +534,8 @@ static void service(edp_multi_producer *p) {
   }
   if (p->o.mode == EDP_MULTI_ROUND_ROBIN)
     reroute(p);
+  for (size_t i = 0; i < p->n; i++)
+    sync_gauges(&p->b[i]);
 }
 
 static int64_t next_retry_at(const edp_multi_producer *p) {
@@ -634,7 +647,7 @@ int edp_multi_producer_new(const edp_multi_producer_opts *o,
       continue;
     }
     mark_up(p, b);
-    b->st.ups = 0; /* the first connect is not a recovery */
+    edp_count_set(&b->st.ups, 0); /* the first connect is not a recovery */
     p_event(p, b, EDP_MULTI_UP, 0);
   }
   *out = p;
@@ -670,6 +683,7 @@ static int hold(edp_multi_producer *p, struct pbroker *b, const edp_msg *m) {
   if (!h)
     return EDP_ENOMEM;
   held_push(b, h);
+  sync_gauges(b);
   if (b->n_held == 1)
     p_event(p, b, EDP_MULTI_HELD, kept + 1);
   return 0;
@@ -723,7 +737,8 @@ int edp_multi_publish(edp_multi_producer *p, const edp_msg *m,
       return rc;
     if (edp_conn_unconfirmed(b->c) == 1)
       b->last_progress = edp_now_ms();
-    b->st.published++;
+    edp_count_add(&b->st.published, 1);
+    sync_gauges(b);
     return 0;
   }
 }
@@ -786,15 +801,97 @@ size_t edp_multi_producer_live(const edp_multi_producer *p) {
   return p ? p->n_live : 0;
 }
 
-int edp_multi_producer_stats(const edp_multi_producer *p, size_t broker,
-                             edp_multi_broker_stats *out) {
+int edp_multi_producer_stats_get(const edp_multi_producer *p, size_t broker,
+                                 edp_multi_broker_stats *out) {
   if (!p || !out || broker >= p->n)
     return EDP_EINVAL;
   const struct pbroker *b = &p->b[broker];
-  *out = b->st;
+  const edp_multi_broker_stats *st = &b->st;
+  memset(out, 0, sizeof(*out));
+  out->live = edp_gauge_read(&st->live);
+  out->published = edp_count_read(&st->published);
+  out->confirmed = edp_count_read(&st->confirmed);
+  out->nacked = edp_count_read(&st->nacked);
+  out->returned = edp_count_read(&st->returned);
+  out->rerouted = edp_count_read(&st->rerouted);
+  out->downs = edp_count_read(&st->downs);
+  out->ups = edp_count_read(&st->ups);
+  out->unconfirmed = (size_t)edp_count_read(&b->g_unconfirmed);
+  out->held = (size_t)edp_count_read(&b->g_held);
+  return 0;
+}
+
+int edp_multi_producer_stats(const edp_multi_producer *p, size_t broker,
+                             edp_multi_broker_stats *out) {
+  int rc = edp_multi_producer_stats_get(p, broker, out);
+  if (rc)
+    return rc;
+  const struct pbroker *b = &p->b[broker];
   out->unconfirmed = b->c ? edp_conn_unconfirmed(b->c) : 0;
   out->held = b->n_held;
   return 0;
+}
+
+/* The labels of broker i: queue, broker (the index) and host (host:port,
+ * never the URL: it may hold credentials). */
+static void broker_labels(const char *queue, size_t i, const char *url, char *l,
+                          size_t len) {
+  char idx[24], host[300] = "?";
+  edp_url u;
+  if (!edp_url_parse(url, &u, NULL, 0))
+    snprintf(host, sizeof(host), "%s:%d", u.host, u.port);
+  snprintf(idx, sizeof(idx), "%zu", i);
+  l[0] = '\0';
+  edp_metrics_label(l, len, "queue", queue);
+  edp_metrics_label(l, len, "broker", idx);
+  edp_metrics_label(l, len, "host", host);
+}
+
+/* Families shared by the producer and the consumer, one help text each. */
+#define HELP_UP                                                                \
+  "1 while this broker is in use (producer: in rotation; consumer: consumed)."
+#define HELP_DOWNS "Times this broker was lost."
+#define HELP_UPS "Times this broker came back."
+
+void edp_multi_producer_collect(const void *producer, edp_metrics_out *out) {
+  const edp_multi_producer *p = producer;
+  for (size_t i = 0; i < p->n; i++) {
+    edp_multi_broker_stats st;
+    if (edp_multi_producer_stats_get(p, i, &st))
+      continue;
+    char l[600];
+    broker_labels(p->queue, i, p->b[i].url, l, sizeof(l));
+    edp_metrics_gauge(out, "edp_multi_broker_up", HELP_UP, l, st.live);
+    const struct {
+      const char *name, *help;
+      uint64_t v;
+    } c[] = {{"edp_multi_broker_published_total",
+              "Publishes on this broker, resends included.", st.published},
+             {"edp_multi_broker_confirmed_total", "Messages this broker acked.",
+              st.confirmed},
+             {"edp_multi_broker_nacked_total",
+              "Messages this broker nacked (or returned from another route).",
+              st.nacked},
+             {"edp_multi_broker_returned_total",
+              "Messages returned because the queue was gone on this broker "
+              "(declared again and sent again).",
+              st.returned},
+             {"edp_multi_broker_rerouted_total",
+              "Unconfirmed messages of this broker sent to other brokers after "
+              "it was lost.",
+              st.rerouted},
+             {"edp_multi_broker_downs_total", HELP_DOWNS, st.downs},
+             {"edp_multi_broker_ups_total", HELP_UPS, st.ups}};
+    for (size_t k = 0; k < sizeof(c) / sizeof(c[0]); k++)
+      edp_metrics_counter(out, c[k].name, c[k].help, l, c[k].v);
+    edp_metrics_gauge(out, "edp_multi_broker_unconfirmed",
+                      "Messages published to this broker, not yet confirmed "
+                      "(or lost with its connection).",
+                      l, (double)st.unconfirmed);
+    edp_metrics_gauge(out, "edp_multi_broker_held",
+                      "Key mode: messages waiting for this broker to return.",
+                      l, (double)st.held);
+  }
 }
 
 /* ---------- consumer ---------- */
@@ -1185,24 +1282,15 @@ void edp_multi_consumer_collect(const void *consumer, edp_metrics_out *out) {
     edp_multi_consumer_stats st;
     if (edp_multi_consumer_stats_get(mc, i, &st))
       continue;
-    char l[600] = "", idx[24], host[300] = "?";
-    edp_url u;
-    if (!edp_url_parse(mc->b[i].url, &u, NULL, 0))
-      snprintf(host, sizeof(host), "%s:%d", u.host, u.port);
-    snprintf(idx, sizeof(idx), "%zu", i);
-    edp_metrics_label(l, sizeof(l), "queue", mc->queue);
-    edp_metrics_label(l, sizeof(l), "broker", idx);
-    edp_metrics_label(l, sizeof(l), "host", host);
-    edp_metrics_gauge(out, "edp_multi_broker_up",
-                      "1 while the consumer of this broker consumes.", l,
-                      st.live);
+    char l[600];
+    broker_labels(mc->queue, i, mc->b[i].url, l, sizeof(l));
+    edp_metrics_gauge(out, "edp_multi_broker_up", HELP_UP, l, st.live);
     edp_metrics_messages(out, EDP_MSGS_PROCESSED, l, st.processed);
     edp_metrics_messages(out, EDP_MSGS_FAILED, l, st.failed);
     edp_metrics_messages(out, EDP_MSGS_REDELIVERED, l, st.redelivered);
-    edp_metrics_counter(out, "edp_multi_broker_downs_total",
-                        "Times this broker was lost.", l, st.downs);
-    edp_metrics_counter(out, "edp_multi_broker_ups_total",
-                        "Times this broker came back.", l, st.ups);
+    edp_metrics_counter(out, "edp_multi_broker_downs_total", HELP_DOWNS, l,
+                        st.downs);
+    edp_metrics_counter(out, "edp_multi_broker_ups_total", HELP_UPS, l, st.ups);
   }
   edp_conn_group_collect(mc->conns, out);
 }

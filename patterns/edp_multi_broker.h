@@ -162,11 +162,28 @@ typedef struct edp_multi_broker_stats {
   size_t held;         /* key mode: waiting for this broker */
 } edp_multi_broker_stats;
 
-/* Number of brokers, number of brokers up, and one broker's counters. */
+/* Number of brokers, number of brokers up, and one broker's counters, on
+ * the producer's thread (unconfirmed and held exact at that moment).
+ * Returns 0 or EDP_EINVAL (no such broker). */
 size_t edp_multi_producer_brokers(const edp_multi_producer *p);
 size_t edp_multi_producer_live(const edp_multi_producer *p);
 int edp_multi_producer_stats(const edp_multi_producer *p, size_t broker,
                              edp_multi_broker_stats *out);
+
+/* The same from any thread while the producer works (a metrics
+ * endpoint's): the counters are single-writer stores, each read
+ * atomically; unconfirmed and held are as of the end of the producer's
+ * last call. Returns 0 or EDP_EINVAL. */
+int edp_multi_producer_stats_get(const edp_multi_producer *p, size_t broker,
+                                 edp_multi_broker_stats *out);
+
+/* The edp_metrics_collect_fn of a producer (obj is the
+ * edp_multi_producer): per broker (labels queue, broker: its index, and
+ * host: host:port, never the URL's credentials) whether it is in rotation,
+ * its published, confirmed, nacked, returned and rerouted messages, downs
+ * and ups, and the unconfirmed and held gauges; docs/metrics.md.
+ * Prometheus derives the rates (rate()) from these counters. */
+void edp_multi_producer_collect(const void *producer, edp_metrics_out *out);
 
 /* ---- consumer ---- */
 

@@ -38,9 +38,10 @@ struct edp_watch_server {
   /* filled by the confirm callback: queues a basic.return said are gone */
   char **gone;
   size_t n_gone, cap_gone;
-  size_t ping_next;   /* round-robin cursor over the watches */
-  int64_t ping_ms;    /* when the last ping step ran */
-  double ping_credit; /* pings earned by elapsed time, not yet sent */
+  size_t ping_next;          /* round-robin cursor over the watches */
+  int64_t ping_ms;           /* when the last ping step ran */
+  double ping_credit;        /* pings earned by elapsed time, not yet sent */
+  edp_watch_server_stats st; /* single-writer: this server's thread */
 };
 
 /* One request of a batch and what became of it. */
@@ -51,25 +52,42 @@ struct item {
   int registered; /* the registry changed for it */
 };
 
+/* Counts every event here, before the caller hears of it: a counter read
+ * after an event was seen includes it. */
 static void emit(edp_watch_server *s, int event, const char *queue,
                  const char *service, const char *key, int64_t version,
                  const char *detail, const char *user) {
+  edp_watch_server_stats *st = &s->st;
+  uint64_t *n = event == EDP_WATCH_REGISTERED ? &st->registrations
+                : event == EDP_WATCH_NOTIFIED ? &st->notified
+                : event == EDP_WATCH_REMOVED  ? &st->removed
+                : event == EDP_WATCH_REJECTED ? &st->rejected
+                : event == EDP_WATCH_CHANGED  ? &st->changes
+                                              : &st->saves;
+  edp_count_add(n, 1);
   if (!s->o.on_event)
     return;
   edp_watch_info info = {event, queue, service, key, version, detail, user};
   s->o.on_event(s->o.ud, &info);
 }
 
+/* The gauges follow the registry: set after each change to it. */
+static void sync_gauges(edp_watch_server *s) {
+  edp_gauge_set(&s->st.watches, (int)s->r.n_w);
+  edp_gauge_set(&s->st.keys, (int)json_object_size(s->r.values));
+}
+
 /* ---------- the store ---------- */
 
 static int save_store(edp_watch_server *s, const char *why) {
   char *text = edp__watch_store_dump(&s->r);
-  if (!text)
-    return EDP_ENOMEM;
-  int rc = edp_file_write_atomic(s->store_path, text, strlen(text), 0600);
+  int rc = text ? edp_file_write_atomic(s->store_path, text, strlen(text), 0600)
+                : EDP_ENOMEM;
   free(text);
   if (!rc)
     emit(s, EDP_WATCH_SAVED, NULL, NULL, NULL, (int64_t)s->r.n_w, why, NULL);
+  else
+    edp_count_add(&s->st.save_errors, 1);
   return rc;
 }
 
@@ -94,17 +112,24 @@ static int load_store(edp_watch_server *s, edp__watch_reg *r) {
 static void server_confirmed(void *ud, const edp_confirm *cf) {
   edp_watch_server *s = ud;
   const char *q = cf->msg->routing_key;
+  const char *type = cf->msg->type ? cf->msg->type : "";
   if (cf->status == EDP_CONFIRM_RETURNED) {
+    if (!strcmp(type, TYPE_CHANGE))
+      edp_count_add(&s->st.notify_returned, 1);
+    else if (!strcmp(type, TYPE_PING))
+      edp_count_add(&s->st.ping_returned, 1);
     if (edp__watch_grow((void **)&s->gone, &s->cap_gone, s->n_gone,
                         sizeof(*s->gone), 8))
       return; /* the watch stays; the next ping retries its removal */
     if ((s->gone[s->n_gone] = strdup(q)))
       s->n_gone++;
-  } else if (cf->status == EDP_CONFIRM_ACK && s->o.on_event && cf->msg->type &&
-             !strcmp(cf->msg->type, TYPE_CHANGE)) {
+  } else if (cf->status == EDP_CONFIRM_ACK && !strcmp(type, TYPE_CHANGE)) {
     /* The change says which key and version it carries: one published
-     * again after a reconnect may be confirmed during a later call. */
-    json_t *j = json_loadb(cf->msg->body, cf->msg->body_len, 0, NULL);
+     * again after a reconnect may be confirmed during a later call. Read
+     * only for an event callback; emit counts it either way. */
+    json_t *j = s->o.on_event
+                    ? json_loadb(cf->msg->body, cf->msg->body_len, 0, NULL)
+                    : NULL;
     const char *key = json_string_value(json_object_get(j, "key"));
     json_t *version = json_object_get(j, "version");
     struct edp__watch *w = edp__watch_find(&s->r, q);
@@ -153,6 +178,8 @@ static int remove_gone(edp_watch_server *s) {
   for (size_t i = 0; i < s->n_gone; i++) {
     struct edp__watch *w = edp__watch_find(&s->r, s->gone[i]);
     if (w) {
+      /* The gauge first: whoever saw the event sees it smaller. */
+      edp_gauge_set(&s->st.watches, (int)s->r.n_w - 1);
       emit(s, EDP_WATCH_REMOVED, w->queue, w->service, NULL, 0,
            "queue not found", w->user);
       edp__watch_remove(&s->r, s->gone[i]);
@@ -234,6 +261,7 @@ int edp_watch_server_new(edp_conn *c, const edp_watch_server_opts *o,
     edp_watch_server_destroy(&s);
     return rc;
   }
+  sync_gauges(s);
   edp_conn_on_confirm(c, server_confirmed, s);
   *out = s;
   return 0;
@@ -262,6 +290,67 @@ size_t edp_watch_server_watch_count(const edp_watch_server *s) {
 
 size_t edp_watch_server_key_count(const edp_watch_server *s) {
   return s ? json_object_size(s->r.values) : 0;
+}
+
+void edp_watch_server_stats_get(const edp_watch_server *s,
+                                edp_watch_server_stats *out) {
+  if (!out)
+    return;
+  memset(out, 0, sizeof(*out));
+  if (!s)
+    return;
+  const edp_watch_server_stats *st = &s->st;
+  out->watches = edp_gauge_read(&st->watches);
+  out->keys = edp_gauge_read(&st->keys);
+  out->registrations = edp_count_read(&st->registrations);
+  out->rejected = edp_count_read(&st->rejected);
+  out->changes = edp_count_read(&st->changes);
+  out->notified = edp_count_read(&st->notified);
+  out->notify_returned = edp_count_read(&st->notify_returned);
+  out->pings = edp_count_read(&st->pings);
+  out->ping_returned = edp_count_read(&st->ping_returned);
+  out->removed = edp_count_read(&st->removed);
+  out->saves = edp_count_read(&st->saves);
+  out->save_errors = edp_count_read(&st->save_errors);
+}
+
+void edp_watch_server_collect(const void *server, edp_metrics_out *out) {
+  const edp_watch_server *s = server;
+  edp_watch_server_stats st;
+  edp_watch_server_stats_get(s, &st);
+  char l[512] = "";
+  edp_metrics_label(l, sizeof(l), "queue", s->request_queue);
+  edp_metrics_gauge(out, "edp_watch_watches",
+                    "Watches in the config server's registry.", l, st.watches);
+  edp_metrics_gauge(out, "edp_watch_keys", "Values the config server stores.",
+                    l, st.keys);
+  const struct {
+    const char *name, *help;
+    uint64_t v;
+  } c[] = {
+      {"edp_watch_registrations_total",
+       "Watches registered (or changed by their owner).", st.registrations},
+      {"edp_watch_requests_rejected_total",
+       "Registration requests refused: malformed, hijack attempts, quotas, "
+       "store not writable.",
+       st.rejected},
+      {"edp_watch_changes_total", "Values set.", st.changes},
+      {"edp_watch_notifications_sent_total",
+       "Changes the broker confirmed into a watch's queue.", st.notified},
+      {"edp_watch_notifications_returned_total",
+       "Changes returned unroutable: the watch's queue is gone.",
+       st.notify_returned},
+      {"edp_watch_pings_total", "Orphan pings published to watch queues.",
+       st.pings},
+      {"edp_watch_pings_returned_total",
+       "Orphan pings returned: the watch's queue is gone.", st.ping_returned},
+      {"edp_watch_watches_removed_total",
+       "Watches removed because their queue is gone.", st.removed},
+      {"edp_watch_store_writes_total", "Store writes.", st.saves},
+      {"edp_watch_store_write_errors_total", "Store writes that failed.",
+       st.save_errors}};
+  for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++)
+    edp_metrics_counter(out, c[i].name, c[i].help, l, c[i].v);
 }
 
 /* The current values a watch of keys (NULL/empty = all) should get. */
@@ -320,6 +409,7 @@ static const char *register_watch(edp_watch_server *s, struct item *it,
     edp__watch_free(&w);
     return "server out of memory";
   }
+  sync_gauges(s);
   it->registered = 1;
   it->reply = ok_reply(s, edp__watch_find(&s->r, req->queue), req->keys);
   return NULL;
@@ -380,6 +470,7 @@ static int refuse_batch(edp_watch_server *s, struct item *items, size_t n) {
     return rc;
   edp__watch_reg_free(&s->r);
   s->r = r;
+  sync_gauges(s);
   for (size_t i = 0; i < n; i++) {
     if (!items[i].registered)
       continue;
@@ -452,6 +543,7 @@ static int prune_step(edp_watch_server *s) {
     int rc = publish_text(s, w->queue, TYPE_PING, NULL, "{}", 2);
     if (rc)
       return rc;
+    edp_count_add(&s->st.pings, 1);
     sent++;
   }
   s->ping_next %= s->r.n_w ? s->r.n_w : 1;
@@ -580,6 +672,7 @@ int edp_watch_server_set(edp_watch_server *s, const char *key,
     return rc;
   }
   json_decref(old);
+  sync_gauges(s);
   if (version)
     *version = s->r.version;
   emit(s, EDP_WATCH_CHANGED, NULL, NULL, key, s->r.version, NULL, NULL);

@@ -145,6 +145,36 @@ int edp_watch_server_set(edp_watch_server *s, const char *key,
 size_t edp_watch_server_watch_count(const edp_watch_server *s);
 size_t edp_watch_server_key_count(const edp_watch_server *s);
 
+/* The server's counters (docs/metrics.md): written by the thread that owns
+ * the server with single-writer stores, readable from any thread. */
+typedef struct edp_watch_server_stats {
+  int watches;              /* registered watches now */
+  int keys;                 /* stored values now */
+  uint64_t registrations;   /* watches registered or changed (REGISTERED) */
+  uint64_t rejected;        /* requests refused: bad, hijack attempts,
+                               quotas, store not writable (REJECTED) */
+  uint64_t changes;         /* values set (CHANGED) */
+  uint64_t notified;        /* changes the broker confirmed into a watch's
+                               queue (NOTIFIED) */
+  uint64_t notify_returned; /* changes returned unroutable: the watch's
+                               queue is gone */
+  uint64_t pings;           /* orphan pings published */
+  uint64_t ping_returned;   /* pings returned: the watch's queue is gone */
+  uint64_t removed;         /* watches removed, their queue gone (REMOVED) */
+  uint64_t saves;           /* store writes (SAVED) */
+  uint64_t save_errors;     /* store writes that failed */
+} edp_watch_server_stats;
+
+/* Fills *out; callable from any thread while the owner serves (each field
+ * read atomically, not one instant's snapshot). Accepts NULL s (zeros). */
+void edp_watch_server_stats_get(const edp_watch_server *s,
+                                edp_watch_server_stats *out);
+
+/* The edp_metrics_collect_fn of a server (obj is the edp_watch_server):
+ * the edp_watch_* families of docs/metrics.md, label queue (the request
+ * queue). The connection's own families come from edp_conn_collect. */
+void edp_watch_server_collect(const void *server, edp_metrics_out *out);
+
 /* ---- client (service side) ---- */
 
 typedef struct edp_watch_update {
@@ -174,6 +204,29 @@ const char *edp_watch_client_queue(const edp_watch_client *cl);
 /* Messages dropped as not the server's: a reply without our
  * correlation_id, a change without our token, anything else but a ping. */
 size_t edp_watch_client_dropped(const edp_watch_client *cl);
+
+/* The client's counters (docs/metrics.md): written by the thread that
+ * calls edp_watch_client_next, readable from any thread. */
+typedef struct edp_watch_client_stats {
+  uint64_t registrations; /* registration replies accepted: 1, plus one
+                             per re-registration after a reconnect */
+  uint64_t values;        /* current values taken from those replies */
+  uint64_t notifications; /* changes received (a newer version) */
+  uint64_t stale;         /* changes dropped as not newer: one the server
+                             published again after its reconnect */
+  uint64_t dropped;       /* messages not from the server (as
+                             edp_watch_client_dropped) */
+} edp_watch_client_stats;
+
+/* Fills *out from any thread (each field read atomically). Accepts NULL
+ * cl (zeros). */
+void edp_watch_client_stats_get(const edp_watch_client *cl,
+                                edp_watch_client_stats *out);
+
+/* The edp_metrics_collect_fn of a client (obj is the edp_watch_client):
+ * the edp_watch_client_* and edp_watch_notifications_received_total
+ * families of docs/metrics.md, label service (its name, if it has one). */
+void edp_watch_client_collect(const void *client, edp_metrics_out *out);
 
 /* The next update, waiting up to timeout_ms: first the registration
  * confirmation (key NULL), the reply's values (initial = 1), then each

@@ -29,8 +29,8 @@ struct edp_watch_client {
   char correlation[EDP__WATCH_TOKEN_HEX + 1];
   char token[EDP__WATCH_TOKEN_HEX + 1]; /* "" until the reply came */
   int need_register;
-  size_t dropped;
-  json_t *seen; /* key -> last version */
+  edp_watch_client_stats st; /* single-writer: the thread calling next */
+  json_t *seen;              /* key -> last version */
   edp_watch_update *pending;
   size_t n_pending, cap_pending, next_pending;
 };
@@ -164,7 +164,48 @@ const char *edp_watch_client_queue(const edp_watch_client *cl) {
 }
 
 size_t edp_watch_client_dropped(const edp_watch_client *cl) {
-  return cl ? cl->dropped : 0;
+  return cl ? (size_t)edp_count_read(&cl->st.dropped) : 0;
+}
+
+void edp_watch_client_stats_get(const edp_watch_client *cl,
+                                edp_watch_client_stats *out) {
+  if (!out)
+    return;
+  memset(out, 0, sizeof(*out));
+  if (!cl)
+    return;
+  out->registrations = edp_count_read(&cl->st.registrations);
+  out->values = edp_count_read(&cl->st.values);
+  out->notifications = edp_count_read(&cl->st.notifications);
+  out->stale = edp_count_read(&cl->st.stale);
+  out->dropped = edp_count_read(&cl->st.dropped);
+}
+
+void edp_watch_client_collect(const void *client, edp_metrics_out *out) {
+  const edp_watch_client *cl = client;
+  edp_watch_client_stats st;
+  edp_watch_client_stats_get(cl, &st);
+  char l[512] = "";
+  if (cl->service)
+    edp_metrics_label(l, sizeof(l), "service", cl->service);
+  edp_metrics_counter(out, "edp_watch_notifications_received_total",
+                      "Changes received from the config server.", l,
+                      st.notifications);
+  edp_metrics_counter(out, "edp_watch_client_registrations_total",
+                      "Registrations the config server confirmed (one more "
+                      "after each reconnect).",
+                      l, st.registrations);
+  edp_metrics_counter(out, "edp_watch_client_values_total",
+                      "Current values received with a registration.", l,
+                      st.values);
+  edp_metrics_counter(out, "edp_watch_client_stale_total",
+                      "Changes dropped as not newer than one seen (sent "
+                      "again after the server's reconnect).",
+                      l, st.stale);
+  edp_metrics_counter(out, "edp_watch_client_dropped_total",
+                      "Messages in the watch queue not from the config "
+                      "server (no correlation_id or token of ours).",
+                      l, st.dropped);
 }
 
 /* Records key's version; returns 1 if it is newer than what we saw. */
@@ -226,6 +267,7 @@ static int take_reply(edp_watch_client *cl, json_t *reply,
     return EDP_EPROTOCOL;
   }
   memcpy(cl->token, token, sizeof(cl->token));
+  edp_count_add(&cl->st.registrations, 1);
   json_t *values = json_object_get(reply, "values");
   int rc = queue_update(cl, NULL, NULL,
                         json_integer_value(json_object_get(reply, "version")));
@@ -235,8 +277,9 @@ static int take_reply(edp_watch_client *cl, json_t *reply,
     json_int_t version = json_integer_value(json_object_get(v, "version"));
     if (rc)
       return rc;
-    if (newer(cl, key, version))
-      rc = queue_update(cl, key, json_object_get(v, "value"), version);
+    if (newer(cl, key, version) &&
+        !(rc = queue_update(cl, key, json_object_get(v, "value"), version)))
+      edp_count_add(&cl->st.values, 1);
   }
   return rc;
 }
@@ -287,13 +330,17 @@ int edp_watch_client_next(edp_watch_client *cl, edp_watch_update *u,
       if (key && json_is_integer(version) && value &&
           newer(cl, key, json_integer_value(version))) {
         rc = make_update(u, key, value, json_integer_value(version), 0);
-        if (!rc)
+        if (!rc) {
+          edp_count_add(&cl->st.notifications, 1);
           rc = 1; /* deliver it after the ack */
+        }
+      } else if (key && json_is_integer(version) && value) {
+        edp_count_add(&cl->st.stale, 1);
       }
     } else if (!d.type || strcmp(d.type, TYPE_PING)) {
       /* Not from the server (no reply we wait for, no change with our
        * token): anyone can publish into our queue. Counted, dropped. */
-      cl->dropped++;
+      edp_count_add(&cl->st.dropped, 1);
     }
     json_decref(j);
     int arc = edp_conn_ack(cl->c, d.epoch, d.tag, 0);

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "edp.h"
+#include "t_nodes.h"
 #include "testlib.h"
 
 /* ---------- HTTP and the text format ---------- */
@@ -125,8 +126,12 @@ typedef struct counts {
   int port; /* from metrics_listening */
   int received, processed, retried, dead, duplicate, confirmed, nacked;
   int returned, blocked, unblocked, lost, reconnected, hold, summary;
-  long long retries; /* the dispatcher's summary */
-  int priority;      /* processed events of kind "priority" */
+  long long retries;         /* the dispatcher's summary */
+  int priority;              /* processed events of kind "priority" */
+  int sent, confirmed_by[2]; /* senders; multi-sender: per broker */
+  /* the watch pattern: server and services */
+  int registered, notified, removed, rejected, changed, changes;
+  char queue[256]; /* a service's watch queue */
 } counts;
 
 static void count_event(counts *c, json_t *ev) {
@@ -152,6 +157,20 @@ static void count_event(counts *c, json_t *ev) {
   c->reconnected += !strcmp(k, "reconnected");
   c->hold += !strcmp(k, "metrics_hold");
   c->summary += !strcmp(k, "summary");
+  c->sent += !strcmp(k, "sent");
+  json_int_t b = json_integer_value(json_object_get(ev, "broker"));
+  if (!strcmp(k, "confirmed") && b >= 0 && b < 2)
+    c->confirmed_by[b]++;
+  c->registered += !strcmp(k, "registered");
+  c->notified += !strcmp(k, "notified");
+  c->removed += !strcmp(k, "removed");
+  c->rejected += !strcmp(k, "rejected");
+  c->changed += !strcmp(k, "changed");
+  c->changes +=
+      !strcmp(k, "config") && !json_is_true(json_object_get(ev, "initial"));
+  if (!strcmp(k, "registered") && json_object_get(ev, "queue"))
+    snprintf(c->queue, sizeof(c->queue), "%s",
+             json_string_value(json_object_get(ev, "queue")));
   if (!strcmp(k, "summary") && json_object_get(ev, "retries"))
     c->retries = json_integer_value(json_object_get(ev, "retries"));
 }
@@ -179,9 +198,12 @@ static int has_hold(const counts *c) { return c->hold > 0; }
 static int has_blocked(const counts *c) { return c->blocked > 0; }
 static int has_unblocked(const counts *c) { return c->unblocked > 0; }
 
-/* prog with --queue (or no queue when NULL) and extra. */
-static void spawn(t_proc *p, const char *prog, const char *queue,
-                  char **extra) {
+static int has_registered(const counts *c) { return c->registered > 0; }
+
+/* prog with --queue (or no queue when NULL) and extra; with keep_stdin its
+ * stdin stays open for t_write. */
+static void spawn_with(t_proc *p, const char *prog, const char *queue,
+                       char **extra, int keep_stdin) {
   char *argv[32] = {(char *)t_bin(prog), "--url",
                     (char *)t_url(),     "--json",
                     "--metrics",         "127.0.0.1:0"};
@@ -193,7 +215,13 @@ static void spawn(t_proc *p, const char *prog, const char *queue,
   for (; extra && *extra && n < 31; extra++)
     argv[n++] = *extra;
   argv[n] = NULL;
-  ck_assert_int_eq(t_spawn(p, argv, NULL), 0);
+  ck_assert_int_eq(keep_stdin ? t_spawn_stdin(p, argv) : t_spawn(p, argv, NULL),
+                   0);
+}
+
+static void spawn(t_proc *p, const char *prog, const char *queue,
+                  char **extra) {
+  spawn_with(p, prog, queue, extra, 0);
 }
 
 #define N_MSGS 300
@@ -570,6 +598,241 @@ START_TEST(multi_receiver_brokers) {
 }
 END_TEST
 
+/* ---------- the watch pattern ---------- */
+
+/* Frees the last scrape, stops p (SIGTERM) and checks its exit code. */
+static void done_with(t_proc *p, char *text, int code) {
+  free(text);
+  t_signal(p, SIGTERM);
+  ck_assert_int_eq(t_wait(p, 10000), code);
+}
+
+/* Waits (bounded) until the broker deleted queue, as it does with an
+ * exclusive queue soon after its connection dropped. */
+static void await_gone(const char *queue) {
+  edp_conn_opts o;
+  edp_conn_opts_init(&o);
+  o.url = t_url();
+  edp_conn *c = NULL;
+  ck_assert_int_eq(edp_conn_open(&o, &c, NULL, 0), 0);
+  int rc = 0;
+  for (long long t0 = t_now_ms();
+       (rc = edp_conn_queue_inspect(c, queue, NULL, NULL)) == 0 &&
+       t_now_ms() - t0 < 10000;)
+    usleep(20000);
+  edp_conn_destroy(&c);
+  ck_assert_int_eq(rc, EDP_ENOTFOUND);
+}
+
+/* A config server on rq (store: a new file in /tmp, its path into store)
+ * pinging each watch every prune seconds; its metrics port into sc. */
+static void config_server(t_proc *srv, counts *sc, const char *rq, char *store,
+                          size_t len, char *prune) {
+  snprintf(store, len, "/tmp/%s.json", t_unique("edp-metrics-store"));
+  char *sx[] = {
+      "--store", store, "--request-queue", (char *)rq, "--prune-interval",
+      prune,     NULL};
+  spawn_with(srv, "edp-config-server", NULL, sx, 1);
+  ck_assert(await(srv, sc, has_port, 30000));
+}
+
+/* A watch service with args, awaited until registered (c->queue). */
+static void watch_service(t_proc *p, counts *c, char **args) {
+  spawn(p, "edp-watch-service", NULL, args);
+  ck_assert(await(p, c, has_registered, 30000));
+}
+
+static int has_removed(const counts *c) { return c->removed > 0; }
+
+/* Scrapes port until family name sums to at least v, for 10 s at most;
+ * returns the last sum. */
+static double await_metric(int port, const char *name, double v) {
+  double got = -1;
+  for (long long t0 = t_now_ms(); t_now_ms() - t0 < 10000; usleep(100000)) {
+    char *text = scrape(port);
+    got = metric(text, name);
+    free(text);
+    if (got >= v)
+      break;
+  }
+  return got;
+}
+
+/* Three changes reach a service of every key (3) and one of "color" (2);
+ * a third service, killed, makes the first change come back. */
+static int watch_settled(const counts *c) {
+  return c->notified == 5 && c->removed == 1;
+}
+
+/* Config server and services: their counters against the same run's
+ * events; the killed watcher shows up as a returned notification and a
+ * removed watch. */
+START_TEST(watch_counters) {
+  const char *rq = t_unique("metrics.config.q");
+  char store[300];
+  t_proc srv, svc[3];
+  counts sc = {0}, c[3] = {{0}};
+  config_server(&srv, &sc, rq, store, sizeof(store), "30");
+  char *all[] = {"--request-queue", (char *)rq, "--name",
+                 "svc-all",         "--count",  "3",
+                 "--metrics-hold",  "30000",    NULL};
+  char *color[] = {"--request-queue", (char *)rq, "--name",  "svc-color",
+                   "--keys",          "color",    "--count", "2",
+                   "--metrics-hold",  "30000",    NULL};
+  char *doomed[] = {"--request-queue", (char *)rq, "--name", "svc-gone", NULL};
+  char **args[3] = {all, color, doomed};
+  for (int i = 0; i < 3; i++)
+    watch_service(&svc[i], &c[i], args[i]);
+  t_signal(&svc[2], SIGKILL);
+  ck_assert_int_eq(t_wait(&svc[2], 10000), 128 + SIGKILL);
+  await_gone(c[2].queue);
+  ck_assert_int_eq(t_write(&srv, "set color blue\nset size 3\nset color red\n"),
+                   0);
+  const int want[2] = {3, 2};
+  for (int i = 0; i < 2; i++) {
+    ck_assert(await(&svc[i], &c[i], has_hold, 30000));
+    ck_assert_int_eq(c[i].changes, want[i]);
+    char *text = scrape(c[i].port);
+    ck_assert(metric(text, "edp_watch_notifications_received_total") ==
+              c[i].changes);
+    ck_assert(metric(text, "edp_watch_client_registrations_total") == 1);
+    ck_assert(metric(text, "edp_watch_client_stale_total") == 0);
+    ck_assert(metric(text, "edp_watch_client_dropped_total") == 0);
+    ck_assert(metric(text, "edp_messages_delivered_total") == c[i].changes + 1);
+    done_with(&svc[i], text, 0);
+  }
+  ck_assert(await(&srv, &sc, watch_settled, 30000));
+  ck_assert_int_eq(sc.registered, 3);
+  ck_assert_int_eq(sc.changed, 3);
+  char *text = scrape(sc.port);
+  ck_assert(metric(text, "edp_watch_watches") == sc.registered - sc.removed);
+  ck_assert(metric(text, "edp_watch_keys") == 2);
+  ck_assert(metric(text, "edp_watch_registrations_total") == sc.registered);
+  ck_assert(metric(text, "edp_watch_changes_total") == sc.changed);
+  ck_assert(metric(text, "edp_watch_notifications_sent_total") == sc.notified);
+  ck_assert(metric(text, "edp_watch_notifications_returned_total") == 1);
+  ck_assert(metric(text, "edp_watch_watches_removed_total") == sc.removed);
+  ck_assert(metric(text, "edp_watch_requests_rejected_total") == sc.rejected);
+  ck_assert(metric(text, "edp_messages_returned_total") == 1);
+  ck_assert(metric(text, "edp_consumers") == 1);
+  char reason[256];
+  ck_assert_int_eq(health(sc.port, reason, sizeof(reason)), 200);
+  done_with(&srv, text, 130);
+  unlink(store);
+}
+END_TEST
+
+/* A watcher killed while nothing changes: the server's ping comes back
+ * and the watch leaves the registry; the living watcher's pings are
+ * neither returned nor taken for foreign messages. */
+START_TEST(watch_orphan_pings) {
+  const char *rq = t_unique("metrics.config.q");
+  char store[300];
+  t_proc srv, live, gone;
+  counts sc = {0}, lc = {0}, gc = {0};
+  config_server(&srv, &sc, rq, store, sizeof(store), "1");
+  char *largs[] = {"--request-queue", (char *)rq, "--name", "svc-live", NULL};
+  char *gargs[] = {"--request-queue", (char *)rq, "--name", "svc-gone", NULL};
+  watch_service(&live, &lc, largs);
+  watch_service(&gone, &gc, gargs);
+  t_signal(&gone, SIGKILL);
+  ck_assert_int_eq(t_wait(&gone, 10000), 128 + SIGKILL);
+  ck_assert(await(&srv, &sc, has_removed, 30000));
+  char *text = scrape(sc.port);
+  ck_assert(metric(text, "edp_watch_pings_returned_total") == 1);
+  ck_assert(metric(text, "edp_watch_watches_removed_total") == sc.removed);
+  ck_assert(metric(text, "edp_watch_notifications_returned_total") == 0);
+  ck_assert(metric(text, "edp_watch_watches") == 1);
+  ck_assert(metric(text, "edp_messages_returned_total") == 1);
+  free(text);
+  /* The living service got a ping besides its reply, and took it as the
+   * server's: nothing dropped. */
+  ck_assert(await_metric(lc.port, "edp_messages_delivered_total", 2) >= 2);
+  text = scrape(lc.port);
+  ck_assert(metric(text, "edp_watch_client_dropped_total") == 0);
+  done_with(&live, text, 130);
+  done_with(&srv, NULL, 130);
+  unlink(store);
+}
+END_TEST
+
+/* ---------- senders ---------- */
+
+/* The batch senders: sent and confirmed counters against their events. */
+START_TEST(senders_sent_counts) {
+  const char *x = t_unique("metrics.tx");
+  char *trade[] = {"--exchange", (char *)x, "--count", "40",
+                   "--accounts", "4",       NULL};
+  char *amb[] = {"--standard", "5", "--priority", "3", "--rate", "0", NULL};
+  char *load[] = {"--rate", "200", "--duration", "200ms", NULL};
+  const struct {
+    const char *prog;
+    char **args;
+    int n;
+  } runs[] = {{"edp-trade-sender", trade, 40},
+              {"edp-ambulance-sender", amb, 8},
+              {"edp-load", load, 40}};
+  for (size_t i = 0; i < sizeof(runs) / sizeof(runs[0]); i++) {
+    char *extra[16] = {"--metrics-hold", "30000"};
+    for (int k = 0; runs[i].args[k]; k++)
+      extra[2 + k] = runs[i].args[k];
+    t_proc s;
+    spawn(&s, runs[i].prog, t_unique("metrics.sent"), extra);
+    counts c = {0};
+    ck_assert(await(&s, &c, has_hold, 60000));
+    ck_assert_int_eq(c.sent, runs[i].n);
+    char *text = scrape(c.port);
+    ck_assert_msg(metric(text, "edp_messages_sent_total") == c.sent, "%s",
+                  runs[i].prog);
+    ck_assert(metric(text, "edp_messages_confirmed_total") == c.sent);
+    if (i == 1)
+      ck_assert(metric_with(text, "edp_messages_sent_total",
+                            "lane=\"priority\"") == 3);
+    done_with(&s, text, 0);
+  }
+}
+END_TEST
+
+/* Multi-broker producer over the harness's node and one of our own: per
+ * broker, published and confirmed equal its confirmed events. */
+START_TEST(multi_sender_brokers) {
+  const char *q = t_unique("metrics.msend");
+  char *sx[] = {"--url",          t_node_url[0], "--count", "200",
+                "--metrics-hold", "30000",       NULL};
+  t_proc s;
+  spawn(&s, "edp-multi-sender", q, sx);
+  counts c = {0};
+  ck_assert(await(&s, &c, has_hold, 60000));
+  ck_assert_int_eq(c.summary, 1);
+  ck_assert_int_eq(c.confirmed, 200);
+  char *text = scrape(c.port);
+  for (int b = 0; b < 2; b++) {
+    char sel[32];
+    snprintf(sel, sizeof(sel), "broker=\"%d\"", b);
+    ck_assert_int_gt(c.confirmed_by[b], 0);
+    ck_assert(metric_with(text, "edp_multi_broker_published_total", sel) ==
+              c.confirmed_by[b]);
+    ck_assert(metric_with(text, "edp_multi_broker_confirmed_total", sel) ==
+              c.confirmed_by[b]);
+    ck_assert(metric_with(text, "edp_multi_broker_up", sel) == 1);
+  }
+  ck_assert(metric(text, "edp_multi_broker_nacked_total") == c.nacked);
+  ck_assert(metric(text, "edp_multi_broker_rerouted_total") == 0);
+  ck_assert(metric(text, "edp_multi_broker_unconfirmed") == 0);
+  /* Labelled host:port, never the URL. */
+  edp_url u;
+  ck_assert_int_eq(edp_url_parse(t_node_url[0], &u, NULL, 0), 0);
+  char sel[400];
+  snprintf(sel, sizeof(sel), "broker=\"1\",host=\"%s:%d\"", u.host, u.port);
+  ck_assert(metric_with(text, "edp_multi_broker_up", sel) == 1);
+  ck_assert_ptr_null(strstr(text, "guest"));
+  char reason[256];
+  ck_assert_int_eq(health(c.port, reason, sizeof(reason)), 503);
+  ck_assert_str_eq(reason, "finished\n");
+  done_with(&s, text, 0);
+}
+END_TEST
+
 /* ---------- a real Prometheus server ---------- */
 
 static int free_port(void) {
@@ -914,6 +1177,7 @@ START_TEST(pattern_connection_series) {
 END_TEST
 
 int main(void) {
+  t_nodes_begin(1, "metrics");
   Suite *s = suite_create("metrics");
   TCase *tc = tcase_create("metrics");
   tcase_set_timeout(tc, 240);
@@ -927,7 +1191,16 @@ int main(void) {
   tcase_add_test(tc, healthz_node_restart);
   tcase_add_test(tc, supervisor_connection_series);
   tcase_add_test(tc, pattern_connection_series);
+  tcase_add_test(tc, watch_counters);
+  tcase_add_test(tc, watch_orphan_pings);
+  tcase_add_test(tc, senders_sent_counts);
   suite_add_tcase(s, tc);
+  /* A second broker: it boots while the cases above run. */
+  TCase *tn = tcase_create("multi-sender");
+  tcase_set_timeout(tn, 240);
+  tcase_add_unchecked_fixture(tn, t_nodes_ready, t_nodes_stop);
+  tcase_add_test(tn, multi_sender_brokers);
+  suite_add_tcase(s, tn);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
   int failed = srunner_ntests_failed(sr);

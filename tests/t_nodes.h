@@ -20,6 +20,12 @@ extern char t_node_url[T_NODES_MAX][512];
  * /tmp/edp-<label>.XXXXXX; exits the process if one does not start. */
 void t_nodes_start(int n, const char *label);
 
+/* The same in two halves, so that the nodes boot while other tests run:
+ * begin starts them and returns at once; ready waits until they run (and
+ * exits the process, as t_nodes_start, if one does not start). */
+void t_nodes_begin(int n, const char *label);
+void t_nodes_ready(void);
+
 /* Stops every node (SIGKILL for one that won't stop) and removes the dir;
  * a no-op in a forked child. */
 void t_nodes_stop(void);
