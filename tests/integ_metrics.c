@@ -495,8 +495,10 @@ START_TEST(ambulance_lanes) {
                    NULL};
   run_quiet(sargv);
   t_proc r;
-  char *rx[] = {"--queue", (char *)q,        "--idle-timeout",
-                "2000",    "--metrics-hold", "30000",
+  /* --work-ms 1: the default 2 s of work per message (the demo's pace)
+   * made this case take 40 s. */
+  char *rx[] = {"--queue",     (char *)q, "--idle-timeout", "2000",
+                "--work-ms",   "1",       "--metrics-hold", "30000",
                 NULL};
   spawn(&r, "edp-ambulance-receiver", NULL, rx);
   counts c = {0};
