@@ -14,6 +14,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -222,6 +223,29 @@ static void spawn_with(t_proc *p, const char *prog, const char *queue,
 static void spawn(t_proc *p, const char *prog, const char *queue,
                   char **extra) {
   spawn_with(p, prog, queue, extra, 0);
+}
+
+static void run_quiet(char **argv) {
+  t_proc p;
+  ck_assert_int_eq(t_spawn(&p, argv, NULL), 0);
+  char line[4096];
+  while (t_readline(&p, line, sizeof(line), 60000) == 1)
+    ;
+  ck_assert_int_eq(t_wait(&p, 60000), 0);
+}
+
+/* Runs a sender (or any program) on the harness's broker to the end:
+ * prog --url URL, then the NULL-terminated arguments. */
+static void feed(const char *prog, ...) {
+  char *argv[32] = {(char *)t_bin(prog), "--url", (char *)t_url()};
+  int n = 3;
+  va_list ap;
+  va_start(ap, prog);
+  for (const char *a; (a = va_arg(ap, const char *)) && n < 31;)
+    argv[n++] = (char *)a;
+  va_end(ap);
+  argv[n] = NULL;
+  run_quiet(argv);
 }
 
 #define N_MSGS 300
@@ -452,14 +476,6 @@ START_TEST(dispatcher_counters) {
 END_TEST
 
 /* Runs prog with args to the end (its output read and dropped). */
-static void run_quiet(char **argv) {
-  t_proc p;
-  ck_assert_int_eq(t_spawn(&p, argv, NULL), 0);
-  char line[4096];
-  while (t_readline(&p, line, sizeof(line), 60000) == 1)
-    ;
-  ck_assert_int_eq(t_wait(&p, 60000), 0);
-}
 
 /* The value of the one sample of name with labels containing sel. */
 static double metric_with(const char *text, const char *name, const char *sel) {
@@ -481,25 +497,14 @@ static double metric_with(const char *text, const char *name, const char *sel) {
 /* Ambulance: processed and the end-to-end latency per lane. */
 START_TEST(ambulance_lanes) {
   const char *q = t_unique("metrics.amb");
-  char *sargv[] = {(char *)t_bin("edp-ambulance-sender"),
-                   "--url",
-                   (char *)t_url(),
-                   "--queue",
-                   (char *)q,
-                   "--standard",
-                   "30",
-                   "--priority",
-                   "10",
-                   "--rate",
-                   "0",
-                   NULL};
-  run_quiet(sargv);
+  feed("edp-ambulance-sender", "--queue", q, "--standard", "30", "--priority",
+       "10", "--rate", "0", NULL);
   t_proc r;
   /* --work-ms 1: the default 2 s of work per message (the demo's pace)
    * made this case take 40 s. */
-  char *rx[] = {"--queue",     (char *)q, "--idle-timeout", "2000",
-                "--work-ms",   "1",       "--metrics-hold", "30000",
-                NULL};
+  char *rx[] = {"--queue",        (char *)q,   "--idle-timeout",
+                "2000",           "--work-ms", "1",
+                "--metrics-hold", "30000",     NULL};
   spawn(&r, "edp-ambulance-receiver", NULL, rx);
   counts c = {0};
   ck_assert(await(&r, &c, has_hold, 60000));
@@ -522,15 +527,7 @@ END_TEST
 /* Supervisor: processed messages and the consumer gauges. */
 START_TEST(supervisor_gauges) {
   const char *q = t_unique("metrics.sup");
-  char *sargv[] = {(char *)t_bin("edp-forward-sender"),
-                   "--url",
-                   (char *)t_url(),
-                   "--queue",
-                   (char *)q,
-                   "--count",
-                   "200",
-                   NULL};
-  run_quiet(sargv);
+  feed("edp-forward-sender", "--queue", q, "--count", "200", NULL);
   t_proc s;
   char *sx[] = {"--queue",
                 (char *)q,
@@ -568,15 +565,7 @@ END_TEST
 /* Multi-broker consumer: per-broker state and counts. */
 START_TEST(multi_receiver_brokers) {
   const char *q = t_unique("metrics.multi");
-  char *sargv[] = {(char *)t_bin("edp-multi-sender"),
-                   "--url",
-                   (char *)t_url(),
-                   "--queue",
-                   (char *)q,
-                   "--count",
-                   "100",
-                   NULL};
-  run_quiet(sargv);
+  feed("edp-multi-sender", "--queue", q, "--count", "100", NULL);
   t_proc r;
   char *rx[] = {"--queue",        (char *)q, "--count", "100",
                 "--metrics-hold", "30000",   NULL};
@@ -973,15 +962,7 @@ static int conn_series(const char *text, const char *name, const char *prefix,
  * retiring consumers close their connections (run it on the SAN build). */
 START_TEST(supervisor_connection_series) {
   const char *q = t_unique("metrics.supconn");
-  char *sargv[] = {(char *)t_bin("edp-forward-sender"),
-                   "--url",
-                   (char *)t_url(),
-                   "--queue",
-                   (char *)q,
-                   "--count",
-                   "300",
-                   NULL};
-  run_quiet(sargv);
+  feed("edp-forward-sender", "--queue", q, "--count", "300", NULL);
   t_proc s;
   char *sx[] = {"--queue",
                 (char *)q,
@@ -1099,19 +1080,8 @@ END_TEST
  * one's series still holds its deliveries: they add up to the messages. */
 START_TEST(pattern_connection_series) {
   const char *q = t_unique("metrics.ambconn");
-  char *sargv[] = {(char *)t_bin("edp-ambulance-sender"),
-                   "--url",
-                   (char *)t_url(),
-                   "--queue",
-                   (char *)q,
-                   "--standard",
-                   "30",
-                   "--priority",
-                   "10",
-                   "--rate",
-                   "0",
-                   NULL};
-  run_quiet(sargv);
+  feed("edp-ambulance-sender", "--queue", q, "--standard", "30", "--priority",
+       "10", "--rate", "0", NULL);
   t_proc r;
   /* Not --count: its last processed event may come after the hold's. */
   char *rx[] = {
@@ -1151,15 +1121,7 @@ START_TEST(pattern_connection_series) {
   ck_assert_int_eq(t_wait(&r, 10000), 0);
 
   const char *mq = t_unique("metrics.multiconn");
-  char *margv[] = {(char *)t_bin("edp-multi-sender"),
-                   "--url",
-                   (char *)t_url(),
-                   "--queue",
-                   (char *)mq,
-                   "--count",
-                   "100",
-                   NULL};
-  run_quiet(margv);
+  feed("edp-multi-sender", "--queue", mq, "--count", "100", NULL);
   t_proc m;
   char *mx[] = {"--queue",        (char *)mq, "--count", "100",
                 "--metrics-hold", "30000",    NULL};
