@@ -7,8 +7,8 @@
 #   make bench        benchmarks, written to docs/BENCHMARKS.md, with
 #                     their plots (CSV, and SVG when gnuplot is installed)
 #                     in docs/img
-#   make bench BENCH=cost  one benchmark alone (bench/edp-bench-cost.c; its
-#                     section alone then makes docs/BENCHMARKS.md)
+#   make bench BENCH=cost  one benchmark alone (bench/edp-bench-cost.c): it
+#                     rewrites only its own section of docs/BENCHMARKS.md
 #   make bench-soak   the client cost benchmark's memory run, 10 minutes
 #   make plots        redraws the plots from the CSV files in docs/img
 #                     (needs gnuplot: apt-get install gnuplot-nox)
@@ -217,7 +217,7 @@ fuzz-deps:
 
 bench: deps all $(BENCH_BINS) $(BENCH_RAW)
 	EDP_BIN=$(BIN) EDP_TLS=both EDP_BROKER_MAX_MESSAGE=16777216 \
-	  tests/with-broker.sh tests/bench.sh \
+	  EDP_BENCH_ONLY=$(if $(BENCH),1) tests/with-broker.sh tests/bench.sh \
 	  $(if $(BENCH),$(filter %-$(BENCH),$(BENCH_BINS)),$(BENCH_BINS))
 
 # The memory run of the client cost benchmark alone, for 10 minutes (make

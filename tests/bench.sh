@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs each benchmark program given as argument (each prints a markdown
-# section on stdout, progress on stderr) and writes docs/BENCHMARKS.md.
+# section on stdout, progress on stderr) and writes docs/BENCHMARKS.md:
+# the whole file, or with EDP_BENCH_ONLY=1 (make bench BENCH=x) only the
+# sections of the programs given.
 # Expects EDP_URL (and EDP_BROKER_DIR) from with-broker.sh.
 #
 # The programs also write the data behind the plots as CSV files into
@@ -58,15 +60,59 @@ images() {
   echo
 } > "$tmp"
 fail=0
-for b in "$@"; do
-  echo "== $b" >&2
-  if ! "$b" >> "$tmp"; then
-    echo "benchmark $b failed" >&2
-    fail=1
-  fi
-  echo >> "$tmp"
-  images "$(basename "$b")" >> "$tmp"
-done
+if [ -n "${EDP_BENCH_ONLY:-}" ] && [ -f "$out" ]; then
+  # make bench BENCH=x: replace only the sections of the programs run (a
+  # section runs from its "## " heading, the program's first line, to the
+  # next one) and keep the others, so one benchmark can be rerun on a quiet
+  # machine without losing the rest; a new section is appended.
+  cp "$out" "$tmp"
+  sec=$(mktemp)
+  trap 'rm -f "$tmp" "$sec"' EXIT
+  for b in "$@"; do
+    echo "== $b" >&2
+    if ! "$b" > "$sec"; then
+      echo "benchmark $b failed" >&2
+      fail=1
+      continue
+    fi
+    heading=$(grep -m1 '^## ' "$sec" || true)
+    if [ -z "$heading" ]; then
+      echo "benchmark $b printed no '## ' heading" >&2
+      fail=1
+      continue
+    fi
+    {
+      echo
+      echo "This section alone: \`make bench BENCH=${b##*edp-bench-}\` on $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)."
+      echo
+      images "$(basename "$b")"
+    } > "$sec.tail"
+    awk -v h="$heading" -v f="$sec" -v t="$sec.tail" '
+      function emit(first) {
+        first = 1
+        while ((getline l < f) > 0) {
+          print l
+          if (first && l == h) { while ((getline m < t) > 0) print m; first = 0 }
+        }
+      }
+      $0 == h { emit(); skip = 1; done = 1; next }
+      skip && /^## / { skip = 0 }
+      !skip { print }
+      END { if (!done) { print ""; emit() } }' "$tmp" > "$tmp.new"
+    mv "$tmp.new" "$tmp"
+    rm -f "$sec.tail"
+  done
+else
+  for b in "$@"; do
+    echo "== $b" >&2
+    if ! "$b" >> "$tmp"; then
+      echo "benchmark $b failed" >&2
+      fail=1
+    fi
+    echo >> "$tmp"
+    images "$(basename "$b")" >> "$tmp"
+  done
+fi
 cp "$tmp" "$out"
 echo "wrote $out" >&2
 "$here/tests/plots.sh" "$EDP_BENCH_DATA" || echo "bench: some plots failed (the tables are written)" >&2
