@@ -622,10 +622,12 @@ int main(int argc, char **argv) {
   printf("\nBig bodies through forwarding (the same programs; window and "
          "prefetch = 64 MiB / body, at most 1024; 256 MiB per run%s). "
          "Bound: peak RSS <= (window + 1) x body + 8 MiB: the window's "
-         "messages (the sender keeps a copy of each until its confirm, to "
-         "publish it again after a reconnect; the receiver holds the "
-         "prefetched ones) and the one the program builds or reads, which "
-         "the raw client holds too.\n\n",
+         "messages (the sender keeps each until its confirm, to publish it "
+         "again after a reconnect: edp-forward-sender lends bodies of 64 KiB "
+         "and more to the library (`edp_fwd_send_lent`) instead of having "
+         "them copied, from a pool of window + 1 buffers; the receiver holds "
+         "the prefetched ones) and the one the program builds or reads, "
+         "which the raw client holds too.\n\n",
          quick ? ", a fifth when reduced" : "");
   printf("| body | window | run | MB/s | CPU us/msg | peak RSS MiB | MB/s vs "
          "raw | RSS bound MiB | within |\n|---|---:|---|---:|---:|---:|---:|"
