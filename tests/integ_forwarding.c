@@ -667,6 +667,89 @@ START_TEST(batched_handlers_lose_nothing) {
 }
 END_TEST
 
+static int count_ok(void *ud, const edp_delivery *d, char *reason,
+                    size_t reason_len) {
+  (void)d;
+  (void)reason;
+  (void)reason_len;
+  (*(int *)ud)++;
+  return 0;
+}
+
+/* The acks of a batch are written under TCP_CORK and must leave when the
+ * batch is settled, not when the kernel's 200 ms hold runs out: with a
+ * prefetch of 20 the broker sends the next messages only for those acks,
+ * so 2,000 messages take 100 batches or more, and a held cork would make
+ * that 20 s at least. Also batches of more than 64 (the cap is 256). */
+START_TEST(batch_acks_leave_at_once) {
+  const char *q = t_unique("fwd.cork");
+  edp_conn *c = open_conn();
+  ck_assert_int_eq(edp_fwd_declare(c, q, NULL), 0);
+  ck_assert_int_eq(edp_conn_confirm_select(c), 0);
+  char body[100];
+  memset(body, 'c', sizeof(body));
+  for (int i = 0; i < 2300; i++) {
+    char id[32];
+    snprintf(id, sizeof(id), "c-%d", i);
+    edp_msg m;
+    edp_msg_init(&m);
+    m.routing_key = q;
+    m.message_id = id;
+    m.body = body;
+    m.body_len = sizeof(body);
+    m.persistent = 1;
+    ck_assert_int_eq(edp_conn_publish_window(c, &m, 512, 10000, NULL), 0);
+  }
+  ck_assert_int_eq(edp_conn_wait_confirms(c, 0, 20000), 0);
+  edp_conn_destroy(&c);
+
+  c = open_conn();
+  int handled = 0;
+  edp_fwd_receiver_opts ro;
+  edp_fwd_receiver_opts_init(&ro);
+  ro.queue = q;
+  ro.prefetch = 20;
+  ro.handler = count_ok;
+  ro.ud = &handled;
+  edp_fwd_receiver *r = NULL;
+  ck_assert_int_eq(edp_fwd_receiver_new(c, &ro, &r), 0);
+  long long t0 = t_now_ms();
+  while (handled < 2000 && t_now_ms() - t0 < 60000)
+    ck_assert_int_eq(edp_fwd_receive_batch(r, 5000, 256), 0);
+  long long ms = t_now_ms() - t0;
+  fprintf(stderr, "batch_acks_leave_at_once: 2000 messages, prefetch 20, "
+                  "%lld ms\n", ms);
+  ck_assert_int_ge(handled, 2000);
+  ck_assert_int_lt(ms, 15000);
+  edp_fwd_receiver_destroy(&r);
+  edp_conn_destroy(&c);
+
+  /* The other 300 or so, all already here: a batch of more than 64. */
+  c = open_conn();
+  ro.prefetch = 1000;
+  ck_assert_int_eq(edp_fwd_receiver_new(c, &ro, &r), 0);
+  long long deadline = t_now_ms() + 10000;
+  size_t left = (size_t)(2300 - handled); /* the first batches ran over */
+  while (edp_conn_pending_deliveries(c) < left && t_now_ms() < deadline)
+    edp_conn_service(c, -1, 50);
+  ck_assert_uint_ge(edp_conn_pending_deliveries(c), left);
+  ck_assert_uint_gt(left, 200);
+  /* A batch stops starting handlers after 2 ms, which a preempted worker
+   * may reach: the biggest of a few calls counts. */
+  int most = 0;
+  for (int i = 0; i < 5 && handled < 2300; i++) {
+    int before = handled;
+    ck_assert_int_eq(edp_fwd_receive_batch(r, 5000, 1000), 0);
+    most = handled - before > most ? handled - before : most;
+  }
+  ck_assert_int_gt(most, 64);
+  ck_assert_int_le(most, 256);
+  edp_fwd_receiver_destroy(&r);
+  ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
+  edp_conn_destroy(&c);
+}
+END_TEST
+
 typedef struct stop_log {
   int calls, stop_w;
 } stop_log;
@@ -1442,6 +1525,7 @@ int main(void) {
   tcase_add_test(tc, batched_handlers_lose_nothing);
   tcase_add_test(tc, batch_stop_requeues_the_unstarted);
   tcase_add_test(tc, lent_bodies_republished_after_a_cut);
+  tcase_add_test(tc, batch_acks_leave_at_once);
   suite_add_tcase(s, tc);
   TCase *copies = tcase_create("copies");
   tcase_set_timeout(copies, 300);
