@@ -191,6 +191,11 @@ static void lent_done(void *ud, const void *body) {
   free((void *)body);
 }
 
+static void count_done(void *ud, const void *body) {
+  (void)body;
+  (*(int *)ud)++;
+}
+
 START_TEST(lent_bodies_republished_after_a_cut) {
   lent_run *l = calloc(1, sizeof(*l));
   char url[600];
@@ -259,6 +264,27 @@ START_TEST(lent_bodies_republished_after_a_cut) {
   }
   for (int i = 0; i < LENT_N; i++)
     ck_assert_msg(seen[i] >= 1, "lent-%d is not in the queue", i);
+
+  /* Without confirm mode nothing is kept: the body is given back once
+   * written. A NULL done and an invalid message are refused and take
+   * nothing. */
+  edp_conn *plain = open_conn();
+  int given = 0;
+  edp_msg m;
+  edp_msg_init(&m);
+  m.routing_key = q;
+  m.body = "plain";
+  m.body_len = 5;
+  ck_assert_int_eq(edp_conn_publish_lent(plain, &m, NULL, NULL, NULL),
+                   EDP_EINVAL);
+  ck_assert_int_eq(edp_conn_publish_lent(plain, &m, count_done, &given, NULL),
+                   0);
+  ck_assert_int_eq(given, 1);
+  m.body = NULL; /* invalid: body_len without a body */
+  ck_assert_int_eq(edp_conn_publish_lent(plain, &m, count_done, &given, NULL),
+                   EDP_EINVAL);
+  ck_assert_int_eq(given, 1);
+  edp_conn_destroy(&plain);
   fprintf(stderr,
           "lent_bodies_republished_after_a_cut: %d sent, %llu republished "
           "after %llu reconnect(s), %d in the queue\n",
