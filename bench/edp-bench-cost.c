@@ -498,8 +498,7 @@ static void print_soak(soak sk, int soak_s) {
          met(flat));
 }
 
-static void print_latency(double r5, pct c5, pct e5, double rf, pct cf,
-                          pct ef);
+static void print_latency(double r5, pct c5, pct e5, double rf, pct cf, pct ef);
 
 /* The two latency runs: at 5,000 msg/s and flat out. */
 static void latency_pair(const char *url, int quick) {

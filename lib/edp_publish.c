@@ -63,13 +63,12 @@ static char *put_str(char **cur, const char *s) {
  * one copier. A lent body is pointed at, not copied. */
 static void *copy_msg_into(const edp_msg *m, size_t head, size_t msg_off,
                            int lent) {
-  size_t size = head + m->n_headers * sizeof(edp_header) + slen(m->exchange) +
-                slen(m->routing_key) + slen(m->message_id) +
-                slen(m->content_type) + slen(m->reply_to) +
-                slen(m->correlation_id) + slen(m->type) + slen(m->user_id) +
-                slen(m->content_encoding) + slen(m->expiration) +
-                slen(m->app_id) + slen(m->cluster_id) +
-                (lent ? 0 : m->body_len);
+  size_t size =
+      head + m->n_headers * sizeof(edp_header) + slen(m->exchange) +
+      slen(m->routing_key) + slen(m->message_id) + slen(m->content_type) +
+      slen(m->reply_to) + slen(m->correlation_id) + slen(m->type) +
+      slen(m->user_id) + slen(m->content_encoding) + slen(m->expiration) +
+      slen(m->app_id) + slen(m->cluster_id) + (lent ? 0 : m->body_len);
   for (size_t i = 0; i < m->n_headers; i++)
     size += slen(m->headers[i].key) + slen(m->headers[i].str);
   /* The table comes right after the headers array, which keeps it aligned

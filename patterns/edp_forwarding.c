@@ -149,11 +149,11 @@ static int send_impl(edp_fwd_sender *s, const char *message_id,
     m.n_headers = 1;
   }
   edp_recovery r = {0};
-  int rc = done ? edp_conn_publish_window_lent(s->c, &m, s->o.confirm_window,
-                                               s->o.confirm_timeout_ms, &r,
-                                               done, ud)
-                : edp_conn_publish_window(s->c, &m, s->o.confirm_window,
-                                          s->o.confirm_timeout_ms, &r);
+  int rc =
+      done ? edp_conn_publish_window_lent(s->c, &m, s->o.confirm_window,
+                                          s->o.confirm_timeout_ms, &r, done, ud)
+           : edp_conn_publish_window(s->c, &m, s->o.confirm_window,
+                                     s->o.confirm_timeout_ms, &r);
   edp_count_add(&s->st.reconnects, r.reconnects);
   edp_count_add(&s->st.republished, r.republished);
   if (!rc)

@@ -225,8 +225,8 @@ START_TEST(lent_bodies_republished_after_a_cut) {
     int k = snprintf(b, 32, "lent-%d", i);
     b[k] = '.';
     snprintf(id, sizeof(id), "lent-%d", i);
-    int rc = edp_fwd_send_lent(s, id, b, LENT_LEN, "text/plain", NULL,
-                               lent_done, l);
+    int rc =
+        edp_fwd_send_lent(s, id, b, LENT_LEN, "text/plain", NULL, lent_done, l);
     ck_assert_msg(rc == 0, "send %d: %s", i, edp_strerror(rc));
   }
   ck_assert_int_eq(edp_fwd_flush(s), 0);
@@ -743,8 +743,10 @@ START_TEST(batch_acks_leave_at_once) {
   while (handled < 2000 && t_now_ms() - t0 < 60000)
     ck_assert_int_eq(edp_fwd_receive_batch(r, 5000, 256), 0);
   long long ms = t_now_ms() - t0;
-  fprintf(stderr, "batch_acks_leave_at_once: 2000 messages, prefetch 20, "
-                  "%lld ms\n", ms);
+  fprintf(stderr,
+          "batch_acks_leave_at_once: 2000 messages, prefetch 20, "
+          "%lld ms\n",
+          ms);
   ck_assert_int_ge(handled, 2000);
   ck_assert_int_lt(ms, 15000);
   edp_fwd_receiver_destroy(&r);
