@@ -248,7 +248,7 @@ int main(int argc, char **argv) {
       break;
     }
     /* A batch never takes more than --count leaves to do. */
-    size_t max = count >= 0 ? (size_t)(count - (long)st.processed) : 64;
+    size_t max = count >= 0 ? (size_t)(count - (long)st.processed) : 256;
     rc = edp_fwd_receive_batch(r, (int)idle, max);
     if (rc == EDP_ETIMEOUT)
       break;

@@ -3,10 +3,13 @@
  * pattern: persistent, to a durable queue, with pipelined publisher
  * confirms. A message counts as sent only once the broker confirmed it.
  */
+#define _GNU_SOURCE /* MADV_HUGEPAGE */
 #include <malloc.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -78,7 +81,7 @@ typedef struct sender_run {
   size_t max_body;
   long rate;
   int quiet;
-  int64_t start_ms;
+  int64_t start_us;
 } sender_run;
 
 /* Writes v in decimal with a NUL at buf (21 bytes at most); returns the
@@ -95,17 +98,93 @@ static size_t fmt_u64(char *buf, uint64_t v) {
   return n;
 }
 
-static void send_one(sender_run *r, const char *body, size_t len) {
+/* Generated bodies of LEND_MIN bytes or more are lent to the sender
+ * (edp_fwd_send_lent) instead of copied into its copy for republishing:
+ * a buffer stays as it is until its message was confirmed, then comes
+ * back here for a later message, which rewrites only its head. The
+ * window bounds how many exist (window + 1). The copy of a 16 MiB body
+ * was a third of the program's CPU per message. */
+#define LEND_MIN (64 * 1024)
+
+typedef struct body_pool {
+  char *arena; /* slots x size bytes, mapped once, touched as used */
+  size_t slots, used, size, n;
+  char **free; /* n buffers given back, room for all slots */
+} body_pool;
+
+/* The window's buffers are touched afresh once each (the sender holds
+ * window + 1, raw rabbitmq-c one): in 4 KiB pages that was 16,000 minor
+ * faults per 64 MiB. One mapping for all of them gets transparent huge
+ * pages where the kernel gives them on request (madvise mode). Returns
+ * 0, or -1 if it cannot be mapped (then bodies are copied as usual). */
+static int pool_init(body_pool *p, size_t size, size_t slots) {
+  if (slots && size > SIZE_MAX / slots)
+    return -1;
+  size_t total = size * slots;
+  void *a = mmap(NULL, total, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (a == MAP_FAILED)
+    return -1;
+#ifdef MADV_HUGEPAGE
+  if (total >= (2 << 20))
+    madvise(a, total, MADV_HUGEPAGE);
+#endif
+  if (!(p->free = calloc(slots, sizeof(*p->free)))) {
+    munmap(a, total);
+    return -1;
+  }
+  p->arena = a;
+  p->size = size;
+  p->slots = slots;
+  return 0;
+}
+
+static void pool_destroy(body_pool *p) {
+  if (p->arena)
+    munmap(p->arena, p->size * p->slots);
+  free(p->free);
+  memset(p, 0, sizeof(*p));
+}
+
+/* edp_body_done_fn: a buffer whose message was confirmed (or refused). */
+static void body_back(void *ud, const void *body) {
+  body_pool *p = ud;
+  if (p->n < p->slots)
+    p->free[p->n++] = (char *)body;
+}
+
+/* A buffer: "order " and dots, the number written later. */
+static char *body_take(body_pool *p) {
+  if (p->n)
+    return p->free[--p->n];
+  if (p->used == p->slots)
+    cli_die(&app, CLI_SOFTWARE, "internal: more bodies held than the window");
+  char *b = p->arena + p->used++ * p->size;
+  memset(b, '.', p->size);
+  memcpy(b, "order ", 6);
+  return b;
+}
+
+static void send_one(sender_run *r, const char *body, size_t len,
+                     body_pool *lend) {
   char id[96];
   r->seq++;
   if (r->rate > 0) {
     /* Pace against the start time, so that a slow message is caught up
-     * rather than slowing every later one. */
-    int64_t due = r->start_ms + (int64_t)((r->seq - 1) * 1000 / r->rate);
-    int64_t wait = due - edp_now_ms();
-    if (wait > 0 && edp_sleep_ms((int)wait, cli_stop_fd()))
+     * rather than slowing every later one; in microseconds, each message
+     * at its own time (in milliseconds, 5,000/s went out as bursts of
+     * five). Whole milliseconds are slept on the stop fd, the rest with
+     * nanosleep. */
+    int64_t due = r->start_us + (int64_t)((r->seq - 1) * 1000000 / r->rate);
+    int64_t wait = due - edp_now_us();
+    if (wait >= 1000 && edp_sleep_ms((int)(wait / 1000), cli_stop_fd()))
       cli_die(&app, CLI_INTERRUPTED, "interrupted; %zu message(s) unconfirmed",
               edp_conn_unconfirmed(r->conn));
+    wait = due - edp_now_us();
+    if (wait > 0) {
+      struct timespec ts = {0, (long)wait * 1000};
+      nanosleep(&ts, NULL);
+    }
   }
   /* prefix-SEQ without snprintf: formatting was a fifth of the
    * program's instructions per message (callgrind). */
@@ -122,8 +201,10 @@ static void send_one(sender_run *r, const char *body, size_t len) {
            len > 200 ? 200 : (int)len, body);
   edp_trace t;
   int traced = cli_trace_next(&app, &t);
-  int rc = edp_fwd_send_traced(r->s, id, body, len, "text/plain",
-                               traced ? &t : NULL);
+  int rc = lend ? edp_fwd_send_lent(r->s, id, body, len, "text/plain",
+                                    traced ? &t : NULL, body_back, lend)
+                : edp_fwd_send_traced(r->s, id, body, len, "text/plain",
+                                      traced ? &t : NULL);
   if (rc == EDP_ESTOPPED || cli_stopped())
     cli_die(&app, CLI_INTERRUPTED, "interrupted; %zu message(s) unconfirmed",
             edp_conn_unconfirmed(r->conn));
@@ -164,6 +245,7 @@ int main(int argc, char **argv) {
   long body_size = 0;
   int persistent = 1;
   sender_run r = {0};
+  static body_pool pool;
   snprintf(r.prefix, sizeof(r.prefix), "m%lx%x", (long)time(NULL),
            (unsigned)getpid());
   int opt;
@@ -220,7 +302,7 @@ int main(int argc, char **argv) {
     cli_die(&app, CLI_USAGE, "give either --count or messages, not both");
 
   r.max_body = (size_t)max_body;
-  r.start_ms = edp_now_ms();
+  r.start_us = edp_now_us();
   r.conn = cli_connect(&app, "edp-forward-sender");
   edp_fwd_sender_opts so;
   edp_fwd_sender_opts_init(&so);
@@ -236,23 +318,30 @@ int main(int argc, char **argv) {
   metrics_serve_start(&ms, &app, r.conn, 0, r.s, edp_fwd_sender_collect);
 
   if (count >= 0) {
-    /* One buffer for every generated body: only its head changes. */
+    /* One buffer for every generated body (only its head changes), or a
+     * pool of window + 1 of them for lent bodies. */
     size_t cap = body_size > 64 ? (size_t)body_size : 64;
-    char *body = malloc(cap);
-    if (!body)
+    int lend = body_size >= LEND_MIN && window > 0 &&
+               pool_init(&pool, cap, (size_t)window + 1) == 0;
+    char *body = lend ? NULL : malloc(cap);
+    if (!lend && !body)
       cli_die(&app, CLI_SOFTWARE, "out of memory");
-    memset(body, '.', cap);
-    memcpy(body, "order ", 6);
+    if (body) {
+      memset(body, '.', cap);
+      memcpy(body, "order ", 6);
+    }
     for (long i = 1; i <= count; i++) {
-      long n = 6 + (long)fmt_u64(body + 6, (uint64_t)i);
+      char *b = lend ? body_take(&pool) : body;
+      long n = 6 + (long)fmt_u64(b + 6, (uint64_t)i);
       if (n < body_size)
-        body[n] = '.';
-      send_one(&r, body, body_size > n ? (size_t)body_size : (size_t)n);
+        b[n] = '.';
+      send_one(&r, b, body_size > n ? (size_t)body_size : (size_t)n,
+               lend ? &pool : NULL);
     }
     free(body);
   } else if (optind < argc) {
     for (int i = optind; i < argc; i++)
-      send_one(&r, argv[i], strlen(argv[i]));
+      send_one(&r, argv[i], strlen(argv[i]), NULL);
   } else {
     char *line = NULL;
     size_t cap = 0;
@@ -260,7 +349,7 @@ int main(int argc, char **argv) {
     while ((n = getline(&line, &cap, stdin)) > 0) {
       if (line[n - 1] == '\n')
         n--;
-      send_one(&r, line, (size_t)n);
+      send_one(&r, line, (size_t)n, NULL);
     }
     free(line);
   }
@@ -287,6 +376,7 @@ int main(int argc, char **argv) {
           (unsigned long long)st.reconnects);
   metrics_serve_stop(&ms, &app);
   edp_fwd_sender_destroy(&r.s);
-  edp_conn_destroy(&r.conn);
+  edp_conn_destroy(&r.conn); /* gives back the lent bodies still held */
+  pool_destroy(&pool);
   return st.refused ? CLI_DATAERR : CLI_OK;
 }

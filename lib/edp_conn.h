@@ -505,6 +505,26 @@ int edp_conn_wait_confirms_recover(edp_conn *c, size_t max_outstanding,
 int edp_conn_publish_window(edp_conn *c, const edp_msg *m, size_t window,
                             int timeout_ms, edp_recovery *r);
 
+/* Called once the library no longer needs a lent body (below): its
+ * message was confirmed, refused or returned, taken with
+ * edp_conn_take_unconfirmed(), sent without confirm mode, or the
+ * connection was destroyed. On the thread that owns the connection. */
+typedef void (*edp_body_done_fn)(void *ud, const void *body);
+
+/* edp_conn_publish() and edp_conn_publish_window() for a big body that is
+ * lent instead of copied: the library keeps the message's copy for
+ * republishing (its properties, headers and strings are copied as usual)
+ * pointing at m->body itself, which must stay valid and unchanged until
+ * done(ud, m->body) is called (exactly once, see edp_body_done_fn). With
+ * free() as done it takes ownership of a malloc()ed body. When these
+ * return an error the body was not taken: done is not called and the
+ * caller still owns it. done must not be NULL (EDP_EINVAL). */
+int edp_conn_publish_lent(edp_conn *c, const edp_msg *m, edp_body_done_fn done,
+                          void *ud, uint64_t *seq);
+int edp_conn_publish_window_lent(edp_conn *c, const edp_msg *m, size_t window,
+                                 int timeout_ms, edp_recovery *r,
+                                 edp_body_done_fn done, void *ud);
+
 /* A deep copy of m (strings, headers and body) in one allocation, to free
  * with free(). NULL if m is invalid or memory ran out. */
 edp_msg *edp_msg_dup(const edp_msg *m);
@@ -622,6 +642,17 @@ int edp_conn_service(edp_conn *c, int wake_fd, int timeout_ms);
 int edp_conn_ack(edp_conn *c, uint32_t epoch, uint64_t tag, int multiple);
 int edp_conn_nack(edp_conn *c, uint32_t epoch, uint64_t tag, int multiple,
                   int requeue);
+
+/* Holds (on != 0) or releases (0) the small frames written to the
+ * connection's TCP socket: while held, the kernel joins them into full
+ * segments instead of sending a packet per frame (TCP_CORK), and
+ * releasing sends what is held at once. For a run of writes that go out
+ * together anyway, such as the acks of a batch of handled messages: each
+ * frame is still written (and acked) as before, the packets are fewer.
+ * Never hold frames across a wait for the broker's answer (a confirm, an
+ * RPC): the kernel sends held frames only after 200 ms. Returns 0,
+ * EDP_ECLOSED (no connection) or EDP_EIO (not a TCP socket). */
+int edp_conn_cork(edp_conn *c, int on);
 
 /* ---- reconnection ---- */
 

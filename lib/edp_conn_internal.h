@@ -38,6 +38,11 @@ struct edp__pending {
   int returned;
   int reply_code;
   char reply_text[128];
+  /* A lent body (edp_conn_publish_lent): m.body is the caller's, given
+   * back through body_done when the entry is freed; NULL: m.body is in
+   * the entry's own allocation. */
+  edp_body_done_fn body_done;
+  void *body_ud;
   edp_msg m; /* points into the same allocation */
 };
 

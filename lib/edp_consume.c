@@ -11,9 +11,13 @@
  * exclusively) is dropped and reported once, never retried.
  */
 
+#define _GNU_SOURCE /* TCP_CORK */
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "edp_conn_internal.h"
 #include "edp_util.h"
@@ -509,4 +513,13 @@ int edp_conn_ack(edp_conn *c, uint32_t epoch, uint64_t tag, int multiple) {
 int edp_conn_nack(edp_conn *c, uint32_t epoch, uint64_t tag, int multiple,
                   int requeue) {
   return ack_common(c, epoch, tag, multiple, 1, requeue);
+}
+
+int edp_conn_cork(edp_conn *c, int on) {
+  if (!c || !c->st)
+    return EDP_ECLOSED;
+  int fd = amqp_get_sockfd(c->st), v = on != 0;
+  if (fd < 0)
+    return EDP_ECLOSED;
+  return setsockopt(fd, IPPROTO_TCP, TCP_CORK, &v, sizeof(v)) ? EDP_EIO : 0;
 }

@@ -133,6 +133,18 @@ int edp_fwd_send_traced(edp_fwd_sender *s, const char *message_id,
                         const void *body, size_t len, const char *content_type,
                         const edp_trace *t);
 
+/* edp_fwd_send_traced() for a big body, without copying it: the body is
+ * lent to the sender (edp_conn_publish_window_lent), which keeps pointing
+ * at it for republishing until the broker confirmed (or refused) the
+ * message, and then calls done(ud, body), once, on this thread (from a
+ * later call or edp_conn_destroy). Until then the body must stay valid and
+ * unchanged; with free() as done the sender owns a malloc()ed body. On an
+ * error return done is not called: the body is still the caller's.
+ * Errors as edp_fwd_send(), and EDP_EINVAL for a NULL done. */
+int edp_fwd_send_lent(edp_fwd_sender *s, const char *message_id,
+                      const void *body, size_t len, const char *content_type,
+                      const edp_trace *t, edp_body_done_fn done, void *ud);
+
 /* Waits until every message sent so far is confirmed (or refused).
  * Errors as edp_fwd_send(). */
 int edp_fwd_flush(edp_fwd_sender *s);
@@ -235,7 +247,7 @@ int edp_fwd_receive(edp_fwd_receiver *r, int timeout_ms);
  * its handler succeeded. No handler starts once the batch has run for
  * 2 ms, so a slow handler makes a batch of one; the messages not reached
  * are handled first by the next call, or given back to the queue (nack
- * with requeue) after a stop. max is capped at 64; 1 is
+ * with requeue) after a stop. max is capped at 256; 1 is
  * edp_fwd_receive(). Returns as edp_fwd_receive() (0: at least one
  * message was handled; the stats say how many), or EDP_EINVAL for max 0. */
 int edp_fwd_receive_batch(edp_fwd_receiver *r, int timeout_ms, size_t max);

@@ -15,6 +15,7 @@
 
 #include "edp.h"
 #include "edp_conn_internal.h"
+#include "faultproxy.h"
 #include "t_calls.h"
 #include "testlib.h"
 
@@ -156,6 +157,144 @@ static uint32_t depth(const char *queue) {
   edp_conn_destroy(&c);
   return msgs;
 }
+
+/* Lent bodies (edp_fwd_send_lent): each is given back once, only after
+ * its confirm, and a connection cut with messages in flight republishes
+ * them from the lent memory itself, intact. */
+#define LENT_N 600
+#define LENT_LEN 4096
+
+typedef struct lent_run {
+  int confirmed[LENT_N], done[LENT_N], early;
+} lent_run;
+
+static int lent_index(const char *s) {
+  int i = -1;
+  return s && sscanf(s, "lent-%d", &i) == 1 && i >= 0 && i < LENT_N ? i : -1;
+}
+
+static void lent_confirmed(void *ud, const edp_confirm *cf) {
+  lent_run *l = ud;
+  int i = lent_index(cf->message_id);
+  if (i >= 0 && cf->status == EDP_CONFIRM_ACK)
+    l->confirmed[i]++;
+}
+
+static void lent_done(void *ud, const void *body) {
+  lent_run *l = ud;
+  int i = lent_index(body);
+  ck_assert_int_ge(i, 0);
+  l->early += !l->confirmed[i];
+  l->done[i]++;
+  /* Whatever the library would still send from here is garbage now. */
+  memset((void *)body, 'X', LENT_LEN);
+  free((void *)body);
+}
+
+static void count_done(void *ud, const void *body) {
+  (void)body;
+  (*(int *)ud)++;
+}
+
+START_TEST(lent_bodies_republished_after_a_cut) {
+  lent_run *l = calloc(1, sizeof(*l));
+  char url[600];
+  fp_proxy *p = t_proxy("?heartbeat=2", url, sizeof(url));
+  edp_conn_opts o;
+  edp_conn_opts_init(&o);
+  o.url = url;
+  edp_conn *c = NULL;
+  ck_assert_int_eq(edp_conn_open(&o, &c, NULL, 0), 0);
+  const char *q = t_unique("fwd.lent");
+  edp_fwd_sender_opts so;
+  edp_fwd_sender_opts_init(&so);
+  so.queue = q;
+  so.confirm_window = 256;
+  so.on_confirm = lent_confirmed;
+  so.ud = l;
+  edp_fwd_sender *s = NULL;
+  ck_assert_int_eq(edp_fwd_sender_new(c, &so, &s), 0);
+  ck_assert_int_eq(edp_fwd_send_lent(s, "x", "b", 1, NULL, NULL, NULL, NULL),
+                   EDP_EINVAL);
+  for (int i = 0; i < LENT_N; i++) {
+    if (i == LENT_N / 2) /* mid-frame, with up to 256 unconfirmed */
+      ck_assert_int_eq(fp_cut_once(p, 3000, FP_C2S), 0);
+    char *b = malloc(LENT_LEN), id[32];
+    ck_assert_ptr_nonnull(b);
+    memset(b, 'a' + i % 26, LENT_LEN);
+    int k = snprintf(b, 32, "lent-%d", i);
+    b[k] = '.';
+    snprintf(id, sizeof(id), "lent-%d", i);
+    int rc =
+        edp_fwd_send_lent(s, id, b, LENT_LEN, "text/plain", NULL, lent_done, l);
+    ck_assert_msg(rc == 0, "send %d: %s", i, edp_strerror(rc));
+  }
+  ck_assert_int_eq(edp_fwd_flush(s), 0);
+  edp_fwd_sender_stats st;
+  edp_fwd_sender_stats_get(s, &st);
+  ck_assert_uint_ge(st.reconnects, 1);
+  ck_assert_uint_ge(st.republished, 1);
+  for (int i = 0; i < LENT_N; i++) {
+    ck_assert_msg(l->confirmed[i] == 1, "lent-%d confirmed %d times", i,
+                  l->confirmed[i]);
+    ck_assert_msg(l->done[i] == 1, "lent-%d given back %d times", i,
+                  l->done[i]);
+  }
+  ck_assert_int_eq(l->early, 0);
+  edp_fwd_sender_destroy(&s);
+  edp_conn_destroy(&c);
+  fp_stop(&p);
+
+  /* Every message is in the queue with its own body, none of them 'X'. */
+  c = open_conn();
+  ck_assert_int_eq(edp_conn_qos(c, 500), 0);
+  ck_assert_int_eq(edp_conn_consume(c, q, NULL, NULL, 0), 0);
+  int seen[LENT_N] = {0}, total = 0;
+  edp_delivery d;
+  while (edp_conn_receive(c, &d, 2000) == 0) {
+    int i = lent_index(d.message_id);
+    ck_assert_int_ge(i, 0);
+    ck_assert_uint_eq(d.body_len, LENT_LEN);
+    ck_assert_int_eq(lent_index(d.body), i);
+    ck_assert_int_eq(((const char *)d.body)[LENT_LEN - 1], 'a' + i % 26);
+    seen[i]++;
+    total++;
+    ck_assert_int_eq(edp_conn_ack(c, d.epoch, d.tag, 0), 0);
+    edp_delivery_clear(&d);
+  }
+  for (int i = 0; i < LENT_N; i++)
+    ck_assert_msg(seen[i] >= 1, "lent-%d is not in the queue", i);
+
+  /* Without confirm mode nothing is kept: the body is given back once
+   * written. A NULL done and an invalid message are refused and take
+   * nothing. */
+  edp_conn *plain = open_conn();
+  int given = 0;
+  edp_msg m;
+  edp_msg_init(&m);
+  m.routing_key = q;
+  m.body = "plain";
+  m.body_len = 5;
+  ck_assert_int_eq(edp_conn_publish_lent(plain, &m, NULL, NULL, NULL),
+                   EDP_EINVAL);
+  ck_assert_int_eq(edp_conn_publish_lent(plain, &m, count_done, &given, NULL),
+                   0);
+  ck_assert_int_eq(given, 1);
+  m.body = NULL; /* invalid: body_len without a body */
+  ck_assert_int_eq(edp_conn_publish_lent(plain, &m, count_done, &given, NULL),
+                   EDP_EINVAL);
+  ck_assert_int_eq(given, 1);
+  edp_conn_destroy(&plain);
+  fprintf(stderr,
+          "lent_bodies_republished_after_a_cut: %d sent, %llu republished "
+          "after %llu reconnect(s), %d in the queue\n",
+          LENT_N, (unsigned long long)st.republished,
+          (unsigned long long)st.reconnects, total);
+  edp_conn_queue_delete(c, q);
+  edp_conn_destroy(&c);
+  free(l);
+}
+END_TEST
 
 START_TEST(ten_thousand_exactly_once) {
   const char *q = t_unique("fwd.10k");
@@ -551,6 +690,91 @@ START_TEST(batched_handlers_lose_nothing) {
   snprintf(dlq, sizeof(dlq), "%s.dlq", q);
   ck_assert_uint_eq(depth(q), 0);
   ck_assert_uint_eq(depth(dlq), 30);
+}
+END_TEST
+
+static int count_ok(void *ud, const edp_delivery *d, char *reason,
+                    size_t reason_len) {
+  (void)d;
+  (void)reason;
+  (void)reason_len;
+  (*(int *)ud)++;
+  return 0;
+}
+
+/* The acks of a batch are written under TCP_CORK and must leave when the
+ * batch is settled, not when the kernel's 200 ms hold runs out: with a
+ * prefetch of 20 the broker sends the next messages only for those acks,
+ * so 2,000 messages take 100 batches or more, and a held cork would make
+ * that 20 s at least. Also batches of more than 64 (the cap is 256). */
+START_TEST(batch_acks_leave_at_once) {
+  const char *q = t_unique("fwd.cork");
+  edp_conn *c = open_conn();
+  ck_assert_int_eq(edp_fwd_declare(c, q, NULL), 0);
+  ck_assert_int_eq(edp_conn_confirm_select(c), 0);
+  char body[100];
+  memset(body, 'c', sizeof(body));
+  for (int i = 0; i < 2300; i++) {
+    char id[32];
+    snprintf(id, sizeof(id), "c-%d", i);
+    edp_msg m;
+    edp_msg_init(&m);
+    m.routing_key = q;
+    m.message_id = id;
+    m.body = body;
+    m.body_len = sizeof(body);
+    m.persistent = 1;
+    ck_assert_int_eq(edp_conn_publish_window(c, &m, 512, 10000, NULL), 0);
+  }
+  ck_assert_int_eq(edp_conn_wait_confirms(c, 0, 20000), 0);
+  edp_conn_destroy(&c);
+
+  c = open_conn();
+  int handled = 0;
+  edp_fwd_receiver_opts ro;
+  edp_fwd_receiver_opts_init(&ro);
+  ro.queue = q;
+  ro.prefetch = 20;
+  ro.handler = count_ok;
+  ro.ud = &handled;
+  edp_fwd_receiver *r = NULL;
+  ck_assert_int_eq(edp_fwd_receiver_new(c, &ro, &r), 0);
+  long long t0 = t_now_ms();
+  while (handled < 2000 && t_now_ms() - t0 < 60000)
+    ck_assert_int_eq(edp_fwd_receive_batch(r, 5000, 256), 0);
+  long long ms = t_now_ms() - t0;
+  fprintf(stderr,
+          "batch_acks_leave_at_once: 2000 messages, prefetch 20, "
+          "%lld ms\n",
+          ms);
+  ck_assert_int_ge(handled, 2000);
+  ck_assert_int_lt(ms, 15000);
+  edp_fwd_receiver_destroy(&r);
+  edp_conn_destroy(&c);
+
+  /* The other 300 or so, all already here: a batch of more than 64. */
+  c = open_conn();
+  ro.prefetch = 1000;
+  ck_assert_int_eq(edp_fwd_receiver_new(c, &ro, &r), 0);
+  long long deadline = t_now_ms() + 10000;
+  size_t left = (size_t)(2300 - handled); /* the first batches ran over */
+  while (edp_conn_pending_deliveries(c) < left && t_now_ms() < deadline)
+    edp_conn_service(c, -1, 50);
+  ck_assert_uint_ge(edp_conn_pending_deliveries(c), left);
+  ck_assert_uint_gt(left, 200);
+  /* A batch stops starting handlers after 2 ms, which a preempted worker
+   * may reach: the biggest of a few calls counts. */
+  int most = 0;
+  for (int i = 0; i < 5 && handled < 2300; i++) {
+    int before = handled;
+    ck_assert_int_eq(edp_fwd_receive_batch(r, 5000, 1000), 0);
+    most = handled - before > most ? handled - before : most;
+  }
+  ck_assert_int_gt(most, 64);
+  ck_assert_int_le(most, 256);
+  edp_fwd_receiver_destroy(&r);
+  ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
+  edp_conn_destroy(&c);
 }
 END_TEST
 
@@ -1328,6 +1552,8 @@ int main(void) {
   tcase_add_test(tc, redeclare_with_other_type_is_explained);
   tcase_add_test(tc, batched_handlers_lose_nothing);
   tcase_add_test(tc, batch_stop_requeues_the_unstarted);
+  tcase_add_test(tc, lent_bodies_republished_after_a_cut);
+  tcase_add_test(tc, batch_acks_leave_at_once);
   suite_add_tcase(s, tc);
   TCase *copies = tcase_create("copies");
   tcase_set_timeout(copies, 300);
