@@ -89,6 +89,7 @@ REPLAY_BINS := $(patsubst tests/fuzz/%.c,$(OUT)/tests/%,$(FUZZ_SRC))
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 60
+FUZZ_SEED ?=
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
             -fno-omit-frame-pointer
 FUZZ_CFLAGS = -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -Ilib \
@@ -212,8 +213,9 @@ faults: deps all tests
 	tests/faults-report.sh $(OUT)/faults.rows > docs/faults$(if $(filter 1,$(TLS)),-tls).md
 
 # Every target for FUZZ_SECONDS on a copy of its corpus; fails on a crash.
+# FUZZ_SEED=N makes the run repeatable (CI's); unset, each run explores anew.
 fuzz: deps fuzz-deps $(FUZZ_BINS)
-	tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_BINS)
+	FUZZ_SEED=$(FUZZ_SEED) tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_BINS)
 
 fuzz-deps:
 	@$(MAKE) -s deps DEB_PKGS="$(FUZZ_DEB_PKGS)"
