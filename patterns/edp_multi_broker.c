@@ -133,6 +133,9 @@ struct edp_multi_producer {
   int need_reroute;
   int64_t last_pump;
   unsigned rand_state;
+  /* "broker-<idx>": each broker's connection, for the metrics thread,
+   * which must never read one being destroyed. */
+  edp_conn_group *conns;
 };
 
 /* The in-flight and held gauges other threads read (stats_get): set from
@@ -309,6 +312,11 @@ static int p_open(edp_multi_producer *p, struct pbroker *b, char *why,
     edp_conn_destroy(&c);
     return rc;
   }
+  char series[32];
+  snprintf(series, sizeof(series), "broker-%d", b->idx);
+  if (edp_conn_group_attach(p->conns, series, c))
+    mlog(p->o.log, p->o.log_ud, EDP_LOG_WARN,
+         "broker %d: its connection has no metrics", b->idx);
   b->c = c;
   return 0;
 }
@@ -611,7 +619,8 @@ int edp_multi_producer_new(const edp_multi_producer_opts *o,
     p->qo = *o->queue_opts; /* its strings stay the caller's: documented */
     p->has_qo = 1;
   }
-  if (!p->queue || !p->client_name || !p->b) {
+  if (!p->queue || !p->client_name || !p->b ||
+      edp_conn_group_new(p->client_name, &p->conns)) {
     edp_multi_producer_destroy(&p);
     return EDP_ENOMEM;
   }
@@ -660,6 +669,7 @@ void edp_multi_producer_destroy(edp_multi_producer **pp) {
   edp_multi_producer *p = *pp;
   for (size_t i = 0; p->b && i < p->n; i++) {
     struct pbroker *b = &p->b[i];
+    edp_conn_group_detach(p->conns, b->c);
     edp_conn_destroy(&b->c);
     while (b->h_head) {
       struct held *h = b->h_head;
@@ -668,6 +678,7 @@ void edp_multi_producer_destroy(edp_multi_producer **pp) {
     }
     free(b->url);
   }
+  edp_conn_group_destroy(&p->conns);
   free(p->b);
   free(p->queue);
   free(p->client_name);
@@ -892,6 +903,7 @@ void edp_multi_producer_collect(const void *producer, edp_metrics_out *out) {
                       "Key mode: messages waiting for this broker to return.",
                       l, (double)st.held);
   }
+  edp_conn_group_collect(p->conns, out);
 }
 
 /* ---------- consumer ---------- */

@@ -181,8 +181,10 @@ int edp_multi_producer_stats_get(const edp_multi_producer *p, size_t broker,
  * edp_multi_producer): per broker (labels queue, broker: its index, and
  * host: host:port, never the URL's credentials) whether it is in rotation,
  * its published, confirmed, nacked, returned and rerouted messages, downs
- * and ups, and the unconfirmed and held gauges; docs/metrics.md.
- * Prometheus derives the rates (rate()) from these counters. */
+ * and ups, and the unconfirmed and held gauges; and each broker's
+ * connection (edp_conn_group.h: conn "broker-<index>", broker host:port);
+ * docs/metrics.md. Prometheus derives the rates (rate()) from these
+ * counters. */
 void edp_multi_producer_collect(const void *producer, edp_metrics_out *out);
 
 /* ---- consumer ---- */

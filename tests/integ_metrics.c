@@ -785,7 +785,8 @@ START_TEST(senders_sent_counts) {
 END_TEST
 
 /* Multi-broker producer over the harness's node and one of our own: per
- * broker, published and confirmed equal its confirmed events. */
+ * broker, published and confirmed equal its confirmed events, in the
+ * broker's series and in its connection's. */
 START_TEST(multi_sender_brokers) {
   const char *q = t_unique("metrics.msend");
   char *sx[] = {"--url",          t_node_url[0], "--count", "200",
@@ -806,6 +807,12 @@ START_TEST(multi_sender_brokers) {
     ck_assert(metric_with(text, "edp_multi_broker_confirmed_total", sel) ==
               c.confirmed_by[b]);
     ck_assert(metric_with(text, "edp_multi_broker_up", sel) == 1);
+    /* Each broker's connection as a series of its own. */
+    snprintf(sel, sizeof(sel), "conn=\"broker-%d\"", b);
+    ck_assert(metric_with(text, "edp_messages_published_total", sel) ==
+              c.confirmed_by[b]);
+    ck_assert(metric_with(text, "edp_messages_confirmed_total", sel) ==
+              c.confirmed_by[b]);
   }
   ck_assert(metric(text, "edp_multi_broker_nacked_total") == c.nacked);
   ck_assert(metric(text, "edp_multi_broker_rerouted_total") == 0);
