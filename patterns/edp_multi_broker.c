@@ -285,9 +285,10 @@ static int p_open(edp_multi_producer *p, struct pbroker *b, char *why,
   co.url = b->url;
   co.heartbeat_s = p->o.heartbeat_s;
   co.connect_timeout_ms = p->o.connect_timeout_ms;
-  /* A retry must not stall the live brokers: every AMQP call of it (login
-   * aside, channel.open, confirm.select, queue.declare) gets the same
-   * short bound as the connect. */
+  /* A retry must not stall the live brokers: every step of it gets the
+   * same short bound as the connect (the login through edp_conn's
+   * handshake timeout; channel.open, confirm.select and queue.declare
+   * through rpc_timeout_ms). */
   co.rpc_timeout_ms = p->o.connect_timeout_ms;
   co.reconnect_max_ms = 0; /* one attempt per edp_conn_reconnect call */
   co.stop_fd = p->o.stop_fd;
