@@ -789,8 +789,9 @@ END_TEST
  * that follow (a basic.ack is 21 bytes), so the corked burst is cut off
  * mid-frame after about nine of them. The acks that never arrived give
  * their messages back to the queue; after the recovery (a new socket, not
- * corked: the cork died with the old one) every message is handled,
- * nothing is left in the queue and nothing is unacked. */
+ * corked: the cork died with the old one) they come back redelivered and
+ * the dedup window, which took each id once its handler succeeded, drops
+ * them: every message handled exactly once, nothing left in the queue. */
 typedef struct cut_run {
   fp_proxy *p;
   int calls, armed;
@@ -829,6 +830,7 @@ START_TEST(cut_while_acks_are_corked) {
   ro.prefetch = 300;
   ro.handler = cut_in_acks;
   ro.ud = cr;
+  ro.dedup_window = 1000;
   edp_fwd_receiver *r = NULL;
   ck_assert_int_eq(edp_fwd_receiver_new(c, &ro, &r), 0);
   /* All 300 prefetched before the first batch, so it is a big one. */
@@ -857,8 +859,13 @@ START_TEST(cut_while_acks_are_corked) {
   ck_assert_int_eq(missing, 0);
   ck_assert_int_eq(cr->armed, 1);
   ck_assert_uint_ge(st.reconnects, 1);
-  /* Acks were lost with the cut: their messages came back. */
+  /* Acks were lost with the cut: their messages came back, and were
+   * dropped as duplicates, not handled again. */
   ck_assert_uint_ge(st.redelivered, 1);
+  ck_assert_uint_ge(st.duplicates, 1);
+  for (int i = 0; i < 600; i++)
+    ck_assert_msg(cr->seen[i] == 1, "c-%d handled %d times", i, cr->seen[i]);
+  ck_assert_int_eq(cr->calls, 600);
   edp_fwd_receiver_destroy(&r);
   edp_conn_destroy(&c);
   fp_stop(&cr->p);
