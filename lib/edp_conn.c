@@ -19,10 +19,15 @@
  * on the next channel, so it ends after at most one retry per step.
  */
 
+#define _GNU_SOURCE /* getaddrinfo_a */
 #include <amqp_tcp_socket.h>
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -689,6 +694,77 @@ void edp_conn_opts_init(edp_conn_opts *o) {
   o->blocked_timeout_ms = -1;
 }
 
+/* ---------- name lookup within the connect timeout ---------- */
+
+/* rabbitmq-c resolves the host with a plain getaddrinfo, which waits as
+ * long as the resolver's own timeouts say: 5 s per server and try, 20 s
+ * with two servers and two tries, however short connect_timeout_ms is.
+ * Under podman a broker container that goes away can leave its name's
+ * lookups unanswered for that long, and the multi-broker producer, which
+ * retries a lost broker on its only thread, stopped sending to the live
+ * ones for 20 s and more. So the lookup runs first in glibc's
+ * getaddrinfo_a thread, waited for at most the connect timeout; rabbitmq-c
+ * then finds the answer quickly (or fails by itself as before). A lookup
+ * given up on goes on in that thread: its request is freed by whichever
+ * of the two lets go of it last. */
+struct lookup {
+  struct gaicb cb;
+  struct addrinfo hints;
+  atomic_int refs;
+  char host[];
+};
+
+static void lookup_release(struct lookup *l) {
+  if (atomic_fetch_sub(&l->refs, 1) == 1) {
+    if (l->cb.ar_result)
+      freeaddrinfo(l->cb.ar_result);
+    free(l);
+  }
+}
+
+static void lookup_done(union sigval v) { lookup_release(v.sival_ptr); }
+
+/* EDP_ETIMEOUT when host (not a numeric address) found no answer, not
+ * even a failure, within ms; else 0. */
+static int lookup_within(const char *host, int ms) {
+  unsigned char addr[sizeof(struct in6_addr)];
+  if (inet_pton(AF_INET, host, addr) == 1 ||
+      inet_pton(AF_INET6, host, addr) == 1)
+    return 0;
+  size_t n = strlen(host);
+  struct lookup *l = calloc(1, sizeof(*l) + n + 1);
+  if (!l)
+    return 0; /* rabbitmq-c looks it up the usual way */
+  memcpy(l->host, host, n + 1);
+  l->hints.ai_family = AF_UNSPEC;
+  l->hints.ai_socktype = SOCK_STREAM;
+  l->cb.ar_name = l->host;
+  l->cb.ar_request = &l->hints;
+  atomic_init(&l->refs, 2);
+  struct sigevent done;
+  memset(&done, 0, sizeof(done));
+  done.sigev_notify = SIGEV_THREAD;
+  done.sigev_notify_function = lookup_done;
+  done.sigev_value.sival_ptr = l;
+  struct gaicb *list[1] = {&l->cb};
+  if (getaddrinfo_a(GAI_NOWAIT, list, 1, &done)) {
+    free(l); /* never queued: no callback will come */
+    return 0;
+  }
+  int64_t deadline = edp_now_ms() + ms;
+  int state;
+  while ((state = gai_error(&l->cb)) == EAI_INPROGRESS) {
+    int64_t left = deadline - edp_now_ms();
+    if (left <= 0)
+      break;
+    struct timespec ts = {(time_t)(left / 1000),
+                          (long)(left % 1000) * 1000000L};
+    gai_suspend((const struct gaicb *const *)list, 1, &ts);
+  }
+  lookup_release(l);
+  return state == EAI_INPROGRESS ? EDP_ETIMEOUT : 0;
+}
+
 /* One attempt: TCP connect and login, no channel. Fills err_text. */
 static int connect_once(edp_conn *c, char *err_text, size_t err_len) {
   char dummy[8];
@@ -717,6 +793,15 @@ static int connect_once(edp_conn *c, char *err_text, size_t err_len) {
   }
   int cto = c->url.connect_timeout_ms >= 0 ? c->url.connect_timeout_ms
                                            : c->o.connect_timeout_ms;
+  if (lookup_within(c->url.host, cto)) {
+    snprintf(err_text, err_len,
+             "cannot connect to %s: the name lookup of %s got no answer "
+             "within %d ms",
+             c->masked, c->url.host, cto);
+    amqp_destroy_connection(c->st);
+    c->st = NULL;
+    return EDP_ECONNECT;
+  }
   struct timeval tv = {cto / 1000, (cto % 1000) * 1000};
   int res = amqp_socket_open_noblock(sock, c->url.host, c->url.port, &tv);
   if (res != AMQP_STATUS_OK && c->url.tls) {

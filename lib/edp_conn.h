@@ -97,7 +97,8 @@ const char *edp_conn_event_name(int type);
 typedef struct edp_conn_opts {
   const char *url;         /* NULL means EDP_URL_DEFAULT; copied */
   int heartbeat_s;         /* default 10; the URL's ?heartbeat= wins */
-  int connect_timeout_ms;  /* TCP connect + login, default 5000 */
+  int connect_timeout_ms;  /* name lookup, then TCP connect + login, each
+                              within it; default 5000 */
   int rpc_timeout_ms;      /* each synchronous AMQP call, default 10000 */
   int frame_max;           /* default 131072 */
   int reconnect_max_ms;    /* edp_conn_reconnect gives up after, 30000 */

@@ -11,7 +11,9 @@
  * It ignores the harness's own node (EDP_URL): it needs nodes it may kill.
  */
 #define _DEFAULT_SOURCE
+#include <arpa/inet.h>
 #include <check.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -19,6 +21,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -448,6 +452,86 @@ START_TEST(all_down_exits_69) {
                  NULL};
   ck_assert_int_eq(t_spawn(&s, bad, NULL), 0);
   ck_assert_int_eq(t_wait(&s, 10000), 64);
+}
+END_TEST
+
+/* One broker is named by a host whose DNS server never answers: the test
+ * binds 127.0.0.1:53 and reads nothing from it, and the sender runs in a
+ * mount namespace whose /etc/resolv.conf names that server twice, 5 s a
+ * try, two tries, so a plain getaddrinfo waits 20 s. Under podman a
+ * killed broker container's name did that, and the sender stopped sending
+ * to the live brokers for 20 s and more. The lookup may cost one connect
+ * timeout (1 s) per attempt, no more: 3000 messages reach the live node,
+ * all confirmed, and the sender says why the named broker is down. */
+START_TEST(unanswered_name_lookup_does_not_stall) {
+  int dns = socket(AF_INET, SOCK_DGRAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(53)};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ck_assert_msg(dns >= 0 && !bind(dns, (struct sockaddr *)&a, sizeof(a)),
+                "cannot bind 127.0.0.1:53 for a silent DNS server (this test "
+                "runs as root, as make check does in CI): %s",
+                strerror(errno));
+  char dir[] = "/tmp/edp-dns.XXXXXX", conf[64], err[64], script[256];
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  snprintf(conf, sizeof(conf), "%s/resolv.conf", dir);
+  snprintf(err, sizeof(err), "%s/stderr", dir);
+  FILE *f = fopen(conf, "w");
+  ck_assert_ptr_nonnull(f);
+  fputs("nameserver 127.0.0.1\nnameserver 127.0.0.1\n"
+        "options timeout:5 attempts:2\n",
+        f);
+  fclose(f);
+  snprintf(script, sizeof(script),
+           "mount --bind %s /etc/resolv.conf && exec \"$0\" \"$@\" 2>%s", conf,
+           err);
+  const char *q = t_unique("multi.dns");
+  const char *prefix = t_unique("dns");
+  tally t;
+  tally_init(&t, prefix, 3000, 0);
+  char *argv[] = {"/usr/bin/unshare",
+                  "-m",
+                  "/bin/sh",
+                  "-c",
+                  script,
+                  (char *)t_bin("edp-multi-sender"),
+                  "--url",
+                  t_node_url[0],
+                  "--url",
+                  "amqp://guest:guest@edp-silent-dns.invalid:5672/",
+                  "-q",
+                  (char *)q,
+                  "-n",
+                  "3000",
+                  "--id-prefix",
+                  (char *)prefix,
+                  "--json",
+                  NULL};
+  t_proc s;
+  long long t0 = t_now_ms();
+  ck_assert_int_eq(t_spawn(&s, argv, NULL), 0);
+  int rc = t_collect(&s, 60000, sender_ev, &t);
+  long long took = t_now_ms() - t0;
+  char text[8192] = "";
+  f = fopen(err, "r");
+  if (f) {
+    text[fread(text, 1, sizeof(text) - 1, f)] = '\0';
+    fclose(f);
+  }
+  fprintf(stderr,
+          "unanswered_name_lookup_does_not_stall: %lld ms, %d confirmed\n",
+          took, t.confirms);
+  unlink(conf);
+  unlink(err);
+  rmdir(dir);
+  close(dns);
+  ck_assert_msg(rc == 0, "sender exit %d: %s", rc, text);
+  ck_assert_int_eq(t.confirms, 3000);
+  ck_assert_int_eq(t.foreign, 0);
+  ck_assert_ptr_nonnull(strstr(text, "name lookup of edp-silent-dns.invalid "
+                                     "got no answer within 1000 ms"));
+  /* Without the bound the first lookup alone took 20 s. */
+  ck_assert_int_lt(took, 10000);
+  tally_free(&t);
 }
 END_TEST
 
@@ -981,10 +1065,18 @@ START_TEST(quorum_delivery_limit_dead_letters) {
   const char *prefix = t_unique("dl");
   t_proc s;
   char *argv[32];
-  const char *sargs[] = {"--url",           t_node_url[0], "-q",
-                         q,                 "-n",          "3",
-                         "--queue-type",    "quorum",      "--delivery-limit",
-                         "1",               "--id-prefix", prefix,
+  const char *sargs[] = {"--url",
+                         t_node_url[0],
+                         "-q",
+                         q,
+                         "-n",
+                         "3",
+                         "--queue-type",
+                         "quorum",
+                         "--delivery-limit",
+                         "1",
+                         "--id-prefix",
+                         prefix,
                          NULL};
   build_argv(argv, "edp-multi-sender", sargs, 0);
   ck_assert_int_eq(t_spawn(&s, argv, NULL), 0);
@@ -1027,6 +1119,7 @@ int main(void) {
   tcase_add_test(tc, node_killed_mid_run);
   tcase_add_test(tc, key_mode_keeps_order);
   tcase_add_test(tc, all_down_exits_69);
+  tcase_add_test(tc, unanswered_name_lookup_does_not_stall);
   tcase_add_test(tc, quorum_delivery_limit_dead_letters);
   /* Last: it turns the independent nodes into one cluster. */
   tcase_add_test(tc, cluster_quorum_survives_stopped_node);
