@@ -13,11 +13,15 @@
 #ifndef EDP_BENCHDATA_H
 #define EDP_BENCHDATA_H
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/time.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 /* CPU seconds (user + system) this process used so far. */
 static inline double bench_self_cpu(void) {
@@ -84,6 +88,58 @@ static inline FILE *bench_csv_open(const char *name, const char *prog,
           header);
   return f;
 }
+
+/* ---------- a program run as a user runs it ---------- */
+
+/* wait4 (the child's own rusage) needs _GNU_SOURCE, which the programs
+ * that run others define before any include. */
+#ifdef _GNU_SOURCE
+
+/* One program run: wall seconds, CPU seconds (user + system of the whole
+ * process, from wait4), peak RSS in KiB. */
+typedef struct bench_run {
+  double wall, cpu;
+  long rss_kb;
+} bench_run;
+
+static inline double bench_wall_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Starts argv[0] (a path) with stdout on /dev/null; its pid, -1 on
+ * failure. */
+static inline pid_t bench_spawn(char *const argv[]) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    int null = open("/dev/null", O_WRONLY);
+    if (null >= 0) {
+      dup2(null, 1);
+      close(null);
+    }
+    execv(argv[0], argv);
+    _exit(127);
+  }
+  return pid;
+}
+
+/* Waits for pid, started at bench_wall_s() == t0, into *r. Returns 0 when
+ * it exited 0, else its wait status (or -1). */
+static inline int bench_finish(pid_t pid, double t0, bench_run *r) {
+  int status = 0;
+  struct rusage ru;
+  if (pid < 0 || wait4(pid, &status, 0, &ru) < 0)
+    return -1;
+  r->wall = bench_wall_s() - t0;
+  r->cpu = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+  r->rss_kb = ru.ru_maxrss;
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0
+         : status                                      ? status
+                                                       : -1;
+}
+#endif
 
 /* Closes f (NULL is fine), reporting a failed write. */
 static inline void bench_csv_close(FILE *f, const char *prog) {
