@@ -45,44 +45,20 @@ static char raw_bin[PATH_MAX];
 static const char *edp_bin;
 static int seq_q;
 
-/* One program run: wall seconds, CPU seconds, peak RSS in KiB. */
-typedef struct run {
-  double wall, cpu;
-  long rss_kb;
-} run;
+typedef bench_run run;
 
-static pid_t spawn(char *const argv[]) {
-  pid_t pid = fork();
-  if (pid == 0) {
-    int null = open("/dev/null", 1);
-    if (null >= 0) {
-      dup2(null, 1);
-      close(null);
-    }
-    execv(argv[0], argv);
-    _exit(127);
-  }
-  return pid;
-}
-
-static run finish(pid_t pid, int64_t t0, const char *what) {
-  int status = 0;
-  struct rusage ru;
-  if (pid < 0 || wait4(pid, &status, 0, &ru) < 0)
-    cli_die(&app, CLI_SOFTWARE, "%s: cannot run", what);
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-    cli_die(&app, CLI_SOFTWARE, "%s failed (status %d)", what, status);
+/* Waits for what bench_spawn() started at t0; dies unless it exited 0. */
+static run finish(pid_t pid, double t0, const char *what) {
   run r;
-  r.wall = (double)(edp_now_us() - t0) / 1e6;
-  r.cpu = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
-          (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
-  r.rss_kb = ru.ru_maxrss;
+  int status = bench_finish(pid, t0, &r);
+  if (status)
+    cli_die(&app, CLI_SOFTWARE, "%s failed (status %d)", what, status);
   return r;
 }
 
 static run run_prog(char *const argv[]) {
-  int64_t t0 = edp_now_us();
-  return finish(spawn(argv), t0, argv[0]);
+  double t0 = bench_wall_s();
+  return finish(bench_spawn(argv), t0, argv[0]);
 }
 
 static edp_conn *connect_to(const char *url) {
@@ -185,7 +161,11 @@ static double median(double *v, int n) {
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
+/* 100-byte runs (100,000 messages each): 3 rounds. Big bodies: a run is
+ * under a second, and 3 rounds left a 1 MiB or 16 MiB ratio to the order
+ * of two of them, so 7. */
 #define ROUNDS 3
+#define BIG_ROUNDS 7
 
 /* Medians over the rounds of one client doing one job. */
 typedef struct side {
@@ -193,7 +173,7 @@ typedef struct side {
 } side;
 
 static side summarize(const run *r, int n, long msgs, long size) {
-  double rate[ROUNDS], cpu[ROUNDS], rss[ROUNDS], mbs[ROUNDS];
+  double rate[BIG_ROUNDS], cpu[BIG_ROUNDS], rss[BIG_ROUNDS], mbs[BIG_ROUNDS];
   for (int i = 0; i < n; i++) {
     rate[i] = msgs / r[i].wall;
     mbs[i] = (double)msgs * size / r[i].wall / 1e6;
@@ -204,7 +184,7 @@ static side summarize(const run *r, int n, long msgs, long size) {
   return s;
 }
 
-/* Raw and edp, publish and consume, ROUNDS rounds, the order of the two
+/* Raw and edp, publish and consume, rounds rounds, the order of the two
  * clients swapped every round. Each consumer drains what its own kind of
  * publisher sent, so that the queues hold the same messages. */
 typedef struct pair_result {
@@ -214,14 +194,15 @@ typedef struct pair_result {
 /* coalesce: a third client consumes too, edp with --coalesce-acks (from
  * a queue its own edp-forward-sender run filled, untimed). */
 static pair_result compare(const char *url, long n, long size, long window,
-                           long prefetch, const char *label, int coalesce) {
-  run pub[2][ROUNDS], con[3][ROUNDS];
+                           long prefetch, const char *label, int coalesce,
+                           int rounds) {
+  run pub[2][BIG_ROUNDS], con[3][BIG_ROUNDS];
   int nc = coalesce ? 3 : 2;
-  for (int i = 0; i < ROUNDS; i++) {
+  for (int i = 0; i < rounds; i++) {
     char q[3][128];
     for (int k = 0; k < nc; k++)
       fresh_queue(url, q[k], sizeof(q[k]));
-    fprintf(stderr, "cost: %s, round %d of %d...\n", label, i + 1, ROUNDS);
+    fprintf(stderr, "cost: %s, round %d of %d...\n", label, i + 1, rounds);
     for (int j = 0; j < 2; j++) {
       int k = (i + j) % 2;
       pub[k][i] = k ? edp_send(url, q[k], n, size, window)
@@ -241,8 +222,8 @@ static pair_result compare(const char *url, long n, long size, long window,
   memset(&r, 0, sizeof(r));
   for (int k = 0; k < nc; k++) {
     if (k < 2)
-      r.pub[k] = summarize(pub[k], ROUNDS, n, size);
-    r.con[k] = summarize(con[k], ROUNDS, n, size);
+      r.pub[k] = summarize(pub[k], rounds, n, size);
+    r.con[k] = summarize(con[k], rounds, n, size);
   }
   return r;
 }
@@ -434,8 +415,8 @@ static soak soak_run(const char *url, long rate, int secs) {
   char *rargv[] = {prog[1], "--url",   (char *)url, "--queue",
                    q,       "--count", ns,          "--prefetch",
                    "1000",  "--quiet", NULL};
-  int64_t t0 = edp_now_us();
-  pid_t rp = spawn(rargv), sp = spawn(sargv);
+  double t0 = bench_wall_s();
+  pid_t rp = bench_spawn(rargv), sp = bench_spawn(sargv);
   long *samples[2];
   long cap = secs + 64, k = 0;
   samples[0] = calloc((size_t)cap, sizeof(long));
@@ -544,11 +525,12 @@ int main(int argc, char **argv) {
     return 0;
   }
 
-  pair_result small = compare(url, n, 100, 1024, 1000, "100-byte messages", 1);
+  pair_result small =
+      compare(url, n, 100, 1024, 1000, "100-byte messages", 1, ROUNDS);
   pair_result small_tls;
   if (tls && tls[0])
-    small_tls =
-        compare(tls, n / 2, 100, 1024, 1000, "100-byte messages, TLS", 0);
+    small_tls = compare(tls, n / 2, 100, 1024, 1000, "100-byte messages, TLS",
+                        0, ROUNDS);
 
   static const long sizes[] = {64L << 10, 1L << 20, 16L << 20};
   static const char *size_names[] = {"64 KiB", "1 MiB", "16 MiB"};
@@ -563,7 +545,7 @@ int main(int argc, char **argv) {
     if (big_n[i] < 4)
       big_n[i] = 4;
     big[i] = compare(url, big_n[i], sizes[i], big_window[i], big_window[i],
-                     size_names[i], 0);
+                     size_names[i], 0, BIG_ROUNDS);
   }
 
   fprintf(stderr, "cost: latency at 5000 msg/s...\n");
@@ -619,7 +601,8 @@ int main(int argc, char **argv) {
          small.con[1].rss_kb / 1024);
 
   printf("\nBig bodies through forwarding (the same programs; window and "
-         "prefetch = 64 MiB / body, at most 1024; 256 MiB per run%s). "
+         "prefetch = 64 MiB / body, at most 1024; 256 MiB per run%s; "
+         "medians of %d rounds, the order swapped every round). "
          "Bound: peak RSS <= (window + 1) x body + 8 MiB: the window's "
          "messages (the sender keeps each until its confirm, to publish it "
          "again after a reconnect: edp-forward-sender lends bodies of 64 KiB "
@@ -627,7 +610,7 @@ int main(int argc, char **argv) {
          "them copied, from a pool of window + 1 buffers; the receiver holds "
          "the prefetched ones) and the one the program builds or reads, "
          "which the raw client holds too.\n\n",
-         quick ? ", a fifth when reduced" : "");
+         quick ? ", a fifth when reduced" : "", BIG_ROUNDS);
   printf("| body | window | run | MB/s | CPU us/msg | peak RSS MiB | MB/s vs "
          "raw | RSS bound MiB | within |\n|---|---:|---|---:|---:|---:|---:|"
          "---:|---|\n");
