@@ -141,14 +141,16 @@ static int await_event(t_proc *p, tally *t, const char *kind, int timeout_ms) {
   }
 }
 
-static edp_conn *open_conn(void) {
+static edp_conn *open_conn_at(const char *url) {
   edp_conn_opts o;
   edp_conn_opts_init(&o);
-  o.url = t_url();
+  o.url = url;
   edp_conn *c = NULL;
   ck_assert_int_eq(edp_conn_open(&o, &c, NULL, 0), 0);
   return c;
 }
+
+static edp_conn *open_conn(void) { return open_conn_at(t_url()); }
 
 static uint32_t depth(const char *queue) {
   edp_conn *c = open_conn();
@@ -200,11 +202,7 @@ START_TEST(lent_bodies_republished_after_a_cut) {
   lent_run *l = calloc(1, sizeof(*l));
   char url[600];
   fp_proxy *p = t_proxy("?heartbeat=2", url, sizeof(url));
-  edp_conn_opts o;
-  edp_conn_opts_init(&o);
-  o.url = url;
-  edp_conn *c = NULL;
-  ck_assert_int_eq(edp_conn_open(&o, &c, NULL, 0), 0);
+  edp_conn *c = open_conn_at(url);
   const char *q = t_unique("fwd.lent");
   edp_fwd_sender_opts so;
   edp_fwd_sender_opts_init(&so);
@@ -819,11 +817,7 @@ START_TEST(cut_while_acks_are_corked) {
   cut_run *cr = calloc(1, sizeof(*cr));
   char url[600];
   cr->p = t_proxy("?heartbeat=2", url, sizeof(url));
-  edp_conn_opts o;
-  edp_conn_opts_init(&o);
-  o.url = url;
-  edp_conn *c = NULL;
-  ck_assert_int_eq(edp_conn_open(&o, &c, NULL, 0), 0);
+  edp_conn *c = open_conn_at(url);
   edp_fwd_receiver_opts ro;
   edp_fwd_receiver_opts_init(&ro);
   ro.queue = q;
@@ -982,11 +976,7 @@ static void fwd_event(void *ud, int ev, const edp_delivery *d,
 START_TEST(long_handler_keeps_connection) {
   const char *q = t_unique("fwd.hb");
   char url[600];
-  edp_conn_opts co;
-  edp_conn_opts_init(&co);
-  co.url = t_hb_url(url, sizeof(url), 1);
-  edp_conn *c = NULL;
-  ck_assert_int_eq(edp_conn_open(&co, &c, NULL, 0), 0);
+  edp_conn *c = open_conn_at(t_hb_url(url, sizeof(url), 1));
   uint32_t epoch0 = edp_conn_epoch(c);
   t_calls log;
   t_calls_init(&log, 4000);
@@ -1152,11 +1142,7 @@ static int fail_always(void *ud, const edp_delivery *d, char *reason,
 /* Runs a receiver as url until the .dlq holds want messages. */
 static void fail_into_dlq(const char *url, const char *q, int max_retries,
                           copy_log *l, uint32_t want) {
-  edp_conn_opts co;
-  edp_conn_opts_init(&co);
-  co.url = url;
-  edp_conn *c = NULL;
-  ck_assert_int_eq(edp_conn_open(&co, &c, NULL, 0), 0);
+  edp_conn *c = open_conn_at(url);
   edp_fwd_receiver_opts ro;
   edp_fwd_receiver_opts_init(&ro);
   ro.queue = q;
