@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "edp.h"
+#include "faultproxy.h"
 #include "testlib.h"
 
 typedef struct confirms {
@@ -236,10 +237,17 @@ static int take_some(void *ud, const edp_msg *m) {
 /* The unconfirmed messages of a lost channel can be taken out in publish
  * order; what the callback refuses stays for republishing. */
 START_TEST(take_unconfirmed_after_loss) {
-  edp_conn *c = open_named("t-take", NULL);
+  /* Through a proxy that delays everything by 3 s: the broker has the
+   * five long before their confirms can come back, so none of them is
+   * read before the loss below (on a direct connection a publish that
+   * came 2 ms after the first reads what arrived, and a confirm could). */
+  char url[600];
+  fp_proxy *p = t_proxy(NULL, url, sizeof(url));
+  edp_conn *c = open_named("t-take", url);
   ck_assert_int_eq(edp_conn_confirm_select(c), 0);
   const char *q = t_unique("conn.take");
   ck_assert_int_eq(edp_conn_queue_declare(c, q, NULL, NULL, 0, NULL, NULL), 0);
+  ck_assert_int_eq(fp_latency(p, 3000), 0);
   const char *ids[5] = {"t1", "t2", "t3", "t4", "t5"};
   for (int i = 0; i < 5; i++)
     publish(c, q, ids[i], 0);
@@ -259,6 +267,7 @@ START_TEST(take_unconfirmed_after_loss) {
   ck_assert_uint_eq(queued, 5);
   edp_conn_destroy(&peek);
   edp_conn_abandon(c); /* before any confirm was read */
+  ck_assert_int_eq(fp_pass(p), 0);
   ck_assert_uint_eq(edp_conn_unconfirmed(c), 5);
   taken t = {.limit = 3};
   ck_assert_uint_eq(edp_conn_take_unconfirmed(c, take_some, &t), 3);
@@ -281,6 +290,7 @@ START_TEST(take_unconfirmed_after_loss) {
   ck_assert_uint_eq(msgs, 7);
   ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
   edp_conn_destroy(&c);
+  fp_stop(&p);
 }
 END_TEST
 
