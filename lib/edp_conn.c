@@ -765,7 +765,8 @@ static int lookup_within(const char *host, int ms) {
   return state == EAI_INPROGRESS ? EDP_ETIMEOUT : 0;
 }
 
-/* One attempt: TCP connect and login, no channel. Fills err_text. */
+/* One attempt: name lookup (lookup_within), TCP connect and login, no
+ * channel. Fills err_text. */
 static int connect_once(edp_conn *c, char *err_text, size_t err_len) {
   char dummy[8];
   if (!err_text) {

@@ -99,6 +99,18 @@ static void held_free(struct held *h) {
   free(h);
 }
 
+/* Attaches broker idx's connection to a pattern's group as the series
+ * "broker-<idx>" (producer and consumer alike); without it the connection
+ * still works, only its series is missing, which is logged. */
+static void attach_series(edp_conn_group *g, int idx, const edp_conn *c,
+                          edp_log_fn log, void *log_ud) {
+  char series[32];
+  snprintf(series, sizeof(series), "broker-%d", idx);
+  if (edp_conn_group_attach(g, series, c))
+    mlog(log, log_ud, EDP_LOG_WARN, "broker %d: its connection has no metrics",
+         idx);
+}
+
 /* ---------- producer ---------- */
 
 struct pbroker {
@@ -313,11 +325,7 @@ static int p_open(edp_multi_producer *p, struct pbroker *b, char *why,
     edp_conn_destroy(&c);
     return rc;
   }
-  char series[32];
-  snprintf(series, sizeof(series), "broker-%d", b->idx);
-  if (edp_conn_group_attach(p->conns, series, c))
-    mlog(p->o.log, p->o.log_ud, EDP_LOG_WARN,
-         "broker %d: its connection has no metrics", b->idx);
+  attach_series(p->conns, b->idx, c, p->o.log, p->o.log_ud);
   b->c = c;
   return 0;
 }
@@ -1079,11 +1087,7 @@ static void *c_thread(void *arg) {
   edp_conn *c = NULL;
   int rc = c_connect(b, &c);
   if (!rc) {
-    char series[32];
-    snprintf(series, sizeof(series), "broker-%d", b->idx);
-    if (edp_conn_group_attach(mc->conns, series, c))
-      mlog(mc->o.log, mc->o.log_ud, EDP_LOG_WARN,
-           "broker %d: its connection has no metrics", b->idx);
+    attach_series(mc->conns, b->idx, c, mc->o.log, mc->o.log_ud);
     c_event(b, EDP_MULTI_UP);
   }
   int consuming = 1, tries = 0, delay = mc->o.retry_initial_ms;
