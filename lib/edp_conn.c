@@ -690,6 +690,7 @@ void edp_conn_opts_init(edp_conn_opts *o) {
   o->backoff_initial_ms = 100;
   o->backoff_max_ms = 5000;
   o->max_body = (size_t)128 << 20;
+  o->read_ahead_bytes = (size_t)4 << 20;
   o->stop_fd = -1;
   o->blocked_timeout_ms = -1;
 }

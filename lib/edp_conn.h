@@ -107,6 +107,11 @@ typedef struct edp_conn_opts {
   size_t max_body;         /* publish refuses bigger bodies with
                               EDP_ETOOBIG; default 128 MiB, RabbitMQ's
                               default max_message_size; 0 = no check */
+  size_t read_ahead_bytes; /* while a handler runs (edp_conn_service),
+                              reading stops once the queued deliveries'
+                              bodies hold this many bytes, and goes on
+                              when they are taken; heartbeats still go
+                              out. Default 4 MiB; 0 = read all prefetched */
   int stop_fd;             /* readable = stop waiting (EDP_ESTOPPED); -1 */
   int blocked_timeout_ms;  /* publishing waits while the broker blocks the
                               connection (resource alarm); -1, the default,
@@ -621,6 +626,11 @@ edp_field *edp_fields_dup(const edp_field *fields, size_t n, size_t *out_n);
 /* Number of deliveries read from the socket and not yet received. */
 size_t edp_conn_pending_deliveries(const edp_conn *c);
 
+/* The read_ahead_bytes the connection was opened with (0: no limit). A
+ * consumer that gathers received deliveries into a batch stops adding
+ * to it there too, so that batch and queue each stay near the limit. */
+size_t edp_conn_read_ahead(const edp_conn *c);
+
 enum { EDP_READY_DELIVERY = 1, EDP_READY_WAKE = 2 };
 
 /* Waits until a delivery is queued (EDP_READY_DELIVERY), wake_fd (-1 for
@@ -631,10 +641,14 @@ int edp_conn_wait(edp_conn *c, int wake_fd, int timeout_ms);
 
 /* Services the connection (heartbeats, confirms; deliveries are queued
  * for edp_conn_receive) until wake_fd is readable (EDP_READY_WAKE) or
- * timeout_ms passes (0), however many deliveries are already queued:
- * for an owner that must keep the connection alive while a handler runs
- * elsewhere (edp_worker). A consumer cancellation is left for the next
- * edp_conn_wait(). Negative on error as edp_conn_wait(). */
+ * timeout_ms passes (0): for an owner that must keep the connection
+ * alive while a handler runs elsewhere (edp_worker). While the queued
+ * deliveries' bodies hold read_ahead_bytes (edp_conn_opts) it reads
+ * nothing and only sends heartbeats, so that prefetched bodies wait in
+ * the socket and the broker, not in this process's memory; confirms and
+ * broker closes are then read once deliveries are taken. A consumer
+ * cancellation is left for the next edp_conn_wait(). Negative on error
+ * as edp_conn_wait(). */
 int edp_conn_service(edp_conn *c, int wake_fd, int timeout_ms);
 
 /* Acknowledges / rejects deliveries. multiple covers every tag up to tag.

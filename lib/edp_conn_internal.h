@@ -144,6 +144,8 @@ struct edp_conn {
 
   struct edp__dnode *dq_head, *dq_tail;
   size_t n_dq;
+  size_t dq_bytes;        /* the queued deliveries' body bytes */
+  int64_t held_beat_ms;   /* last heartbeat sent while reads were held */
 };
 
 /* ---- edp_conn.c ---- */

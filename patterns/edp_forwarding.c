@@ -602,7 +602,13 @@ int edp_fwd_receive_batch(edp_fwd_receiver *r, int timeout_ms, size_t max) {
    * worker for all of them instead of one each. A second delivery of an
    * id in the batch ends it (dedup must see the first one handled). */
   size_t n = batch_len(r, max);
-  while (n < max && n == r->n_held) {
+  /* ... up to the connection's read-ahead in body bytes: each delivery
+   * gathered lets the socket read another, and 64 MiB of 1 MiB bodies
+   * gathered cost more in fresh memory than they saved in handoffs. */
+  size_t ahead = edp_conn_read_ahead(r->c), bytes = 0;
+  for (size_t i = 0; i < r->n_held; i++)
+    bytes += r->slots[i].d.body_len;
+  while (n < max && n == r->n_held && (!ahead || bytes < ahead)) {
     /* Not only parsed deliveries: bytes already read, and what the socket
      * holds (one poll and one read, no wait). Over TLS a read brings a
      * record of a few small messages, and batches of the parsed ones
@@ -619,6 +625,7 @@ int edp_fwd_receive_batch(edp_fwd_receiver *r, int timeout_ms, size_t max) {
       continue;
     }
     n += !held_id(r, n, &d);
+    bytes += d.body_len;
     hold(r, &d);
   }
   /* The handlers run on the worker while this thread services the

@@ -872,6 +872,121 @@ START_TEST(cut_while_acks_are_corked) {
 }
 END_TEST
 
+/* The receiver reads no further ahead of its handler than the
+ * connection's read_ahead_bytes: 120 bodies of 64 KiB with prefetch 120
+ * and a read-ahead of 512 KiB. The first handler takes 3.5 s at
+ * heartbeat=1, then reads how many deliveries the connection has read:
+ * its batch gathered at most 8 (512 KiB), the queue took at most 8 more
+ * while it ran, and then reading stopped; the broker still heard our
+ * heartbeats, so the connection is the one we opened. With no limit
+ * (read_ahead_bytes 0) the same run reads all 120 ahead. Either way each
+ * message is handled once, in order. */
+#define RA_N 120
+#define RA_BODY (64 * 1024)
+
+typedef struct ahead_run {
+  edp_conn *c;
+  int calls, in_order;
+  uint64_t delivered_after_wait;
+} ahead_run;
+
+static int ahead_handler(void *ud, const edp_delivery *d, char *reason,
+                         size_t reason_len) {
+  (void)reason;
+  (void)reason_len;
+  ahead_run *ar = ud;
+  int i = d->message_id ? atoi(d->message_id + 2) : -1;
+  ar->in_order += i == ar->calls && d->body_len == RA_BODY;
+  if (ar->calls++ == 0) {
+    edp_sleep_ms(3500, -1); /* a long first handler: reading ahead */
+    edp_conn_stats st;
+    ck_assert_int_eq(edp_conn_stats_get(ar->c, &st), 0);
+    ar->delivered_after_wait = st.delivered;
+  }
+  return 0;
+}
+
+static void fill_big(const char *q) {
+  edp_conn *c = open_conn();
+  ck_assert_int_eq(edp_fwd_declare(c, q, NULL), 0);
+  ck_assert_int_eq(edp_conn_confirm_select(c), 0);
+  char *body = malloc(RA_BODY);
+  memset(body, 'r', RA_BODY);
+  for (int i = 0; i < RA_N; i++) {
+    char id[32];
+    snprintf(id, sizeof(id), "r-%d", i);
+    edp_msg m;
+    edp_msg_init(&m);
+    m.routing_key = q;
+    m.message_id = id;
+    m.body = body;
+    m.body_len = RA_BODY;
+    m.persistent = 1;
+    ck_assert_int_eq(edp_conn_publish_window(c, &m, 64, 10000, NULL), 0);
+  }
+  ck_assert_int_eq(edp_conn_wait_confirms(c, 0, 20000), 0);
+  free(body);
+  edp_conn_destroy(&c);
+}
+
+static uint64_t run_ahead(const char *q, size_t read_ahead) {
+  fill_big(q);
+  char url[600];
+  edp_conn_opts o;
+  edp_conn_opts_init(&o);
+  o.url = t_hb_url(url, sizeof(url), 1);
+  o.read_ahead_bytes = read_ahead;
+  ahead_run ar = {0};
+  ck_assert_int_eq(edp_conn_open(&o, &ar.c, NULL, 0), 0);
+  ck_assert_uint_eq(edp_conn_read_ahead(ar.c), read_ahead);
+  uint32_t epoch0 = edp_conn_epoch(ar.c);
+  edp_fwd_receiver_opts ro;
+  edp_fwd_receiver_opts_init(&ro);
+  ro.queue = q;
+  ro.prefetch = RA_N;
+  ro.handler = ahead_handler;
+  ro.ud = &ar;
+  edp_fwd_receiver *r = NULL;
+  ck_assert_int_eq(edp_fwd_receiver_new(ar.c, &ro, &r), 0);
+  long long deadline = t_now_ms() + 60000;
+  while (ar.calls < RA_N && t_now_ms() < deadline) {
+    int rc = edp_fwd_receive_batch(r, 2000, 256);
+    ck_assert_msg(rc == 0 || rc == EDP_ETIMEOUT, "receive: %s",
+                  edp_strerror(rc));
+  }
+  edp_fwd_receiver_stats st;
+  edp_fwd_receiver_stats_get(r, &st);
+  fprintf(stderr,
+          "read_ahead_is_bounded: read_ahead %zu: %llu of %d read during "
+          "the 3.5 s handler, %d handled, %llu reconnects\n",
+          read_ahead, (unsigned long long)ar.delivered_after_wait, RA_N,
+          ar.calls, (unsigned long long)st.reconnects);
+  ck_assert_int_eq(ar.calls, RA_N);
+  ck_assert_int_eq(ar.in_order, RA_N);
+  ck_assert_uint_eq(st.processed, RA_N);
+  ck_assert_uint_eq(st.redelivered, 0);
+  ck_assert_uint_eq(st.reconnects, 0);
+  ck_assert(edp_conn_is_open(ar.c));
+  ck_assert_uint_eq(edp_conn_epoch(ar.c), epoch0);
+  edp_fwd_receiver_destroy(&r);
+  edp_conn_destroy(&ar.c);
+  ck_assert_uint_eq(depth(q), 0);
+  return ar.delivered_after_wait;
+}
+
+START_TEST(read_ahead_is_bounded) {
+  const char *q = t_unique("fwd.ahead");
+  uint64_t bounded = run_ahead(q, 512 * 1024);
+  /* The first one, up to 8 more in its batch, up to 8 in the queue. */
+  ck_assert_uint_ge(bounded, 9);
+  ck_assert_uint_le(bounded, 17);
+  ck_assert_uint_eq(run_ahead(q, 0), RA_N);
+  edp_conn *c = open_conn();
+  ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
+  edp_conn_destroy(&c);
+}
+END_TEST
+
 typedef struct stop_log {
   int calls, stop_w;
 } stop_log;
@@ -1641,6 +1756,7 @@ int main(void) {
   tcase_add_test(tc, lent_bodies_republished_after_a_cut);
   tcase_add_test(tc, batch_acks_leave_at_once);
   tcase_add_test(tc, cut_while_acks_are_corked);
+  tcase_add_test(tc, read_ahead_is_bounded);
   suite_add_tcase(s, tc);
   TCase *copies = tcase_create("copies");
   tcase_set_timeout(copies, 300);
