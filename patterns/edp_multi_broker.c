@@ -303,6 +303,12 @@ static int p_open(edp_multi_producer *p, struct pbroker *b, char *why,
    * through rpc_timeout_ms). */
   co.rpc_timeout_ms = p->o.connect_timeout_ms;
   co.reconnect_max_ms = 0; /* one attempt per edp_conn_reconnect call */
+  /* A publish that cannot go out at once (the broker blocks publishing
+   * under a resource alarm, or its socket is full) returns EDP_ETIMEOUT
+   * instead of waiting: this one thread serves every broker, and waiting
+   * for one would stop them all. The caller goes to another broker, or
+   * holds the message in key mode. */
+  co.blocked_timeout_ms = 0;
   co.stop_fd = p->o.stop_fd;
   co.client_name = p->client_name;
   co.log = p_conn_log;
@@ -396,7 +402,9 @@ static void try_up(edp_multi_producer *p, struct pbroker *b) {
        "broker %d (%s) up again after %lld ms", b->idx, edp_conn_url(b->c),
        (long long)(now - b->down_since));
   p_event(p, b, EDP_MULTI_UP, kept);
-  if (send_kept(p, b))
+  /* EDP_ETIMEOUT: blocked or full; the rest stays held (service). */
+  rc = send_kept(p, b);
+  if (rc && rc != EDP_ETIMEOUT)
     broker_down(p, b, "lost while resending");
 }
 
@@ -404,7 +412,7 @@ static struct pbroker *next_live(edp_multi_producer *p,
                                  const struct pbroker * not ) {
   for (size_t k = 0; k < p->n; k++) {
     struct pbroker *b = &p->b[(p->rr + k) % p->n];
-    if (b->live && b != not ) {
+    if (b->live && b != not && !edp_conn_is_blocked(b->c)) {
       p->rr = (size_t)(b - p->b) + 1;
       return b;
     }
@@ -456,12 +464,14 @@ static int reroute_to(struct reroute_ctx *x, const edp_msg *m) {
 static void reroute(edp_multi_producer *p) {
   while (p->need_reroute && p->n_live) {
     p->need_reroute = 0;
+    size_t moved = 0;
     for (size_t i = 0; i < p->n; i++) {
       struct pbroker *b = &p->b[i];
       if (b->live || !b->c || !edp_conn_unconfirmed(b->c))
         continue;
       struct reroute_ctx x = {p, b};
       size_t n = edp_conn_take_unconfirmed(b->c, reroute_one, &x);
+      moved += n;
       if (n) {
         edp_count_add(&b->st.rerouted, n);
         mlog(p->o.log, p->o.log_ud, EDP_LOG_WARN,
@@ -474,6 +484,10 @@ static void reroute(edp_multi_producer *p) {
       if (!p->n_live)
         break;
     }
+    /* Nothing could move now (every live broker blocked or full): the
+     * next call tries again, rather than this one spinning. */
+    if (!moved)
+      break;
   }
 }
 
@@ -531,6 +545,13 @@ static void service(edp_multi_producer *p) {
     if (b->live && b->redeclare && now >= b->next_redeclare) {
       int rc = requeue_returned(p, b);
       if (lost(rc))
+        broker_down(p, b, edp_strerror(rc));
+      now = edp_now_ms();
+    }
+    if (b->live && b->n_held && !edp_conn_is_blocked(b->c)) {
+      /* Key mode: messages held while the broker blocked publishing. */
+      int rc = send_kept(p, b);
+      if (rc && rc != EDP_ETIMEOUT)
         broker_down(p, b, edp_strerror(rc));
       now = edp_now_ms();
     }
@@ -719,17 +740,23 @@ int edp_multi_publish(edp_multi_producer *p, const edp_msg *m,
   if (to_our_queue(p, &mm))
     mm.mandatory = 1; /* a queue deleted under us returns, see p_confirmed */
   service(p);
+  struct pbroker *skip = NULL; /* round-robin: full a moment ago */
+  size_t full = 0;
   for (;;) {
     struct pbroker *b;
     if (p->o.mode == EDP_MULTI_KEY) {
       b = &p->b[key_hash(key) % p->n];
       /* Behind held messages a new one must wait too, or it would
-       * overtake them. */
-      if (!b->live || b->n_held)
+       * overtake them. A broker that blocks publishing (resource alarm)
+       * holds them as a down one does: the other keys go on. */
+      if (!b->live || b->n_held || edp_conn_is_blocked(b->c))
         return hold(p, b, &mm);
-    } else if (!(b = next_live(p, NULL))) {
-      if (edp_now_ms() - p->all_down_since > p->o.down_max_ms)
+    } else if (!(b = next_live(p, skip))) {
+      if (!p->n_live && edp_now_ms() - p->all_down_since > p->o.down_max_ms)
         return EDP_ECONNECT;
+      /* None is down for good: wait for a confirm, an unblock or a
+       * broker back, as long as it takes (the stop fd ends it). */
+      skip = NULL;
       int rc = wait_any(p, 1000);
       if (rc)
         return rc;
@@ -751,6 +778,21 @@ int edp_multi_publish(edp_multi_producer *p, const edp_msg *m,
     if (rc == EDP_ECLOSED) {
       broker_down(p, b, "connection lost");
       service(p);
+      continue;
+    }
+    if (rc == EDP_ETIMEOUT) {
+      /* Nothing was sent: b blocks publishing or its socket is full.
+       * Another broker takes it; when every live one was full in turn,
+       * wait for their confirms (key mode: for this broker's) first. */
+      if (p->o.mode == EDP_MULTI_KEY && edp_conn_is_blocked(b->c))
+        return hold(p, b, &mm);
+      skip = b;
+      if (p->o.mode == EDP_MULTI_KEY || ++full >= p->n_live) {
+        skip = NULL;
+        full = 0;
+        if ((rc = wait_any(p, 100)))
+          return rc;
+      }
       continue;
     }
     if (rc)

@@ -1054,6 +1054,138 @@ START_TEST(queue_deleted_under_producer_loses_nothing) {
 }
 END_TEST
 
+/* A memory alarm on node 1 (vm_memory_high_watermark 0): the broker
+ * blocks publishing connections and stops reading them. The producer is
+ * one thread over all brokers, so a publish that waits for node 1 to
+ * unblock would stop every broker. Round-robin skips a blocked broker;
+ * what it had unconfirmed goes to the others after confirm_timeout_ms.
+ * Every message confirmed once, in bounded time, while the alarm lasts. */
+START_TEST(memory_alarm_on_one_broker_does_not_stall) {
+  const char *q = t_unique("multi.alarm");
+  pledger l = {0};
+  edp_multi_producer *p = ledger_producer(q, EDP_MULTI_ROUND_ROBIN, &l);
+  ck_assert_int_eq(t_node_ctl(1, "set_vm_memory_high_watermark 0"), 0);
+  enum { N = 3000 };
+  long long t0 = t_now_ms();
+  for (int i = 0; i < N; i++) {
+    char id[32];
+    snprintf(id, sizeof(id), "al-%d", i);
+    edp_msg m;
+    edp_msg_init(&m);
+    m.body = id;
+    m.body_len = strlen(id);
+    m.message_id = id;
+    m.persistent = 1;
+    ck_assert_int_eq(edp_multi_publish(p, &m, NULL), 0);
+    ck_assert_msg(t_now_ms() - t0 < 60000, "%d published in 60 s", i);
+  }
+  int frc = edp_multi_flush(p, 30000);
+  long long ms = t_now_ms() - t0;
+  edp_multi_broker_stats st[NODES];
+  for (int i = 0; i < NODES; i++)
+    ck_assert_int_eq(edp_multi_producer_stats(p, (size_t)i, &st[i]), 0);
+  fprintf(stderr,
+          "memory_alarm_on_one_broker_does_not_stall: %d confirmed in %lld "
+          "ms; per broker published %llu/%llu/%llu, confirmed "
+          "%llu/%llu/%llu, rerouted from 1: %llu, downs of 1: %d\n",
+          l.acks, ms, (unsigned long long)st[0].published,
+          (unsigned long long)st[1].published,
+          (unsigned long long)st[2].published,
+          (unsigned long long)st[0].confirmed,
+          (unsigned long long)st[1].confirmed,
+          (unsigned long long)st[2].confirmed,
+          (unsigned long long)st[1].rerouted, l.downs[1]);
+  ck_assert_int_eq(t_node_ctl(1, "set_vm_memory_high_watermark 0.4"), 0);
+  ck_assert_int_eq(frc, 0);
+  ck_assert_int_eq(l.nacks, 0);
+  ck_assert_int_eq(l.acks, N);
+  ck_assert_uint_eq(st[0].confirmed + st[2].confirmed, N);
+  edp_multi_producer_destroy(&p);
+  delete_everywhere(q);
+}
+END_TEST
+
+/* Key mode under the same alarm: a key's messages may only go to its
+ * broker, so node 1's keys are held (as for a down broker) while the
+ * other keys go on; publishing never waits for node 1. Once the alarm
+ * clears, node 1's messages go out behind what was in flight: every one
+ * confirmed, each key on one broker and in order there. */
+START_TEST(memory_alarm_in_key_mode_holds_its_keys) {
+  const char *q = t_unique("multi.keyalarm");
+  pledger l = {0};
+  edp_multi_producer *p = ledger_producer(q, EDP_MULTI_KEY, &l);
+  ck_assert_int_eq(t_node_ctl(1, "set_vm_memory_high_watermark 0"), 0);
+  enum { N = 600, KEYS = 12 };
+  long long t0 = t_now_ms();
+  for (int i = 0; i < N; i++) {
+    char id[32], key[8];
+    snprintf(id, sizeof(id), "ak-%d", i);
+    snprintf(key, sizeof(key), "K%d", i % KEYS);
+    edp_msg m;
+    edp_msg_init(&m);
+    m.body = id;
+    m.body_len = strlen(id);
+    m.message_id = id;
+    m.persistent = 1;
+    ck_assert_int_eq(edp_multi_publish(p, &m, key), 0);
+  }
+  long long publish_ms = t_now_ms() - t0;
+  /* Node 1's keys cannot be confirmed while it blocks; the others are. */
+  int frc = edp_multi_flush(p, 3000);
+  edp_multi_broker_stats st[NODES];
+  for (int i = 0; i < NODES; i++)
+    ck_assert_int_eq(edp_multi_producer_stats(p, (size_t)i, &st[i]), 0);
+  int acks_blocked = l.acks;
+  ck_assert_int_eq(t_node_ctl(1, "set_vm_memory_high_watermark 0.4"), 0);
+  int frc2 = edp_multi_flush(p, 30000);
+  long long ms = t_now_ms() - t0;
+  fprintf(stderr,
+          "memory_alarm_in_key_mode_holds_its_keys: %d published in %lld ms; "
+          "%d confirmed while node 1 blocked (node 1: %llu), all %d after "
+          "%lld ms\n",
+          N, publish_ms, acks_blocked, (unsigned long long)st[1].confirmed,
+          l.acks, ms);
+  ck_assert_int_lt(publish_ms, 20000);
+  ck_assert_int_eq(frc, EDP_ETIMEOUT);
+  ck_assert_uint_eq(st[1].confirmed, 0);
+  ck_assert_int_gt(acks_blocked, 0);
+  ck_assert_int_lt(acks_blocked, N);
+  ck_assert_int_eq(frc2, 0);
+  ck_assert_int_eq(l.nacks, 0);
+  ck_assert_int_ge(l.acks, N);
+  /* In the queues: each at least once, each key on one node and its
+   * first copies in order. */
+  int seen[N] = {0}, node_of[KEYS], last[KEYS];
+  for (int k = 0; k < KEYS; k++)
+    node_of[k] = last[k] = -1;
+  for (int node = 0; node < NODES; node++) {
+    edp_conn *c = t_node_conn(node);
+    ck_assert_int_eq(edp_conn_qos(c, 100), 0);
+    ck_assert_int_eq(edp_conn_consume(c, q, NULL, NULL, 0), 0);
+    edp_delivery d;
+    while (edp_conn_receive(c, &d, 1000) == 0) {
+      int i = atoi(d.message_id + 3), k = i % KEYS;
+      ck_assert(i >= 0 && i < N);
+      ck_assert_msg(node_of[k] < 0 || node_of[k] == node,
+                    "key K%d on nodes %d and %d", k, node_of[k], node);
+      node_of[k] = node;
+      if (!seen[i]++) {
+        ck_assert_msg(i > last[k], "key K%d: ak-%d after ak-%d", k, i,
+                      last[k]);
+        last[k] = i;
+      }
+      ck_assert_int_eq(edp_conn_ack(c, d.epoch, d.tag, 0), 0);
+      edp_delivery_clear(&d);
+    }
+    edp_conn_destroy(&c);
+  }
+  for (int i = 0; i < N; i++)
+    ck_assert_msg(seen[i] >= 1, "ak-%d not in any queue", i);
+  edp_multi_producer_destroy(&p);
+  delete_everywhere(q);
+}
+END_TEST
+
 /* Issue 14: the producer declares a quorum queue with a delivery limit
  * and, first, the QUEUE.dlq its dead-letter route names. A consumer that
  * returns every delivery (as a crashing one would) sees each message
@@ -1103,6 +1235,13 @@ START_TEST(quorum_delivery_limit_dead_letters) {
 }
 END_TEST
 
+/* After the faults case, in the parent: a test that timed out with an
+ * alarm set must not leave it to the tests after it. */
+static void clear_alarms(void) {
+  for (int i = 0; i < NODES; i++)
+    t_node_ctl(i, "set_vm_memory_high_watermark 0.4");
+}
+
 int main(void) {
   t_nodes_start(NODES, "multi");
   Suite *su = suite_create("multi_broker");
@@ -1113,6 +1252,9 @@ int main(void) {
   tcase_add_test(tf, queue_deleted_not_redeclarable_is_reported);
   tcase_add_test(tf, producer_channel_error_is_not_a_lost_broker);
   tcase_add_test(tf, queue_deleted_under_producer_loses_nothing);
+  tcase_add_test(tf, memory_alarm_on_one_broker_does_not_stall);
+  tcase_add_test(tf, memory_alarm_in_key_mode_holds_its_keys);
+  tcase_add_unchecked_fixture(tf, NULL, clear_alarms);
   suite_add_tcase(su, tf);
   TCase *tc = tcase_create("multi_broker");
   tcase_set_timeout(tc, 240);

@@ -40,6 +40,14 @@ int t_pid_wait(pid_t pid) {
   return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
+int t_node_ctl(int node, const char *args) {
+  char cmd[1024];
+  snprintf(cmd, sizeof(cmd), "tests/broker.sh ctl '%s' %s >/dev/null 2>&1",
+           t_node_dir[node], args);
+  int st = system(cmd);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 edp_conn *t_node_conn(int node) {
   edp_conn_opts o;
   edp_conn_opts_init(&o);

@@ -39,6 +39,9 @@ int t_pid_wait(pid_t pid);
 /* tests/broker.sh cmd on node (start, stop, kill, join ...); its code. */
 int t_node_cmd(const char *cmd, int node, const char *arg);
 
+/* rabbitmqctl args (words split by the shell) against node; its code. */
+int t_node_ctl(int node, const char *args);
+
 /* An open connection to node (a Check assertion fails if it can't). */
 struct edp_conn;
 struct edp_conn *t_node_conn(int node);
