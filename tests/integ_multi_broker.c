@@ -1100,6 +1100,14 @@ START_TEST(memory_alarm_on_one_broker_does_not_stall) {
   ck_assert_int_eq(l.nacks, 0);
   ck_assert_int_eq(l.acks, N);
   ck_assert_uint_eq(st[0].confirmed + st[2].confirmed, N);
+  char outcome[200];
+  snprintf(outcome, sizeof(outcome),
+           "blocked broker skipped: %d/%d confirmed on the other two, %llu "
+           "taken by it before it said blocked moved after the confirm "
+           "timeout, 0 nacked",
+           l.acks, N, (unsigned long long)st[1].rerouted);
+  t_fault_row("multi-broker (producer)", "memory alarm on 1 of 3 brokers",
+              "round-robin, publishing", outcome, ms);
   edp_multi_producer_destroy(&p);
   delete_everywhere(q);
 }
@@ -1181,6 +1189,13 @@ START_TEST(memory_alarm_in_key_mode_holds_its_keys) {
   }
   for (int i = 0; i < N; i++)
     ck_assert_msg(seen[i] >= 1, "ak-%d not in any queue", i);
+  char outcome[200];
+  snprintf(outcome, sizeof(outcome),
+           "its keys held, the others went on: %d/%d confirmed while "
+           "blocked, all %d after the alarm, each key on one node in order",
+           acks_blocked, N, N);
+  t_fault_row("multi-broker (producer)", "memory alarm on 1 of 3 brokers",
+              "key mode, publishing", outcome, ms);
   edp_multi_producer_destroy(&p);
   delete_everywhere(q);
 }
