@@ -701,13 +701,15 @@ static int count_ok(void *ud, const edp_delivery *d, char *reason,
 }
 
 /* Declares q as the forwarding programs do and puts n persistent
- * 100-byte messages "c-0".. "c-<n-1>" in it, confirmed. */
-static void fill_queue(const char *q, int n) {
+ * messages "c-0".. "c-<n-1>" of size bytes in it, confirmed. */
+static void fill_queue_sized(const char *q, int n, size_t size) {
   edp_conn *c = open_conn();
   ck_assert_int_eq(edp_fwd_declare(c, q, NULL), 0);
   ck_assert_int_eq(edp_conn_confirm_select(c), 0);
-  char body[100];
-  memset(body, 'c', sizeof(body));
+  char *body = malloc(size);
+  ck_assert_ptr_nonnull(body);
+  memset(body, 'c', size);
+  size_t window = size > 4096 ? 64 : 512;
   for (int i = 0; i < n; i++) {
     char id[32];
     snprintf(id, sizeof(id), "c-%d", i);
@@ -716,13 +718,16 @@ static void fill_queue(const char *q, int n) {
     m.routing_key = q;
     m.message_id = id;
     m.body = body;
-    m.body_len = sizeof(body);
+    m.body_len = size;
     m.persistent = 1;
-    ck_assert_int_eq(edp_conn_publish_window(c, &m, 512, 10000, NULL), 0);
+    ck_assert_int_eq(edp_conn_publish_window(c, &m, window, 10000, NULL), 0);
   }
   ck_assert_int_eq(edp_conn_wait_confirms(c, 0, 20000), 0);
+  free(body);
   edp_conn_destroy(&c);
 }
+
+static void fill_queue(const char *q, int n) { fill_queue_sized(q, n, 100); }
 
 /* The acks of a batch are written under TCP_CORK and must leave when the
  * batch is settled, not when the kernel's 200 ms hold runs out: with a
@@ -906,31 +911,8 @@ static int ahead_handler(void *ud, const edp_delivery *d, char *reason,
   return 0;
 }
 
-static void fill_big(const char *q) {
-  edp_conn *c = open_conn();
-  ck_assert_int_eq(edp_fwd_declare(c, q, NULL), 0);
-  ck_assert_int_eq(edp_conn_confirm_select(c), 0);
-  char *body = malloc(RA_BODY);
-  memset(body, 'r', RA_BODY);
-  for (int i = 0; i < RA_N; i++) {
-    char id[32];
-    snprintf(id, sizeof(id), "r-%d", i);
-    edp_msg m;
-    edp_msg_init(&m);
-    m.routing_key = q;
-    m.message_id = id;
-    m.body = body;
-    m.body_len = RA_BODY;
-    m.persistent = 1;
-    ck_assert_int_eq(edp_conn_publish_window(c, &m, 64, 10000, NULL), 0);
-  }
-  ck_assert_int_eq(edp_conn_wait_confirms(c, 0, 20000), 0);
-  free(body);
-  edp_conn_destroy(&c);
-}
-
 static uint64_t run_ahead(const char *q, size_t read_ahead) {
-  fill_big(q);
+  fill_queue_sized(q, RA_N, RA_BODY);
   char url[600];
   edp_conn_opts o;
   edp_conn_opts_init(&o);

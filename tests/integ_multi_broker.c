@@ -976,6 +976,57 @@ START_TEST(producer_channel_error_is_not_a_lost_broker) {
 }
 END_TEST
 
+/* Publishes <prefix><i> for i in [from, to) in key mode, key K<i % keys>;
+ * each publish must succeed. */
+static void publish_keyed(edp_multi_producer *p, const char *prefix, int from,
+                          int to, int keys) {
+  for (int i = from; i < to; i++) {
+    char id[32], key[8];
+    snprintf(id, sizeof(id), "%s%d", prefix, i);
+    snprintf(key, sizeof(key), "K%d", i % keys);
+    edp_msg m;
+    edp_msg_init(&m);
+    m.body = id;
+    m.body_len = strlen(id);
+    m.message_id = id;
+    m.persistent = 1;
+    ck_assert_int_eq(edp_multi_publish(p, &m, key), 0);
+  }
+}
+
+/* Consumes (and acks) q on every node; ids are a 3-character prefix and
+ * i < n, keyed as publish_keyed does. Asserts each key is on one node
+ * and its first copies are in order there; counts copies in seen[i].
+ * Returns the total. */
+static int drain_keyed(const char *q, int n, int keys, int *seen) {
+  int total = 0, node_of[64], last[64];
+  ck_assert_int_le(keys, 64);
+  for (int k = 0; k < keys; k++)
+    node_of[k] = last[k] = -1;
+  for (int node = 0; node < NODES; node++) {
+    edp_conn *c = t_node_conn(node);
+    ck_assert_int_eq(edp_conn_qos(c, 100), 0);
+    ck_assert_int_eq(edp_conn_consume(c, q, NULL, NULL, 0), 0);
+    edp_delivery d;
+    while (edp_conn_receive(c, &d, 1000) == 0) {
+      int i = atoi(d.message_id + 3), k = i % keys;
+      ck_assert_msg(i >= 0 && i < n, "%s in the queue", d.message_id);
+      ck_assert_msg(node_of[k] < 0 || node_of[k] == node,
+                    "key K%d on nodes %d and %d", k, node_of[k], node);
+      node_of[k] = node;
+      if (!seen[i]++) {
+        ck_assert_msg(i > last[k], "key K%d: %d after %d", k, i, last[k]);
+        last[k] = i;
+      }
+      total++;
+      ck_assert_int_eq(edp_conn_ack(c, d.epoch, d.tag, 0), 0);
+      edp_delivery_clear(&d);
+    }
+    edp_conn_destroy(&c);
+  }
+  return total;
+}
+
 /* Issue 12 (found by the interop suite): the queue deleted on the brokers
  * under a running producer. The producer published without mandatory, so
  * the brokers acked messages they dropped: reported confirmed, gone. Now
@@ -988,24 +1039,12 @@ START_TEST(queue_deleted_under_producer_loses_nothing) {
   pledger l = {0};
   edp_multi_producer *p = ledger_producer(q, EDP_MULTI_KEY, &l);
   enum { N = 60, KEYS = 8 };
-  long long t0 = 0;
-  for (int i = 0; i < N; i++) {
-    if (i == 20) { /* the first 20 are in the queues: delete them all */
-      ck_assert_int_eq(edp_multi_flush(p, 20000), 0);
-      delete_everywhere(q);
-      t0 = t_now_ms();
-    }
-    char id[32], key[8];
-    snprintf(id, sizeof(id), "ps-%d", i);
-    snprintf(key, sizeof(key), "K%d", i % KEYS);
-    edp_msg m;
-    edp_msg_init(&m);
-    m.body = id;
-    m.body_len = strlen(id);
-    m.message_id = id;
-    m.persistent = 1;
-    ck_assert_int_eq(edp_multi_publish(p, &m, key), 0);
-  }
+  publish_keyed(p, "ps-", 0, 20, KEYS);
+  /* The first 20 are in the queues: delete them all. */
+  ck_assert_int_eq(edp_multi_flush(p, 20000), 0);
+  delete_everywhere(q);
+  long long t0 = t_now_ms();
+  publish_keyed(p, "ps-", 20, N, KEYS);
   ck_assert_int_eq(edp_multi_flush(p, 20000), 0);
   long long ms = t_now_ms() - t0;
   uint64_t returned = 0;
@@ -1020,28 +1059,11 @@ START_TEST(queue_deleted_under_producer_loses_nothing) {
     ck_assert_msg(l.acked[i] == 1, "ps-%d acked %d times", i, l.acked[i]);
   ck_assert_uint_ge(returned, 1);
   /* The 40 after the deletion are in the queues, once, each key in order. */
-  int seen = 0;
-  for (int node = 0; node < NODES; node++) {
-    edp_conn *c = t_node_conn(node);
-    ck_assert_int_eq(edp_conn_qos(c, 100), 0);
-    ck_assert_int_eq(edp_conn_consume(c, q, NULL, NULL, 0), 0);
-    int last[KEYS];
-    for (int k = 0; k < KEYS; k++)
-      last[k] = -1;
-    edp_delivery d;
-    while (edp_conn_receive(c, &d, 1000) == 0) {
-      int i = atoi(d.message_id + 3);
-      ck_assert_msg(i >= 20 && i < N, "ps-%d in the new queue", i);
-      ck_assert_msg(i > last[i % KEYS], "key K%d: ps-%d after ps-%d", i % KEYS,
-                    i, last[i % KEYS]);
-      last[i % KEYS] = i;
-      seen++;
-      ck_assert_int_eq(edp_conn_ack(c, d.epoch, d.tag, 0), 0);
-      edp_delivery_clear(&d);
-    }
-    edp_conn_destroy(&c);
-  }
-  ck_assert_int_eq(seen, N - 20);
+  int seen[N] = {0};
+  ck_assert_int_eq(drain_keyed(q, N, KEYS, seen), N - 20);
+  for (int i = 0; i < N; i++)
+    ck_assert_msg(seen[i] == (i >= 20), "ps-%d in the queues %d times", i,
+                  seen[i]);
   char outcome[200];
   snprintf(outcome, sizeof(outcome),
            "queue declared again: %llu returned and resent, %d/%d confirmed "
@@ -1125,18 +1147,7 @@ START_TEST(memory_alarm_in_key_mode_holds_its_keys) {
   ck_assert_int_eq(t_node_ctl(1, "set_vm_memory_high_watermark 0"), 0);
   enum { N = 600, KEYS = 12 };
   long long t0 = t_now_ms();
-  for (int i = 0; i < N; i++) {
-    char id[32], key[8];
-    snprintf(id, sizeof(id), "ak-%d", i);
-    snprintf(key, sizeof(key), "K%d", i % KEYS);
-    edp_msg m;
-    edp_msg_init(&m);
-    m.body = id;
-    m.body_len = strlen(id);
-    m.message_id = id;
-    m.persistent = 1;
-    ck_assert_int_eq(edp_multi_publish(p, &m, key), 0);
-  }
+  publish_keyed(p, "ak-", 0, N, KEYS);
   long long publish_ms = t_now_ms() - t0;
   /* Node 1's keys cannot be confirmed while it blocks; the others are. */
   int frc = edp_multi_flush(p, 3000);
@@ -1163,30 +1174,8 @@ START_TEST(memory_alarm_in_key_mode_holds_its_keys) {
   ck_assert_int_ge(l.acks, N);
   /* In the queues: each at least once, each key on one node and its
    * first copies in order. */
-  int seen[N] = {0}, node_of[KEYS], last[KEYS];
-  for (int k = 0; k < KEYS; k++)
-    node_of[k] = last[k] = -1;
-  for (int node = 0; node < NODES; node++) {
-    edp_conn *c = t_node_conn(node);
-    ck_assert_int_eq(edp_conn_qos(c, 100), 0);
-    ck_assert_int_eq(edp_conn_consume(c, q, NULL, NULL, 0), 0);
-    edp_delivery d;
-    while (edp_conn_receive(c, &d, 1000) == 0) {
-      int i = atoi(d.message_id + 3), k = i % KEYS;
-      ck_assert(i >= 0 && i < N);
-      ck_assert_msg(node_of[k] < 0 || node_of[k] == node,
-                    "key K%d on nodes %d and %d", k, node_of[k], node);
-      node_of[k] = node;
-      if (!seen[i]++) {
-        ck_assert_msg(i > last[k], "key K%d: ak-%d after ak-%d", k, i,
-                      last[k]);
-        last[k] = i;
-      }
-      ck_assert_int_eq(edp_conn_ack(c, d.epoch, d.tag, 0), 0);
-      edp_delivery_clear(&d);
-    }
-    edp_conn_destroy(&c);
-  }
+  int seen[N] = {0};
+  ck_assert_int_ge(drain_keyed(q, N, KEYS, seen), N);
   for (int i = 0; i < N; i++)
     ck_assert_msg(seen[i] >= 1, "ak-%d not in any queue", i);
   char outcome[200];
