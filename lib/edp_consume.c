@@ -411,10 +411,12 @@ int edp_conn_wait(edp_conn *c, int wake_fd, int timeout_ms) {
  * deliveries; a connection lost meanwhile shows then, or as a failed
  * heartbeat. Returns as service_step. */
 static int hold_reads(edp_conn *c, int wake_fd, int64_t deadline) {
-  int beat_ms = c->url.heartbeat_s > 0 ? c->url.heartbeat_s * 500 : -1;
   for (;;) {
     if (!c->st)
       return EDP_ECLOSED;
+    /* The interval the broker agreed to, which may be below the URL's. */
+    int beat_s = amqp_get_heartbeat(c->st);
+    int beat_ms = beat_s > 0 ? beat_s * 500 : -1;
     int64_t now = edp_now_ms();
     if (beat_ms > 0 && now - c->held_beat_ms >= beat_ms) {
       amqp_frame_t beat = {.frame_type = AMQP_FRAME_HEARTBEAT, .channel = 0};
