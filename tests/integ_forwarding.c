@@ -879,20 +879,26 @@ END_TEST
 
 /* The receiver reads no further ahead of its handler than the
  * connection's read_ahead_bytes: 120 bodies of 64 KiB with prefetch 120
- * and a read-ahead of 512 KiB. The first handler takes 3.5 s at
- * heartbeat=1, then reads how many deliveries the connection has read:
- * its batch gathered at most 8 (512 KiB), the queue took at most 8 more
- * while it ran, and then reading stopped; the broker still heard our
- * heartbeats, so the connection is the one we opened. With no limit
- * (read_ahead_bytes 0) the same run reads all 120 ahead. Either way each
- * message is handled once, in order. */
+ * and a read-ahead of 512 KiB, at heartbeat=1 through a fault proxy. The
+ * first handler waits until the connection has read what it should
+ * (wait_for), then 3 s more (three heartbeat intervals), and reads the
+ * count again: its batch gathered at most 8 (512 KiB), the queue took at
+ * most 8 more while it ran, and then reading stopped; the broker still
+ * heard our heartbeats, so the connection is the one we opened. With no
+ * limit (read_ahead_bytes 0) the same run reads all 120 ahead. With a
+ * reset (RST) while reads are held, the heartbeat sent during the hold
+ * finds the loss before the handler returns; the receiver reconnects and
+ * the dedup window drops what comes again. Each message handled once. */
 #define RA_N 120
 #define RA_BODY (64 * 1024)
 
 typedef struct ahead_run {
   edp_conn *c;
-  int calls, in_order;
-  uint64_t delivered_after_wait;
+  fp_proxy *p;
+  uint64_t wait_for; /* deliveries read before the hold is timed */
+  int reset;         /* reset the connection while reads are held */
+  int calls, in_order, seen[RA_N];
+  uint64_t delivered_after_wait, lost_in_handler;
 } ahead_run;
 
 static int ahead_handler(void *ud, const edp_delivery *d, char *reason,
@@ -901,68 +907,102 @@ static int ahead_handler(void *ud, const edp_delivery *d, char *reason,
   (void)reason_len;
   ahead_run *ar = ud;
   int i = d->message_id ? atoi(d->message_id + 2) : -1;
-  ar->in_order += i == ar->calls && d->body_len == RA_BODY;
+  ck_assert(i >= 0 && i < RA_N && d->body_len == RA_BODY);
+  ar->seen[i]++;
+  ar->in_order += i == ar->calls;
   if (ar->calls++ == 0) {
-    edp_sleep_ms(3500, -1); /* a long first handler: reading ahead */
     edp_conn_stats st;
+    long long deadline = t_now_ms() + 10000;
+    do {
+      edp_sleep_ms(20, -1);
+      ck_assert_int_eq(edp_conn_stats_get(ar->c, &st), 0);
+    } while (st.delivered < ar->wait_for && t_now_ms() < deadline);
+    if (ar->reset)
+      ck_assert_int_eq(fp_reset(ar->p), 0);
+    edp_sleep_ms(3000, -1); /* the handler's work: reads stay held */
     ck_assert_int_eq(edp_conn_stats_get(ar->c, &st), 0);
     ar->delivered_after_wait = st.delivered;
+    ar->lost_in_handler = st.lost;
   }
   return 0;
 }
 
-static uint64_t run_ahead(const char *q, size_t read_ahead) {
+static uint64_t run_ahead(const char *q, size_t read_ahead, uint64_t wait_for,
+                          int reset) {
   fill_queue_sized(q, RA_N, RA_BODY);
+  ahead_run *ar = calloc(1, sizeof(*ar));
+  ar->wait_for = wait_for;
+  ar->reset = reset;
   char url[600];
+  ar->p = t_proxy("?heartbeat=1", url, sizeof(url));
   edp_conn_opts o;
   edp_conn_opts_init(&o);
-  o.url = t_hb_url(url, sizeof(url), 1);
+  o.url = url;
   o.read_ahead_bytes = read_ahead;
-  ahead_run ar = {0};
-  ck_assert_int_eq(edp_conn_open(&o, &ar.c, NULL, 0), 0);
-  ck_assert_uint_eq(edp_conn_read_ahead(ar.c), read_ahead);
-  uint32_t epoch0 = edp_conn_epoch(ar.c);
+  ck_assert_int_eq(edp_conn_open(&o, &ar->c, NULL, 0), 0);
+  ck_assert_uint_eq(edp_conn_read_ahead(ar->c), read_ahead);
+  uint32_t epoch0 = edp_conn_epoch(ar->c);
   edp_fwd_receiver_opts ro;
   edp_fwd_receiver_opts_init(&ro);
   ro.queue = q;
   ro.prefetch = RA_N;
   ro.handler = ahead_handler;
-  ro.ud = &ar;
+  ro.ud = ar;
+  ro.dedup_window = 1000;
   edp_fwd_receiver *r = NULL;
-  ck_assert_int_eq(edp_fwd_receiver_new(ar.c, &ro, &r), 0);
+  ck_assert_int_eq(edp_fwd_receiver_new(ar->c, &ro, &r), 0);
   long long deadline = t_now_ms() + 60000;
-  while (ar.calls < RA_N && t_now_ms() < deadline) {
+  int handled = 0;
+  while (handled < RA_N && t_now_ms() < deadline) {
     int rc = edp_fwd_receive_batch(r, 2000, 256);
     ck_assert_msg(rc == 0 || rc == EDP_ETIMEOUT, "receive: %s",
                   edp_strerror(rc));
+    handled = 0;
+    for (int i = 0; i < RA_N; i++)
+      handled += ar->seen[i] > 0;
   }
   edp_fwd_receiver_stats st;
   edp_fwd_receiver_stats_get(r, &st);
   fprintf(stderr,
-          "read_ahead_is_bounded: read_ahead %zu: %llu of %d read during "
-          "the 3.5 s handler, %d handled, %llu reconnects\n",
-          read_ahead, (unsigned long long)ar.delivered_after_wait, RA_N,
-          ar.calls, (unsigned long long)st.reconnects);
-  ck_assert_int_eq(ar.calls, RA_N);
-  ck_assert_int_eq(ar.in_order, RA_N);
-  ck_assert_uint_eq(st.processed, RA_N);
-  ck_assert_uint_eq(st.redelivered, 0);
-  ck_assert_uint_eq(st.reconnects, 0);
-  ck_assert(edp_conn_is_open(ar.c));
-  ck_assert_uint_eq(edp_conn_epoch(ar.c), epoch0);
+          "read_ahead_is_bounded: read_ahead %zu%s: %llu of %d read during "
+          "the hold, lost during it %llu; %d handler calls, %llu reconnects, "
+          "%llu duplicates dropped\n",
+          read_ahead, reset ? ", reset while held" : "",
+          (unsigned long long)ar->delivered_after_wait, RA_N,
+          (unsigned long long)ar->lost_in_handler, ar->calls,
+          (unsigned long long)st.reconnects,
+          (unsigned long long)st.duplicates);
+  for (int i = 0; i < RA_N; i++)
+    ck_assert_msg(ar->seen[i] == 1, "c-%d handled %d times", i, ar->seen[i]);
+  if (reset) {
+    /* Found by the heartbeat sent while reads were held. */
+    ck_assert_uint_eq(ar->lost_in_handler, 1);
+    ck_assert_uint_ge(st.reconnects, 1);
+  } else {
+    ck_assert_int_eq(ar->in_order, RA_N);
+    ck_assert_uint_eq(ar->lost_in_handler, 0);
+    ck_assert_uint_eq(st.reconnects, 0);
+    ck_assert_uint_eq(st.redelivered, 0);
+    ck_assert_uint_eq(edp_conn_epoch(ar->c), epoch0);
+  }
+  ck_assert(edp_conn_is_open(ar->c));
   edp_fwd_receiver_destroy(&r);
-  edp_conn_destroy(&ar.c);
+  edp_conn_destroy(&ar->c);
+  fp_stop(&ar->p);
   ck_assert_uint_eq(depth(q), 0);
-  return ar.delivered_after_wait;
+  uint64_t delivered = ar->delivered_after_wait;
+  free(ar);
+  return delivered;
 }
 
 START_TEST(read_ahead_is_bounded) {
   const char *q = t_unique("fwd.ahead");
-  uint64_t bounded = run_ahead(q, 512 * 1024);
   /* The first one, up to 8 more in its batch, up to 8 in the queue. */
+  uint64_t bounded = run_ahead(q, 512 * 1024, 9, 0);
   ck_assert_uint_ge(bounded, 9);
   ck_assert_uint_le(bounded, 17);
-  ck_assert_uint_eq(run_ahead(q, 0), RA_N);
+  ck_assert_uint_eq(run_ahead(q, 0, RA_N, 0), RA_N);
+  run_ahead(q, 512 * 1024, 9, 1);
   edp_conn *c = open_conn();
   ck_assert_int_eq(edp_conn_queue_delete(c, q), 0);
   edp_conn_destroy(&c);
