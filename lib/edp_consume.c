@@ -405,8 +405,9 @@ int edp_conn_wait(edp_conn *c, int wake_fd, int timeout_ms) {
  * fresh memory here: with prefetch 64 and 1 MiB bodies a receiver used
  * to read 64 MiB ahead of its handler, and touching that memory cost it
  * a fifth of its throughput. The broker still hears from us: a
- * heartbeat goes out every half interval, as rabbitmq-c would send one
- * (amqp_send_frame restarts its own send timer). What the broker sends
+ * heartbeat goes out every half interval (rabbitmq-c sends one per
+ * interval when idle; the broker gives up after two silent ones), and
+ * amqp_send_frame restarts rabbitmq-c's own send timer. What the broker sends
  * meanwhile, a close included, is read once the handler took
  * deliveries; a connection lost meanwhile shows then, or as a failed
  * heartbeat. Returns as service_step. */
